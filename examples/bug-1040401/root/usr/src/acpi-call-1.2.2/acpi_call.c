@@ -1,0 +1,1 @@
+// acpi_call.c

@@ -1,0 +1,238 @@
+//! The dkms tree `/var/lib/dkms`, read directly as dkms 2.8–3.x lays it out:
+//! `M/V/K/ARCH/module/*.ko*` for each built pair and the symlink
+//! `M/kernel-K-ARCH → V/K/ARCH` for each installed one. Reading it costs a few
+//! `readdir`s, where `dkms status` costs ~400 ms.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+use crate::kernel::KernelRelease;
+use crate::root::Root;
+use crate::Error;
+
+pub const DKMS_TREE: &str = "/var/lib/dkms";
+
+/// A dkms module name or version: safe as one path component and as one
+/// argument (`[A-Za-z0-9][A-Za-z0-9._+~-]*`, no `..`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct Word(String);
+
+impl Word {
+    pub fn new(kind: &'static str, s: &str) -> Result<Word, Error> {
+        let ok = !s.is_empty()
+            && s.len() <= 128
+            && s.as_bytes()[0].is_ascii_alphanumeric()
+            && !s.contains("..")
+            && s.bytes()
+                .all(|c| c.is_ascii_alphanumeric() || b"._+~-".contains(&c));
+        if ok {
+            Ok(Word(s.to_string()))
+        } else {
+            Err(Error::InvalidName {
+                kind,
+                name: s.to_string(),
+            })
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Word {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One module version built for one kernel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pair {
+    pub module: Word,
+    pub version: Word,
+    pub kernel: KernelRelease,
+    /// dkms's architecture directory (`x86_64`).
+    pub arch: Word,
+    /// `kernel-K-ARCH` points at this version.
+    pub installed: bool,
+    /// mtime of the newest built `.ko` under `module/`; `None` if none is there
+    /// (a failed `build --force` leaves the directory without one).
+    pub built: Option<SystemTime>,
+}
+
+impl Pair {
+    /// `/var/lib/dkms/M/V/K/ARCH`, in-root.
+    pub fn dir(&self) -> PathBuf {
+        Path::new(DKMS_TREE)
+            .join(self.module.as_str())
+            .join(self.version.as_str())
+            .join(self.kernel.as_str())
+            .join(self.arch.as_str())
+    }
+
+    pub fn make_log(&self) -> PathBuf {
+        Path::new(DKMS_TREE)
+            .join(self.module.as_str())
+            .join(self.version.as_str())
+            .join("build/make.log")
+    }
+
+    /// `acpi-call/1.2.2 @ 6.1.0-50-amd64`.
+    pub fn label(&self) -> String {
+        format!("{}/{} @ {}", self.module, self.version, self.kernel)
+    }
+}
+
+fn is_module_file(name: &str) -> bool {
+    [".ko", ".ko.xz", ".ko.zst", ".ko.gz"]
+        .iter()
+        .any(|s| name.ends_with(s))
+}
+
+fn dirs(p: &Path) -> Vec<(String, PathBuf)> {
+    let Ok(rd) = std::fs::read_dir(p) else {
+        return Vec::new();
+    };
+    let mut v: Vec<_> = rd
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter_map(|e| Some((e.file_name().into_string().ok()?, e.path())))
+        .collect();
+    v.sort();
+    v
+}
+
+/// The newest mtime of a built module file in `dir` (host path).
+pub fn built_time(dir: &Path) -> Option<SystemTime> {
+    std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .filter(|e| e.file_name().to_str().is_some_and(is_module_file))
+        .filter_map(|e| e.metadata().ok()?.modified().ok())
+        .max()
+}
+
+/// Every pair in the dkms tree. Broken entries (unsafe names, dangling
+/// `kernel-*` links) become warnings and are otherwise skipped.
+pub fn scan(root: &Root, warnings: &mut Vec<String>) -> Vec<Pair> {
+    let Ok(tree) = root.canonicalize(DKMS_TREE) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (m, mdir) in dirs(&root.host(&tree)) {
+        let Ok(module) = Word::new("dkms module", &m) else {
+            warnings.push(format!("ignoring dkms module directory {m:?}: unsafe name"));
+            continue;
+        };
+        let installed = installed_links(&mdir, &module, warnings);
+        for (v, vdir) in dirs(&mdir) {
+            let Ok(version) = Word::new("dkms module version", &v) else {
+                warnings.push(format!("ignoring {module}/{v:?}: unsafe version"));
+                continue;
+            };
+            for (k, kdir) in dirs(&vdir) {
+                if k == "build" || k == "source" {
+                    continue;
+                }
+                let Ok(kernel) = KernelRelease::new(&k) else {
+                    warnings.push(format!(
+                        "ignoring {module}/{version}/{k:?}: unsafe kernel release"
+                    ));
+                    continue;
+                };
+                for (a, adir) in dirs(&kdir) {
+                    let Ok(arch) = Word::new("architecture", &a) else {
+                        continue;
+                    };
+                    let target = format!("{version}/{kernel}/{arch}");
+                    out.push(Pair {
+                        installed: installed.contains(&target),
+                        built: built_time(&adir.join("module")),
+                        module: module.clone(),
+                        version: version.clone(),
+                        kernel: kernel.clone(),
+                        arch,
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The `V/K/ARCH` targets of a module's `kernel-K-ARCH` links.
+fn installed_links(mdir: &Path, module: &Word, warnings: &mut Vec<String>) -> Vec<String> {
+    let Ok(rd) = std::fs::read_dir(mdir) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let Some(name) = name.to_str().filter(|n| n.starts_with("kernel-")) else {
+            continue;
+        };
+        let Ok(target) = std::fs::read_link(e.path()) else {
+            continue;
+        };
+        let target = target.to_string_lossy().trim_end_matches('/').to_string();
+        if !mdir.join(&target).is_dir() {
+            // What a failed `dkms build --force` leaves behind (design §1).
+            warnings.push(format!("{module}: {name} points to missing {target}; dkms shows it as added, not installed"));
+            continue;
+        }
+        out.push(target);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn words_are_checked() {
+        assert!(Word::new("m", "acpi-call").is_ok());
+        assert!(Word::new("m", "nvidia-current").is_ok());
+        assert!(Word::new("v", "550.54.14").is_ok());
+        for bad in ["", "..", "a/b", "a b", "-x", "x..y"] {
+            assert!(Word::new("m", bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn scan_reads_pairs_and_links() {
+        let t = tempfile::tempdir().unwrap();
+        let root = Root::new(t.path());
+        let d = t.path().join("var/lib/dkms/acpi-call");
+        for k in ["6.1.0-50-amd64", "6.1.0-56-amd64", "6.1.0-9-amd64"] {
+            std::fs::create_dir_all(d.join(format!("1.2.2/{k}/x86_64/module"))).unwrap();
+        }
+        std::fs::write(
+            d.join("1.2.2/6.1.0-50-amd64/x86_64/module/acpi_call.ko"),
+            b"x",
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(
+            "1.2.2/6.1.0-50-amd64/x86_64",
+            d.join("kernel-6.1.0-50-amd64-x86_64"),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(
+            "1.2.2/6.1.0-1-amd64/x86_64",
+            d.join("kernel-6.1.0-1-amd64-x86_64"),
+        )
+        .unwrap();
+        std::fs::create_dir_all(t.path().join("var/lib/dkms/bad name/1")).unwrap();
+        let mut w = Vec::new();
+        let pairs = scan(&root, &mut w);
+        assert_eq!(pairs.len(), 3);
+        assert!(pairs[0].installed && pairs[0].built.is_some());
+        assert!(!pairs[1].installed && pairs[1].built.is_none());
+        assert_eq!(w.len(), 2, "{w:?}");
+    }
+}

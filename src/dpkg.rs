@@ -1,0 +1,281 @@
+//! dpkg's database under the root: `var/lib/dpkg/status` and the file lists
+//! `var/lib/dpkg/info/P[:ARCH].list`.
+//!
+//! The status file of a desktop holds thousands of paragraphs and we need a
+//! handful, so paragraphs are split with a byte search and only those whose
+//! `Package:` is wanted are parsed by `deb822-lossless` (parsing all of a
+//! 6,000-package file with it costs tens of milliseconds; see the README's
+//! benchmark table).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use debversion::Version;
+use memchr::memmem;
+
+use crate::root::Root;
+use crate::Error;
+
+pub const STATUS: &str = "/var/lib/dpkg/status";
+pub const INFO_DIR: &str = "/var/lib/dpkg/info";
+
+/// A Debian package name, checked against Policy §5.6.1 (`[a-z0-9][a-z0-9+.-]+`)
+/// so that it is safe to put into a path such as `info/P.list`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PackageName(String);
+
+impl PackageName {
+    pub fn new(s: &str) -> Result<PackageName, Error> {
+        let ok = s.len() >= 2
+            && s.len() <= 255
+            && s.as_bytes()[0].is_ascii_alphanumeric()
+            && s.bytes()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"+.-".contains(&c));
+        if ok {
+            Ok(PackageName(s.to_string()))
+        } else {
+            Err(Error::InvalidName {
+                kind: "package",
+                name: s.to_string(),
+            })
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for PackageName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// An architecture as dpkg writes it (`amd64`, `all`, `i386`).
+pub fn valid_arch(a: &str) -> bool {
+    !a.is_empty()
+        && a.len() <= 32
+        && a.bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+}
+
+/// One package as the status file describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Installed {
+    pub name: PackageName,
+    pub architecture: Option<String>,
+    pub version: Version,
+    /// The third word of `Status:` (`installed`, `unpacked`, `config-files`…).
+    pub state: String,
+}
+
+impl Installed {
+    /// Files present on disk: anything unpacked, configured or half-way there.
+    pub fn has_files(&self) -> bool {
+        !matches!(self.state.as_str(), "not-installed" | "config-files")
+    }
+}
+
+/// Read the paragraphs of `status` whose package name passes `wanted`.
+pub fn read_status(root: &Root, wanted: impl Fn(&str) -> bool) -> Result<Vec<Installed>, Error> {
+    let path = root.host(STATUS);
+    let data = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+    Ok(parse_status(&data, wanted))
+}
+
+/// Parse a status file's bytes; see [`read_status`]. Broken paragraphs are
+/// skipped with a debug message.
+pub fn parse_status(data: &[u8], wanted: impl Fn(&str) -> bool) -> Vec<Installed> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let finder = memmem::Finder::new(b"\n\n");
+    while start < data.len() {
+        let end = finder
+            .find(&data[start..])
+            .map_or(data.len(), |i| start + i + 1);
+        let para = &data[start..end];
+        start = end + 1;
+        let Some(name) = field_prefix(para, b"Package:") else {
+            continue;
+        };
+        if !wanted(name) {
+            continue;
+        }
+        match parse_paragraph(para) {
+            Some(p) => out.push(p),
+            None => log::debug!("status: paragraph of {name:?} is incomplete, skipped"),
+        }
+    }
+    out
+}
+
+/// The value of `field` when it is the paragraph's first line, as dpkg writes
+/// it; a cheap look before any real parsing.
+fn field_prefix<'a>(para: &'a [u8], field: &[u8]) -> Option<&'a str> {
+    let para = para.strip_prefix(b"\n").unwrap_or(para);
+    let rest = para.strip_prefix(field)?;
+    let end = rest.iter().position(|&c| c == b'\n').unwrap_or(rest.len());
+    std::str::from_utf8(&rest[..end]).ok().map(str::trim)
+}
+
+fn parse_paragraph(para: &[u8]) -> Option<Installed> {
+    let text = std::str::from_utf8(para).ok()?;
+    let (doc, errors) = deb822_lossless::Deb822::from_str_relaxed(text);
+    if !errors.is_empty() {
+        log::debug!("status: {}", errors.join("; "));
+    }
+    let p = doc.paragraphs().next()?;
+    let name = PackageName::new(p.get("Package")?.trim()).ok()?;
+    let version = p.get("Version")?.trim().parse().ok()?;
+    let state = p.get("Status")?.split_whitespace().nth(2)?.to_string();
+    let architecture = p
+        .get("Architecture")
+        .map(|a| a.trim().to_string())
+        .filter(|a| valid_arch(a));
+    Some(Installed {
+        name,
+        architecture,
+        version,
+        state,
+    })
+}
+
+/// The host path of a package's file list: `P:ARCH.list` for Multi-Arch: same
+/// packages, `P.list` otherwise.
+pub fn list_path(root: &Root, name: &PackageName, arch: Option<&str>) -> Option<PathBuf> {
+    let info = root.host(INFO_DIR);
+    if let Some(a) = arch.filter(|a| valid_arch(a)) {
+        let p = info.join(format!("{name}:{a}.list"));
+        if p.is_file() {
+            return Some(p);
+        }
+    }
+    let p = info.join(format!("{name}.list"));
+    p.is_file().then_some(p)
+}
+
+/// A package's file list, read whole (one read of a few hundred kB at most),
+/// and its mtime: dpkg rewrites the list when it unpacks the package.
+pub struct FileList {
+    pub path: PathBuf,
+    pub data: Vec<u8>,
+    pub modified: Option<SystemTime>,
+}
+
+pub fn read_list(path: &Path) -> Result<FileList, Error> {
+    let data = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    Ok(FileList {
+        path: path.to_path_buf(),
+        data,
+        modified,
+    })
+}
+
+impl FileList {
+    /// Whether the list holds `dir` itself or a path below it. `dir` is an
+    /// in-root absolute path without trailing slash.
+    pub fn touches(&self, dir: &[u8]) -> bool {
+        memmem::find_iter(&self.data, dir).any(|i| {
+            let at_line_start = i == 0 || self.data[i - 1] == b'\n';
+            let after = self.data.get(i + dir.len());
+            at_line_start && matches!(after, None | Some(b'\n') | Some(b'/'))
+        })
+    }
+}
+
+/// Every `*.list` in the info directory, as (package, arch, path).
+pub fn all_lists(root: &Root) -> Result<Vec<(PackageName, Option<String>, PathBuf)>, Error> {
+    let dir = root.host(INFO_DIR);
+    let rd = std::fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))?;
+    let mut out = Vec::new();
+    for ent in rd.flatten() {
+        let name = ent.file_name();
+        let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".list")) else {
+            continue;
+        };
+        let (pkg, arch) = match stem.split_once(':') {
+            Some((p, a)) => (p, Some(a.to_string())),
+            None => (stem, None),
+        };
+        match PackageName::new(pkg) {
+            Ok(p) => out.push((p, arch, ent.path())),
+            Err(_) => log::debug!("ignoring {}: not a package name", ent.path().display()),
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Index status entries by name for lookups.
+pub fn by_name(list: Vec<Installed>) -> HashMap<String, Vec<Installed>> {
+    let mut m: HashMap<String, Vec<Installed>> = HashMap::new();
+    for i in list {
+        m.entry(i.name.to_string()).or_default().push(i);
+    }
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STATUS_TEXT: &[u8] = b"Package: hello
+Status: install ok installed
+Architecture: amd64
+Version: 2.10-3
+Description: x
+ continued
+
+Package: linux-kbuild-6.1
+Status: install ok installed
+Priority: optional
+Architecture: amd64
+Source: linux
+Version: 6.1.192-2
+Depends: libc6 (>= 2.34)
+
+Package: linux-headers-6.1.0-9-amd64
+Status: deinstall ok config-files
+Architecture: amd64
+Version: 6.1.27-1
+
+Package: broken
+Status: install ok installed
+";
+
+    #[test]
+    fn only_wanted_paragraphs_are_parsed() {
+        let got = parse_status(STATUS_TEXT, |n| n.starts_with("linux-") || n == "broken");
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].name.as_str(), "linux-kbuild-6.1");
+        assert_eq!(got[0].version.to_string(), "6.1.192-2");
+        assert!(got[0].has_files());
+        assert!(!got[1].has_files());
+    }
+
+    #[test]
+    fn package_names_are_strict() {
+        for bad in ["", "a", "../etc", "a/b", "Foo", "x y", "-x"] {
+            assert!(PackageName::new(bad).is_err(), "{bad}");
+        }
+        assert!(PackageName::new("linux-headers-6.12.38+deb13-amd64").is_ok());
+    }
+
+    #[test]
+    fn touches_matches_whole_components() {
+        let l = FileList {
+            path: PathBuf::new(),
+            data: b"/.\n/usr\n/usr/lib/linux-kbuild-6.1\n/usr/lib/linux-kbuild-6.1/scripts/x\n"
+                .to_vec(),
+            modified: None,
+        };
+        assert!(l.touches(b"/usr/lib/linux-kbuild-6.1/scripts"));
+        assert!(l.touches(b"/usr/lib/linux-kbuild-6.1"));
+        assert!(!l.touches(b"/usr/lib/linux-kbuild-6"));
+        assert!(!l.touches(b"/usr/lib/linux-kbuild-6.1/tools"));
+    }
+}

@@ -1,0 +1,176 @@
+//! Everything the planner needs to know about the machine, read once from the
+//! root: kernels and their build trees, input packages, dkms pairs, installed
+//! versions and the local time zone (dpkg.log times are local).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+
+use jiff::tz::TimeZone;
+
+use crate::change::Change;
+use crate::dkms::{self, Pair};
+use crate::dpkg::{self, Installed, PackageName};
+use crate::kernel::{self, Input, Kernel, KernelRelease};
+use crate::root::Root;
+
+#[derive(Debug, Clone)]
+pub struct Inventory {
+    pub kernels: Vec<Kernel>,
+    pub pairs: Vec<Pair>,
+    /// Input packages per kernel. Built from the changed packages only when
+    /// planning for changes, from every file list for `status`.
+    pub inputs: BTreeMap<KernelRelease, Vec<Input>>,
+    /// Status entries of the packages looked at, by name.
+    pub installed: HashMap<String, Vec<Installed>>,
+    pub running: Option<KernelRelease>,
+    pub tz: TimeZone,
+    pub warnings: Vec<String>,
+}
+
+impl Inventory {
+    /// Kernels and dkms pairs, without inputs.
+    fn base(root: &Root) -> Inventory {
+        let mut warnings = Vec::new();
+        let kernels = kernel::scan(root, &mut warnings);
+        let pairs = dkms::scan(root, &mut warnings);
+        Inventory {
+            kernels,
+            pairs,
+            inputs: BTreeMap::new(),
+            installed: HashMap::new(),
+            running: running_kernel(root),
+            tz: time_zone(root),
+            warnings,
+        }
+    }
+
+    /// What is needed to plan for `changes`: only their file lists are read.
+    pub fn for_changes(root: &Root, changes: &[Change]) -> Inventory {
+        let mut inv = Inventory::base(root);
+        if inv.pairs.is_empty() && !changes.iter().any(Change::is_removal) {
+            return inv; // nothing built, nothing to warn about
+        }
+        let candidates: Vec<_> = changes
+            .iter()
+            .filter(|c| !c.is_removal())
+            .map(|c| {
+                let list = dpkg::list_path(root, &c.package, c.architecture.as_deref());
+                (c.package.clone(), c.architecture.clone(), list)
+            })
+            .collect();
+        let (with_list, without): (Vec<_>, Vec<_>) =
+            candidates.into_iter().partition(|c| c.2.is_some());
+        let with_list: Vec<_> = with_list
+            .into_iter()
+            .map(|(p, a, l)| (p, a, l.unwrap_or_default()))
+            .collect();
+        inv.inputs = kernel::find_inputs(root, &inv.kernels, &with_list);
+        // A changed package with no file list: fall back to its name.
+        for (p, a, _) in without {
+            for k in &inv.kernels {
+                if let Some(t) = k
+                    .tree
+                    .iter()
+                    .find(|t| kernel::guess_owner(&t.path).as_ref() == Some(&p))
+                {
+                    inv.inputs
+                        .entry(k.release.clone())
+                        .or_default()
+                        .push(Input {
+                            package: p.clone(),
+                            architecture: a.clone(),
+                            role: t.role,
+                            unpacked: None,
+                        });
+                }
+            }
+        }
+        let mut wanted: HashSet<String> = inv
+            .inputs
+            .values()
+            .flatten()
+            .map(|i| i.package.to_string())
+            .collect();
+        wanted.extend(
+            inv.kernels
+                .iter()
+                .filter_map(|k| k.headers_package_guess())
+                .map(|p| p.to_string()),
+        );
+        inv.read_status(root, |n| wanted.contains(n));
+        inv
+    }
+
+    /// Every input of every kernel, from all file lists: for `status`.
+    pub fn full(root: &Root) -> Inventory {
+        let mut inv = Inventory::base(root);
+        let lists = match dpkg::all_lists(root) {
+            Ok(l) => l,
+            Err(e) => {
+                inv.warnings.push(e.to_string());
+                Vec::new()
+            }
+        };
+        inv.inputs = kernel::find_inputs(root, &inv.kernels, &lists);
+        let mut wanted: HashSet<String> = inv
+            .inputs
+            .values()
+            .flatten()
+            .map(|i| i.package.to_string())
+            .collect();
+        for k in &inv.kernels {
+            wanted.extend(
+                k.tree
+                    .iter()
+                    .filter_map(|t| kernel::guess_owner(&t.path))
+                    .map(|p| p.to_string()),
+            );
+            wanted.extend(k.headers_package_guess().map(|p| p.to_string()));
+        }
+        inv.read_status(root, |n| wanted.contains(n));
+        kernel::guess_missing_inputs(&inv.kernels, &mut inv.inputs, &inv.installed);
+        inv
+    }
+
+    fn read_status(&mut self, root: &Root, wanted: impl Fn(&str) -> bool) {
+        match dpkg::read_status(root, wanted) {
+            Ok(list) => self.installed = dpkg::by_name(list),
+            Err(e) => self.warnings.push(e.to_string()),
+        }
+    }
+
+    pub fn kernel(&self, k: &KernelRelease) -> Option<&Kernel> {
+        self.kernels.iter().find(|x| &x.release == k)
+    }
+
+    /// The installed version of a package (any architecture).
+    pub fn installed_version(&self, p: &PackageName) -> Option<&Installed> {
+        self.installed
+            .get(p.as_str())?
+            .iter()
+            .find(|i| i.has_files())
+    }
+}
+
+/// `uname -r`, only when looking at the host itself.
+fn running_kernel(root: &Root) -> Option<KernelRelease> {
+    if !root.is_host_root() {
+        return None;
+    }
+    let r = rustix::system::uname();
+    KernelRelease::new(r.release().to_str().ok()?).ok()
+}
+
+/// The root's own `/etc/localtime`, so a replay of a chroot's logs uses the
+/// chroot's zone; `TZ` wins when set, as for every other program.
+fn time_zone(root: &Root) -> TimeZone {
+    if std::env::var_os("TZ").is_none() && !root.is_host_root() {
+        let p: PathBuf = root.host("/etc/localtime");
+        if let Ok(data) = std::fs::read(&p) {
+            if let Ok(tz) = TimeZone::tzif("localtime", &data) {
+                return tz;
+            }
+        }
+    }
+    TimeZone::try_system().unwrap_or(TimeZone::UTC)
+}

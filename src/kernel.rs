@@ -1,0 +1,411 @@
+//! Installed kernels and their build trees: what `make -C /lib/modules/K/build`
+//! reads, and which installed packages feed it (the *input packages*).
+//!
+//! Ownership comes from dpkg's file lists, which works for every naming scheme
+//! (Debian's `-common` + `linux-kbuild-X.Y`, trixie's per-version kbuild,
+//! Ubuntu's `-generic` symlink farms, `make deb-pkg` single packages). Package
+//! names are guessed from paths only where a file list is missing.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+use crate::dpkg::{self, FileList, PackageName};
+use crate::root::{path_bytes, Root};
+use crate::Error;
+
+pub const MODULES_DIR: &str = "/lib/modules";
+
+/// A kernel release (`uname -r`), e.g. `6.1.0-50-amd64`. Checked so that it
+/// can be joined to a path or passed to dkms: no `/`, no `..`, no spaces.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct KernelRelease(String);
+
+impl KernelRelease {
+    pub fn new(s: &str) -> Result<KernelRelease, Error> {
+        let ok = !s.is_empty()
+            && s.len() <= 200
+            && s.as_bytes()[0].is_ascii_alphanumeric()
+            && !s.contains("..")
+            && s.bytes()
+                .all(|c| c.is_ascii_alphanumeric() || b"._+~-".contains(&c));
+        if ok {
+            Ok(KernelRelease(s.to_string()))
+        } else {
+            Err(Error::InvalidName {
+                kind: "kernel release",
+                name: s.to_string(),
+            })
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for KernelRelease {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Why a package is an input of a kernel; each role can be switched off in
+/// the config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Owns files of the headers tree itself (`build`, `source`, `-common`).
+    Headers,
+    /// Owns a shared tree the headers link to (`scripts`, `tools`).
+    Kbuild,
+    /// Provides the compiler the tree names (`CC` in `.kernelvariables`).
+    Compiler,
+}
+
+/// One directory that is part of a build tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TreeDir {
+    /// In-root canonical path.
+    pub path: PathBuf,
+    pub role: Role,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Kernel {
+    pub release: KernelRelease,
+    /// `/boot/vmlinuz-K` exists.
+    pub image: bool,
+    /// Where `/lib/modules/K/build` points, resolved or not.
+    pub build_link: Option<PathBuf>,
+    /// The resolved build tree; empty when the headers are missing.
+    pub tree: Vec<TreeDir>,
+    /// The compiler the tree was configured with (`gcc-12`).
+    pub compiler: Option<String>,
+}
+
+impl Kernel {
+    pub fn has_headers(&self) -> bool {
+        !self.tree.is_empty()
+    }
+
+    /// The package that presumably shipped the build tree, from the link's
+    /// target (`/usr/src/linux-headers-K` → `linux-headers-K`): the name-pattern
+    /// fallback used where the file list is gone, e.g. after a purge.
+    pub fn headers_package_guess(&self) -> Option<PackageName> {
+        guess_owner(self.build_link.as_deref()?)
+    }
+}
+
+/// `/usr/src/NAME[/…]` or `/usr/lib/NAME[/…]` → `NAME`, if it is a valid
+/// package name.
+pub fn guess_owner(path: &Path) -> Option<PackageName> {
+    let s = path.to_str()?;
+    let rest = s
+        .strip_prefix("/usr/src/")
+        .or_else(|| s.strip_prefix("/usr/lib/"))?;
+    PackageName::new(rest.split('/').next()?).ok()
+}
+
+/// Every kernel with a directory in `/lib/modules`, sorted by release.
+/// Entries whose names are unsafe become warnings.
+pub fn scan(root: &Root, warnings: &mut Vec<String>) -> Vec<Kernel> {
+    let Ok(dir) = root.canonicalize(MODULES_DIR) else {
+        return Vec::new();
+    };
+    let Ok(rd) = std::fs::read_dir(root.host(&dir)) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for ent in rd.flatten() {
+        let name = ent.file_name();
+        let Some(name) = name.to_str() else {
+            warnings.push(format!(
+                "ignoring {}: name is not UTF-8",
+                ent.path().display()
+            ));
+            continue;
+        };
+        if !ent.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        match KernelRelease::new(name) {
+            Ok(k) => out.push(inspect(root, &dir, k)),
+            Err(e) => warnings.push(format!("ignoring {}/{name}: {e}", dir.display())),
+        }
+    }
+    out.sort_by(|a, b| a.release.cmp(&b.release));
+    out
+}
+
+fn inspect(root: &Root, modules: &Path, release: KernelRelease) -> Kernel {
+    let kdir = modules.join(release.as_str());
+    let build_link = root.link_target(&kdir.join("build")).ok();
+    let image = root.host(format!("/boot/vmlinuz-{release}")).exists();
+    let mut tree: Vec<TreeDir> = Vec::new();
+    let push = |tree: &mut Vec<TreeDir>, path: PathBuf, role| {
+        if !tree.iter().any(|t| t.path == path) {
+            tree.push(TreeDir { path, role });
+        }
+    };
+    let mut compiler = None;
+    if let Ok(build) = root.canonicalize(kdir.join("build")) {
+        compiler = read_compiler(&root.host(&build));
+        push(&mut tree, build.clone(), Role::Headers);
+        if let Ok(source) = root.canonicalize(kdir.join("source")) {
+            push(&mut tree, source, Role::Headers);
+        }
+        for inc in makefile_includes(&root.host(build.join("Makefile"))) {
+            if let Ok(dir) = root.canonicalize(&inc) {
+                push(&mut tree, dir, Role::Headers);
+            }
+        }
+        // Top-level links lead to the rest of the tree: Debian's scripts/ and
+        // tools/ into linux-kbuild, Ubuntu's farm into the common headers.
+        let headers: Vec<PathBuf> = tree.iter().map(|t| t.path.clone()).collect();
+        for dir in &headers {
+            let Ok(rd) = std::fs::read_dir(root.host(dir)) else {
+                continue;
+            };
+            let mut links: Vec<_> = rd
+                .flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_symlink()))
+                .map(|e| dir.join(e.file_name()))
+                .collect();
+            links.sort();
+            for link in links {
+                match root.canonicalize(&link) {
+                    Ok(target) => {
+                        let inside = headers.iter().any(|h| target.starts_with(h))
+                            || target.starts_with("/usr/src");
+                        if !headers.iter().any(|h| target.starts_with(h)) {
+                            let role = if inside { Role::Headers } else { Role::Kbuild };
+                            push(&mut tree, target, role);
+                        }
+                    }
+                    Err(e) => log::debug!("{}: {e}", link.display()),
+                }
+            }
+        }
+    }
+    Kernel {
+        release,
+        image,
+        build_link,
+        tree,
+        compiler,
+    }
+}
+
+/// `include /usr/src/linux-headers-6.1.0-50-common/Makefile` in the flavour
+/// Makefile names the common tree; only the first lines are looked at.
+fn makefile_includes(makefile: &Path) -> Vec<PathBuf> {
+    let Ok(f) = std::fs::File::open(makefile) else {
+        return Vec::new();
+    };
+    BufReader::new(f)
+        .lines()
+        .take(20)
+        .map_while(Result::ok)
+        .filter_map(|l| {
+            let p = Path::new(l.strip_prefix("include ")?.trim());
+            (p.is_absolute() && p.file_name()? == "Makefile")
+                .then(|| p.parent().map(Path::to_path_buf))?
+        })
+        .collect()
+}
+
+/// `CC` from Debian's `.kernelvariables` (`… $(CROSS_COMPILE)gcc-12`).
+fn read_compiler(build: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(build.join(".kernelvariables")).ok()?;
+    let line = text.lines().find(|l| {
+        let l = l.trim_start().trim_start_matches("override ").trim_start();
+        l.starts_with("CC ") || l.starts_with("CC=") || l.starts_with("CC:")
+    })?;
+    let word = line.split_whitespace().last()?;
+    let word = word.rsplit(')').next()?;
+    PackageName::new(word).ok().map(|p| p.to_string())
+}
+
+/// An input package of one kernel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Input {
+    pub package: PackageName,
+    pub architecture: Option<String>,
+    pub role: Role,
+    /// mtime of the file list: when dpkg last unpacked the package.
+    pub unpacked: Option<SystemTime>,
+}
+
+/// Paths that name the same directory on a merged-/usr system: file lists of
+/// older packages still say `/lib/…` for what is now `/usr/lib/…`.
+fn aliases(root: &Root, dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![dir.to_path_buf()];
+    for top in ["/lib", "/bin", "/sbin", "/lib64"] {
+        let usr = Path::new("/usr").join(&top[1..]);
+        if let Ok(rest) = dir.strip_prefix(&usr) {
+            if root.canonicalize(top).is_ok_and(|c| c == usr) {
+                out.push(Path::new(top).join(rest));
+            }
+        }
+    }
+    out
+}
+
+/// Which kernels a file list feeds, and in which role.
+pub fn roles_of(root: &Root, list: &FileList, kernels: &[Kernel]) -> Vec<(KernelRelease, Role)> {
+    let mut out = Vec::new();
+    for k in kernels {
+        let mut best: Option<Role> = None;
+        for t in &k.tree {
+            if aliases(root, &t.path)
+                .iter()
+                .any(|a| list.touches(path_bytes(a)))
+            {
+                best = Some(best.map_or(t.role, |b| b.min(t.role)));
+            }
+        }
+        if let Some(role) = best {
+            out.push((k.release.clone(), role));
+        }
+    }
+    out
+}
+
+/// Input packages per kernel, found by reading the given file lists.
+/// `candidates` are (package, arch, list path) as from [`dpkg::all_lists`].
+pub fn find_inputs(
+    root: &Root,
+    kernels: &[Kernel],
+    candidates: &[(PackageName, Option<String>, PathBuf)],
+) -> BTreeMap<KernelRelease, Vec<Input>> {
+    let mut out: BTreeMap<KernelRelease, Vec<Input>> = BTreeMap::new();
+    // A quick byte test before the per-directory search: lists that mention
+    // no tree directory at all (nearly all of them) are dismissed at once.
+    let needles: Vec<PathBuf> = kernels
+        .iter()
+        .flat_map(|k| k.tree.iter().flat_map(|t| aliases(root, &t.path)))
+        .collect();
+    for (package, arch, path) in candidates {
+        let list = match dpkg::read_list(path) {
+            Ok(l) => l,
+            Err(e) => {
+                log::debug!("{e}");
+                continue;
+            }
+        };
+        if !needles
+            .iter()
+            .any(|n| memchr::memmem::find(&list.data, path_bytes(n)).is_some())
+        {
+            continue;
+        }
+        for (k, role) in roles_of(root, &list, kernels) {
+            out.entry(k).or_default().push(Input {
+                package: package.clone(),
+                architecture: arch.clone(),
+                role,
+                unpacked: list.modified,
+            });
+        }
+    }
+    // Compiler role: the package named like the compiler that ships it.
+    for k in kernels {
+        let Some(cc) = &k.compiler else { continue };
+        let Ok(p) = PackageName::new(cc) else {
+            continue;
+        };
+        let Some(path) = dpkg::list_path(root, &p, None) else {
+            continue;
+        };
+        if let Ok(list) = dpkg::read_list(&path) {
+            if list.touches(format!("/usr/bin/{cc}").as_bytes()) {
+                out.entry(k.release.clone()).or_default().push(Input {
+                    package: p,
+                    architecture: None,
+                    role: Role::Compiler,
+                    unpacked: list.modified,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Fallback where a tree directory is owned by no file list: guess the owner
+/// from the path and accept it if dpkg has it installed.
+pub fn guess_missing_inputs(
+    kernels: &[Kernel],
+    inputs: &mut BTreeMap<KernelRelease, Vec<Input>>,
+    installed: &std::collections::HashMap<String, Vec<dpkg::Installed>>,
+) {
+    for k in kernels {
+        for t in &k.tree {
+            let Some(guess) = guess_owner(&t.path) else {
+                continue;
+            };
+            let list = inputs.entry(k.release.clone()).or_default();
+            if list.iter().any(|i| i.package == guess) {
+                continue;
+            }
+            if installed
+                .get(guess.as_str())
+                .is_some_and(|v| v.iter().any(|i| i.has_files()))
+            {
+                log::debug!(
+                    "{}: no file list owns {}, assuming {guess}",
+                    k.release,
+                    t.path.display()
+                );
+                list.push(Input {
+                    package: guess,
+                    architecture: None,
+                    role: t.role,
+                    unpacked: None,
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn release_names_are_checked() {
+        for bad in ["", "../x", "a/b", "6.1 0", "..", ".hidden", "a..b"] {
+            assert!(KernelRelease::new(bad).is_err(), "{bad}");
+        }
+        for good in [
+            "6.1.0-50-amd64",
+            "6.12.38+deb13-amd64",
+            "6.5.0-14-generic",
+            "6.6.31+rpt-rpi-v8",
+        ] {
+            assert!(KernelRelease::new(good).is_ok(), "{good}");
+        }
+    }
+
+    #[test]
+    fn owners_are_guessed_from_paths() {
+        assert_eq!(
+            guess_owner(Path::new("/usr/lib/linux-kbuild-6.1/scripts"))
+                .unwrap()
+                .as_str(),
+            "linux-kbuild-6.1"
+        );
+        assert_eq!(
+            guess_owner(Path::new("/usr/src/linux-headers-6.1.0-50-amd64"))
+                .unwrap()
+                .as_str(),
+            "linux-headers-6.1.0-50-amd64"
+        );
+        assert!(guess_owner(Path::new("/opt/x")).is_none());
+    }
+}

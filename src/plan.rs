@@ -1,0 +1,580 @@
+//! The planner: a pure function from (changes, inventory, config) to the pairs
+//! to rebuild, the pairs skipped with their reason, and warnings. No I/O, so
+//! every scenario is a table test.
+
+use std::cmp::Ordering;
+use std::time::{Duration, SystemTime};
+
+use debversion::Version;
+use jiff::civil::DateTime;
+use jiff::tz::TimeZone;
+use serde::Serialize;
+
+use crate::change::Change;
+use crate::config::{Config, KernelSelection};
+use crate::dkms::Pair;
+use crate::dpkg::PackageName;
+use crate::inventory::Inventory;
+use crate::kernel::{Input, Kernel, KernelRelease, Role};
+
+/// A change that makes a pair stale.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cause {
+    pub package: PackageName,
+    pub role: Role,
+    pub old: Option<Version>,
+    pub new: Option<Version>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rebuild {
+    pub pair: Pair,
+    pub because: Vec<Cause>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SkipReason {
+    /// Built after every change to its kernel's inputs.
+    Fresh,
+    NoHeaders,
+    KernelRemoved,
+    NotInstalled,
+    Excluded,
+}
+
+impl SkipReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SkipReason::Fresh => "fresh",
+            SkipReason::NoHeaders => "no-headers",
+            SkipReason::KernelRemoved => "kernel-removed",
+            SkipReason::NotInstalled => "not-installed",
+            SkipReason::Excluded => "excluded",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skip {
+    pub pair: Pair,
+    pub reason: SkipReason,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// The changes that touch some kernel's build tree.
+    pub changes: Vec<Change>,
+    pub rebuilds: Vec<Rebuild>,
+    pub skipped: Vec<Skip>,
+    pub warnings: Vec<String>,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.rebuilds.is_empty() && self.skipped.is_empty() && self.warnings.is_empty()
+    }
+}
+
+/// When the change hit the disk, as a point in time; `None` means "not yet"
+/// (apt's planned changes), which is after every build.
+fn unpack_instant(unpacked: Option<DateTime>, tz: &TimeZone) -> Option<SystemTime> {
+    let dt = unpacked?;
+    let ts = tz.to_ambiguous_timestamp(dt).compatible().ok()?;
+    let secs = u64::try_from(ts.as_second()).ok()?;
+    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
+}
+
+/// A pair is stale when its module was built before the change was unpacked.
+/// dpkg.log has whole seconds: a build within the logged second counts as
+/// before it, because a needless rebuild costs minutes while a missed one
+/// leaves a stale module.
+fn built_before(built: Option<SystemTime>, unpacked: Option<SystemTime>) -> bool {
+    match (built, unpacked) {
+        (_, None) | (None, _) => true,
+        (Some(b), Some(u)) => b < u + Duration::from_secs(1),
+    }
+}
+
+fn matches(input: &Input, c: &Change) -> bool {
+    input.package == c.package
+        && match (&input.architecture, &c.architecture) {
+            (Some(a), Some(b)) => a == b || a == "all" || b == "all",
+            _ => true,
+        }
+}
+
+/// Kernels chosen by the `kernels` setting.
+fn selected(inv: &Inventory, cfg: &Config, k: &KernelRelease) -> bool {
+    match cfg.kernels {
+        KernelSelection::All => true,
+        KernelSelection::RunningAndNewest => {
+            inv.running.as_ref() == Some(k) || newest(&inv.kernels).is_some_and(|n| &n.release == k)
+        }
+    }
+}
+
+/// Kernel releases compare like Debian versions (`6.1.0-9` < `6.1.0-50`).
+pub fn compare_releases(a: &KernelRelease, b: &KernelRelease) -> Ordering {
+    match (a.as_str().parse::<Version>(), b.as_str().parse::<Version>()) {
+        (Ok(x), Ok(y)) => x.cmp(&y),
+        _ => a.cmp(b),
+    }
+}
+
+fn newest(kernels: &[Kernel]) -> Option<&Kernel> {
+    kernels
+        .iter()
+        .filter(|k| k.has_headers())
+        .max_by(|a, b| compare_releases(&a.release, &b.release))
+}
+
+/// Plan rebuilds for `changes` (read from logs, or planned by apt).
+pub fn plan(changes: &[Change], inv: &Inventory, cfg: &Config) -> Plan {
+    let mut out = Plan::default();
+    let mut relevant: Vec<&Change> = Vec::new();
+    for k in &inv.kernels {
+        let inputs = inv.inputs.get(&k.release).map(Vec::as_slice).unwrap_or(&[]);
+        // The changes to this kernel's inputs, with the role that triggers.
+        let hits: Vec<(&Change, Role)> = changes
+            .iter()
+            .filter(|c| !c.is_removal())
+            .filter_map(|c| inputs.iter().find(|i| matches(i, c)).map(|i| (c, i.role)))
+            .filter(|(_, role)| cfg.triggers(*role))
+            .collect();
+        let headers_removed: Vec<&Change> = changes
+            .iter()
+            .filter(|c| c.is_removal() && k.headers_package_guess().as_ref() == Some(&c.package))
+            .collect();
+        if hits.is_empty() && headers_removed.is_empty() {
+            continue;
+        }
+        for (c, _) in &hits {
+            if !relevant.iter().any(|r| std::ptr::eq(*r, *c)) {
+                relevant.push(c);
+            }
+        }
+        relevant.extend(headers_removed.iter().copied());
+        let pairs: Vec<&Pair> = inv.pairs.iter().filter(|p| p.kernel == k.release).collect();
+        if !k.has_headers() {
+            if pairs.iter().any(|p| p.installed) {
+                let pkg = headers_removed
+                    .first()
+                    .map(|c| c.package.to_string())
+                    .or_else(|| k.headers_package_guess().map(|p| p.to_string()))
+                    .unwrap_or_else(|| "its headers".into());
+                let mods: Vec<String> = pairs
+                    .iter()
+                    .filter(|p| p.installed)
+                    .map(|p| p.module.to_string())
+                    .collect();
+                out.warnings.push(format!(
+                    "{}: headers are gone ({pkg}) but dkms modules are installed for it ({}); they cannot be rebuilt, install {pkg} again",
+                    k.release,
+                    mods.join(", ")
+                ));
+            }
+            out.skipped.extend(pairs.iter().map(|p| Skip {
+                pair: (*p).clone(),
+                reason: SkipReason::NoHeaders,
+            }));
+            continue;
+        }
+        skew_warning(k, &hits, inv, &mut out.warnings);
+        for p in pairs {
+            let reason = if !p.installed {
+                Some(SkipReason::NotInstalled)
+            } else if !selected(inv, cfg, &k.release) {
+                Some(SkipReason::Excluded)
+            } else {
+                None
+            };
+            if let Some(reason) = reason {
+                out.skipped.push(Skip {
+                    pair: p.clone(),
+                    reason,
+                });
+                continue;
+            }
+            let because: Vec<Cause> = hits
+                .iter()
+                .filter_map(|(c, role)| {
+                    // The first unpack after the build names the version the
+                    // module was built against.
+                    let step = c
+                        .steps
+                        .iter()
+                        .find(|s| built_before(p.built, unpack_instant(s.unpacked, &inv.tz)))?;
+                    Some(Cause {
+                        package: c.package.clone(),
+                        role: *role,
+                        old: step.old.clone(),
+                        new: c.new.clone(),
+                    })
+                })
+                .collect();
+            if because.is_empty() {
+                out.skipped.push(Skip {
+                    pair: p.clone(),
+                    reason: SkipReason::Fresh,
+                });
+            } else {
+                out.rebuilds.push(Rebuild {
+                    pair: p.clone(),
+                    because,
+                });
+            }
+        }
+    }
+    // Pairs of kernels that are gone, when the log shows their removal.
+    for p in &inv.pairs {
+        if inv.kernel(&p.kernel).is_none()
+            && changes
+                .iter()
+                .any(|c| c.is_removal() && c.package.as_str().ends_with(p.kernel.as_str()))
+        {
+            out.skipped.push(Skip {
+                pair: p.clone(),
+                reason: SkipReason::KernelRemoved,
+            });
+        }
+    }
+    relevant.sort_by(|a, b| a.package.cmp(&b.package));
+    relevant.dedup_by(|a, b| std::ptr::eq(*a, *b));
+    out.changes = relevant.into_iter().cloned().collect();
+    out
+}
+
+/// A kbuild newer than the kernel's own headers: the combination that broke
+/// module builds in the seed report of #1040401.
+fn skew_warning(k: &Kernel, hits: &[(&Change, Role)], inv: &Inventory, warnings: &mut Vec<String>) {
+    let Some(headers) = k.headers_package_guess() else {
+        return;
+    };
+    let Some(hv) = inv.installed_version(&headers).map(|i| &i.version) else {
+        return;
+    };
+    for (c, role) in hits {
+        if *role != Role::Kbuild {
+            continue;
+        }
+        let Some(kv) = &c.new else { continue };
+        if kv > hv {
+            warnings.push(format!(
+                "{}: {} {kv} is newer than {headers} {hv}; a rebuild may fail, and the working module is then kept",
+                k.release, c.package
+            ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dkms::Word;
+    use crate::dpkg::Installed;
+    use crate::kernel::TreeDir;
+    use std::collections::{BTreeMap, HashMap};
+    use std::path::PathBuf;
+
+    fn t(s: &str) -> DateTime {
+        s.parse().unwrap()
+    }
+    fn at(s: &str) -> SystemTime {
+        unpack_instant(Some(t(s)), &TimeZone::UTC).unwrap()
+    }
+    fn kr(s: &str) -> KernelRelease {
+        KernelRelease::new(s).unwrap()
+    }
+    fn pkg(s: &str) -> PackageName {
+        PackageName::new(s).unwrap()
+    }
+    fn kernel(k: &str, kbuild: &str) -> Kernel {
+        Kernel {
+            release: kr(k),
+            image: true,
+            build_link: Some(PathBuf::from(format!("/usr/src/linux-headers-{k}"))),
+            tree: vec![
+                TreeDir {
+                    path: format!("/usr/src/linux-headers-{k}").into(),
+                    role: Role::Headers,
+                },
+                TreeDir {
+                    path: format!("/usr/lib/{kbuild}/scripts").into(),
+                    role: Role::Kbuild,
+                },
+            ],
+            compiler: None,
+        }
+    }
+    fn pair(m: &str, k: &str, built: &str) -> Pair {
+        Pair {
+            module: Word::new("m", m).unwrap(),
+            version: Word::new("v", "1.0").unwrap(),
+            kernel: kr(k),
+            arch: Word::new("a", "x86_64").unwrap(),
+            installed: true,
+            built: Some(at(built)),
+        }
+    }
+    fn input(p: &str, role: Role) -> Input {
+        Input {
+            package: pkg(p),
+            architecture: None,
+            role,
+            unpacked: None,
+        }
+    }
+    fn change(p: &str, old: Option<&str>, new: Option<&str>, when: &str) -> Change {
+        let mut c = Change::planned(
+            pkg(p),
+            Some("amd64".into()),
+            old.map(|v| v.parse().unwrap()),
+            new.map(|v| v.parse().unwrap()),
+        );
+        if c.is_removal() {
+            c.removed = Some(t(when));
+        } else {
+            c.unpacked = Some(t(when));
+            c.steps[0].unpacked = Some(t(when));
+        }
+        c
+    }
+    fn installed(p: &str, v: &str) -> Installed {
+        Installed {
+            name: pkg(p),
+            architecture: None,
+            version: v.parse().unwrap(),
+            state: "installed".into(),
+        }
+    }
+
+    /// The Debian 12 capture: two kernels sharing linux-kbuild-6.1.
+    fn bookworm() -> Inventory {
+        let mut inputs = BTreeMap::new();
+        for k in ["6.1.0-50-amd64", "6.1.0-56-amd64"] {
+            inputs.insert(
+                kr(k),
+                vec![
+                    input(&format!("linux-headers-{k}"), Role::Headers),
+                    input("linux-kbuild-6.1", Role::Kbuild),
+                ],
+            );
+        }
+        let mut installed_map = HashMap::new();
+        installed_map.insert(
+            "linux-headers-6.1.0-50-amd64".into(),
+            vec![installed("linux-headers-6.1.0-50-amd64", "6.1.176-1")],
+        );
+        installed_map.insert(
+            "linux-headers-6.1.0-56-amd64".into(),
+            vec![installed("linux-headers-6.1.0-56-amd64", "6.1.192-2")],
+        );
+        Inventory {
+            kernels: vec![
+                kernel("6.1.0-50-amd64", "linux-kbuild-6.1"),
+                kernel("6.1.0-56-amd64", "linux-kbuild-6.1"),
+            ],
+            pairs: vec![
+                pair("acpi-call", "6.1.0-50-amd64", "2026-11-23T20:56:02"),
+                pair("acpi-call", "6.1.0-56-amd64", "2026-11-23T20:57:41"),
+            ],
+            inputs,
+            installed: installed_map,
+            running: None,
+            tz: TimeZone::UTC,
+            warnings: vec![],
+        }
+    }
+
+    fn labels(p: &Plan) -> (Vec<String>, Vec<String>) {
+        (
+            p.rebuilds.iter().map(|r| r.pair.label()).collect(),
+            p.skipped
+                .iter()
+                .map(|s| format!("{} {}", s.pair.label(), s.reason.as_str()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn kbuild_upgrade_rebuilds_the_older_kernel_only() {
+        let inv = bookworm();
+        let changes = vec![
+            change(
+                "linux-kbuild-6.1",
+                Some("6.1.176-1"),
+                Some("6.1.192-2"),
+                "2026-11-23T20:57:37",
+            ),
+            change(
+                "linux-headers-6.1.0-56-amd64",
+                None,
+                Some("6.1.192-2"),
+                "2026-11-23T20:57:38",
+            ),
+            change("hello", Some("1"), Some("2"), "2026-11-23T20:57:38"),
+        ];
+        let p = plan(&changes, &inv, &Config::default());
+        let (r, s) = labels(&p);
+        assert_eq!(r, ["acpi-call/1.0 @ 6.1.0-50-amd64"]);
+        assert_eq!(s, ["acpi-call/1.0 @ 6.1.0-56-amd64 fresh"]);
+        assert_eq!(
+            p.rebuilds[0].because[0].package.as_str(),
+            "linux-kbuild-6.1"
+        );
+        assert_eq!(p.changes.len(), 2, "hello is not relevant");
+        assert_eq!(p.warnings.len(), 1, "{:?}", p.warnings);
+        assert!(p.warnings[0].starts_with("6.1.0-50-amd64: linux-kbuild-6.1 6.1.192-2 is newer than linux-headers-6.1.0-50-amd64 6.1.176-1"));
+    }
+
+    #[test]
+    fn table() {
+        struct Case {
+            name: &'static str,
+            changes: Vec<Change>,
+            cfg: Config,
+            rebuild: Vec<&'static str>,
+            skipped: Vec<&'static str>,
+        }
+        let kb = || {
+            change(
+                "linux-kbuild-6.1",
+                Some("6.1.176-1"),
+                Some("6.1.192-2"),
+                "2026-11-23T20:57:37",
+            )
+        };
+        let cases = vec![
+            Case {
+                name: "nothing relevant",
+                changes: vec![change("hello", None, Some("1"), "2026-11-23T20:57:37")],
+                cfg: Config::default(),
+                rebuild: vec![],
+                skipped: vec![],
+            },
+            Case {
+                name: "kbuild role off",
+                changes: vec![kb()],
+                cfg: Config {
+                    trigger_kbuild: false,
+                    ..Config::default()
+                },
+                rebuild: vec![],
+                skipped: vec![],
+            },
+            Case {
+                name: "in-place headers upgrade",
+                changes: vec![change(
+                    "linux-headers-6.1.0-56-amd64",
+                    Some("6.1.192-2"),
+                    Some("6.1.192-3"),
+                    "2026-11-24T08:00:00",
+                )],
+                cfg: Config::default(),
+                rebuild: vec!["acpi-call/1.0 @ 6.1.0-56-amd64"],
+                skipped: vec![],
+            },
+            Case {
+                name: "planned change (apt) is after every build",
+                changes: vec![Change::planned(
+                    pkg("linux-kbuild-6.1"),
+                    None,
+                    Some("1".parse().unwrap()),
+                    Some("2".parse().unwrap()),
+                )],
+                cfg: Config::default(),
+                rebuild: vec![
+                    "acpi-call/1.0 @ 6.1.0-50-amd64",
+                    "acpi-call/1.0 @ 6.1.0-56-amd64",
+                ],
+                skipped: vec![],
+            },
+            Case {
+                name: "built in the same second as the unpack counts as stale",
+                changes: vec![change(
+                    "linux-kbuild-6.1",
+                    Some("1"),
+                    Some("2"),
+                    "2026-11-23T20:57:41",
+                )],
+                cfg: Config::default(),
+                rebuild: vec![
+                    "acpi-call/1.0 @ 6.1.0-50-amd64",
+                    "acpi-call/1.0 @ 6.1.0-56-amd64",
+                ],
+                skipped: vec![],
+            },
+            Case {
+                name: "running-and-newest excludes old kernels",
+                changes: vec![kb()],
+                cfg: Config {
+                    kernels: KernelSelection::RunningAndNewest,
+                    ..Config::default()
+                },
+                rebuild: vec![],
+                skipped: vec![
+                    "acpi-call/1.0 @ 6.1.0-50-amd64 excluded",
+                    "acpi-call/1.0 @ 6.1.0-56-amd64 fresh",
+                ],
+            },
+        ];
+        for c in cases {
+            let p = plan(&c.changes, &bookworm(), &c.cfg);
+            let (r, s) = labels(&p);
+            assert_eq!(r, c.rebuild, "{}", c.name);
+            assert_eq!(s, c.skipped, "{}", c.name);
+        }
+    }
+
+    #[test]
+    fn purged_headers_warn_and_skip() {
+        let mut inv = bookworm();
+        inv.kernels[0].tree.clear();
+        let changes = vec![change(
+            "linux-headers-6.1.0-50-amd64",
+            Some("6.1.176-1"),
+            None,
+            "2026-11-24T08:00:00",
+        )];
+        let p = plan(&changes, &inv, &Config::default());
+        let (r, s) = labels(&p);
+        assert!(r.is_empty());
+        assert_eq!(s, ["acpi-call/1.0 @ 6.1.0-50-amd64 no-headers"]);
+        assert_eq!(p.warnings.len(), 1);
+        assert!(
+            p.warnings[0]
+                .contains("6.1.0-50-amd64: headers are gone (linux-headers-6.1.0-50-amd64)"),
+            "{}",
+            p.warnings[0]
+        );
+    }
+
+    #[test]
+    fn unbuilt_and_uninstalled_pairs() {
+        let mut inv = bookworm();
+        inv.pairs[1].installed = false;
+        inv.pairs[0].built = None;
+        let changes = vec![change(
+            "linux-kbuild-6.1",
+            Some("1"),
+            Some("2"),
+            "2020-01-01T00:00:00",
+        )];
+        let (r, s) = labels(&plan(&changes, &inv, &Config::default()));
+        assert_eq!(
+            r,
+            ["acpi-call/1.0 @ 6.1.0-50-amd64"],
+            "a pair without a built module is stale"
+        );
+        assert_eq!(s, ["acpi-call/1.0 @ 6.1.0-56-amd64 not-installed"]);
+    }
+
+    #[test]
+    fn releases_sort_like_versions() {
+        assert_eq!(
+            compare_releases(&kr("6.1.0-9-amd64"), &kr("6.1.0-50-amd64")),
+            Ordering::Less
+        );
+    }
+}

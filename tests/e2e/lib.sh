@@ -1,0 +1,233 @@
+# shellcheck shell=bash
+# Shared helpers for the dkms-hook real-system end-to-end tier.
+# Source this file from bash scripts running with `set -euo pipefail`.
+#
+# Environment knobs (all optional):
+#   E2E_CACHE_DIR       where the cached base tarball lives  (/var/cache/dkms-hook-e2e)
+#   E2E_TMP_BASE        where throw-away roots are extracted  (/var/tmp)
+#   E2E_SUITE           Debian suite                          (bookworm)
+#   E2E_MIRROR          override the Debian mirror URL (normally parsed from host apt sources)
+#   E2E_SECURITY_MIRROR override the security mirror URL
+#   E2E_KEEP_ROOT=1     do not delete the extracted root at the end (debugging)
+
+E2E_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+E2E_CACHE_DIR="${E2E_CACHE_DIR:-/var/cache/dkms-hook-e2e}"
+E2E_TMP_BASE="${E2E_TMP_BASE:-/var/tmp}"
+E2E_SUITE="${E2E_SUITE:-bookworm}"
+E2E_BASE_TARBALL="${E2E_CACHE_DIR}/base-${E2E_SUITE}.tar.zst"
+E2E_VERSIONS_FILE="/root/e2e-versions.env"   # path inside the root
+E2E_ROOT="${E2E_ROOT:-}"
+E2E_MOUNTED=()
+
+e2e_log()  { printf '[e2e %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+e2e_die()  { printf '[e2e] FATAL: %s\n' "$*" >&2; exit 1; }
+
+# Loud skip: one line starting with SKIPPED:, exit 0 (callers treat as skip).
+e2e_skip() {
+    printf 'SKIPPED: %s\n' "$*"
+    exit 0
+}
+
+e2e_require_root() {
+    [[ "$(id -u)" == 0 ]] || e2e_skip "dkms-hook e2e tests need root (chroot, mount)"
+}
+
+# e2e_retry ATTEMPTS CMD... -- retry a command with a growing pause.
+e2e_retry() {
+    local attempts="$1"; shift
+    local n=1 rc=0
+    while :; do
+        rc=0
+        "$@" || rc=$?
+        [[ "$rc" == 0 ]] && return 0
+        if (( n >= attempts )); then
+            e2e_log "giving up after ${n} attempts (rc=${rc}): $*"
+            return "$rc"
+        fi
+        e2e_log "attempt ${n}/${attempts} failed (rc=${rc}), retrying in $((n * 5))s: $*"
+        sleep "$((n * 5))"
+        n=$((n + 1))
+    done
+}
+
+# --- mirror detection --------------------------------------------------------
+
+# Print "URI<TAB>SUITE" pairs for every enabled `deb` entry of the host's apt sources.
+_e2e_host_sources() {
+    local f
+    for f in /etc/apt/sources.list.d/*.sources; do
+        [[ -f "$f" ]] || continue
+        awk '
+            function flush() {
+                if (types ~ /(^|[ \t])deb([ \t]|$)/ && enabled != "no") {
+                    n = split(uris, U, /[ \t]+/); m = split(suites, S, /[ \t]+/)
+                    for (i = 1; i <= n; i++) for (j = 1; j <= m; j++)
+                        if (U[i] != "" && S[j] != "") print U[i] "\t" S[j]
+                }
+                types = ""; uris = ""; suites = ""; enabled = ""
+            }
+            /^[ \t]*#/ { next }
+            /^[ \t]*$/ { flush(); next }
+            {
+                key = tolower($1); sub(/:$/, "", key)
+                val = $0; sub(/^[^:]*:[ \t]*/, "", val)
+                if (key == "types") types = val
+                else if (key == "uris") uris = val
+                else if (key == "suites") suites = val
+                else if (key == "enabled") enabled = tolower(val)
+            }
+            END { flush() }
+        ' "$f"
+    done
+    for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+        [[ -f "$f" ]] || continue
+        # deb [opts] URI SUITE COMPONENTS...
+        sed -e 's/#.*//' -e 's/\[[^]]*\]//' "$f" | awk '$1 == "deb" && NF >= 3 { print $2 "\t" $3 }'
+    done
+}
+
+# Sets E2E_MIRROR (Debian archive for $E2E_SUITE) and E2E_SECURITY_MIRROR
+# (may stay empty), plus E2E_HAVE_UPDATES=1 if the host uses $E2E_SUITE-updates.
+e2e_detect_mirror() {
+    local pairs uri suite
+    pairs="$(_e2e_host_sources || true)"
+    E2E_HAVE_UPDATES="${E2E_HAVE_UPDATES:-0}"
+    while IFS=$'\t' read -r uri suite; do
+        [[ -n "$uri" ]] || continue
+        uri="${uri%/}"
+        case "$suite" in
+            "$E2E_SUITE")          [[ -n "${E2E_MIRROR:-}" ]] || E2E_MIRROR="$uri" ;;
+            "$E2E_SUITE-security"|"$E2E_SUITE/updates")
+                                   [[ -n "${E2E_SECURITY_MIRROR:-}" ]] || E2E_SECURITY_MIRROR="$uri" ;;
+            "$E2E_SUITE-updates")  E2E_HAVE_UPDATES=1 ;;
+        esac
+    done <<< "$pairs"
+    E2E_MIRROR="${E2E_MIRROR:-}"
+    E2E_SECURITY_MIRROR="${E2E_SECURITY_MIRROR:-}"
+    [[ -n "$E2E_MIRROR" ]] || e2e_skip "no '${E2E_SUITE}' Debian mirror found in host apt sources"
+    export E2E_MIRROR E2E_SECURITY_MIRROR E2E_HAVE_UPDATES
+}
+
+_e2e_fetch_head() {
+    local url="$1"
+    if command -v curl >/dev/null 2>&1; then
+        curl -fsS -m 30 -o /dev/null "$url"
+    elif command -v wget >/dev/null 2>&1; then
+        wget -q -T 30 -O /dev/null "$url"
+    else
+        # No HTTP client: let apt/debootstrap find out later.
+        return 0
+    fi
+}
+
+# Loud skip if the mirror cannot be reached at all.
+e2e_check_mirror() {
+    e2e_retry 3 _e2e_fetch_head "${E2E_MIRROR}/dists/${E2E_SUITE}/Release" \
+        || e2e_skip "Debian mirror ${E2E_MIRROR} unreachable; cannot build the e2e base root"
+}
+
+# --- root handling -----------------------------------------------------------
+
+# List mount points at or below $1 (deepest first).
+_e2e_mounts_under() {
+    local root="$1"
+    awk -v r="$root" '{ gsub(/\\040/, " ", $2); if ($2 == r || index($2, r "/") == 1) print $2 }' /proc/self/mounts \
+        | sort -r
+}
+
+# e2e_mounts [ROOT] -- mount proc, sys, dev (+devpts) into the root.
+e2e_mounts() {
+    local root="${1:-$E2E_ROOT}"
+    [[ -n "$root" && -d "$root" ]] || e2e_die "e2e_mounts: bad root '${root}'"
+    mkdir -p "$root/proc" "$root/sys" "$root/dev"
+    mount -t proc proc "$root/proc";            E2E_MOUNTED+=("$root/proc")
+    mount -t sysfs -o ro sysfs "$root/sys";     E2E_MOUNTED+=("$root/sys")
+    mount --bind /dev "$root/dev";              E2E_MOUNTED+=("$root/dev")
+    if [[ -d /dev/pts ]]; then
+        mount --bind /dev/pts "$root/dev/pts" && E2E_MOUNTED+=("$root/dev/pts")
+    fi
+}
+
+# e2e_umounts [ROOT] -- unmount everything below the root (idempotent, never fails).
+e2e_umounts() {
+    local root="${1:-$E2E_ROOT}" mp
+    [[ -n "$root" ]] || return 0
+    root="$(readlink -f "$root" 2>/dev/null || printf '%s' "$root")"
+    while read -r mp; do
+        [[ -n "$mp" ]] || continue
+        umount "$mp" 2>/dev/null || umount -l "$mp" 2>/dev/null || e2e_log "WARNING: cannot unmount $mp"
+    done < <(_e2e_mounts_under "$root")
+    E2E_MOUNTED=()
+    return 0
+}
+
+# e2e_remove_root [ROOT] -- unmount, then delete, refusing if anything is still mounted.
+e2e_remove_root() {
+    local root="${1:-$E2E_ROOT}"
+    [[ -n "$root" && -d "$root" ]] || return 0
+    case "$root" in
+        "$E2E_TMP_BASE"/dkms-hook-e2e.*) ;;
+        *) e2e_log "WARNING: refusing to delete unexpected path $root"; return 0 ;;
+    esac
+    e2e_umounts "$root"
+    if [[ -n "$(_e2e_mounts_under "$(readlink -f "$root")")" ]]; then
+        e2e_log "WARNING: mounts remain below $root; NOT deleting it"
+        return 0
+    fi
+    if [[ "${E2E_KEEP_ROOT:-0}" == 1 ]]; then
+        e2e_log "E2E_KEEP_ROOT=1: leaving $root in place"
+        return 0
+    fi
+    rm -rf --one-file-system "$root"
+}
+
+# New empty root directory under $E2E_TMP_BASE; prints its path.
+e2e_new_root_dir() {
+    local d
+    mkdir -p "$E2E_TMP_BASE"
+    d="$(mktemp -d "$E2E_TMP_BASE/dkms-hook-e2e.XXXXXXXX")"
+    # mktemp makes it 0700; as the chroot's "/" that locks out apt's _apt user
+    chmod 0755 "$d"
+    printf '%s\n' "$d"
+}
+
+# e2e_extract_base -- extract the cached base tarball into a fresh root; sets E2E_ROOT.
+e2e_extract_base() {
+    [[ -f "$E2E_BASE_TARBALL" ]] || e2e_die "no base tarball at $E2E_BASE_TARBALL (run make-base.sh)"
+    E2E_ROOT="$(e2e_new_root_dir)"
+    zstd -q -d -c "$E2E_BASE_TARBALL" | tar -C "$E2E_ROOT" --numeric-owner -xpf -
+    export E2E_ROOT
+}
+
+# in_root CMD... -- run a command inside the root with a sane, minimal environment.
+in_root() {
+    [[ -n "$E2E_ROOT" ]] || e2e_die "in_root: E2E_ROOT not set"
+    chroot "$E2E_ROOT" /usr/bin/env -i \
+        PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+        LANG=C.UTF-8 LC_ALL=C.UTF-8 HOME=/root TERM=dumb \
+        DEBIAN_FRONTEND=noninteractive DEBCONF_NONINTERACTIVE_SEEN=true \
+        "$@"
+}
+
+# e2e_apt ARGS... -- apt-get inside the root, never touching the network.
+e2e_apt_offline() {
+    in_root apt-get -y -q --no-download -o Dpkg::Use-Pty=0 "$@"
+}
+
+# e2e_load_versions -- source the versions file written by make-base.sh.
+e2e_load_versions() {
+    [[ -f "$E2E_ROOT$E2E_VERSIONS_FILE" ]] || e2e_die "missing $E2E_VERSIONS_FILE in root"
+    # shellcheck disable=SC1090
+    source "$E2E_ROOT$E2E_VERSIONS_FILE"
+}
+
+# e2e_ensure_base -- build the base tarball if missing (skip-propagating).
+e2e_ensure_base() {
+    if [[ ! -f "$E2E_BASE_TARBALL" ]]; then
+        local out
+        out="$("$E2E_DIR/make-base.sh" | tee /dev/stderr)"
+        if grep -q '^SKIPPED:' <<< "$out" || [[ ! -f "$E2E_BASE_TARBALL" ]]; then
+            e2e_skip "base root unavailable (see make-base.sh output above)"
+        fi
+    fi
+}

@@ -1,0 +1,278 @@
+//! Fake systems in a temp dir: dpkg database, kernel build trees, dkms tree
+//! and logs, built with the layouts real distributions use, and a runner for
+//! the real binary against them.
+
+use std::fs;
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::SystemTime;
+
+pub struct Fixture {
+    pub dir: tempfile::TempDir,
+}
+
+/// `2026-11-23T20:56:02Z` or with fractions, as a SystemTime.
+pub fn at(s: &str) -> SystemTime {
+    let ts: jiff::Timestamp = s.parse().expect("RFC 3339 time");
+    SystemTime::UNIX_EPOCH + std::time::Duration::from_nanos(ts.as_nanosecond() as u64)
+}
+
+pub fn set_mtime(p: &Path, when: SystemTime) {
+    // Set through the link itself would need utimensat; our links' times do not matter.
+    let f = fs::File::options()
+        .write(true)
+        .open(p)
+        .or_else(|_| fs::File::open(p))
+        .unwrap();
+    f.set_modified(when).unwrap();
+}
+
+impl Fixture {
+    pub fn new() -> Fixture {
+        let f = Fixture {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        for d in [
+            "var/lib/dpkg/info",
+            "var/log",
+            "usr/lib/modules",
+            "usr/src",
+            "etc",
+            "boot",
+        ] {
+            fs::create_dir_all(f.path(d)).unwrap();
+        }
+        // Merged /usr, as on Debian 12.
+        symlink("usr/lib", f.path("lib")).unwrap();
+        fs::write(f.path("var/lib/dpkg/status"), "").unwrap();
+        f
+    }
+
+    /// The shipped sample of Debian bug #1040401 with its recorded mtimes.
+    pub fn sample() -> Fixture {
+        let f = Fixture {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/bug-1040401");
+        let ok = Command::new("cp")
+            .arg("-a")
+            .arg(src.join("root/."))
+            .arg(f.dir.path())
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        for line in fs::read_to_string(src.join("mtimes")).unwrap().lines() {
+            if line.starts_with('#') || line.trim().is_empty() {
+                continue;
+            }
+            let (when, path) = line.split_once(' ').unwrap();
+            set_mtime(&f.path(path), at(when));
+        }
+        f
+    }
+
+    pub fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p.trim_start_matches('/'))
+    }
+
+    pub fn write(&self, p: &str, content: impl AsRef<[u8]>) {
+        let p = self.path(p);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, content).unwrap();
+    }
+
+    pub fn link(&self, p: &str, target: &str) {
+        let p = self.path(p);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        let _ = fs::remove_file(&p);
+        symlink(target, p).unwrap();
+    }
+
+    pub fn mtime(&self, p: &str, when: &str) {
+        set_mtime(&self.path(p), at(when));
+    }
+
+    /// An installed package: status paragraph, file list (with parent dirs)
+    /// stamped `unpacked`, and its files on disk. Paths ending in `/` are
+    /// directories; `path -> target` entries are symlinks.
+    pub fn package(&self, name: &str, arch: &str, version: &str, files: &[&str], unpacked: &str) {
+        let mut lines = vec!["/.".to_string()];
+        for f in files {
+            let (path, target) = match f.split_once(" -> ") {
+                Some((p, t)) => (p, Some(t)),
+                None => (*f, None),
+            };
+            let clean = path.trim_end_matches('/');
+            let mut parents: Vec<&str> = Vec::new();
+            let mut p = Path::new(clean).parent();
+            while let Some(d) = p.and_then(|d| d.to_str()).filter(|d| *d != "/") {
+                parents.push(d);
+                p = Path::new(d).parent();
+            }
+            for d in parents.into_iter().rev() {
+                if !lines.iter().any(|l| l == d) {
+                    lines.push(d.to_string());
+                }
+            }
+            lines.push(clean.to_string());
+            match target {
+                Some(t) => self.link(clean, t),
+                None if path.ends_with('/') => fs::create_dir_all(self.path(clean)).unwrap(),
+                None if !self.path(clean).exists() => {
+                    self.write(clean, format!("{name} {version}\n"))
+                }
+                None => {}
+            }
+        }
+        let list = format!("var/lib/dpkg/info/{name}.list");
+        self.write(&list, lines.join("\n") + "\n");
+        self.mtime(&list, unpacked);
+        let mut status = fs::read_to_string(self.path("var/lib/dpkg/status")).unwrap();
+        status.push_str(&format!(
+            "Package: {name}\nStatus: install ok installed\nPriority: optional\nArchitecture: {arch}\nVersion: {version}\nDescription: {name}\n\n"
+        ));
+        self.write("var/lib/dpkg/status", status);
+    }
+
+    /// A Debian kernel `ABI-FLAVOUR` (e.g. `6.3.0-1-amd64`): headers for the
+    /// flavour and `-common`, linked to `kbuild` (`linux-kbuild-6.3`).
+    pub fn debian_kernel(&self, release: &str, version: &str, kbuild: &str, unpacked: &str) {
+        let (abi, _flavour) = release.rsplit_once('-').unwrap();
+        let common = format!("/usr/src/linux-headers-{abi}-common");
+        let flav = format!("/usr/src/linux-headers-{release}");
+        let kb = format!("/usr/lib/{kbuild}");
+        self.package(
+            &format!("linux-headers-{abi}-common"),
+            "all",
+            version,
+            &[
+                &format!("{common}/Makefile"),
+                &format!("{common}/include/linux/module.h"),
+                &format!("{common}/scripts -> ../../lib/{kbuild}/scripts"),
+            ],
+            unpacked,
+        );
+        self.write(
+            &format!("{flav}/Makefile"),
+            format!("include {common}/Makefile\n"),
+        );
+        self.package(
+            &format!("linux-headers-{release}"),
+            "amd64",
+            version,
+            &[
+                &format!("{flav}/Makefile"),
+                &format!("{flav}/.config"),
+                &format!("{flav}/include/generated/autoconf.h"),
+                &format!("{flav}/scripts -> ../../lib/{kbuild}/scripts"),
+                &format!("{flav}/tools -> ../../lib/{kbuild}/tools"),
+                &format!("/lib/modules/{release}/build -> {flav}"),
+                &format!("/lib/modules/{release}/source -> {common}"),
+            ],
+            unpacked,
+        );
+        if !self.path(&kb).exists() {
+            fs::create_dir_all(self.path(&format!("{kb}/scripts/basic"))).unwrap();
+            fs::create_dir_all(self.path(&format!("{kb}/tools/objtool"))).unwrap();
+        }
+        self.write(&format!("boot/vmlinuz-{release}"), "kernel");
+    }
+
+    /// A kbuild package owning `scripts/` and `tools/`.
+    pub fn kbuild(&self, name: &str, version: &str, unpacked: &str) {
+        let kb = format!("/usr/lib/{name}");
+        self.package(
+            name,
+            "amd64",
+            version,
+            &[
+                &format!("{kb}/scripts/Kbuild.include"),
+                &format!("{kb}/scripts/basic/fixdep"),
+                &format!("{kb}/tools/objtool/objtool"),
+            ],
+            unpacked,
+        );
+    }
+
+    /// A dkms pair built (and installed) at `built`.
+    pub fn dkms_pair(&self, module: &str, version: &str, release: &str, ko: &str, built: &str) {
+        let dir = format!("var/lib/dkms/{module}/{version}/{release}/x86_64");
+        self.write(
+            &format!("{dir}/module/{ko}.ko"),
+            format!("ko {module} {release}"),
+        );
+        self.write(&format!("{dir}/log/make.log"), "make.log");
+        self.mtime(&format!("{dir}/module/{ko}.ko"), built);
+        self.link(
+            &format!("var/lib/dkms/{module}/kernel-{release}-x86_64"),
+            &format!("{version}/{release}/x86_64"),
+        );
+        self.write(
+            &format!("usr/lib/modules/{release}/updates/dkms/{ko}.ko"),
+            format!("ko {module} {release}"),
+        );
+    }
+
+    /// Run the real binary with `--root` on this fixture, in UTC.
+    pub fn run(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_dkms-hook"))
+            .arg("--root")
+            .arg(self.dir.path())
+            .args(args)
+            .env("TZ", "UTC")
+            .env_remove("DKMS_HOOK_ROOT")
+            .env_remove("DKMS_HOOK_LOG")
+            .output()
+            .unwrap()
+    }
+
+    /// `replay --dry-run --json` on the given in-root logs, parsed.
+    pub fn plan(&self, logs: &[&str]) -> serde_json::Value {
+        let mut args = vec!["replay".to_string(), "--dry-run".into(), "--json".into()];
+        args.extend(logs.iter().map(|l| self.path(l).display().to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = self.run(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+/// `module/version @ kernel` of each rebuild in a JSON plan.
+pub fn rebuilds(plan: &serde_json::Value) -> Vec<String> {
+    plan["rebuilds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            format!(
+                "{}/{} @ {}",
+                r["module"].as_str().unwrap(),
+                r["version"].as_str().unwrap(),
+                r["kernel"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
+/// `module/version @ kernel: reason` of each skipped pair.
+pub fn skipped(plan: &serde_json::Value) -> Vec<String> {
+    plan["skipped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            format!(
+                "{}/{} @ {}: {}",
+                r["module"].as_str().unwrap(),
+                r["version"].as_str().unwrap(),
+                r["kernel"].as_str().unwrap(),
+                r["reason"].as_str().unwrap()
+            )
+        })
+        .collect()
+}

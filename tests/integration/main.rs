@@ -1,0 +1,4 @@
+//! The one integration-test binary: the real `dkms-hook` run on fixture roots.
+
+mod fixture;
+mod replay;
