@@ -11,9 +11,12 @@ use clap::{Args, Parser, Subcommand};
 use crate::change::ChangeSet;
 use crate::config::Config;
 use crate::inventory::Inventory;
+use crate::plan::{PairState, Plan, Rebuild};
+use crate::rebuild::{Executor, Outcome, PairResult};
 use crate::report::{self, PREFIX};
 use crate::root::Root;
-use crate::{dpkg_log, plan};
+use crate::state::{QueuedPair, State};
+use crate::{dpkg_log, hook, plan};
 
 /// Exit status of usage errors and unreadable input.
 pub const EXIT_USAGE: i32 = 2;
@@ -41,8 +44,25 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Plan (and with issue-3's executor, perform) rebuilds for the changes in dpkg logs.
+    /// Rebuild what the changes in the given dpkg logs made stale.
     Replay(ReplayArgs),
+    /// apt's DPkg::Post-Invoke and dpkg's post-invoke: read dpkg.log from the
+    /// cursor and rebuild stale pairs. Always exits 0.
+    PostInvoke,
+    /// Show every installed kernel × dkms module: fresh, stale, failed, missing, no-headers.
+    Status(JsonArg),
+    /// Rebuild every pair that `status` finds stale (also those that went
+    /// stale before dkms-hook was installed).
+    Sync(JsonArg),
+    /// Rebuild the pairs whose last rebuild failed.
+    Retry(JsonArg),
+}
+
+#[derive(Debug, Args)]
+pub struct JsonArg {
+    /// Print one JSON object instead of lines.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -86,6 +106,10 @@ pub fn main() -> i32 {
     let root = Root::new(cli.root.clone().unwrap_or_else(|| PathBuf::from("/")));
     let result = match &cli.command {
         Command::Replay(a) => replay(&root, a),
+        Command::PostInvoke => Ok(post_invoke(&root)),
+        Command::Status(a) => status(&root, a.json),
+        Command::Sync(a) => sync(&root, a.json),
+        Command::Retry(a) => retry(&root, a.json),
     };
     match result {
         Ok(code) => code,
@@ -103,26 +127,181 @@ fn load_config(root: &Root) -> Config {
     })
 }
 
-fn replay(root: &Root, a: &ReplayArgs) -> anyhow::Result<i32> {
-    if !a.dry_run {
-        anyhow::bail!("replay without --dry-run needs the rebuild executor, which this version lacks; use --dry-run");
-    }
-    let mut set = ChangeSet::new();
-    dpkg_log::read_files(&a.logs, &mut set).context("cannot replay")?;
-    let changes = set.finish();
-    let inv = Inventory::for_changes(root, &changes);
-    let cfg = load_config(root);
-    let mut p = plan::plan(&changes, &inv, &cfg);
-    p.warnings.splice(0..0, inv.warnings.iter().cloned());
+fn print_plan(p: &Plan, json: bool, verb: &str) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
-    if a.json {
-        writeln!(out, "{}", report::to_json_string(&report::plan_json(&p)))?;
+    if json {
+        writeln!(out, "{}", report::to_json_string(&report::plan_json(p)))?;
     } else if p.is_empty() {
         writeln!(out, "{PREFIX} nothing to rebuild")?;
     } else {
-        for l in report::plan_lines(&p, "would rebuild") {
+        for l in report::plan_lines(p, verb) {
             writeln!(out, "{l}")?;
         }
     }
+    Ok(())
+}
+
+/// Print each result as it happens (apt's output shows progress) and to
+/// /var/log/dkms-hook.log; return the exit status (1 if any failed).
+fn execute(state: &State, cfg: &Config, print: bool) -> anyhow::Result<(i32, Vec<PairResult>)> {
+    let exec = Executor::new(state, cfg)?;
+    let quiet = cfg.quiet;
+    let results = exec.run_queue(&|r| {
+        let line = report::result_line(r);
+        state.log_line(&line);
+        let is_failure = matches!(r.outcome, Outcome::Failed { .. });
+        if print && (is_failure || !quiet) {
+            eprintln!("{PREFIX} {line}");
+        }
+    })?;
+    let failed = results
+        .iter()
+        .any(|r| matches!(r.outcome, Outcome::Failed { .. }));
+    Ok((i32::from(failed), results))
+}
+
+fn replay(root: &Root, a: &ReplayArgs) -> anyhow::Result<i32> {
+    let cfg = load_config(root);
+    if a.dry_run {
+        let mut set = ChangeSet::new();
+        dpkg_log::read_files(&a.logs, &mut set).context("cannot replay")?;
+        let p = hook::plan_changes(root, &set.finish(), &cfg);
+        print_plan(&p, a.json, "would rebuild")?;
+        return Ok(0);
+    }
+    let state = State::new(root);
+    let _lock = state.lock()?;
+    let p = hook::collect_from_logs(root, &state, &cfg, &a.logs).context("cannot replay")?;
+    for w in &p.warnings {
+        eprintln!("{PREFIX} warning: {w}");
+    }
+    let (code, results) = execute(&state, &cfg, !a.json)?;
+    if a.json {
+        println!(
+            "{}",
+            report::to_json_string(&report::results_json(&p, &results))
+        );
+    } else if results.is_empty() {
+        println!("{PREFIX} nothing to rebuild");
+    }
+    Ok(code)
+}
+
+/// The hook: never fails apt. Every error becomes one line on stderr.
+fn post_invoke(root: &Root) -> i32 {
+    if hook::suspended() {
+        return 0;
+    }
+    let run = || -> anyhow::Result<()> {
+        let cfg = load_config(root);
+        let state = State::new(root);
+        let _lock = state.lock()?;
+        let p = hook::collect_from_cursor(root, &state, &cfg)?;
+        for w in &p.warnings {
+            eprintln!("{PREFIX} warning: {w}");
+        }
+        if !state.queue()?.pending.is_empty() {
+            execute(&state, &cfg, true)?;
+        }
+        Ok(())
+    };
+    if let Err(e) = run() {
+        eprintln!("{PREFIX} {e:#}");
+    }
+    0
+}
+
+fn status(root: &Root, json: bool) -> anyhow::Result<i32> {
+    let cfg = load_config(root);
+    let state = State::new(root);
+    let inv = Inventory::full(root);
+    let failures = state.failures().unwrap_or_else(|e| {
+        eprintln!("{PREFIX} {e}");
+        Default::default()
+    });
+    let failed: Vec<_> = failures
+        .failed
+        .iter()
+        .map(|f| (f.module.clone(), f.version.clone(), f.kernel.clone()))
+        .collect();
+    let rows = plan::assess(&inv, &cfg, &failed);
+    let queued = state.queue().map(|q| q.pending).unwrap_or_default();
+    if json {
+        println!(
+            "{}",
+            report::to_json_string(&report::status_json(
+                &rows,
+                &failures.failed,
+                &queued,
+                &inv.warnings
+            ))
+        );
+        return Ok(0);
+    }
+    for l in report::status_lines(&rows, &failures.failed, &queued, &inv.warnings) {
+        println!("{l}");
+    }
     Ok(0)
+}
+
+fn sync(root: &Root, json: bool) -> anyhow::Result<i32> {
+    let cfg = load_config(root);
+    let state = State::new(root);
+    let _lock = state.lock()?;
+    let inv = Inventory::full(root);
+    let rows = plan::assess(&inv, &cfg, &[]);
+    let p = Plan {
+        rebuilds: rows
+            .iter()
+            .filter(|r| r.state == PairState::Stale)
+            .filter_map(|r| {
+                Some(Rebuild {
+                    pair: r.pair.clone()?,
+                    because: r.because.clone(),
+                })
+            })
+            .collect(),
+        ..Plan::default()
+    };
+    hook::enqueue(&state, &p, &[])?;
+    finish_run(&state, &cfg, &p, json)
+}
+
+fn retry(root: &Root, json: bool) -> anyhow::Result<i32> {
+    let cfg = load_config(root);
+    let state = State::new(root);
+    let _lock = state.lock()?;
+    let failures = state.failures()?;
+    let mut q = state.queue()?;
+    for f in failures.failed {
+        if !q
+            .pending
+            .iter()
+            .any(|p| p.same_pair(&f.module, &f.version, &f.kernel))
+        {
+            q.pending.push(QueuedPair {
+                module: f.module,
+                version: f.version,
+                kernel: f.kernel,
+                arch: f.arch,
+                because: f.because,
+                stale_since: f.time,
+            });
+        }
+    }
+    state.save_queue(&q)?;
+    finish_run(&state, &cfg, &Plan::default(), json)
+}
+
+fn finish_run(state: &State, cfg: &Config, p: &Plan, json: bool) -> anyhow::Result<i32> {
+    let (code, results) = execute(state, cfg, !json)?;
+    if json {
+        println!(
+            "{}",
+            report::to_json_string(&report::results_json(p, &results))
+        );
+    } else if results.is_empty() {
+        println!("{PREFIX} nothing to rebuild");
+    }
+    Ok(code)
 }

@@ -72,7 +72,22 @@ pub fn read_files(paths: &[impl AsRef<Path>], set: &mut ChangeSet) -> Result<(),
 
 /// Parse one log from a reader, detecting its format from its first lines.
 /// Returns the number of bytes consumed.
-pub fn parse_reader(mut r: impl BufRead, set: &mut ChangeSet) -> Result<u64, Error> {
+pub fn parse_reader(r: impl BufRead, set: &mut ChangeSet) -> Result<u64, Error> {
+    parse_lines(r, set, false)
+}
+
+/// Like [`parse_reader`], but a final line without its newline (dpkg is
+/// still writing it) is left unread: the returned count ends at the last
+/// complete line, where the next read starts.
+pub fn parse_complete_lines(r: impl BufRead, set: &mut ChangeSet) -> Result<u64, Error> {
+    parse_lines(r, set, true)
+}
+
+fn parse_lines(
+    mut r: impl BufRead,
+    set: &mut ChangeSet,
+    complete_only: bool,
+) -> Result<u64, Error> {
     let mut buf = Vec::with_capacity(256);
     let mut format = None;
     let mut line_no: u64 = 0;
@@ -86,7 +101,7 @@ pub fn parse_reader(mut r: impl BufRead, set: &mut ChangeSet) -> Result<u64, Err
             line: Some(line_no + 1),
             reason: e.to_string(),
         })?;
-        if n == 0 {
+        if n == 0 || (complete_only && buf.last() != Some(&b'\n')) {
             break;
         }
         bytes += n as u64;
@@ -385,6 +400,15 @@ mod tests {
         assert_eq!(c.len(), 1, "{c:?}");
         assert_eq!(c[0].package.as_str(), "ok");
         assert!(c[0].unpacked.is_some());
+    }
+
+    #[test]
+    fn an_unfinished_last_line_is_left_for_the_next_read() {
+        let mut set = ChangeSet::new();
+        let cut = &UPGRADE[..UPGRADE.len() - 10];
+        let n = parse_complete_lines(cut, &mut set).unwrap();
+        assert_eq!(&cut[n as usize - 1..n as usize], b"\n");
+        assert!(n < cut.len() as u64);
     }
 
     #[test]

@@ -15,11 +15,14 @@ pub mod config;
 pub mod dkms;
 pub mod dpkg;
 pub mod dpkg_log;
+pub mod hook;
 pub mod inventory;
 pub mod kernel;
 pub mod plan;
+pub mod rebuild;
 pub mod report;
 pub mod root;
+pub mod state;
 
 /// The library's errors. Each renders as one line suitable after
 /// `dkms-hook: `.
@@ -44,6 +47,13 @@ pub enum Error {
         line: usize,
         msg: String,
     },
+    /// A state file that cannot be used (corrupt, or from a newer version).
+    State {
+        path: PathBuf,
+        msg: String,
+    },
+    /// Something dkms-hook will not do, with the reason.
+    Refused(String),
 }
 
 impl Error {
@@ -86,6 +96,8 @@ impl fmt::Display for Error {
             }
             Error::InvalidName { kind, name } => write!(f, "invalid {kind} {name:?}"),
             Error::Config { path, line, msg } => write!(f, "{}:{line}: {msg}", path.display()),
+            Error::State { path, msg } => write!(f, "{}: {msg}", path.display()),
+            Error::Refused(msg) => f.write_str(msg),
         }
     }
 }

@@ -268,6 +268,116 @@ fn skew_warning(k: &Kernel, hits: &[(&Change, Role)], inv: &Inventory, warnings:
     }
 }
 
+/// What `status` says of one kernel × module.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PairState {
+    Fresh,
+    Stale,
+    Failed,
+    /// The module is installed for other kernels but not for this one.
+    Missing,
+    NoHeaders,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Assessment {
+    pub module: String,
+    pub version: String,
+    pub kernel: KernelRelease,
+    pub state: PairState,
+    pub why: String,
+    /// The pair itself, when it exists.
+    pub pair: Option<Pair>,
+    pub because: Vec<Cause>,
+}
+
+/// Judge every kernel × module from the file system alone: an input whose
+/// file list (rewritten by dpkg on unpack) is newer than the pair's module is
+/// stale. `failed` holds (module, version, kernel) of recorded failures.
+pub fn assess(
+    inv: &Inventory,
+    cfg: &Config,
+    failed: &[(String, String, String)],
+) -> Vec<Assessment> {
+    let mut modules: Vec<(&str, &str)> = inv
+        .pairs
+        .iter()
+        .filter(|p| p.installed)
+        .map(|p| (p.module.as_str(), p.version.as_str()))
+        .collect();
+    modules.sort_unstable();
+    modules.dedup();
+    let mut out = Vec::new();
+    for k in &inv.kernels {
+        for &(m, v) in &modules {
+            let pair = inv
+                .pairs
+                .iter()
+                .find(|p| p.kernel == k.release && p.module.as_str() == m && p.installed);
+            let mut a = Assessment {
+                module: m.into(),
+                version: v.into(),
+                kernel: k.release.clone(),
+                state: PairState::Fresh,
+                why: String::new(),
+                pair: pair.cloned(),
+                because: Vec::new(),
+            };
+            let Some(pair) = pair else {
+                if !k.has_headers() {
+                    continue; // nothing can be built there; not a finding
+                }
+                a.state = PairState::Missing;
+                a.why = format!("installed for other kernels, not for {}", k.release);
+                out.push(a);
+                continue;
+            };
+            if pair.version.as_str() != v {
+                continue;
+            }
+            if !k.has_headers() {
+                a.state = PairState::NoHeaders;
+                a.why = match k.headers_package_guess() {
+                    Some(p) => format!("headers missing; install {p}"),
+                    None => "headers missing".into(),
+                };
+            } else if failed
+                .iter()
+                .any(|(fm, fv, fk)| fm == m && fv == v && fk == k.release.as_str())
+            {
+                a.state = PairState::Failed;
+                a.why =
+                    "the last rebuild failed; see dkms-hook status --json or run dkms-hook retry"
+                        .into();
+            } else {
+                for i in inv.inputs.get(&k.release).into_iter().flatten() {
+                    // The list's mtime has nanoseconds: a plain comparison.
+                    let Some(unpacked) = i.unpacked else { continue };
+                    if !cfg.triggers(i.role) || pair.built.is_some_and(|b| b >= unpacked) {
+                        continue;
+                    }
+                    let now = inv.installed_version(&i.package).map(|x| x.version.clone());
+                    a.because.push(Cause {
+                        package: i.package.clone(),
+                        role: i.role,
+                        old: None,
+                        new: now,
+                    });
+                }
+                if !a.because.is_empty() {
+                    a.state = PairState::Stale;
+                    let names: Vec<String> =
+                        a.because.iter().map(|c| c.package.to_string()).collect();
+                    a.why = format!("built before {} was unpacked", names.join(", "));
+                }
+            }
+            out.push(a);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,7 +6,9 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::change::{version_or_none, Change};
-use crate::plan::{Cause, Plan};
+use crate::plan::{Assessment, Cause, PairState, Plan};
+use crate::rebuild::{Outcome, PairResult};
+use crate::state::{Failure, QueuedPair};
 
 pub const PREFIX: &str = "dkms-hook:";
 
@@ -103,4 +105,181 @@ pub fn plan_lines(p: &Plan, verb: &str) -> Vec<String> {
 
 pub fn to_json_string<T: Serialize>(v: &T) -> String {
     serde_json::to_string_pretty(v).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+}
+
+/// One line per executed pair, for apt's output and /var/log/dkms-hook.log.
+pub fn result_line(r: &PairResult) -> String {
+    let p = &r.pair;
+    let what = format!("{}/{} for {}", p.module, p.version, p.kernel);
+    match &r.outcome {
+        Outcome::Rebuilt { seconds, initramfs } => format!(
+            "rebuilt {what} ({}) in {seconds:.1} s{}",
+            p.because,
+            if *initramfs {
+                "; initramfs refreshed"
+            } else {
+                ""
+            }
+        ),
+        Outcome::AlreadyDone => format!("{what} was already rebuilt"),
+        Outcome::Skipped { status } => format!(
+            "skipped {what}: dkms exited {status} ({})",
+            if *status == 77 {
+                "BUILD_EXCLUSIVE excludes this kernel"
+            } else {
+                "kernel headers missing"
+            }
+        ),
+        Outcome::Failed {
+            reason, make_log, ..
+        } => format!(
+            "FAILED to rebuild {what} ({}): {reason}; the working module was kept{}",
+            p.because,
+            make_log
+                .as_ref()
+                .map(|m| format!("; see {}", m.display()))
+                .unwrap_or_default()
+        ),
+    }
+}
+
+fn outcome_name(o: &Outcome) -> &'static str {
+    match o {
+        Outcome::Rebuilt { .. } => "rebuilt",
+        Outcome::AlreadyDone => "already-done",
+        Outcome::Skipped { .. } => "skipped",
+        Outcome::Failed { .. } => "failed",
+    }
+}
+
+/// The plan object plus a `results` array of what was executed.
+pub fn results_json(p: &Plan, results: &[PairResult]) -> Value {
+    let mut v = plan_json(p);
+    v["results"] = results
+        .iter()
+        .map(|r| {
+            let (status, make_log) = match &r.outcome {
+                Outcome::Failed {
+                    status, make_log, ..
+                } => (*status, make_log.as_ref().map(|m| m.display().to_string())),
+                Outcome::Skipped { status } => (Some(*status), None),
+                _ => (None, None),
+            };
+            json!({
+                "module": r.pair.module, "version": r.pair.version, "kernel": r.pair.kernel,
+                "outcome": outcome_name(&r.outcome), "exit_status": status, "make_log": make_log,
+                "line": result_line(r),
+            })
+        })
+        .collect();
+    v
+}
+
+/// `status --json`: the plan-shaped object (stale pairs as `rebuilds`, the
+/// others as `skipped`) plus `pairs` with each state.
+pub fn status_json(
+    rows: &[Assessment],
+    failed: &[Failure],
+    queued: &[QueuedPair],
+    warnings: &[String],
+) -> Value {
+    let pair =
+        |r: &Assessment| json!({"module": r.module, "version": r.version, "kernel": r.kernel});
+    let mut rebuilds = Vec::new();
+    let mut skipped = Vec::new();
+    for r in rows {
+        let mut o = pair(r);
+        match r.state {
+            PairState::Stale => {
+                o["because"] = r.because.iter().map(cause_json).collect();
+                rebuilds.push(o);
+            }
+            PairState::Fresh => {
+                o["reason"] = "fresh".into();
+                skipped.push(o);
+            }
+            PairState::NoHeaders => {
+                o["reason"] = "no-headers".into();
+                skipped.push(o);
+            }
+            PairState::Failed => {
+                o["reason"] = "failed".into();
+                skipped.push(o);
+            }
+            PairState::Missing => {
+                o["reason"] = "missing".into();
+                skipped.push(o);
+            }
+        }
+    }
+    json!({
+        "changes": [],
+        "rebuilds": rebuilds,
+        "skipped": skipped,
+        "warnings": warnings,
+        "pairs": rows.iter().map(|r| {
+            let mut o = pair(r);
+            o["state"] = json!(r.state);
+            o["why"] = json!(r.why);
+            if let Some(f) = failed.iter().find(|f| f.module == r.module && f.version == r.version && f.kernel == r.kernel.as_str()) {
+                o["make_log"] = json!(f.make_log);
+                o["failed_because"] = json!(f.because);
+            }
+            o
+        }).collect::<Vec<_>>(),
+        "queued": queued.iter().map(|q| json!({"module": q.module, "version": q.version, "kernel": q.kernel, "because": q.because})).collect::<Vec<_>>(),
+    })
+}
+
+/// `status` for people: one aligned line per kernel × module.
+pub fn status_lines(
+    rows: &[Assessment],
+    failed: &[Failure],
+    queued: &[QueuedPair],
+    warnings: &[String],
+) -> Vec<String> {
+    let mut out = Vec::new();
+    let w = rows
+        .iter()
+        .map(|r| r.module.len() + r.version.len() + 1)
+        .max()
+        .unwrap_or(0);
+    let kw = rows
+        .iter()
+        .map(|r| r.kernel.as_str().len())
+        .max()
+        .unwrap_or(0);
+    for r in rows {
+        let state = serde_json::to_value(r.state)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        let mut line = format!(
+            "{:w$}  {:kw$}  {state:10}",
+            format!("{}/{}", r.module, r.version),
+            r.kernel.as_str()
+        );
+        if !r.why.is_empty() {
+            line.push_str(&format!("  {}", r.why));
+        }
+        if let Some(f) = failed.iter().find(|f| {
+            f.module == r.module && f.version == r.version && f.kernel == r.kernel.as_str()
+        }) {
+            if !f.make_log.is_empty() {
+                line.push_str(&format!(" (make.log: {})", f.make_log));
+            }
+        }
+        out.push(line.trim_end().to_string());
+    }
+    if rows.is_empty() {
+        out.push(format!("{PREFIX} no dkms modules installed"));
+    }
+    for q in queued {
+        out.push(format!(
+            "{PREFIX} queued: {}/{} for {} ({})",
+            q.module, q.version, q.kernel, q.because
+        ));
+    }
+    out.extend(warnings.iter().map(|w| format!("{PREFIX} warning: {w}")));
+    out
 }

@@ -54,11 +54,7 @@ ko_path() {     # ko_path KERNEL -> path of acpi_call.ko* inside the root (host 
 }
 
 # --- step 2: old world -----------------------------------------------------------
-# shellcheck disable=SC2206
-old_set=(dkms linux-kbuild-6.1="$E2E_OLD_VERSION" "$E2E_OLD_COMMON=$E2E_OLD_VERSION"
-         "$E2E_OLD_HEADERS=$E2E_OLD_VERSION" $E2E_OLD_COMPILER_PIN)
-e2e_log "installing old kernel headers: ${old_set[*]}"
-e2e_apt_offline install "${old_set[@]}"
+e2e_install_old_world
 e2e_log "installing acpi-call-dkms"
 e2e_apt_offline install acpi-call-dkms
 

@@ -209,7 +209,7 @@ in_root() {
         "$@"
 }
 
-# e2e_apt ARGS... -- apt-get inside the root, never touching the network.
+# e2e_apt_offline ARGS... -- apt-get inside the root, never touching the network.
 e2e_apt_offline() {
     in_root apt-get -y -q --no-download -o Dpkg::Use-Pty=0 "$@"
 }
@@ -230,4 +230,53 @@ e2e_ensure_base() {
             e2e_skip "base root unavailable (see make-base.sh output above)"
         fi
     fi
+}
+
+# e2e_install_old_world -- install dkms + OLD linux-kbuild-6.1/headers/-common
+# (+ matching linux-compiler-gcc-12-x86) from the pre-downloaded cache.
+# Needs e2e_load_versions and e2e_mounts first.
+e2e_install_old_world() {
+    # shellcheck disable=SC2206
+    local set=(dkms linux-kbuild-6.1="$E2E_OLD_VERSION" "$E2E_OLD_COMMON=$E2E_OLD_VERSION"
+               "$E2E_OLD_HEADERS=$E2E_OLD_VERSION" $E2E_OLD_COMPILER_PIN)
+    e2e_log "installing old kernel headers: ${set[*]}"
+    e2e_apt_offline install "${set[@]}"
+}
+
+# e2e_add_failmod -- copy tests/e2e/failmod into the root as /usr/src/e2e-failmod-1.0
+# and `dkms add` it (no build).
+e2e_add_failmod() {
+    rm -rf "$E2E_ROOT/usr/src/e2e-failmod-1.0"
+    mkdir -p "$E2E_ROOT/usr/src/e2e-failmod-1.0"
+    cp -a "$E2E_DIR/failmod/." "$E2E_ROOT/usr/src/e2e-failmod-1.0/"
+    in_root dkms add -m e2e-failmod -v 1.0
+}
+
+# e2e_repack_bump PKG VERSION [SUFFIX]
+# Take PKG_VERSION's .deb from the root's apt cache, rebuild it as VERSION+SUFFIX
+# (default suffix: +e2e1) and publish it in a local, trusted file: repository
+# /var/local/e2e-repo inside the root (apt lists refreshed offline for it only).
+# Prints the new version.
+e2e_repack_bump() {
+    local pkg="$1" ver="$2" suffix="${3:-+e2e1}"
+    local newver="${ver}${suffix}" repo=/var/local/e2e-repo work=/var/tmp/e2e-repack
+    local deb
+    deb="$(in_root sh -c 'ls /var/cache/apt/archives/"$1"_"$(printf %s "$2" | sed "s/:/%3a/")"_*.deb' \
+              _ "$pkg" "$ver" | head -n 1)"
+    [[ -n "$deb" ]] || e2e_die "e2e_repack_bump: no cached .deb for ${pkg}=${ver}"
+    in_root rm -rf "$work"
+    in_root mkdir -p "$work" "$repo"
+    in_root dpkg-deb -R "$deb" "$work/pkg"
+    in_root sed -i "s/^Version: .*/Version: ${newver}/" "$work/pkg/DEBIAN/control"
+    in_root dpkg-deb -b "$work/pkg" "$repo/" >&2
+    # apt --no-download refuses file: debs ("Pathname to install is not
+    # absolute"); pre-seed the archive cache so offline installs find it.
+    in_root sh -c 'cp "$1"/"$2"_*.deb /var/cache/apt/archives/' _ "$repo" "$pkg"
+    in_root rm -rf "$work"
+    in_root sh -c 'cd "$1" && dpkg-scanpackages --multiversion . /dev/null > Packages 2>/dev/null' _ "$repo"
+    echo "deb [trusted=yes] file:${repo} ./" > "$E2E_ROOT/etc/apt/sources.list.d/e2e-local.list"
+    in_root apt-get -q update \
+        -o Dir::Etc::sourcelist=sources.list.d/e2e-local.list \
+        -o Dir::Etc::sourceparts=- -o APT::Get::List-Cleanup=0 >&2
+    printf '%s\n' "$newver"
 }

@@ -84,7 +84,7 @@ e2e_log "apt-get update + dkms toolchain"
 e2e_retry 3 in_root apt-get -q update
 e2e_retry 3 in_root apt-get -y -q dist-upgrade
 e2e_retry 3 in_root apt-get -y -q install --no-install-recommends \
-    dkms build-essential gcc-12 make kmod patch dpkg-dev
+    dkms build-essential gcc-12 make kmod patch dpkg-dev openssl
 
 # --- choose versions ---------------------------------------------------------
 mapfile -t KBUILD_VERSIONS < <(
@@ -195,6 +195,6 @@ rm -rf "$E2E_ROOT"/tmp/* "$E2E_ROOT"/var/tmp/* || true
 mkdir -p "$E2E_CACHE_DIR"
 tmp_tar="$(mktemp "$E2E_CACHE_DIR/.base-${E2E_SUITE}.XXXXXX")"
 e2e_log "packing $E2E_BASE_TARBALL"
-tar -C "$E2E_ROOT" --numeric-owner --one-file-system -cpf - . | zstd -q -T2 -6 -f -o "$tmp_tar"
+tar -C "$E2E_ROOT" --numeric-owner --one-file-system -cpf - . | zstd -q -T1 -6 -f -o "$tmp_tar"
 mv -f "$tmp_tar" "$E2E_BASE_TARBALL"
 e2e_log "base ready: $E2E_BASE_TARBALL ($(du -h "$E2E_BASE_TARBALL" | cut -f1))"

@@ -214,17 +214,44 @@ impl Fixture {
         );
     }
 
-    /// Run the real binary with `--root` on this fixture, in UTC.
-    pub fn run(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_dkms-hook"))
-            .arg("--root")
+    /// The real binary with `--root` on this fixture, in UTC, with the
+    /// recording dkms stand-in.
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_dkms-hook"));
+        c.arg("--root")
             .arg(self.dir.path())
             .args(args)
             .env("TZ", "UTC")
+            .env(
+                "DKMS_HOOK_DKMS",
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/integration/fake-dkms"),
+            )
             .env_remove("DKMS_HOOK_ROOT")
-            .env_remove("DKMS_HOOK_LOG")
-            .output()
-            .unwrap()
+            .env_remove("DKMS_HOOK_SUSPEND")
+            .env_remove("DKMS_HOOK_LOG");
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+
+    /// Completed dkms calls of the stand-in: `build acpi-call 1.2.2 K`.
+    pub fn dkms_calls(&self) -> Vec<String> {
+        fs::read_to_string(self.path("dkms-calls.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.strip_suffix(" done").map(str::to_string))
+            .collect()
+    }
+
+    /// Tell the dkms stand-in how to behave (see tests/integration/fake-dkms).
+    pub fn fake_dkms(&self, control: &str, content: &str) {
+        self.write(&format!("fake-dkms/{control}"), content);
+    }
+
+    pub fn read(&self, p: &str) -> Vec<u8> {
+        fs::read(self.path(p)).unwrap()
     }
 
     /// `replay --dry-run --json` on the given in-root logs, parsed.

@@ -1,4 +1,5 @@
 //! The one integration-test binary: the real `dkms-hook` run on fixture roots.
 
 mod fixture;
+mod rebuild;
 mod replay;

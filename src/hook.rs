@@ -1,0 +1,152 @@
+//! One run of dkms-hook: under the lock, read what changed (dpkg.log from the
+//! cursor, or given logs), plan, persist the queue, then move the cursor and
+//! execute. The order is what makes any interruption harmless.
+
+use std::io::{BufReader, Seek, SeekFrom};
+use std::path::Path;
+
+use crate::change::{Change, ChangeSet};
+use crate::config::Config;
+use crate::dpkg_log;
+use crate::inventory::Inventory;
+use crate::plan::{self, Plan, Rebuild};
+use crate::report;
+use crate::root::Root;
+use crate::state::{self, Cursor, QueuedPair, ReadPlan, State};
+use crate::Error;
+
+pub const DPKG_LOG: &str = "/var/log/dpkg.log";
+
+/// `DKMS_HOOK_SUSPEND=1`: do nothing at all, not even move the cursor.
+pub fn suspended() -> bool {
+    std::env::var_os("DKMS_HOOK_SUSPEND").is_some_and(|v| v == "1")
+}
+
+/// Plan for `changes` on this root.
+pub fn plan_changes(root: &Root, changes: &[Change], cfg: &Config) -> Plan {
+    let inv = Inventory::for_changes(root, changes);
+    let mut p = plan::plan(changes, &inv, cfg);
+    p.warnings.splice(0..0, inv.warnings);
+    p
+}
+
+/// Seconds since the epoch of the newest cause of a rebuild; "now" for a
+/// planned change.
+fn stale_since(r: &Rebuild, changes: &[Change], tz: &jiff::tz::TimeZone) -> u64 {
+    let mut newest = 0;
+    for c in &r.because {
+        let t = changes
+            .iter()
+            .find(|x| x.package == c.package)
+            .and_then(|x| x.unpacked)
+            .and_then(|dt| tz.to_ambiguous_timestamp(dt).compatible().ok())
+            .map_or_else(state::now_secs, |ts| ts.as_second().max(0) as u64);
+        newest = newest.max(t);
+    }
+    newest
+}
+
+/// Add the plan's rebuilds to the persistent queue (deduplicated).
+pub fn enqueue(state: &State, plan: &Plan, changes: &[Change]) -> Result<usize, Error> {
+    let tz = jiff::tz::TimeZone::try_system().unwrap_or(jiff::tz::TimeZone::UTC);
+    let mut q = state.queue()?;
+    for r in &plan.rebuilds {
+        let p = &r.pair;
+        let entry = QueuedPair {
+            module: p.module.to_string(),
+            version: p.version.to_string(),
+            kernel: p.kernel.to_string(),
+            arch: p.arch.to_string(),
+            because: report::causes(&r.because),
+            stale_since: stale_since(r, changes, &tz),
+        };
+        match q
+            .pending
+            .iter_mut()
+            .find(|x| x.same_pair(&entry.module, &entry.version, &entry.kernel))
+        {
+            Some(x) => {
+                x.stale_since = x.stale_since.max(entry.stale_since);
+                x.because = entry.because;
+            }
+            None => q.pending.push(entry),
+        }
+    }
+    state.save_queue(&q)?;
+    Ok(q.pending.len())
+}
+
+/// Read dpkg.log from the cursor, plan, enqueue, then advance the cursor.
+/// Call with the lock held.
+pub fn collect_from_cursor(root: &Root, state: &State, cfg: &Config) -> Result<Plan, Error> {
+    let log = root
+        .resolve(DPKG_LOG)
+        .unwrap_or_else(|_| root.host(DPKG_LOG));
+    let cursor = match state.cursor() {
+        Ok(c) => c,
+        Err(e @ Error::State { .. }) if e.to_string().contains("newer dkms-hook") => return Err(e),
+        Err(e) => {
+            // Re-reading the whole log costs only rebuilds of pairs that are
+            // really stale: safer than skipping what the cursor covered.
+            log::warn!("{e}; reading all of {}", log.display());
+            Some(Cursor {
+                version: state::STATE_VERSION,
+                device: 0,
+                inode: 0,
+                offset: 0,
+                fingerprint: 0,
+            })
+        }
+    };
+    let pieces = match state::read_plan(cursor.as_ref(), &log) {
+        ReadPlan::StartAtEnd => {
+            if let Some(c) = state::cursor_at_end(&log) {
+                state.save_cursor(&c)?;
+            }
+            return Ok(Plan::default());
+        }
+        ReadPlan::Pieces(p) => p,
+    };
+    let mut set = ChangeSet::new();
+    let mut end = None;
+    for (path, offset) in &pieces {
+        let mut f = match std::fs::File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(Error::io(path, e)),
+        };
+        f.seek(SeekFrom::Start(*offset))
+            .map_err(|e| Error::io(path, e))?;
+        let n = dpkg_log::parse_complete_lines(BufReader::new(f), &mut set)
+            .map_err(|e| e.for_file(path))?;
+        set.end_of_file();
+        end = Some((path.clone(), offset + n));
+    }
+    let changes = set.finish();
+    let plan = plan_changes(root, &changes, cfg);
+    enqueue(state, &plan, &changes)?;
+    // Only now, with the queue safe on disk, move past these changes.
+    if let Some((path, offset)) = end {
+        if let Some(mut c) = state::cursor_at_end(&path) {
+            c.offset = offset;
+            c.fingerprint = state::fingerprint(&path, offset).unwrap_or(0);
+            state.save_cursor(&c)?;
+        }
+    }
+    Ok(plan)
+}
+
+/// Read the given logs and queue what they make stale.
+pub fn collect_from_logs(
+    root: &Root,
+    state: &State,
+    cfg: &Config,
+    logs: &[impl AsRef<Path>],
+) -> Result<Plan, Error> {
+    let mut set = ChangeSet::new();
+    dpkg_log::read_files(logs, &mut set)?;
+    let changes = set.finish();
+    let plan = plan_changes(root, &changes, cfg);
+    enqueue(state, &plan, &changes)?;
+    Ok(plan)
+}

@@ -1,0 +1,393 @@
+//! Rebuilds with the recording dkms stand-in: post-invoke, replay, status,
+//! sync, retry, and the state that makes them safe to interrupt.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use crate::fixture::Fixture;
+
+const OLD_KO: &str = "usr/lib/modules/6.1.0-50-amd64/updates/dkms/acpi_call.ko";
+const NEW_KO: &str = "usr/lib/modules/6.1.0-56-amd64/updates/dkms/acpi_call.ko";
+const OLD_BUILT: &str = "var/lib/dkms/acpi-call/1.2.2/6.1.0-50-amd64/x86_64/module/acpi_call.ko";
+
+/// The sample with dpkg.log cut after the first transaction: the state
+/// before `apt-get install linux-headers-6.1.0-56-amd64`, and that second
+/// transaction's lines to append.
+fn before_second_transaction() -> (Fixture, String) {
+    let f = Fixture::sample();
+    let log = String::from_utf8(f.read("var/log/dpkg.log")).unwrap();
+    let cut = log
+        .find("2026-11-23 20:57:34 startup archives unpack")
+        .unwrap();
+    f.write("var/log/dpkg.log", &log[..cut]);
+    (f, log[cut..].to_string())
+}
+
+fn append(f: &Fixture, path: &str, text: &str) {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(f.path(path))
+        .unwrap();
+    file.write_all(text.as_bytes()).unwrap();
+}
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn post_invoke_rebuilds_the_stale_pair_once() {
+    let (f, second) = before_second_transaction();
+    // First run ever: the cursor starts at the end of the log.
+    let first = f.run(&["post-invoke"]);
+    assert_eq!(first.status.code(), Some(0));
+    assert!(first.stderr.is_empty(), "{}", stderr(&first));
+    assert!(f.path("var/lib/dkms-hook/cursor.json").exists());
+    let untouched = f.read(NEW_KO);
+    append(&f, "var/log/dpkg.log", &second);
+    let out = f.run(&["post-invoke"]);
+    assert_eq!(out.status.code(), Some(0));
+    let err = stderr(&out);
+    assert!(
+        err.contains("dkms-hook: rebuilt acpi-call/1.2.2 for 6.1.0-50-amd64 (linux-kbuild-6.1 6.1.176-1 → 6.1.192-2) in "),
+        "{err}"
+    );
+    assert_eq!(
+        f.dkms_calls(),
+        [
+            "build acpi-call 1.2.2 6.1.0-50-amd64",
+            "install acpi-call 1.2.2 6.1.0-50-amd64"
+        ]
+    );
+    assert!(String::from_utf8(f.read(OLD_KO))
+        .unwrap()
+        .starts_with("rebuilt acpi-call 1.2.2 for 6.1.0-50-amd64"));
+    assert_eq!(f.read(NEW_KO), untouched, "the fresh pair is not touched");
+    let log = String::from_utf8(f.read("var/log/dkms-hook.log")).unwrap();
+    assert!(
+        log.contains("rebuilt acpi-call/1.2.2 for 6.1.0-50-amd64"),
+        "{log}"
+    );
+    // A second run finds nothing new.
+    let again = f.run(&["post-invoke"]);
+    assert!(again.stderr.is_empty(), "{}", stderr(&again));
+    assert_eq!(f.dkms_calls().len(), 2);
+    assert!(!f.path("var/lib/dkms-hook/backups/acpi-call").exists());
+}
+
+#[test]
+fn a_failed_build_keeps_the_working_module() {
+    let (f, second) = before_second_transaction();
+    f.run(&["post-invoke"]);
+    f.fake_dkms("fail-acpi-call", "");
+    let ko_before = f.read(OLD_KO);
+    let built_before = f.read(OLD_BUILT);
+    let mtime_before = std::fs::metadata(f.path(OLD_BUILT))
+        .unwrap()
+        .modified()
+        .unwrap();
+    append(&f, "var/log/dpkg.log", &second);
+    let out = f.run(&["post-invoke"]);
+    assert_eq!(out.status.code(), Some(0), "a hook never fails apt");
+    let err = stderr(&out);
+    assert!(
+        err.contains("FAILED to rebuild acpi-call/1.2.2 for 6.1.0-50-amd64"),
+        "{err}"
+    );
+    assert!(err.contains("the working module was kept; see /var/lib/dkms-hook/logs/acpi-call-1.2.2-6.1.0-50-amd64.make.log"), "{err}");
+    assert_eq!(f.read(OLD_KO), ko_before, "installed .ko byte-identical");
+    // dkms's tree is back: built module, its time, the kernel link.
+    assert_eq!(f.read(OLD_BUILT), built_before);
+    assert_eq!(
+        std::fs::metadata(f.path(OLD_BUILT))
+            .unwrap()
+            .modified()
+            .unwrap(),
+        mtime_before
+    );
+    let link = f.path("var/lib/dkms/acpi-call/kernel-6.1.0-50-amd64-x86_64");
+    assert!(link.join("module/acpi_call.ko").exists());
+    let kept =
+        String::from_utf8(f.read("var/lib/dkms-hook/logs/acpi-call-1.2.2-6.1.0-50-amd64.make.log"))
+            .unwrap();
+    assert!(kept.contains("implicit declaration"));
+    // status shows it failed, with the make.log.
+    let st = f.run(&["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+    let row = v["pairs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["kernel"] == "6.1.0-50-amd64")
+        .unwrap();
+    assert_eq!(row["state"], "failed");
+    assert_eq!(
+        row["make_log"],
+        "/var/lib/dkms-hook/logs/acpi-call-1.2.2-6.1.0-50-amd64.make.log"
+    );
+    // Fixed module: retry rebuilds it and clears the failure.
+    std::fs::remove_file(f.path("fake-dkms/fail-acpi-call")).unwrap();
+    let retry = f.run(&["retry"]);
+    assert_eq!(retry.status.code(), Some(0), "{}", stderr(&retry));
+    assert!(String::from_utf8(f.read(OLD_KO))
+        .unwrap()
+        .starts_with("rebuilt"));
+    let st: serde_json::Value =
+        serde_json::from_slice(&f.run(&["status", "--json"]).stdout).unwrap();
+    assert!(
+        st["pairs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["state"] == "fresh"),
+        "{st}"
+    );
+}
+
+#[test]
+fn replay_rebuilds_and_exits_1_on_failure() {
+    let f = Fixture::sample();
+    let log = f.path("var/log/dpkg.log");
+    f.fake_dkms("fail-acpi-call", "");
+    let out = f.run(&["replay", log.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    std::fs::remove_file(f.path("fake-dkms/fail-acpi-call")).unwrap();
+    let out = f.run(&["replay", "--json", log.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["results"][0]["outcome"], "rebuilt");
+    assert_eq!(v["results"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn build_exclusive_is_skipped_not_failed() {
+    let f = Fixture::sample();
+    f.fake_dkms("exclusive-acpi-call", "");
+    let before = f.read(OLD_BUILT);
+    let out = f.run(&["replay", f.path("var/log/dpkg.log").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        stderr(&out).contains("skipped acpi-call/1.2.2 for 6.1.0-50-amd64: dkms exited 77"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        f.read(OLD_BUILT),
+        before,
+        "dkms tree restored after build --force deleted it"
+    );
+}
+
+#[test]
+fn rotation_between_two_runs_loses_nothing() {
+    let (f, second) = before_second_transaction();
+    f.run(&["post-invoke"]);
+    // Half of the transaction lands in the old file, then logrotate moves it.
+    let (a, b) = second.split_at(
+        second
+            .find("2026-11-23 20:57:37 install linux-headers-6.1.0-56-amd64")
+            .unwrap(),
+    );
+    append(&f, "var/log/dpkg.log", a);
+    std::fs::rename(f.path("var/log/dpkg.log"), f.path("var/log/dpkg.log.1")).unwrap();
+    f.write("var/log/dpkg.log", b);
+    let out = f.run(&["post-invoke"]);
+    assert!(
+        stderr(&out).contains("rebuilt acpi-call/1.2.2 for 6.1.0-50-amd64"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(f.dkms_calls().len(), 2);
+}
+
+#[test]
+fn suspend_does_nothing_and_keeps_the_cursor() {
+    let (f, second) = before_second_transaction();
+    f.run(&["post-invoke"]);
+    let cursor = f.read("var/lib/dkms-hook/cursor.json");
+    append(&f, "var/log/dpkg.log", &second);
+    let out = f
+        .cmd(&["post-invoke"])
+        .env("DKMS_HOOK_SUSPEND", "1")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(f.dkms_calls().is_empty());
+    assert_eq!(f.read("var/lib/dkms-hook/cursor.json"), cursor);
+    // Resumed, the next run still sees the change.
+    f.run(&["post-invoke"]);
+    assert_eq!(f.dkms_calls().len(), 2);
+}
+
+#[test]
+fn sigkill_mid_build_then_a_second_run_finishes_once() {
+    let (f, second) = before_second_transaction();
+    f.run(&["post-invoke"]);
+    append(&f, "var/log/dpkg.log", &second);
+    f.fake_dkms("sleep", "30");
+    let installed = f.read(OLD_KO);
+    let mut child = {
+        use std::os::unix::process::CommandExt;
+        f.cmd(&["post-invoke"])
+            .process_group(0)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(f.path("dkms-calls.log"))
+        .unwrap_or_default()
+        .contains("build acpi-call")
+    {
+        assert!(Instant::now() < deadline, "build never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pgid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    rustix::process::kill_process_group(pgid, rustix::process::Signal::KILL).unwrap();
+    child.wait().unwrap();
+    // Killed while `build --force` had deleted the pair's directory.
+    assert!(f.dkms_calls().is_empty());
+    assert_eq!(
+        f.read(OLD_KO),
+        installed,
+        "installed module untouched by the killed build"
+    );
+    assert!(
+        !f.path(OLD_BUILT).exists(),
+        "the kill came while dkms had deleted the pair's directory"
+    );
+    std::fs::remove_file(f.path("fake-dkms/sleep")).unwrap();
+    let out = f.run(&["post-invoke"]);
+    assert!(
+        stderr(&out).contains("rebuilt acpi-call/1.2.2 for 6.1.0-50-amd64"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        f.dkms_calls(),
+        [
+            "build acpi-call 1.2.2 6.1.0-50-amd64",
+            "install acpi-call 1.2.2 6.1.0-50-amd64"
+        ]
+    );
+    let q: serde_json::Value =
+        serde_json::from_slice(&f.read("var/lib/dkms-hook/queue.json")).unwrap();
+    assert_eq!(q["pending"], serde_json::json!([]));
+    f.run(&["post-invoke"]);
+    assert_eq!(f.dkms_calls().len(), 2, "nothing done twice");
+}
+
+#[test]
+fn four_concurrent_post_invokes_build_each_pair_once() {
+    let (f, second) = before_second_transaction();
+    f.run(&["post-invoke"]);
+    append(&f, "var/log/dpkg.log", &second);
+    f.fake_dkms("sleep", "0.3");
+    let children: Vec<_> = (0..4)
+        .map(|_| {
+            f.cmd(&["post-invoke"])
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut c in children {
+        assert!(c.wait().unwrap().success());
+    }
+    assert_eq!(
+        f.dkms_calls(),
+        [
+            "build acpi-call 1.2.2 6.1.0-50-amd64",
+            "install acpi-call 1.2.2 6.1.0-50-amd64"
+        ]
+    );
+}
+
+#[test]
+fn a_hanging_build_is_killed_with_its_process_group() {
+    let f = Fixture::sample();
+    f.fake_dkms("hang", "");
+    f.write("etc/dkms/dkms-hook.conf", "build_timeout=1\n");
+    let before = f.read(OLD_KO);
+    let started = Instant::now();
+    let out = f.run(&["replay", f.path("var/log/dpkg.log").to_str().unwrap()]);
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("took longer than 1 s and was killed"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(f.read(OLD_KO), before);
+    let child: i32 = String::from_utf8(f.read("fake-dkms/child.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    // Gone, or a zombie waiting for init to reap it.
+    let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
+    let state = stat.rsplit(") ").next().and_then(|r| r.chars().next());
+    assert!(
+        matches!(state, None | Some('Z') | Some('X')),
+        "the build's child survived: {stat}"
+    );
+}
+
+#[test]
+fn status_judges_from_the_file_system_and_sync_rebuilds() {
+    let f = Fixture::sample();
+    let out = f.run(&["status"]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines[0].starts_with("acpi-call/1.2.2  6.1.0-50-amd64  stale"),
+        "{text}"
+    );
+    assert!(
+        lines[0].contains("built before linux-kbuild-6.1 was unpacked"),
+        "{text}"
+    );
+    assert!(
+        lines[1].starts_with("acpi-call/1.2.2  6.1.0-56-amd64  fresh"),
+        "{text}"
+    );
+    let v: serde_json::Value =
+        serde_json::from_slice(&f.run(&["status", "--json"]).stdout).unwrap();
+    assert_eq!(v["rebuilds"][0]["kernel"], "6.1.0-50-amd64");
+    assert_eq!(
+        v["rebuilds"][0]["because"][0]["package"],
+        "linux-kbuild-6.1"
+    );
+    assert_eq!(v["skipped"][0]["reason"], "fresh");
+    let out = f.run(&["sync"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        f.dkms_calls(),
+        [
+            "build acpi-call 1.2.2 6.1.0-50-amd64",
+            "install acpi-call 1.2.2 6.1.0-50-amd64"
+        ]
+    );
+    let v: serde_json::Value =
+        serde_json::from_slice(&f.run(&["status", "--json"]).stdout).unwrap();
+    assert!(v["rebuilds"].as_array().unwrap().is_empty(), "{v}");
+}
+
+#[test]
+fn rebuilding_under_a_root_needs_a_dkms_stand_in() {
+    let f = Fixture::sample();
+    let out = f
+        .cmd(&["replay", f.path("var/log/dpkg.log").to_str().unwrap()])
+        .env_remove("DKMS_HOOK_DKMS")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("needs DKMS_HOOK_DKMS"),
+        "{}",
+        stderr(&out)
+    );
+}
