@@ -8,7 +8,8 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
-use crate::change::ChangeSet;
+use crate::apt_hook::{self, AptAction, AptChange};
+use crate::change::{Change, ChangeSet};
 use crate::config::Config;
 use crate::inventory::Inventory;
 use crate::plan::{PairState, Plan, Rebuild};
@@ -16,7 +17,7 @@ use crate::rebuild::{Executor, Outcome, PairResult};
 use crate::report::{self, PREFIX};
 use crate::root::Root;
 use crate::state::{QueuedPair, State};
-use crate::{dpkg_log, hook, plan};
+use crate::{apt_run, dpkg_log, hook, plan};
 
 /// Exit status of usage errors and unreadable input.
 pub const EXIT_USAGE: i32 = 2;
@@ -56,6 +57,35 @@ pub enum Command {
     Sync(JsonArg),
     /// Rebuild the pairs whose last rebuild failed.
     Retry(JsonArg),
+    /// apt's JSON hook (AptCli::Hooks::Install, ::Upgrade): warn before the
+    /// prompt which kernels and modules the upgrade touches. Always exits 0.
+    AptJsonHook(JsonArg),
+    /// apt's DPkg::Pre-Install-Pkgs (Version 3) for frontends without JSON
+    /// hooks; quiet if the JSON hook already spoke for this apt run. Always exits 0.
+    PreInstallPkgs(JsonArg),
+    /// /etc/kernel/{header_postinst,postinst,prerm}.d: record the event, warn
+    /// about a kernel without headers or modules, forget a removed kernel. Always exits 0.
+    KernelHook {
+        /// header_postinst, postinst or prerm.
+        #[arg(value_parser = ["header_postinst", "postinst", "prerm"])]
+        phase: String,
+        /// The kernel release.
+        kernel: String,
+        /// The kernel image (postinst, prerm).
+        image: Option<PathBuf>,
+    },
+    /// Create the state directory and start the dpkg.log cursor at the end (postinst).
+    #[command(hide = true)]
+    Init,
+    /// Print the man page dkms-hook(8).
+    #[command(hide = true)]
+    Man,
+    /// Print a shell completion script.
+    #[command(hide = true)]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -110,6 +140,19 @@ pub fn main() -> i32 {
         Command::Status(a) => status(&root, a.json),
         Command::Sync(a) => sync(&root, a.json),
         Command::Retry(a) => retry(&root, a.json),
+        Command::AptJsonHook(a) => Ok(apt_json_hook(&root, a.json)),
+        Command::PreInstallPkgs(a) => Ok(pre_install_pkgs(&root, a.json)),
+        Command::KernelHook { phase, kernel, .. } => Ok(kernel_hook(&root, phase, kernel)),
+        Command::Init => init(&root),
+        Command::Man => clap_mangen::Man::new(<Cli as clap::CommandFactory>::command())
+            .render(&mut std::io::stdout())
+            .map(|()| 0)
+            .map_err(Into::into),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(*shell, &mut cmd, "dkms-hook", &mut std::io::stdout());
+            Ok(0)
+        }
     };
     match result {
         Ok(code) => code,
@@ -304,4 +347,126 @@ fn finish_run(state: &State, cfg: &Config, p: &Plan, json: bool) -> anyhow::Resu
         println!("{PREFIX} nothing to rebuild");
     }
     Ok(code)
+}
+
+/// Print the forecast for apt's planned changes; empty output when there is
+/// nothing to say.
+fn print_forecast(root: &Root, changes: &[AptChange], json: bool) -> bool {
+    let cfg = load_config(root);
+    let planned: Vec<Change> = changes.iter().filter_map(apt_change).collect();
+    let inv = Inventory::for_changes(root, &planned);
+    let p = plan::forecast(&planned, &inv, &cfg);
+    if json {
+        println!("{}", report::to_json_string(&report::plan_json(&p)));
+        return true;
+    }
+    let lines = report::forecast_lines(&p);
+    for l in &lines {
+        println!("{l}");
+    }
+    !lines.is_empty()
+}
+
+fn apt_change(c: &AptChange) -> Option<Change> {
+    let package = crate::dpkg::PackageName::new(&c.package).ok()?;
+    let old = c.old.as_deref().and_then(|v| v.parse().ok());
+    let new = match c.action {
+        AptAction::Remove | AptAction::Purge => None,
+        _ => Some(c.new.as_deref()?.parse().ok()?),
+    };
+    Some(Change::planned(package, c.architecture.clone(), old, new))
+}
+
+/// An fd number from the environment (apt passes its sockets and pipes so).
+fn env_fd(var: &str) -> Option<std::os::fd::OwnedFd> {
+    let n: i32 = std::env::var(var).ok()?.trim().parse().ok()?;
+    if n < 0 || rustix::io::fcntl_getfd(unsafe { std::os::fd::BorrowedFd::borrow_raw(n) }).is_err()
+    {
+        return None;
+    }
+    // Safety: apt handed this open fd to us alone.
+    Some(unsafe { std::os::fd::FromRawFd::from_raw_fd(n) })
+}
+
+fn apt_json_hook(root: &Root, json: bool) -> i32 {
+    if hook::suspended() {
+        return 0;
+    }
+    let Some(fd) = env_fd("APT_HOOK_SOCKET") else {
+        log::debug!("APT_HOOK_SOCKET is not an open fd; nothing to do");
+        return 0;
+    };
+    let stream = std::os::unix::net::UnixStream::from(fd);
+    match apt_hook::serve_json_hook(stream) {
+        Ok(session) if session.should_warn() => {
+            if print_forecast(root, &session.changes, json) {
+                apt_run::mark_warned(root);
+            }
+        }
+        Ok(_) => {}
+        Err(e) => log::debug!("apt JSON hook: {e}"),
+    }
+    0
+}
+
+fn pre_install_pkgs(root: &Root, json: bool) -> i32 {
+    if hook::suspended() {
+        return 0;
+    }
+    let parsed = match env_fd("APT_HOOK_INFO_FD") {
+        Some(fd) => {
+            apt_hook::parse_pre_install_reader(std::io::BufReader::new(std::fs::File::from(fd)))
+        }
+        None => apt_hook::parse_pre_install_reader(std::io::stdin().lock()),
+    };
+    match parsed {
+        Ok(p) if apt_run::already_warned(root) => {
+            log::debug!("the JSON hook already warned ({} changes)", p.changes.len())
+        }
+        Ok(p) => {
+            print_forecast(root, &p.changes, json);
+        }
+        Err(e) => log::debug!("Pre-Install-Pkgs: {e}"),
+    }
+    0
+}
+
+fn kernel_hook(root: &Root, phase: &str, kernel: &str) -> i32 {
+    if hook::suspended() {
+        return 0;
+    }
+    let k = match crate::kernel::KernelRelease::new(kernel) {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("{PREFIX} {e}");
+            return 0;
+        }
+    };
+    let state = State::new(root);
+    state.log_line(&format!("kernel-hook {phase} {k}"));
+    if phase == "prerm" {
+        if let Err(e) = state.forget_kernel(k.as_str()) {
+            eprintln!("{PREFIX} {e}");
+        }
+        return 0;
+    }
+    let inv = Inventory::full(root);
+    for w in plan::kernel_warnings(&inv, &k) {
+        eprintln!("{PREFIX} WARNING: {w}");
+    }
+    0
+}
+
+fn init(root: &Root) -> anyhow::Result<i32> {
+    let state = State::new(root);
+    let _lock = state.lock()?;
+    if state.cursor().ok().flatten().is_none() {
+        let log = root
+            .resolve(hook::DPKG_LOG)
+            .unwrap_or_else(|_| root.host(hook::DPKG_LOG));
+        if let Some(c) = crate::state::cursor_at_end(&log) {
+            state.save_cursor(&c)?;
+        }
+    }
+    Ok(0)
 }

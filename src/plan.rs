@@ -268,6 +268,123 @@ fn skew_warning(k: &Kernel, hits: &[(&Change, Role)], inv: &Inventory, warnings:
     }
 }
 
+/// The warnings for an upgrade apt is about to make: the plan for the planned
+/// changes, plus the risks only visible beforehand (headers about to be
+/// removed under an installed kernel, a new kernel coming without headers).
+pub fn forecast(changes: &[Change], inv: &Inventory, cfg: &Config) -> Plan {
+    let mut p = plan(changes, inv, cfg);
+    let modules = |k: Option<&KernelRelease>| -> Vec<String> {
+        let mut m: Vec<String> = inv
+            .pairs
+            .iter()
+            .filter(|x| x.installed && k.is_none_or(|k| &x.kernel == k))
+            .map(|x| format!("{}/{}", x.module, x.version))
+            .collect();
+        m.sort();
+        m.dedup();
+        m
+    };
+    let removed = |name: &str| {
+        changes
+            .iter()
+            .any(|c| c.is_removal() && c.package.as_str() == name)
+    };
+    let added = |name: &str| {
+        changes
+            .iter()
+            .any(|c| !c.is_removal() && c.package.as_str() == name)
+    };
+    for k in &inv.kernels {
+        let Some(headers) = k.headers_package_guess() else {
+            continue;
+        };
+        let image_goes = changes.iter().any(|c| {
+            c.is_removal()
+                && c.package.as_str().starts_with("linux-image-")
+                && c.package.as_str().ends_with(k.release.as_str())
+        });
+        let mods = modules(Some(&k.release));
+        if removed(headers.as_str())
+            && k.has_headers()
+            && k.image
+            && !image_goes
+            && !mods.is_empty()
+        {
+            p.warnings.push(format!(
+                "{}: removing {headers} leaves this kernel without headers: its dkms modules ({}) can no longer be rebuilt and dkms will remove them, which may leave {} unbootable for your hardware",
+                k.release,
+                mods.join(", "),
+                k.release
+            ));
+        }
+    }
+    let all = modules(None);
+    for c in changes
+        .iter()
+        .filter(|c| !c.is_removal() && c.old.is_none())
+    {
+        let Some(release) = c.package.as_str().strip_prefix("linux-image-") else {
+            continue;
+        };
+        let release = release.strip_suffix("-unsigned").unwrap_or(release);
+        let Ok(k) = KernelRelease::new(release) else {
+            continue;
+        };
+        // Metapackages (linux-image-amd64) name no release with a digit.
+        if !release.starts_with(|ch: char| ch.is_ascii_digit()) || all.is_empty() {
+            continue;
+        }
+        let headers = format!("linux-headers-{k}");
+        let has = inv.kernel(&k).is_some_and(Kernel::has_headers)
+            || added(&headers)
+            || inv.installed.contains_key(&headers);
+        if !has {
+            p.warnings.push(format!(
+                "{k}: the new kernel comes without headers: dkms modules ({}) will be missing for it; install {headers}",
+                all.join(", ")
+            ));
+        }
+    }
+    p
+}
+
+/// Warnings for a kernel just installed (from /etc/kernel hooks): no headers,
+/// or modules installed for other kernels that dkms did not build for it.
+pub fn kernel_warnings(inv: &Inventory, k: &KernelRelease) -> Vec<String> {
+    let mut out = Vec::new();
+    let Some(kernel) = inv.kernel(k) else {
+        return out;
+    };
+    let missing: Vec<String> = assess(inv, &Config::default(), &[])
+        .into_iter()
+        .filter(|a| &a.kernel == k && a.state == PairState::Missing)
+        .map(|a| format!("{}/{}", a.module, a.version))
+        .collect();
+    let others: Vec<String> = {
+        let mut m: Vec<String> = inv
+            .pairs
+            .iter()
+            .filter(|p| p.installed && &p.kernel != k)
+            .map(|p| p.module.to_string())
+            .collect();
+        m.sort();
+        m.dedup();
+        m
+    };
+    if !kernel.has_headers() && !others.is_empty() {
+        out.push(format!(
+            "{k} has no headers: dkms modules ({}) will not be built for it; install linux-headers-{k}",
+            others.join(", ")
+        ));
+    } else if !missing.is_empty() {
+        out.push(format!(
+            "dkms did not build {} for {k}; see /var/lib/dkms/<module>/<version>/build/make.log, then run dkms autoinstall -k {k}",
+            missing.join(", ")
+        ));
+    }
+    out
+}
+
 /// What `status` says of one kernel × module.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]

@@ -283,3 +283,31 @@ pub fn status_lines(
     out.extend(warnings.iter().map(|w| format!("{PREFIX} warning: {w}")));
     out
 }
+
+/// Before apt's prompt: what the upgrade changes and risks, in a few lines.
+pub fn forecast_lines(p: &Plan) -> Vec<String> {
+    let mut by_kernel: Vec<(&str, Vec<&crate::plan::Rebuild>)> = Vec::new();
+    for r in &p.rebuilds {
+        match by_kernel
+            .iter_mut()
+            .find(|(k, _)| *k == r.pair.kernel.as_str())
+        {
+            Some((_, v)) => v.push(r),
+            None => by_kernel.push((r.pair.kernel.as_str(), vec![r])),
+        }
+    }
+    let mut out = Vec::new();
+    for (k, rs) in by_kernel {
+        let mods: Vec<String> = rs
+            .iter()
+            .map(|r| format!("{}/{}", r.pair.module, r.pair.version))
+            .collect();
+        out.push(format!(
+            "{PREFIX} this upgrade changes the build tree of {k} in place ({}); dkms-hook will rebuild {} for it after dpkg finishes",
+            causes(&rs[0].because),
+            mods.join(", ")
+        ));
+    }
+    out.extend(p.warnings.iter().map(|w| format!("{PREFIX} warning: {w}")));
+    out
+}

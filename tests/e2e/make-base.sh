@@ -86,6 +86,9 @@ e2e_retry 3 in_root apt-get -y -q dist-upgrade
 e2e_retry 3 in_root apt-get -y -q install --no-install-recommends \
     dkms build-essential gcc-12 make kmod patch dpkg-dev openssl
 
+# keep only the scenario .debs (pre-downloaded below) in the archive cache
+in_root apt-get clean
+
 # --- choose versions ---------------------------------------------------------
 mapfile -t KBUILD_VERSIONS < <(
     in_root apt-cache madison linux-kbuild-6.1 \

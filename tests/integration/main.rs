@@ -1,5 +1,6 @@
 //! The one integration-test binary: the real `dkms-hook` run on fixture roots.
 
+mod apt;
 mod fixture;
 mod rebuild;
 mod replay;

@@ -391,3 +391,71 @@ fn rebuilding_under_a_root_needs_a_dkms_stand_in() {
         stderr(&out)
     );
 }
+
+#[test]
+fn kernel_hooks_warn_and_forget() {
+    let f = Fixture::sample();
+    // A new kernel with modules dir but no headers.
+    std::fs::create_dir_all(f.path("usr/lib/modules/6.1.0-60-amd64/kernel")).unwrap();
+    let out = f.run(&[
+        "kernel-hook",
+        "postinst",
+        "6.1.0-60-amd64",
+        "/boot/vmlinuz-6.1.0-60-amd64",
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        stderr(&out).contains("WARNING: 6.1.0-60-amd64 has no headers: dkms modules (acpi-call) will not be built for it; install linux-headers-6.1.0-60-amd64"),
+        "{}",
+        stderr(&out)
+    );
+    let quiet = f.run(&["kernel-hook", "header_postinst", "6.1.0-56-amd64"]);
+    assert_eq!(
+        (quiet.status.code(), quiet.stderr.is_empty()),
+        (Some(0), true),
+        "{}",
+        stderr(&quiet)
+    );
+    // A failure recorded for a kernel is forgotten when it is removed.
+    f.fake_dkms("fail-acpi-call", "");
+    f.run(&["replay", f.path("var/log/dpkg.log").to_str().unwrap()]);
+    assert!(String::from_utf8(f.read("var/lib/dkms-hook/failures.json"))
+        .unwrap()
+        .contains("6.1.0-50-amd64"));
+    let out = f.run(&[
+        "kernel-hook",
+        "prerm",
+        "6.1.0-50-amd64",
+        "/boot/vmlinuz-6.1.0-50-amd64",
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        !String::from_utf8(f.read("var/lib/dkms-hook/failures.json"))
+            .unwrap()
+            .contains("6.1.0-50-amd64")
+    );
+    let bad = f.run(&["kernel-hook", "postinst", "../../etc"]);
+    assert_eq!(bad.status.code(), Some(0));
+    assert!(stderr(&bad).contains("invalid kernel release"));
+    let suspended = f
+        .cmd(&["kernel-hook", "postinst", "6.1.0-60-amd64"])
+        .env("DKMS_HOOK_SUSPEND", "1")
+        .output()
+        .unwrap();
+    assert!(suspended.stderr.is_empty());
+}
+
+#[test]
+fn a_bad_config_never_stops_the_hook() {
+    let (f, second) = before_second_transaction();
+    f.write("etc/dkms/dkms-hook.conf", "jobs=lots\n");
+    f.run(&["post-invoke"]);
+    append(&f, "var/log/dpkg.log", &second);
+    let out = f.run(&["post-invoke"]);
+    let err = stderr(&out);
+    assert!(err.contains("/etc/dkms/dkms-hook.conf:1: jobs: expected a number from 1 to 64, found \"lots\"; using defaults"), "{err}");
+    assert!(
+        err.contains("rebuilt acpi-call/1.2.2 for 6.1.0-50-amd64"),
+        "{err}"
+    );
+}

@@ -1,0 +1,66 @@
+//! "Did the JSON hook already warn for this apt run?": a marker in
+//! `/run/dkms-hook/`, keyed by the apt process (pid and start time, so a
+//! recycled pid is not mistaken for the same run).
+
+use std::path::PathBuf;
+
+use crate::root::Root;
+
+pub const RUN_DIR: &str = "/run/dkms-hook";
+/// Frontends whose hooks we may both serve in one run.
+const FRONTENDS: &[&str] = &["apt", "apt-get", "aptitude"];
+
+/// (pid, start time) of the nearest apt ancestor of this process.
+fn apt_ancestor() -> Option<(u32, u64)> {
+    let mut pid = std::process::id();
+    for _ in 0..16 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // "pid (comm) state ppid … starttime(22nd)"; comm may hold spaces.
+        let open = stat.find('(')?;
+        let close = stat.rfind(')')?;
+        let comm = &stat[open + 1..close];
+        let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+        if FRONTENDS.contains(&comm) {
+            return Some((pid, fields.get(19)?.parse().ok()?));
+        }
+        pid = fields.get(1)?.parse().ok()?;
+        if pid <= 1 {
+            return None;
+        }
+    }
+    None
+}
+
+fn marker(root: &Root) -> Option<PathBuf> {
+    let (pid, start) = apt_ancestor()?;
+    Some(root.host(RUN_DIR).join(format!("warned-{pid}-{start}")))
+}
+
+/// Note that this apt run has been warned (best effort).
+pub fn mark_warned(root: &Root) {
+    let Some(m) = marker(root) else { return };
+    let Some(dir) = m.parent() else { return };
+    // Markers of finished runs are dropped on the way.
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let name = e.file_name();
+            let pid = name
+                .to_str()
+                .and_then(|n| n.strip_prefix("warned-"))
+                .and_then(|n| n.split('-').next());
+            if pid.is_some_and(|p| !std::path::Path::new(&format!("/proc/{p}")).exists()) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    let _ = std::fs::create_dir_all(dir);
+    let _ = crate::state::write_atomic(
+        dir,
+        m.file_name().and_then(|n| n.to_str()).unwrap_or("warned"),
+        b"",
+    );
+}
+
+pub fn already_warned(root: &Root) -> bool {
+    marker(root).is_some_and(|m| m.exists())
+}

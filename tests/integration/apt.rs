@@ -1,0 +1,264 @@
+//! Warnings before apt's prompt: the JSON hook through a real socketpair, and
+//! Pre-Install-Pkgs v3 on stdin, against the sample system.
+
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::process::Stdio;
+use std::time::Duration;
+
+use crate::fixture::Fixture;
+
+const HELLO: &str = r#"{"jsonrpc":"2.0","method":"org.debian.apt.hooks.hello","id":0,"params":{"versions":["0.1","0.2"]}}"#;
+
+fn package(name: &str, mode: &str, current: Option<&str>, install: Option<&str>) -> String {
+    let v = |x: Option<&str>| x.map_or(String::new(), |v| format!(r#""version":"{v}","#));
+    let mut versions = Vec::new();
+    if current.is_some() {
+        versions.push(format!(
+            r#""current":{{{}"architecture":"amd64"}}"#,
+            v(current)
+        ));
+    }
+    if install.is_some() {
+        versions.push(format!(
+            r#""install":{{{}"architecture":"amd64"}}"#,
+            v(install)
+        ));
+    }
+    format!(
+        r#"{{"id":1,"name":"{name}","architecture":"amd64","mode":"{mode}","automatic":false,"versions":{{{}}}}}"#,
+        versions.join(",")
+    )
+}
+
+/// Run `apt-json-hook` with apt's side of a socketpair driven by `messages`;
+/// returns (what apt read, the hook's stdout, exit code).
+fn json_session(f: &Fixture, messages: &[String]) -> (String, String, Option<i32>) {
+    let (apt, hook) = UnixStream::pair().unwrap();
+    let fd = hook.as_raw_fd();
+    let mut cmd = f.cmd(&["apt-json-hook"]);
+    cmd.env("APT_HOOK_SOCKET", "3")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    unsafe {
+        cmd.pre_exec(move || {
+            // apt passes the socket as a plain fd number; give it fd 3.
+            let mut three: std::os::fd::OwnedFd = std::os::fd::FromRawFd::from_raw_fd(3);
+            rustix::io::dup2(std::os::fd::BorrowedFd::borrow_raw(fd), &mut three)?;
+            std::mem::forget(three);
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().unwrap();
+    drop(hook);
+    apt.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut w = &apt;
+    for m in messages {
+        let _ = w.write_all(format!("{m}\n\n").as_bytes());
+    }
+    let _ = apt.shutdown(std::net::Shutdown::Write);
+    let mut answer = String::new();
+    let _ = (&apt).read_to_string(&mut answer);
+    let out = child.wait_with_output().unwrap();
+    (
+        answer,
+        String::from_utf8(out.stdout).unwrap(),
+        out.status.code(),
+    )
+}
+
+fn statistics(packages: &[String]) -> String {
+    format!(
+        r#"{{"jsonrpc":"2.0","method":"org.debian.apt.hooks.install.statistics","params":{{"command":"upgrade","search-terms":[],"unknown-packages":[],"packages":[{}]}}}}"#,
+        packages.join(",")
+    )
+}
+
+const BYE: &str = r#"{"jsonrpc":"2.0","method":"org.debian.apt.hooks.bye","params":{}}"#;
+
+#[test]
+fn json_hook_warns_on_statistics_about_an_in_place_kbuild_upgrade() {
+    let f = Fixture::sample();
+    let msgs = [
+        HELLO.to_string(),
+        statistics(&[package(
+            "linux-kbuild-6.1",
+            "upgrade",
+            Some("6.1.192-2"),
+            Some("6.1.200-1"),
+        )]),
+        BYE.to_string(),
+    ];
+    let (answer, out, code) = json_session(&f, &msgs);
+    assert_eq!(code, Some(0));
+    assert!(
+        answer.starts_with("{\"jsonrpc\":\"2.0\",\"id\":0,\"result\":{\"version\":\"0.2\"}}\n\n"),
+        "{answer}"
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines[0],
+        "dkms-hook: this upgrade changes the build tree of 6.1.0-50-amd64 in place (linux-kbuild-6.1 6.1.192-2 → 6.1.200-1); dkms-hook will rebuild acpi-call/1.2.2 for it after dpkg finishes"
+    );
+    assert!(lines[1].contains("build tree of 6.1.0-56-amd64"), "{out}");
+    assert!(out.contains("warning: 6.1.0-50-amd64: linux-kbuild-6.1 6.1.200-1 is newer than linux-headers-6.1.0-50-amd64 6.1.176-1; a rebuild may fail, and the working module is then kept"), "{out}");
+    assert_eq!(lines.len(), 4, "{out}");
+}
+
+#[test]
+fn json_hook_is_silent_on_pre_prompt_with_0_2_and_speaks_with_0_1() {
+    let f = Fixture::sample();
+    let pre = statistics(&[package(
+        "linux-kbuild-6.1",
+        "upgrade",
+        Some("6.1.192-2"),
+        Some("6.1.200-1"),
+    )])
+    .replace("install.statistics", "install.pre-prompt");
+    let (_, out, code) = json_session(&f, &[HELLO.to_string(), pre.clone(), BYE.to_string()]);
+    assert_eq!((out.as_str(), code), ("", Some(0)));
+    let hello01 = HELLO.replace(r#"["0.1","0.2"]"#, r#"["0.1"]"#);
+    let (answer, out, code) = json_session(&f, &[hello01, pre, BYE.to_string()]);
+    assert!(answer.contains(r#""version":"0.1""#), "{answer}");
+    assert!(out.contains("build tree of 6.1.0-50-amd64"), "{out}");
+    assert_eq!(code, Some(0));
+}
+
+#[test]
+fn json_hook_survives_garbage_unknown_methods_and_early_close() {
+    let f = Fixture::sample();
+    for msgs in [
+        vec![HELLO.to_string(), "}}garbage{{".into(), BYE.to_string()],
+        vec![
+            HELLO.to_string(),
+            r#"{"jsonrpc":"2.0","method":"org.debian.apt.hooks.frobnicate","params":{}}"#.into(),
+            BYE.to_string(),
+        ],
+        vec![HELLO.to_string()],
+        vec![
+            HELLO.to_string(),
+            statistics(&[]).split_at(40).0.to_string(),
+        ],
+        vec![],
+    ] {
+        let (_, out, code) = json_session(&f, &msgs);
+        assert_eq!(code, Some(0), "{msgs:?}");
+        assert_eq!(out, "", "{msgs:?}");
+    }
+    // No socket at all (run by hand).
+    let out = f
+        .cmd(&["apt-json-hook"])
+        .env_remove("APT_HOOK_SOCKET")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+}
+
+fn pre_install(f: &Fixture, lines: &[&str], extra: &[&str]) -> (String, Option<i32>) {
+    let mut child = f
+        .cmd(&[&["pre-install-pkgs"], extra].concat())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let text = format!(
+        "VERSION 3\nAPT::Architecture=amd64\nCommandLine::AsString=apt-get%20upgrade\n\n{}\n",
+        lines.join("\n")
+    );
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (String::from_utf8(out.stdout).unwrap(), out.status.code())
+}
+
+#[test]
+fn pre_install_pkgs_warns_when_headers_go_but_the_kernel_stays() {
+    let f = Fixture::sample();
+    f.write("boot/vmlinuz-6.1.0-50-amd64", "image");
+    let (out, code) = pre_install(
+        &f,
+        &["linux-headers-6.1.0-50-amd64 6.1.176-1 amd64 none > - - none **REMOVE**"],
+        &[],
+    );
+    assert_eq!(code, Some(0));
+    assert_eq!(
+        out.trim(),
+        "dkms-hook: warning: 6.1.0-50-amd64: removing linux-headers-6.1.0-50-amd64 leaves this kernel without headers: its dkms modules (acpi-call/1.2.2) can no longer be rebuilt and dkms will remove them, which may leave 6.1.0-50-amd64 unbootable for your hardware"
+    );
+    // The whole kernel going away is no risk.
+    let (out, _) = pre_install(
+        &f,
+        &[
+            "linux-headers-6.1.0-50-amd64 6.1.176-1 amd64 none > - - none **REMOVE**",
+            "linux-image-6.1.0-50-amd64 6.1.176-1 amd64 none > - - none **REMOVE**",
+        ],
+        &[],
+    );
+    assert_eq!(out, "");
+}
+
+#[test]
+fn pre_install_pkgs_warns_about_a_new_kernel_without_headers() {
+    let f = Fixture::sample();
+    let line = "linux-image-6.1.0-60-amd64 - - none < 6.1.200-1 amd64 none /var/cache/apt/archives/linux-image-6.1.0-60-amd64_6.1.200-1_amd64.deb";
+    let (out, code) = pre_install(&f, &[line], &[]);
+    assert_eq!(code, Some(0));
+    assert_eq!(
+        out.trim(),
+        "dkms-hook: warning: 6.1.0-60-amd64: the new kernel comes without headers: dkms modules (acpi-call/1.2.2) will be missing for it; install linux-headers-6.1.0-60-amd64"
+    );
+    let with_headers = "linux-headers-6.1.0-60-amd64 - - none < 6.1.200-1 amd64 none /var/cache/apt/archives/h.deb";
+    assert_eq!(pre_install(&f, &[line, with_headers], &[]).0, "");
+    let (json, _) = pre_install(&f, &[line], &["--json"]);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert!(v["warnings"][0]
+        .as_str()
+        .unwrap()
+        .contains("install linux-headers-6.1.0-60-amd64"));
+}
+
+#[test]
+fn pre_install_pkgs_is_silent_for_unrelated_upgrades_and_bad_streams() {
+    let f = Fixture::sample();
+    let recorded = include_str!("../data/pre-install-pkgs-v3.txt");
+    let mut child = f
+        .cmd(&["pre-install-pkgs"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(recorded.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        (out.status.code(), out.stdout.as_slice()),
+        (Some(0), &b""[..])
+    );
+    let mut child = f
+        .cmd(&["pre-install-pkgs"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"\x00\x01garbage")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        (out.status.code(), out.stdout.as_slice()),
+        (Some(0), &b""[..])
+    );
+}
