@@ -48,6 +48,9 @@ fn stale_since(r: &Rebuild, changes: &[Change], tz: &jiff::tz::TimeZone) -> u64 
 
 /// Add the plan's rebuilds to the persistent queue (deduplicated).
 pub fn enqueue(state: &State, plan: &Plan, changes: &[Change]) -> Result<usize, Error> {
+    if plan.rebuilds.is_empty() {
+        return Ok(0);
+    }
     let tz = jiff::tz::TimeZone::try_system().unwrap_or(jiff::tz::TimeZone::UTC);
     let mut q = state.queue()?;
     for r in &plan.rebuilds {
@@ -109,6 +112,7 @@ pub fn collect_from_cursor(root: &Root, state: &State, cfg: &Config) -> Result<P
     };
     let mut set = ChangeSet::new();
     let mut end = None;
+    let mut read = 0;
     for (path, offset) in &pieces {
         let mut f = match std::fs::File::open(path) {
             Ok(f) => f,
@@ -120,7 +124,13 @@ pub fn collect_from_cursor(root: &Root, state: &State, cfg: &Config) -> Result<P
         let n = dpkg_log::parse_complete_lines(BufReader::new(f), &mut set)
             .map_err(|e| e.for_file(path))?;
         set.end_of_file();
+        read += n;
         end = Some((path.clone(), offset + n));
+    }
+    if read == 0 && pieces.len() == 1 {
+        // The common case after every dpkg run with nothing new: no
+        // inventory, no write (each atomic write costs two fsyncs).
+        return Ok(Plan::default());
     }
     let changes = set.finish();
     let plan = plan_changes(root, &changes, cfg);

@@ -525,10 +525,12 @@ mod tests {
                 TreeDir {
                     path: format!("/usr/src/linux-headers-{k}").into(),
                     role: Role::Headers,
+                    also: vec![],
                 },
                 TreeDir {
                     path: format!("/usr/lib/{kbuild}/scripts").into(),
                     role: Role::Kbuild,
+                    also: vec![],
                 },
             ],
             compiler: None,

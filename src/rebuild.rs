@@ -431,6 +431,18 @@ impl<'a> Executor<'a> {
             .before_spawn(|c| {
                 use std::os::unix::process::CommandExt;
                 c.process_group(0);
+                // dkms must not outlive a killed dkms-hook: it would go on
+                // building in the shared build directory while the next run
+                // starts its own build there. Its children are caught by
+                // `State::kill_leftover_builds` in the next run.
+                unsafe {
+                    c.pre_exec(|| {
+                        rustix::process::set_parent_process_death_signal(Some(
+                            rustix::process::Signal::KILL,
+                        ))
+                        .map_err(Into::into)
+                    });
+                }
                 Ok(())
             });
         let handle = match expr.start() {
@@ -439,10 +451,15 @@ impl<'a> Executor<'a> {
                 return Ran::SpawnFailed(format!("cannot run {}: {e}", self.dkms.to_string_lossy()))
             }
         };
+        let pgid = handle.pids().first().copied().unwrap_or(0);
+        self.state.note_build(&p.module, pgid);
         let deadline = Instant::now() + self.config.build_timeout;
         loop {
             match handle.try_wait() {
-                Ok(Some(out)) => return Ran::Exit(out.status.code().unwrap_or(-1)),
+                Ok(Some(out)) => {
+                    self.state.forget_build(&p.module);
+                    return Ran::Exit(out.status.code().unwrap_or(-1));
+                }
                 Ok(None) => {}
                 Err(e) => return Ran::SpawnFailed(e.to_string()),
             }
@@ -454,6 +471,7 @@ impl<'a> Executor<'a> {
                     }
                 }
                 let _ = handle.wait();
+                self.state.forget_build(&p.module);
                 return Ran::TimedOut;
             }
             std::thread::sleep(Duration::from_millis(20));

@@ -144,6 +144,7 @@ impl State {
             .map_err(|e| Error::io(&p, e))?;
         rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
             .map_err(|e| Error::io(&p, e.into()))?;
+        self.kill_leftover_builds();
         Ok(Lock { _file: file })
     }
 
@@ -250,6 +251,45 @@ impl State {
         self.dir
             .join("logs")
             .join(format!("{module}-{version}-{kernel}.dkms.log"))
+    }
+
+    /// Note the process group of a running dkms, so that the next run can
+    /// stop it if this one is killed (the file is `builds/M.pgid`).
+    pub fn note_build(&self, module: &str, pgid: u32) {
+        let dir = self.dir.join("builds");
+        let name = format!("{module}.pgid");
+        if fs::create_dir_all(&dir).is_err()
+            || write_atomic(&dir, &name, pgid.to_string().as_bytes()).is_err()
+        {
+            log::debug!("cannot note the build of {module}");
+        }
+    }
+
+    pub fn forget_build(&self, module: &str) {
+        let _ = fs::remove_file(self.dir.join("builds").join(format!("{module}.pgid")));
+    }
+
+    /// Kill what is left of the builds of a killed run (their process
+    /// groups). Called with the lock held, when no build of ours runs.
+    fn kill_leftover_builds(&self) {
+        let dir = self.dir.join("builds");
+        for e in fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let pgid = fs::read_to_string(e.path())
+                .ok()
+                .and_then(|t| t.trim().parse::<i32>().ok());
+            if let Some(pid) = pgid
+                .filter(|p| *p > 1)
+                .and_then(rustix::process::Pid::from_raw)
+            {
+                if rustix::process::kill_process_group(pid, rustix::process::Signal::KILL).is_ok() {
+                    log::warn!(
+                        "stopped the leftover build of a killed run (process group {})",
+                        pid.as_raw_nonzero()
+                    );
+                }
+            }
+            let _ = fs::remove_file(e.path());
+        }
     }
 
     /// Forget a removed kernel: its queue entries, failures and backups.
