@@ -30,7 +30,24 @@ pub const EXIT_USAGE: i32 = 2;
     long_about = "dkms-hook closes Debian bug #1040401: dkms rebuilds out-of-tree modules only when a new kernel \
 or headers package appears, not when linux-kbuild-X.Y, a linux-headers-*-common or a kernel's headers are \
 upgraded in place with the same release string. dkms-hook reads what dpkg changed, finds every installed \
-kernel whose build tree those packages feed, and rebuilds each dkms module built before the change."
+kernel whose build tree those packages feed, and rebuilds each dkms module built before the change.",
+    after_long_help = "\
+Files:
+  /etc/dkms/dkms-hook.conf   configuration; every key is listed, commented, at its default
+  /var/lib/dkms-hook/        state: dpkg.log cursor, queue, failures, backups, logs, lock
+  /var/log/dkms-hook.log     one line per rebuild, skip or failure
+  /etc/apt/apt.conf.d/80dkms-hook, /etc/dpkg/dpkg.cfg.d/dkms-hook, /etc/kernel/*.d/dkms-hook   the hooks
+
+Environment:
+  DKMS_HOOK_ROOT     like --root
+  DKMS_HOOK_SUSPEND  set to 1 to make every hook do nothing (the cursor stays)
+  DKMS_HOOK_LOG      debug output, env_logger syntax (e.g. debug)
+  DKMS_HOOK_DKMS     the dkms program to run (a stand-in, for tests)
+
+Exit status:
+  0 success; the hooks (post-invoke, apt-json-hook, pre-install-pkgs, kernel-hook) always exit 0
+  1 replay, sync or retry: a rebuild failed
+  2 usage error or unreadable input"
 )]
 pub struct Cli {
     /// Operate on the system below DIR instead of / (absolute symlinks resolve inside it).
@@ -144,8 +161,7 @@ pub fn main() -> i32 {
         Command::PreInstallPkgs(a) => Ok(pre_install_pkgs(&root, a.json)),
         Command::KernelHook { phase, kernel, .. } => Ok(kernel_hook(&root, phase, kernel)),
         Command::Init => init(&root),
-        Command::Man => clap_mangen::Man::new(<Cli as clap::CommandFactory>::command())
-            .render(&mut std::io::stdout())
+        Command::Man => man_page(&mut std::io::stdout().lock())
             .map(|()| 0)
             .map_err(Into::into),
         Command::Completions { shell } => {
@@ -469,4 +485,101 @@ fn init(root: &Root) -> anyhow::Result<i32> {
         }
     }
     Ok(0)
+}
+
+/// dkms-hook(8): clap_mangen's sections for the program, and one entry per
+/// command in a COMMANDS section (clap_mangen would point to one page per
+/// command, which we do not ship).
+fn man_page(out: &mut dyn Write) -> std::io::Result<()> {
+    use clap::CommandFactory;
+    let esc = |t: &str| {
+        t.replace('\\', "\\e")
+            .replace('-', "\\-")
+            .replace("\n.", "\n\\&.")
+    };
+    let cmd = Cli::command();
+    let man = clap_mangen::Man::new(cmd.clone()).section("8");
+    man.render_title(out)?;
+    man.render_name_section(out)?;
+    man.render_synopsis_section(out)?;
+    man.render_description_section(out)?;
+    man.render_options_section(out)?;
+    writeln!(out, ".SH COMMANDS")?;
+    for sub in cmd.get_subcommands().filter(|c| !c.is_hide_set()) {
+        let mut sub = sub
+            .clone()
+            .bin_name(format!("dkms-hook {}", sub.get_name()));
+        let usage = sub.render_usage().to_string();
+        writeln!(out, ".TP\n.B {}", esc(usage.trim_start_matches("Usage: ")))?;
+        let about = sub
+            .get_long_about()
+            .or(sub.get_about())
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        writeln!(out, "{}", esc(&about))?;
+        for arg in sub.get_arguments().filter(|a| {
+            !a.is_hide_set()
+                && a.get_id() != "help"
+                && a.get_id() != "root"
+                && a.get_id() != "verbose"
+        }) {
+            let name = match arg.get_long() {
+                Some(l) => format!("--{l}"),
+                None => arg
+                    .get_value_names()
+                    .and_then(|v| v.first())
+                    .map_or(arg.get_id().to_string(), |v| v.to_string()),
+            };
+            let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+            writeln!(out, ".RS\n.TP\n.B {}\n{}\n.RE", esc(&name), esc(&help))?;
+        }
+    }
+    if let Some(after) = cmd.get_after_long_help() {
+        for block in after.to_string().split("\n\n") {
+            let mut lines = block.lines();
+            let title = lines
+                .next()
+                .unwrap_or_default()
+                .trim_end_matches(':')
+                .to_uppercase();
+            writeln!(out, ".SH {}", esc(&title))?;
+            for l in lines {
+                writeln!(out, ".br\n{}", esc(l.trim()))?;
+            }
+        }
+    }
+    writeln!(out, ".SH SEE ALSO\ndkms(8), apt.conf(5), dpkg.cfg(5)")?;
+    man.render_version_section(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn man_page_documents_every_command_on_one_page() {
+        let mut page = Vec::new();
+        super::man_page(&mut page).unwrap();
+        let page = String::from_utf8(page).unwrap();
+        assert!(
+            page.starts_with(".ie") || page.contains(".TH dkms-hook 8"),
+            "{}",
+            &page[..200]
+        );
+        for cmd in [
+            "replay",
+            "post\\-invoke",
+            "status",
+            "sync",
+            "retry",
+            "apt\\-json\\-hook",
+            "pre\\-install\\-pkgs",
+            "kernel\\-hook",
+        ] {
+            assert!(
+                page.contains(&format!(".B dkms\\-hook {cmd}")),
+                "{cmd} missing"
+            );
+        }
+        assert!(!page.contains("dkms-hook-replay(8)") && !page.contains("dkms\\-hook\\-replay(8)"));
+        assert!(page.contains(".SH ENVIRONMENT") && page.contains("DKMS_HOOK_SUSPEND"));
+    }
 }
