@@ -8,7 +8,7 @@ CARGOFLAGS ?= --locked
 
 BIN := target/release/dkms-hook
 
-.PHONY: all build check test e2e bench install clean
+.PHONY: all build check test bench install clean
 
 all: build
 
@@ -19,9 +19,32 @@ build:
 check test:
 	$(CARGO) test $(CARGOFLAGS)
 
+# Every installed path lives here; debian/rules runs `make install
+# DESTDIR=debian/dkms-hook`. The man page and the bash completion are
+# generated from the built binary.
+SBINDIR   ?= $(PREFIX)/sbin
+MANDIR    ?= $(PREFIX)/share/man
+BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
+SYSCONFDIR ?= /etc
+GENDIR    := target/generated
+
 install: build
-	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/sbin/dkms-hook
-	install -D -m 0644 etc/dkms-hook.conf $(DESTDIR)/etc/dkms/dkms-hook.conf
+	mkdir -p $(GENDIR)
+	$(BIN) man > $(GENDIR)/dkms-hook.8
+	$(BIN) completions bash > $(GENDIR)/dkms-hook.bash
+	install -D -m 0755 $(BIN) $(DESTDIR)$(SBINDIR)/dkms-hook
+	install -D -m 0644 $(GENDIR)/dkms-hook.8 $(DESTDIR)$(MANDIR)/man8/dkms-hook.8
+	install -D -m 0644 $(GENDIR)/dkms-hook.bash $(DESTDIR)$(BASHCOMPDIR)/dkms-hook
+	install -D -m 0644 etc/dkms-hook.conf $(DESTDIR)$(SYSCONFDIR)/dkms/dkms-hook.conf
+	install -D -m 0644 apt.conf.d/80dkms-hook $(DESTDIR)$(SYSCONFDIR)/apt/apt.conf.d/80dkms-hook
+	install -D -m 0644 hooks/dpkg.cfg.d-dkms-hook $(DESTDIR)$(SYSCONFDIR)/dpkg/dpkg.cfg.d/dkms-hook
+	install -D -m 0755 hooks/kernel-header_postinst $(DESTDIR)$(SYSCONFDIR)/kernel/header_postinst.d/dkms-hook
+	install -D -m 0755 hooks/kernel-postinst $(DESTDIR)$(SYSCONFDIR)/kernel/postinst.d/dkms-hook
+	install -D -m 0755 hooks/kernel-prerm $(DESTDIR)$(SYSCONFDIR)/kernel/prerm.d/dkms-hook
+
+# Benchmarks (README table); `make bench BENCHFLAGS=--short` is CI's smoke run.
+bench:
+	bash bench/run.sh $(BENCHFLAGS)
 
 clean:
 	$(CARGO) clean

@@ -6,7 +6,7 @@
 //! time and line number, and the earliest old version, the latest new version
 //! and the latest unpack win whatever order the files came in.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use debversion::Version;
 use jiff::civil::DateTime;
@@ -133,11 +133,39 @@ struct Entry {
 pub struct ChangeSet {
     index: HashMap<Box<[u8]>, usize>,
     entries: Vec<(Box<[u8]>, Entry)>,
+    /// Package names worth recording; `None` records all.
+    only: Option<HashSet<Box<[u8]>>>,
 }
+
+/// Names that always pass a filter: kernel images and headers, whose
+/// removal or arrival is news even when no file list names them.
+const ALWAYS: [&[u8]; 2] = [b"linux-image-", b"linux-headers-"];
 
 impl ChangeSet {
     pub fn new() -> ChangeSet {
         ChangeSet::default()
+    }
+
+    /// A set that records only the named packages (and kernel images and
+    /// headers). A replay of a year of logs then folds the few packages that
+    /// can matter instead of every upgrade of every library: folding was
+    /// two thirds of the time of replaying a 256 MB log.
+    pub fn only(names: impl IntoIterator<Item = String>) -> ChangeSet {
+        let only = names
+            .into_iter()
+            .map(|n| n.into_bytes().into_boxed_slice())
+            .collect();
+        ChangeSet {
+            only: Some(only),
+            ..ChangeSet::default()
+        }
+    }
+
+    /// Whether events of `key` (`name[:arch]`) are recorded.
+    pub fn wants(&self, key: &[u8]) -> bool {
+        let Some(only) = &self.only else { return true };
+        let name = key.split(|&c| c == b':').next().unwrap_or(key);
+        only.contains(name) || ALWAYS.iter().any(|p| name.starts_with(p))
     }
 
     /// Forget per-file state (the pending unpacks) between two files.

@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 use crate::apt_hook::{self, AptAction, AptChange};
-use crate::change::{Change, ChangeSet};
+use crate::change::Change;
 use crate::config::Config;
 use crate::inventory::Inventory;
 use crate::plan::{PairState, Plan, Rebuild};
@@ -17,7 +17,7 @@ use crate::rebuild::{Executor, Outcome, PairResult};
 use crate::report::{self, PREFIX};
 use crate::root::Root;
 use crate::state::{QueuedPair, State};
-use crate::{apt_run, dpkg_log, hook, plan};
+use crate::{apt_run, hook, plan};
 
 /// Exit status of usage errors and unreadable input.
 pub const EXIT_USAGE: i32 = 2;
@@ -222,9 +222,8 @@ fn execute(state: &State, cfg: &Config, print: bool) -> anyhow::Result<(i32, Vec
 fn replay(root: &Root, a: &ReplayArgs) -> anyhow::Result<i32> {
     let cfg = load_config(root);
     if a.dry_run {
-        let mut set = ChangeSet::new();
-        dpkg_log::read_files(&a.logs, &mut set).context("cannot replay")?;
-        let p = hook::plan_changes(root, &set.finish(), &cfg);
+        let changes = hook::read_logs(root, &a.logs).context("cannot replay")?;
+        let p = hook::plan_changes(root, &changes, &cfg);
         print_plan(&p, a.json, "would rebuild")?;
         return Ok(0);
     }

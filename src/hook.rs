@@ -146,6 +146,14 @@ pub fn collect_from_cursor(root: &Root, state: &State, cfg: &Config) -> Result<P
     Ok(plan)
 }
 
+/// The changes in the given logs (any order, plain or gzip'd), keeping only
+/// packages that can matter on this system.
+pub fn read_logs(root: &Root, logs: &[impl AsRef<Path>]) -> Result<Vec<Change>, Error> {
+    let mut set = ChangeSet::only(Inventory::full(root).package_names());
+    dpkg_log::read_files(logs, &mut set)?;
+    Ok(set.finish())
+}
+
 /// Read the given logs and queue what they make stale.
 pub fn collect_from_logs(
     root: &Root,
@@ -153,9 +161,7 @@ pub fn collect_from_logs(
     cfg: &Config,
     logs: &[impl AsRef<Path>],
 ) -> Result<Plan, Error> {
-    let mut set = ChangeSet::new();
-    dpkg_log::read_files(logs, &mut set)?;
-    let changes = set.finish();
+    let changes = read_logs(root, logs)?;
     let plan = plan_changes(root, &changes, cfg);
     enqueue(state, &plan, &changes)?;
     Ok(plan)

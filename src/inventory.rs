@@ -112,24 +112,33 @@ impl Inventory {
             }
         };
         inv.inputs = kernel::find_inputs(root, &inv.kernels, &lists);
-        let mut wanted: HashSet<String> = inv
+        let wanted: HashSet<String> = inv.package_names().into_iter().collect();
+        inv.read_status(root, |n| wanted.contains(n));
+        kernel::guess_missing_inputs(&inv.kernels, &mut inv.inputs, &inv.installed);
+        inv
+    }
+
+    /// Every package name that can matter to a plan on this system: the
+    /// inputs found, and the owners guessed from tree paths.
+    pub fn package_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
             .inputs
             .values()
             .flatten()
             .map(|i| i.package.to_string())
             .collect();
-        for k in &inv.kernels {
-            wanted.extend(
+        for k in &self.kernels {
+            names.extend(
                 k.tree
                     .iter()
                     .filter_map(|t| kernel::guess_owner(&t.path))
                     .map(|p| p.to_string()),
             );
-            wanted.extend(k.headers_package_guess().map(|p| p.to_string()));
+            names.extend(k.headers_package_guess().map(|p| p.to_string()));
         }
-        inv.read_status(root, |n| wanted.contains(n));
-        kernel::guess_missing_inputs(&inv.kernels, &mut inv.inputs, &inv.installed);
-        inv
+        names.sort();
+        names.dedup();
+        names
     }
 
     fn read_status(&mut self, root: &Root, wanted: impl Fn(&str) -> bool) {

@@ -1,0 +1,60 @@
+#!/bin/bash
+# Benchmarks of dkms-hook as whole processes (hyperfine, medians).
+#   bash bench/run.sh          full run (writes a 1 GB log under $BENCH_DIR)
+#   bash bench/run.sh --short  small inputs, checks only that it all runs (CI)
+# Prints a Markdown table; the README shows the last full run.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+short=no; [ "${1:-}" = --short ] && short=yes
+work=${BENCH_DIR:-$(mktemp -d /var/tmp/dkms-hook-bench.XXXXXX)}
+trap 'rm -rf "$work"' EXIT
+export TZ=UTC
+command -v hyperfine >/dev/null || apt-get install -y -q -o DPkg::Lock::Timeout=600 hyperfine >/dev/null
+cargo build --release --locked --quiet --manifest-path "$here/../Cargo.toml"
+bin=$here/../target/release/dkms-hook
+if [ $short = yes ]; then big=$((16 << 20)); huge=$((64 << 20)); runs=(-r 5 -w 1); else big=$((1 << 30)); huge=$((1 << 30)); runs=(-r 30 -w 3); fi
+
+median() { # hyperfine JSON → median in ms
+    python3 -c 'import json,sys; print("%.1f" % (json.load(open(sys.argv[1]))["results"][0]["median"]*1000))' "$1"
+}
+bench() { # name, command...
+    local name=$1; shift
+    hyperfine -N "${runs[@]}" --export-json "$work/h.json" "$@" >/dev/null 2>&1 || hyperfine -N "${runs[@]}" "$@"
+    printf '| %s | %s ms |\n' "$name" "$(median "$work/h.json")"
+}
+gen() { python3 "$here/gen.py" "$@"; }
+
+echo "| measurement | median |"
+echo "|---|---|"
+# 1. No-op post-invoke: the cursor at the end of a 1 MB and a 1 GB log.
+for size in $((1 << 20)) $big; do
+    r=$work/noop-$size; gen "$r" --kernels 4 --modules 5 --packages 2000 --log-bytes "$size"
+    "$bin" --root "$r" init
+    bench "post-invoke, nothing new, $((size >> 20)) MB dpkg.log" "$bin --root $r post-invoke"
+done
+# 2. After an unrelated 500-package transaction (~10,000 new lines).
+r=$work/tx; gen "$r" --kernels 4 --modules 5 --packages 2000 --log-bytes $((1 << 20)) --unrelated-tx 500
+"$bin" --root "$r" init; cp "$r/var/lib/dkms-hook/cursor.json" "$work/cursor"; cat "$r/var/log/dpkg.log.tx" >> "$r/var/log/dpkg.log"
+bench "post-invoke after an unrelated 500-package transaction ($(wc -l < "$r/var/log/dpkg.log.tx") lines)" \
+    --prepare "cp $work/cursor $r/var/lib/dkms-hook/cursor.json" "$bin --root $r post-invoke"
+# 3. One kbuild upgrade, 4 kernels × 5 modules: reading, inventory and plan.
+r=$work/kb; gen "$r" --kernels 4 --modules 5 --packages 2000 --log-bytes 0 --kbuild-tx
+bench "plan for one kbuild upgrade, 4 kernels × 5 modules (replay --dry-run)" "$bin --root $r replay --dry-run $r/var/log/dpkg.log.tx"
+# 4. status: 8 kernels × 6 modules, 6,000 packages.
+r=$work/st; gen "$r" --kernels 8 --modules 6 --packages 6000 --log-bytes 0
+bench "status, 8 kernels × 6 modules, 6,000 packages" "$bin --root $r status"
+# 5. replay throughput on a mostly unrelated log, against wc -l; peak memory.
+r=$work/big; gen "$r" --kernels 4 --modules 5 --packages 200 --log-bytes "$huge"
+log=$r/var/log/dpkg.log; cat "$log" > /dev/null
+wc_t=$(python3 -c 'import subprocess,sys,time; t=time.monotonic(); subprocess.run(["wc","-l",sys.argv[1]],stdout=subprocess.DEVNULL); print("%.2f" % (time.monotonic()-t))' "$log")
+rss=$(python3 - "$bin" "$r" "$log" <<'PY'
+import resource, subprocess, sys, time
+t = time.monotonic()
+subprocess.run([sys.argv[1], "--root", sys.argv[2], "replay", "--dry-run", sys.argv[3]], check=True, stdout=subprocess.DEVNULL)
+print("%.2f %d" % (time.monotonic() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024))
+PY
+)
+set -- $rss
+mb=$(( $(stat -c %s "$log") >> 20 ))
+printf '| replay --dry-run of a %d MB log | %s s (%.0f MB/s), wc -l: %s s; peak RSS %s MB |\n' \
+    "$mb" "$1" "$(python3 -c "print($mb/max($1,0.001))")" "$wc_t" "$2"

@@ -1,0 +1,147 @@
+#!/bin/bash
+# Tests of the files installed into hook directories: the three kernel hooks,
+# the dpkg.cfg.d post-invoke line and each command string of apt.conf.d.
+# Each is run from a temporary directory with /usr/sbin/dkms-hook rewritten to
+# a recording stub (or to a missing path). No root, apt or dpkg run needed
+# beyond apt-config, which parses apt.conf.d/80dkms-hook as apt does.
+#   tests/hooks.sh        # prints "N passed, M failed" last; non-zero on failure
+set -uo pipefail
+cd "$(dirname "$0")/.."
+repo=$PWD
+
+pass=0 fail=0
+ok()  { pass=$((pass + 1)); echo "ok   - $*"; }
+nok() { fail=$((fail + 1)); echo "FAIL - $*"; }
+check() { # check DESCRIPTION COMMAND...: pass if COMMAND succeeds
+    local d=$1; shift
+    if "$@"; then ok "$d"; else nok "$d"; fi
+}
+
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+BIN=/usr/sbin/dkms-hook
+stub=$tmp/present/dkms-hook       # records its argv, prints to stderr
+missing=$tmp/missing/dkms-hook    # never exists
+calls=$tmp/calls
+mkdir -p "$tmp/present" "$tmp/missing" "$tmp/out"
+cat > "$stub" <<STUB
+#!/bin/sh
+{ printf 'call'; for a in "\$@"; do printf ' [%s]' "\$a"; done
+  printf ' suspend=%s\n' "\${DKMS_HOOK_SUSPEND:-}"; } >> "$calls"
+echo "stub-stderr" >&2
+exit "\${STUB_EXIT:-0}"
+STUB
+chmod 0755 "$stub"
+
+# rewrite FILE TARGET: copy of FILE with the binary path replaced by TARGET.
+rewrite() {
+    local out=$tmp/out/$(basename "$1").$(basename "$(dirname "$2")")
+    sed "s#$BIN#$2#g" "$1" > "$out"
+    chmod --reference="$1" "$out"
+    echo "$out"
+}
+
+# --- Collect the commands: NAME, KIND, shell command for $stub and $missing.
+names=() kinds=() cmd_present=() cmd_missing=() expect_args=()
+
+kargs=(6.1.0-99-amd64 /boot/vmlinuz-6.1.0-99-amd64)
+for phase in header_postinst postinst prerm; do
+    f=hooks/kernel-$phase
+    check "$f: executable, #!/bin/sh, sh -n" \
+        bash -c "[ -x '$f' ] && head -n1 '$f' | grep -qx '#!/bin/sh' && sh -n '$f'"
+    names+=("$f") kinds+=(kernel)
+    cmd_present+=("$(printf '%q ' "$(rewrite "$f" "$stub")" "${kargs[@]}")")
+    cmd_missing+=("$(printf '%q ' "$(rewrite "$f" "$missing")" "${kargs[@]}")")
+    expect_args+=("call [kernel-hook] [$phase] [${kargs[0]}] [${kargs[1]}]")
+done
+
+# dpkg.cfg.d: dpkg runs the value of post-invoke= with sh -c.
+dpkg_line() { sed -n 's/^post-invoke=//p' "$1"; }
+f=hooks/dpkg.cfg.d-dkms-hook
+check "$f: exactly one post-invoke line" \
+    test "$(grep -c '^post-invoke=' "$f")" = 1
+names+=("$f") kinds+=(dpkg)
+cmd_present+=("$(dpkg_line "$(rewrite "$f" "$stub")")")
+cmd_missing+=("$(dpkg_line "$(rewrite "$f" "$missing")")")
+expect_args+=("call [post-invoke]")
+
+# apt.conf.d: let apt-config parse the file; keep the entries that name the
+# (rewritten) binary, which excludes the host's own configuration.
+f=apt.conf.d/80dkms-hook
+apt_dump() { apt-config -c "$1" dump --no-empty --format '%f=%v%n' | grep -F "$2"; }
+apt_value() { sed -n "s#^$2::=##p" <<< "$1"; }
+dump_present=$(apt_dump "$(rewrite "$f" "$stub")" "$stub")
+dump_missing=$(apt_dump "$(rewrite "$f" "$missing")" "$missing")
+declare -A apt_expect=(
+    [DPkg::Post-Invoke]="call [post-invoke]"
+    [AptCli::Hooks::Install]="call [apt-json-hook]"
+    [AptCli::Hooks::Upgrade]="call [apt-json-hook]"
+    [DPkg::Pre-Install-Pkgs]="call [pre-install-pkgs]"
+)
+for key in DPkg::Post-Invoke AptCli::Hooks::Install AptCli::Hooks::Upgrade DPkg::Pre-Install-Pkgs; do
+    p=$(apt_value "$dump_present" "$key") m=$(apt_value "$dump_missing" "$key")
+    check "$f: $key has exactly one command" \
+        test -n "$p" -a "$(grep -c . <<< "$p")" = 1
+    names+=("$f $key")
+    if [ "$key" = DPkg::Pre-Install-Pkgs ]; then kinds+=(preinst); else kinds+=(apt); fi
+    cmd_present+=("$p") cmd_missing+=("$m") expect_args+=("${apt_expect[$key]}")
+done
+# apt keys the protocol version on the first word of the command.
+pre=$(apt_value "$dump_present" DPkg::Pre-Install-Pkgs)
+check "$f: Pre-Install-Pkgs starts with the binary path" test "${pre%% *}" = "$stub"
+check "$f: Version 3 keyed on the binary path" \
+    grep -qxF "DPkg::Tools::Options::$stub::Version=3" <<< "$dump_present"
+
+# --- Run every command in every situation.
+# run CMD [ENV...]: run CMD with sh -c (or execute a kernel hook) with env
+# assignments; sets rc, out (stdout+stderr) and called (stub's log).
+run() {
+    local cmd=$1; shift
+    : > "$calls"
+    out=$(env "$@" sh -c "$cmd" < /dev/null 2>&1); rc=$?
+    called=$(cat "$calls")
+}
+
+for i in "${!names[@]}"; do
+    n=${names[$i]} k=${kinds[$i]} cp=${cmd_present[$i]} cm=${cmd_missing[$i]} want=${expect_args[$i]}
+    base=(-u DKMS_HOOK_SUSPEND -u DPKG_FRONTEND_LOCKED STUB_EXIT=0)
+
+    run "$cp" "${base[@]}"
+    check "$n: present: exit 0" test "$rc" = 0
+    check "$n: present: stub called once with the arguments" test "$called" = "$want suspend="
+    check "$n: present: stderr of the binary reaches the caller" grep -q stub-stderr <<< "$out"
+
+    run "$cm" "${base[@]}"
+    check "$n: missing binary: exit 0" test "$rc" = 0
+    check "$n: missing binary: silent" test -z "$out"
+
+    run "$cp" "${base[@]}" STUB_EXIT=1
+    check "$n: failing binary: exit 0" test "$rc" = 0
+
+    run "$cp" "${base[@]}" DKMS_HOOK_SUSPEND=1
+    check "$n: DKMS_HOOK_SUSPEND=1: exit 0" test "$rc" = 0
+    if [ "$k" = preinst ]; then
+        # No guard can precede the binary path here: the binary honours it.
+        check "$n: DKMS_HOOK_SUSPEND=1: passed on to the binary" test "$called" = "$want suspend=1"
+    else
+        check "$n: DKMS_HOOK_SUSPEND=1: binary not called" test -z "$called"
+    fi
+    run "$cp" "${base[@]}" DKMS_HOOK_SUSPEND=0
+    check "$n: DKMS_HOOK_SUSPEND=0: binary called" test -n "$called"
+
+    if [ "$k" = dpkg ]; then
+        run "$cp" "${base[@]}" DPKG_FRONTEND_LOCKED=1
+        check "$n: under apt (DPKG_FRONTEND_LOCKED set): exit 0" test "$rc" = 0
+        check "$n: under apt (DPKG_FRONTEND_LOCKED set): silent, not called" \
+            test -z "$out$called"
+    fi
+    if [ "$k" = kernel ]; then
+        f=$(eval "set -- $cp"; echo "$1")
+        : > "$calls"; "$f" 6.1.0-99-amd64 > /dev/null 2>&1; rc=$?
+        check "$n: one argument (header_postinst style): exit 0, passed on" \
+            test "$rc:$(cat "$calls")" = "0:${want% \[*} suspend="
+    fi
+done
+
+echo "$pass passed, $fail failed"
+[ "$fail" = 0 ]

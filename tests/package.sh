@@ -1,0 +1,85 @@
+#!/bin/bash
+# Build the Debian package from a copy of the checkout (tracked and untracked,
+# not ignored files: the checkout stays clean), run lintian on it and check
+# its contents. Needs dpkg-dev, debhelper, fakeroot and lintian installed,
+# and a rustup toolchain in ~/.cargo/bin with the crates of Cargo.lock in the
+# registry cache (run `make check` first; the build runs offline).
+#   tests/package.sh                  # prints "N passed, M failed" last
+#   DKMS_HOOK_DEB_OUT=/tmp/dkms-hook.deb tests/package.sh   # keep the .deb
+# DEB_BUILD_OPTIONS defaults to nocheck (the unit tests are `make check`);
+# set DEB_BUILD_OPTIONS= to run them inside the package build as well.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+repo=$PWD
+
+pass=0 fail=0
+ok()  { pass=$((pass + 1)); echo "ok   - $*"; }
+nok() { fail=$((fail + 1)); echo "FAIL - $*"; }
+check() { local d=$1; shift; if "$@"; then ok "$d"; else nok "$d"; fi; }
+finish() { echo "$pass passed, $fail failed"; [ "$fail" = 0 ]; exit; }
+
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+src=$tmp/dkms-hook-0.1.0
+mkdir -p "$src"
+git ls-files -z --cached --others --exclude-standard \
+    | (cd "$repo" && xargs -0 cp --parents -a -t "$src" 2>/dev/null)
+# Files deleted in the work tree but still in the index are skipped above.
+
+export DEB_BUILD_OPTIONS=${DEB_BUILD_OPTIONS-nocheck}
+echo "# dpkg-buildpackage in a copy: $src"
+if (cd "$src" && dpkg-buildpackage -b -us -uc -Ppkg.dkms-hook.rustup) \
+        > "$tmp/build.log" 2>&1; then
+    ok "dpkg-buildpackage -b -us -uc -Ppkg.dkms-hook.rustup"
+else
+    nok "dpkg-buildpackage -b -us -uc -Ppkg.dkms-hook.rustup"
+    tail -n 40 "$tmp/build.log" | sed "s/^/# /"
+    finish
+fi
+deb=$(ls "$tmp"/dkms-hook_*.deb 2>/dev/null | head -n1)
+check "one .deb built" test -f "$deb"
+[ -f "$deb" ] || finish
+echo "# $(basename "$deb")"
+if [ -n "${DKMS_HOOK_DEB_OUT:-}" ]; then
+    check "copied to \$DKMS_HOOK_DEB_OUT=$DKMS_HOOK_DEB_OUT" cp "$deb" "$DKMS_HOOK_DEB_OUT"
+fi
+
+lintian_out=$(lintian --fail-on error,warning --display-info "$deb" 2>&1); rc=$?
+[ -z "$lintian_out" ] || sed 's/^/# lintian: /' <<< "$lintian_out"
+check "lintian --fail-on error,warning" test "$rc" = 0
+
+contents=$(dpkg-deb -c "$deb" | awk '{print $1, $NF}')
+has() { grep -qxF -- "$1 ./${2#/}" <<< "$contents"; }
+for f in /usr/sbin/dkms-hook /etc/kernel/header_postinst.d/dkms-hook \
+         /etc/kernel/postinst.d/dkms-hook /etc/kernel/prerm.d/dkms-hook; do
+    check "contains $f (0755)" has -rwxr-xr-x "$f"
+done
+for f in /usr/share/man/man8/dkms-hook.8.gz \
+         /usr/share/bash-completion/completions/dkms-hook \
+         /etc/dkms/dkms-hook.conf /etc/apt/apt.conf.d/80dkms-hook \
+         /etc/dpkg/dpkg.cfg.d/dkms-hook /etc/logrotate.d/dkms-hook \
+         /usr/share/doc/dkms-hook/copyright; do
+    check "contains $f (0644)" has -rw-r--r-- "$f"
+done
+
+conffiles=$(dpkg-deb -I "$deb" conffiles 2>/dev/null)
+for f in /etc/dkms/dkms-hook.conf /etc/apt/apt.conf.d/80dkms-hook \
+         /etc/dpkg/dpkg.cfg.d/dkms-hook /etc/kernel/header_postinst.d/dkms-hook \
+         /etc/kernel/postinst.d/dkms-hook /etc/kernel/prerm.d/dkms-hook \
+         /etc/logrotate.d/dkms-hook; do
+    check "conffile $f" grep -qxF "$f" <<< "$conffiles"
+done
+
+control=$(dpkg-deb -f "$deb")
+check "Depends on dkms" grep -qE '^Depends:.*\bdkms\b' <<< "$control"
+check "Section admin" test "$(dpkg-deb -f "$deb" Section)" = admin
+check "version 0.1.0" test "$(dpkg-deb -f "$deb" Version)" = 0.1.0
+check "postinst runs dkms-hook init" \
+    bash -c "dpkg-deb --ctrl-tarfile '$deb' | tar -xO ./postinst | grep -q 'dkms-hook init'"
+check "postrm purges /var/lib/dkms-hook" \
+    bash -c "dpkg-deb --ctrl-tarfile '$deb' | tar -xO ./postrm | grep -q '/var/lib/dkms-hook'"
+x=$tmp/x; dpkg-deb -x "$deb" "$x"
+check "man page is section 8" bash -c "zcat '$x/usr/share/man/man8/dkms-hook.8.gz' | grep -q '^\.TH [^ ]* 8'"
+check "packaged binary runs (--version)" "$x/usr/sbin/dkms-hook" --version
+
+finish
