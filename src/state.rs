@@ -159,9 +159,9 @@ impl State {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(Error::io(&p, e)),
         };
-        let mut text = String::new();
-        f.read_to_string(&mut text).map_err(|e| Error::io(&p, e))?;
-        let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::State {
+        let mut text = Vec::new();
+        f.read_to_end(&mut text).map_err(|e| Error::io(&p, e))?;
+        let value: serde_json::Value = serde_json::from_slice(&text).map_err(|e| Error::State {
             path: p.clone(),
             msg: format!("corrupt ({e})"),
         })?;
@@ -193,6 +193,26 @@ impl State {
         write_atomic(&self.dir, name, &text)
     }
 
+    /// A corrupt queue or failure list cannot be trusted or repaired: it is
+    /// moved to `NAME.corrupt` for a look and the run starts afresh (`status`
+    /// and `sync` still find every stale pair from the file system). A file
+    /// of a newer dkms-hook is an error: it is left alone.
+    fn read_or_set_aside<T: Default + for<'de> Deserialize<'de>>(
+        &self,
+        name: &str,
+    ) -> Result<T, Error> {
+        match self.read_json(name) {
+            Ok(v) => Ok(v.unwrap_or_default()),
+            Err(e @ Error::State { .. }) if e.to_string().contains(": corrupt (") => {
+                let aside = self.dir.join(format!("{name}.corrupt"));
+                fs::rename(self.dir.join(name), &aside).map_err(|err| Error::io(&aside, err))?;
+                log::warn!("{e}; set aside as {}", aside.display());
+                Ok(T::default())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     pub fn cursor(&self) -> Result<Option<Cursor>, Error> {
         self.read_json("cursor.json")
     }
@@ -202,7 +222,7 @@ impl State {
     }
 
     pub fn queue(&self) -> Result<Queue, Error> {
-        Ok(self.read_json("queue.json")?.unwrap_or_default())
+        self.read_or_set_aside("queue.json")
     }
 
     pub fn save_queue(&self, q: &Queue) -> Result<(), Error> {
@@ -216,7 +236,7 @@ impl State {
     }
 
     pub fn failures(&self) -> Result<Failures, Error> {
-        Ok(self.read_json("failures.json")?.unwrap_or_default())
+        self.read_or_set_aside("failures.json")
     }
 
     pub fn save_failures(&self, f: &Failures) -> Result<(), Error> {
@@ -500,7 +520,11 @@ mod tests {
             .to_string()
             .contains("newer dkms-hook"));
         fs::write(s.dir().join("queue.json"), "{garbage").unwrap();
-        assert!(s.queue().unwrap_err().to_string().contains("corrupt"));
+        assert_eq!(s.queue().unwrap(), Queue::default());
+        assert_eq!(
+            fs::read(s.dir().join("queue.json.corrupt")).unwrap(),
+            b"{garbage"
+        );
     }
 
     #[test]
