@@ -493,3 +493,24 @@ fn replay_of_a_100_mb_log_runs_in_bounded_memory() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Above 4 MB the reader folds only packages that can matter; the plan must
+/// not change.
+#[test]
+fn a_big_log_is_filtered_without_changing_the_plan() {
+    let f = Fixture::sample();
+    let small = f.plan(&["var/log/dpkg.log"]);
+    let mut big = String::new();
+    let mut n = 0;
+    while big.len() < 5 << 20 {
+        big.push_str(&format!(
+            "2026-11-01 10:00:00 upgrade libfoo{}:amd64 1.0-1 1.1-1\n2026-11-01 10:00:00 status unpacked libfoo{}:amd64 1.1-1\n",
+            n % 3000,
+            n % 3000
+        ));
+        n += 1;
+    }
+    big.push_str(&String::from_utf8(f.read("var/log/dpkg.log")).unwrap());
+    f.write("var/log/dpkg.log", big);
+    assert_eq!(f.plan(&["var/log/dpkg.log"]), small);
+}
