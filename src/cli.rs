@@ -321,7 +321,7 @@ fn sync(root: &Root, json: bool) -> anyhow::Result<i32> {
             .collect(),
         ..Plan::default()
     };
-    hook::enqueue(&state, &p, &[])?;
+    hook::enqueue(&state, &p)?;
     finish_run(&state, &cfg, &p, json)
 }
 

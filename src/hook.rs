@@ -4,6 +4,7 @@
 
 use std::io::{BufReader, Seek, SeekFrom};
 use std::path::Path;
+use std::time::SystemTime;
 
 use crate::change::{Change, ChangeSet};
 use crate::config::Config;
@@ -32,26 +33,23 @@ pub fn plan_changes(root: &Root, changes: &[Change], cfg: &Config) -> Plan {
 
 /// Seconds since the epoch of the newest cause of a rebuild; "now" for a
 /// planned change.
-fn stale_since(r: &Rebuild, changes: &[Change], tz: &jiff::tz::TimeZone) -> u64 {
-    let mut newest = 0;
-    for c in &r.because {
-        let t = changes
-            .iter()
-            .find(|x| x.package == c.package)
-            .and_then(|x| x.unpacked)
-            .and_then(|dt| tz.to_ambiguous_timestamp(dt).compatible().ok())
-            .map_or_else(state::now_secs, |ts| ts.as_second().max(0) as u64);
-        newest = newest.max(t);
-    }
-    newest
+fn stale_since(r: &Rebuild) -> u64 {
+    let secs = |t: SystemTime| {
+        t.duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    };
+    r.because
+        .iter()
+        .map(|c| c.unpacked.map_or_else(state::now_secs, secs))
+        .max()
+        .unwrap_or_else(state::now_secs)
 }
 
 /// Add the plan's rebuilds to the persistent queue (deduplicated).
-pub fn enqueue(state: &State, plan: &Plan, changes: &[Change]) -> Result<usize, Error> {
+pub fn enqueue(state: &State, plan: &Plan) -> Result<usize, Error> {
     if plan.rebuilds.is_empty() {
         return Ok(0);
     }
-    let tz = jiff::tz::TimeZone::try_system().unwrap_or(jiff::tz::TimeZone::UTC);
     let mut q = state.queue()?;
     for r in &plan.rebuilds {
         let p = &r.pair;
@@ -61,7 +59,7 @@ pub fn enqueue(state: &State, plan: &Plan, changes: &[Change]) -> Result<usize, 
             kernel: p.kernel.to_string(),
             arch: p.arch.to_string(),
             because: report::causes(&r.because),
-            stale_since: stale_since(r, changes, &tz),
+            stale_since: stale_since(r),
         };
         match q
             .pending
@@ -134,7 +132,7 @@ pub fn collect_from_cursor(root: &Root, state: &State, cfg: &Config) -> Result<P
     }
     let changes = set.finish();
     let plan = plan_changes(root, &changes, cfg);
-    enqueue(state, &plan, &changes)?;
+    enqueue(state, &plan)?;
     // Only now, with the queue safe on disk, move past these changes.
     if let Some((path, offset)) = end {
         if let Some(mut c) = state::cursor_at_end(&path) {
@@ -176,6 +174,6 @@ pub fn collect_from_logs(
 ) -> Result<Plan, Error> {
     let changes = read_logs(root, logs)?;
     let plan = plan_changes(root, &changes, cfg);
-    enqueue(state, &plan, &changes)?;
+    enqueue(state, &plan)?;
     Ok(plan)
 }

@@ -24,6 +24,8 @@ pub struct Cause {
     pub role: Role,
     pub old: Option<Version>,
     pub new: Option<Version>,
+    /// When the change reached the disk; `None` for a change apt plans.
+    pub unpacked: Option<SystemTime>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -210,6 +212,7 @@ pub fn plan(changes: &[Change], inv: &Inventory, cfg: &Config) -> Plan {
                         role: *role,
                         old: step.old.clone(),
                         new: c.new.clone(),
+                        unpacked: unpack_instant(c.unpacked, &inv.tz),
                     })
                 })
                 .collect();
@@ -480,6 +483,7 @@ pub fn assess(
                         role: i.role,
                         old: None,
                         new: now,
+                        unpacked: Some(unpacked),
                     });
                 }
                 if !a.because.is_empty() {

@@ -459,3 +459,46 @@ fn a_bad_config_never_stops_the_hook() {
         "{err}"
     );
 }
+
+#[test]
+fn a_failed_pair_is_retried_when_its_inputs_change_again() {
+    let (f, second) = before_second_transaction();
+    f.run(&["post-invoke"]);
+    f.fake_dkms("fail-acpi-call", "");
+    append(&f, "var/log/dpkg.log", &second);
+    assert!(stderr(&f.run(&["post-invoke"])).contains("FAILED"));
+    // Nothing new: the failure is not retried on every dpkg run.
+    f.run(&["post-invoke"]);
+    assert_eq!(
+        f.dkms_calls().len(),
+        0,
+        "a failed build never completes in the stand-in"
+    );
+    std::fs::remove_file(f.path("fake-dkms/fail-acpi-call")).unwrap();
+    f.run(&["post-invoke"]);
+    assert_eq!(f.dkms_calls().len(), 0);
+    // The next kbuild upgrade makes it stale again.
+    let now = jiff::Timestamp::now()
+        .strftime("%Y-%m-%d %H:%M:%S")
+        .to_string();
+    append(
+        &f,
+        "var/log/dpkg.log",
+        &format!(
+            "{now} upgrade linux-kbuild-6.1:amd64 6.1.192-2 6.1.200-1\n{now} status unpacked linux-kbuild-6.1:amd64 6.1.200-1\n"
+        ),
+    );
+    let out = f.run(&["post-invoke"]);
+    let err = stderr(&out);
+    assert!(
+        err.contains("rebuilt acpi-call/1.2.2 for 6.1.0-50-amd64"),
+        "{err}"
+    );
+    assert!(
+        err.contains("rebuilt acpi-call/1.2.2 for 6.1.0-56-amd64"),
+        "{err}"
+    );
+    let st: serde_json::Value =
+        serde_json::from_slice(&f.read("var/lib/dkms-hook/failures.json")).unwrap();
+    assert_eq!(st["failed"], serde_json::json!([]));
+}
