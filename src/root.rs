@@ -7,7 +7,6 @@
 //! merged-/usr, where `/lib -> usr/lib`) and keeps a crafted link from leading
 //! a path outside the root.
 
-use std::ffi::OsStr;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
@@ -117,26 +116,6 @@ pub fn path_bytes(p: &Path) -> &[u8] {
     p.as_os_str().as_bytes()
 }
 
-/// Lexically normalise an in-root path (`a/./b/../c` → `a/c`) without touching
-/// the file system; used for paths read from `.list` files.
-pub fn normalize(p: &Path) -> PathBuf {
-    let mut out = PathBuf::from("/");
-    for c in p.components() {
-        match c {
-            Component::Normal(n) => out.push(n),
-            Component::ParentDir => {
-                out.pop();
-            }
-            _ => {}
-        }
-    }
-    out
-}
-
-pub fn os(s: &str) -> &OsStr {
-    OsStr::new(s)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,14 +154,5 @@ mod tests {
             root.canonicalize("/c").unwrap_err().kind(),
             io::ErrorKind::NotFound
         );
-    }
-
-    #[test]
-    fn normalize_is_lexical() {
-        assert_eq!(
-            normalize(Path::new("/usr/./src/../lib")),
-            PathBuf::from("/usr/lib")
-        );
-        assert_eq!(normalize(Path::new("/..")), PathBuf::from("/"));
     }
 }

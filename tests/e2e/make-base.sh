@@ -190,7 +190,7 @@ e2e_retry 3 in_root apt-get -y -q install -d --no-install-recommends "${new_set[
 # sanity: both sets must now resolve without network
 in_root apt-get -s -q --no-download install "${old_set[@]}" acpi-call-dkms >/dev/null
 in_root apt-get -s -q --no-download install "${new_set[@]}" >/dev/null
-ls -l "$E2E_ROOT"/var/cache/apt/archives/*.deb | grep -E 'linux-|acpi-call' | awk '{ print "    " $5 " " $9 }' >&2 || true
+find "$E2E_ROOT/var/cache/apt/archives" -maxdepth 1 -name '*.deb' -printf '    %s %f\n' | sort -k2 >&2
 
 # --- pack ----------------------------------------------------------------------
 e2e_umounts "$E2E_ROOT"
