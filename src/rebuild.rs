@@ -269,6 +269,8 @@ impl<'a> Executor<'a> {
             }
         }
         // 3. Build.
+        // A fresh run log for this attempt.
+        let _ = std::fs::remove_file(self.state.run_log(&p.module, &p.version, &p.kernel));
         let started = Instant::now();
         let start_time = SystemTime::now();
         let built = self.dkms(p, &["build", "--force"]);
@@ -418,14 +420,24 @@ impl<'a> Executor<'a> {
             args.push(flag.into());
             args.push(v.into());
         }
+        // dkms's output goes to the pair's run log, never into our memory
+        // (a build can print a lot); each action appends to it.
         let log = self.state.run_log(&p.module, &p.version, &p.kernel);
         if let Some(d) = log.parent() {
             let _ = std::fs::create_dir_all(d);
         }
+        let file = match std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+        {
+            Ok(f) => f,
+            Err(e) => return Ran::SpawnFailed(format!("{}: {e}", log.display())),
+        };
         let expr = duct::cmd(&self.dkms, args)
             .env("DKMS_HOOK_ROOT", self.state.root().dir())
             .stdin_null()
-            .stdout_path(&log)
+            .stdout_file(file)
             .stderr_to_stdout()
             .unchecked()
             .before_spawn(|c| {

@@ -280,12 +280,12 @@ fn sigkill_mid_build_then_a_second_run_finishes_once() {
 }
 
 #[test]
-fn four_concurrent_post_invokes_build_each_pair_once() {
+fn eight_concurrent_post_invokes_build_each_pair_once() {
     let (f, second) = before_second_transaction();
     f.run(&["post-invoke"]);
     append(&f, "var/log/dpkg.log", &second);
     f.fake_dkms("sleep", "0.3");
-    let children: Vec<_> = (0..4)
+    let children: Vec<_> = (0..8)
         .map(|_| {
             f.cmd(&["post-invoke"])
                 .stderr(Stdio::null())
@@ -501,4 +501,105 @@ fn a_failed_pair_is_retried_when_its_inputs_change_again() {
     let st: serde_json::Value =
         serde_json::from_slice(&f.read("var/lib/dkms-hook/failures.json")).unwrap();
     assert_eq!(st["failed"], serde_json::json!([]));
+}
+
+#[test]
+fn a_dkms_that_prints_100_mb_does_not_grow_the_hook() {
+    let f = Fixture::sample();
+    f.fake_dkms("spew", "");
+    let mut cmd = f.cmd(&["replay", f.path("var/log/dpkg.log").to_str().unwrap()]);
+    use std::os::unix::process::CommandExt;
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = rustix::process::Rlimit {
+                current: Some(96 << 20),
+                maximum: Some(96 << 20),
+            };
+            rustix::process::setrlimit(rustix::process::Resource::As, lim)
+                .map_err(std::io::Error::from)
+        });
+    }
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stderr(&out).contains("rebuilt acpi-call/1.2.2 for 6.1.0-50-amd64"));
+    let log = f.path("var/lib/dkms-hook/logs/acpi-call-1.2.2-6.1.0-50-amd64.dkms.log");
+    assert!(
+        std::fs::metadata(log).unwrap().len() >= 100 << 20,
+        "the output went to the run log"
+    );
+}
+
+/// Three modules on two kernels, all stale; the hook is SIGKILLed (with its
+/// process group) at 50 pseudo-random points. Between runs every installed
+/// module is present; at the end every pair is rebuilt, none installed twice.
+#[test]
+fn sigkill_at_50_points_loses_nothing_and_installs_nothing_twice() {
+    let (f, second) = before_second_transaction();
+    for m in ["mod-b", "mod-c"] {
+        for k in ["6.1.0-50-amd64", "6.1.0-56-amd64"] {
+            f.dkms_pair(m, "2.0", k, &m.replace('-', "_"), "2026-11-23T20:56:00Z");
+        }
+    }
+    f.mtime(NEW_KO, "2026-11-23T20:56:00Z");
+    f.mtime(
+        "var/lib/dkms/acpi-call/1.2.2/6.1.0-56-amd64/x86_64/module/acpi_call.ko",
+        "2026-11-23T20:56:00Z",
+    );
+    f.run(&["post-invoke"]);
+    append(&f, "var/log/dpkg.log", &second);
+    f.fake_dkms("sleep", "0.05");
+    let installed: Vec<String> = ["acpi_call", "mod_b", "mod_c"]
+        .iter()
+        .flat_map(|ko| {
+            ["6.1.0-50-amd64", "6.1.0-56-amd64"]
+                .map(move |k| format!("usr/lib/modules/{k}/updates/dkms/{ko}.ko"))
+        })
+        .collect();
+    let mut seed: u64 = 1040401;
+    for _ in 0..50 {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let delay = Duration::from_millis((seed >> 33) % 250);
+        let mut child = {
+            use std::os::unix::process::CommandExt;
+            f.cmd(&["post-invoke"])
+                .process_group(0)
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        };
+        std::thread::sleep(delay);
+        let pgid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+        let _ = rustix::process::kill_process_group(pgid, rustix::process::Signal::KILL);
+        child.wait().unwrap();
+        for ko in &installed {
+            assert!(f.path(ko).exists(), "{ko} missing after a kill");
+        }
+    }
+    std::fs::remove_file(f.path("fake-dkms/sleep")).unwrap();
+    let out = f.run(&["post-invoke"]);
+    assert_eq!(out.status.code(), Some(0));
+    for ko in &installed {
+        assert!(
+            String::from_utf8(f.read(ko))
+                .unwrap()
+                .starts_with("rebuilt"),
+            "{ko} not rebuilt"
+        );
+    }
+    let calls = f.dkms_calls();
+    for m in ["acpi-call 1.2.2", "mod-b 2.0", "mod-c 2.0"] {
+        for k in ["6.1.0-50-amd64", "6.1.0-56-amd64"] {
+            let n = calls
+                .iter()
+                .filter(|c| **c == format!("install {m} {k}"))
+                .count();
+            assert!(n <= 1, "{m} {k} installed {n} times");
+        }
+    }
+    let q: serde_json::Value =
+        serde_json::from_slice(&f.read("var/lib/dkms-hook/queue.json")).unwrap();
+    assert_eq!(q["pending"], serde_json::json!([]));
+    assert!(!f.path("var/lib/dkms-hook/backups/acpi-call").exists());
 }
