@@ -512,8 +512,7 @@ impl<'a> Executor<'a> {
         if !(remake || listed) {
             return false;
         }
-        let tool = std::env::var_os("DKMS_HOOK_UPDATE_INITRAMFS")
-            .unwrap_or_else(|| UPDATE_INITRAMFS.into());
+        let tool = UPDATE_INITRAMFS;
         let r = duct::cmd(
             tool,
             [OsString::from("-u"), "-k".into(), p.kernel.clone().into()],

@@ -603,3 +603,44 @@ fn sigkill_at_50_points_loses_nothing_and_installs_nothing_twice() {
     assert_eq!(q["pending"], serde_json::json!([]));
     assert!(!f.path("var/lib/dkms-hook/backups/acpi-call").exists());
 }
+
+#[test]
+fn a_module_in_the_initramfs_gets_it_refreshed() {
+    let f = Fixture::sample();
+    f.write("boot/initrd.img-6.1.0-50-amd64", "initrd");
+    let conf = String::from_utf8(f.read("usr/src/acpi-call-1.2.2/dkms.conf")).unwrap();
+    f.write(
+        "usr/src/acpi-call-1.2.2/dkms.conf",
+        conf + "REMAKE_INITRD=\"yes\"\n",
+    );
+    // A recording update-initramfs found first on PATH.
+    let calls = f.path("initramfs-calls.log");
+    f.write(
+        "bin-stubs/update-initramfs",
+        format!("#!/bin/sh\necho \"$@\" >> {}\n", calls.display()),
+    );
+    std::fs::set_permissions(
+        f.path("bin-stubs/update-initramfs"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let path = format!(
+        "{}:{}",
+        f.path("bin-stubs").display(),
+        std::env::var("PATH").unwrap()
+    );
+    let out = f
+        .cmd(&["replay", f.path("var/log/dpkg.log").to_str().unwrap()])
+        .env("PATH", path)
+        .output()
+        .unwrap();
+    assert!(
+        stderr(&out).contains("initramfs refreshed"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        std::fs::read_to_string(calls).unwrap(),
+        "-u -k 6.1.0-50-amd64\n"
+    );
+}
