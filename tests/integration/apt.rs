@@ -262,3 +262,71 @@ fn pre_install_pkgs_is_silent_for_unrelated_upgrades_and_bad_streams() {
         (Some(0), &b""[..])
     );
 }
+
+/// Within one apt run, Pre-Install-Pkgs stays quiet when the JSON hook
+/// already printed; another apt run gets its warnings again.
+#[test]
+fn pre_install_pkgs_is_quiet_after_the_json_hook_of_the_same_apt_run() {
+    let f = Fixture::sample();
+    // A shell named `apt` stands in for apt: both hooks are its children.
+    let apt_bin = f.path("fake-apt/apt");
+    std::fs::create_dir_all(apt_bin.parent().unwrap()).unwrap();
+    std::fs::copy("/bin/sh", &apt_bin).unwrap();
+    let v3 = f.path("v3.txt");
+    std::fs::write(
+        &v3,
+        "VERSION 3\nAPT::Architecture=amd64\n\nlinux-kbuild-6.1 6.1.192-2 amd64 same < 6.1.200-1 amd64 same /var/cache/apt/archives/k.deb\n",
+    )
+    .unwrap();
+    let script = format!(
+        "\"$HOOK\" --root \"$R\" apt-json-hook; \"$HOOK\" --root \"$R\" pre-install-pkgs < {}",
+        v3.display()
+    );
+    let run = |json_messages: &[String]| -> String {
+        let (apt, hook) = UnixStream::pair().unwrap();
+        let fd = hook.as_raw_fd();
+        let mut cmd = std::process::Command::new(&apt_bin);
+        cmd.arg("-c")
+            .arg(&script)
+            .env("HOOK", env!("CARGO_BIN_EXE_dkms-hook"))
+            .env("R", f.dir.path())
+            .env("TZ", "UTC")
+            .env("APT_HOOK_SOCKET", "3")
+            .stdout(Stdio::piped());
+        unsafe {
+            cmd.pre_exec(move || {
+                let mut three: std::os::fd::OwnedFd = std::os::fd::FromRawFd::from_raw_fd(3);
+                rustix::io::dup2(std::os::fd::BorrowedFd::borrow_raw(fd), &mut three)?;
+                std::mem::forget(three);
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().unwrap();
+        drop(hook);
+        let mut w = &apt;
+        for m in json_messages {
+            w.write_all(format!("{m}\n\n").as_bytes()).unwrap();
+        }
+        let _ = apt.shutdown(std::net::Shutdown::Write);
+        String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap()
+    };
+    let stats = statistics(&[package(
+        "linux-kbuild-6.1",
+        "upgrade",
+        Some("6.1.192-2"),
+        Some("6.1.200-1"),
+    )]);
+    let out = run(&[HELLO.to_string(), stats, BYE.to_string()]);
+    let n = out.matches("build tree of 6.1.0-50-amd64").count();
+    assert_eq!(
+        n, 1,
+        "the JSON hook spoke once, Pre-Install-Pkgs kept quiet:\n{out}"
+    );
+    // No JSON hook in this run (apt-get): Pre-Install-Pkgs speaks.
+    let out = run(&[]);
+    assert_eq!(
+        out.matches("build tree of 6.1.0-50-amd64").count(),
+        1,
+        "{out}"
+    );
+}
