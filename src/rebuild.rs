@@ -43,6 +43,9 @@ pub enum Outcome {
         status: Option<i32>,
         reason: String,
         make_log: Option<PathBuf>,
+        /// The dkms tree and the installed module are as before. When not,
+        /// the backup stays and the next run restores it first.
+        restored: bool,
     },
 }
 
@@ -233,6 +236,7 @@ impl<'a> Executor<'a> {
                 status: None,
                 reason: e.to_string(),
                 make_log: None,
+                restored: false,
             },
         }
     }
@@ -281,6 +285,7 @@ impl<'a> Executor<'a> {
                 status,
                 reason,
                 make_log,
+                restored: true,
             })
         };
         match built {
@@ -372,6 +377,12 @@ impl<'a> Executor<'a> {
     }
 
     fn copy(&self, from: &Path, to: &Path) -> Result<(), Error> {
+        // dkms 3.0.10's `build --force` removes /var/lib/dkms/M/V/K as well
+        // as K/ARCH: a restore must recreate the parents (found by the
+        // real-system tests).
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+        }
         let out = duct::cmd(
             CP,
             [

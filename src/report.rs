@@ -131,10 +131,18 @@ pub fn result_line(r: &PairResult) -> String {
             }
         ),
         Outcome::Failed {
-            reason, make_log, ..
+            reason,
+            make_log,
+            restored,
+            ..
         } => format!(
-            "FAILED to rebuild {what} ({}): {reason}; the working module was kept{}",
+            "FAILED to rebuild {what} ({}): {reason}; {}{}",
             p.because,
+            if *restored {
+                "the working module was kept".to_string()
+            } else {
+                format!("its backup stays in /var/lib/dkms-hook/backups/{}/{}/{} and the next run restores it", p.module, p.version, p.kernel)
+            },
             make_log
                 .as_ref()
                 .map(|m| format!("; see {}", m.display()))
