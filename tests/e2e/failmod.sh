@@ -37,7 +37,7 @@ in_root dkms install -m e2e-failmod -v 1.0 -k "$K"
 KO="$(find "$E2E_ROOT/lib/modules/$K" -name 'e2e_failmod.ko*' -print -quit)"
 STATUS_OK="$(in_root dkms status -m e2e-failmod -k "$K")"
 
-touch "$E2E_ROOT/etc/e2e-failmod-break"
+echo "$K" > "$E2E_ROOT/etc/e2e-failmod-break"
 BREAK_RC=0
 in_root dkms build --force -m e2e-failmod -v 1.0 -k "$K" || BREAK_RC=$?
 echo "--- make.log tail of the broken build:"

@@ -7,7 +7,7 @@
 #include <linux/module.h>
 
 #ifdef E2E_BREAK
-#error "e2e-failmod: build deliberately broken because /etc/e2e-failmod-break exists"
+#error "e2e-failmod: build deliberately broken: this kernel is listed in /etc/e2e-failmod-break"
 #endif
 
 static int __init e2e_failmod_init(void)

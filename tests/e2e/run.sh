@@ -1,0 +1,229 @@
+#!/bin/bash
+# The real-system tier: dkms-hook's .deb in a throwaway Debian 12 root with
+# real apt, dpkg, dkms 3.0.10, linux-headers, linux-kbuild-6.1 and real dkms
+# modules (acpi-call-dkms and tests/e2e/failmod). Reproduces Debian bug
+# #1040401 and shows the fix.
+#
+#   DKMS_HOOK_DEB=path/to/dkms-hook_*.deb tests/e2e/run.sh
+#
+# Without DKMS_HOOK_DEB the package is built with tests/package.sh. The base
+# root is cached (make-base.sh); a run uses two fresh roots:
+#   root A, dkms-hook installed before the upgrades: scenarios 4, 1, 3, 5, 6, 7
+#   root B, stock dkms first, dkms-hook later: scenarios 2 and 8
+# Prints PASS/FAIL per scenario and ends with "N passed, M failed".
+# When the Debian mirror cannot be reached: one "SKIPPED:" line, exit 0.
+set -euo pipefail
+# shellcheck source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+e2e_require_root
+e2e_ensure_base
+
+DEB="${DKMS_HOOK_DEB:-}"
+if [[ -z "$DEB" ]]; then
+    DEB=/var/tmp/dkms-hook-e2e.deb
+    DKMS_HOOK_DEB_OUT="$DEB" bash "$E2E_DIR/../package.sh" >&2
+fi
+[[ -f "$DEB" ]] || e2e_die "no package at $DEB"
+
+ROOTS=()
+cleanup() {
+    local rc=$? r
+    for r in "${ROOTS[@]}"; do e2e_remove_root "$r"; done
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+PASSED=0 FAILED=0 FAILS=0 SCENARIO=""
+scenario() { SCENARIO="$1"; FAILS=0; echo "--- scenario $SCENARIO"; }
+check() {   # check DESCRIPTION CMD...
+    local desc="$1"; shift
+    if "$@"; then
+        printf '  ok    %s\n' "$desc"
+    else
+        printf '  FAIL  %s\n' "$desc"
+        FAILS=$((FAILS + 1))
+    fi
+}
+verdict() {
+    if (( FAILS == 0 )); then
+        echo "PASS: $SCENARIO"; PASSED=$((PASSED + 1))
+    else
+        echo "FAIL: $SCENARIO ($FAILS checks)"; FAILED=$((FAILED + 1))
+    fi
+}
+
+# A fresh root with the old world: dkms, linux-headers-OLD, linux-kbuild-6.1=OLD,
+# acpi-call-dkms built for the OLD kernel.
+new_root() {
+    e2e_extract_base
+    ROOTS+=("$E2E_ROOT")
+    e2e_load_versions
+    [[ "$E2E_SINGLE_KBUILD" == 0 ]] || e2e_skip "the archive offers one linux-kbuild-6.1 version only"
+    e2e_mounts "$E2E_ROOT"
+    e2e_install_old_world >&2
+    e2e_apt_offline install acpi-call-dkms >&2
+    OLD="$E2E_OLD_KERNEL" NEW="$E2E_NEW_KERNEL"
+    # dkms's version of the module: the package's upstream version.
+    E2E_ACPI_CALL_UPSTREAM="$(find "$E2E_ROOT/var/lib/dkms/acpi-call" -mindepth 1 -maxdepth 1 -type d -printf '%f\n' | head -n 1)"
+}
+
+install_dkms_hook() {
+    cp "$DEB" "$E2E_ROOT/root/dkms-hook.deb"
+    # As an administrator would; apt refuses local files with --no-download,
+    # and dkms, the only dependency, is installed already.
+    in_root apt-get -y -q -o Dpkg::Use-Pty=0 install /root/dkms-hook.deb >&2
+}
+
+ko() {  # ko MODULE_FILE KERNEL -> host path of the installed module
+    find "$E2E_ROOT/lib/modules/$2" -name "$1.ko*" -print -quit 2>/dev/null
+}
+mtime() { stat -c %Y "$1" 2>/dev/null || echo missing; }
+sha() { sha256sum "$1" 2>/dev/null | cut -d' ' -f1; }
+installed() {  # installed MODULE KERNEL: dkms status says installed
+    in_root dkms status -m "$1" -k "$2" 2>/dev/null | grep -q ': installed'
+}
+contains() { grep -qF -- "$2" "$1"; }
+lacks() { ! grep -qF -- "$2" "$1"; }
+# The line holding $2 comes before the line holding $3 in file $1.
+before() {
+    local a b
+    a="$(grep -nF -- "$2" "$1" | head -n 1 | cut -d: -f1)"
+    b="$(grep -nF -- "$3" "$1" | head -n 1 | cut -d: -f1)"
+    [[ -n "$a" && -n "$b" ]] && (( a < b ))
+}
+out() { mktemp "$E2E_TMP_BASE/dkms-hook-e2e-out.XXXXXX"; }
+
+T0=$SECONDS
+########################################################################## root A
+new_root
+install_dkms_hook
+e2e_add_failmod >&2
+in_root dkms install -m e2e-failmod -v 1.0 -k "$OLD" >&2
+ACPI_OLD="$(ko acpi_call "$OLD")" FAIL_OLD="$(ko e2e_failmod "$OLD")"
+[[ -n "$ACPI_OLD" && -n "$FAIL_OLD" ]] || e2e_die "modules were not built for $OLD"
+
+scenario "4: apt -s and apt answered 'n' warn before the prompt and change nothing"
+KB_BEFORE="$(in_root dpkg-query -W -f '${Version}' linux-kbuild-6.1)"
+M_BEFORE="$(mtime "$ACPI_OLD")"
+o="$(out)"
+RC=0; in_root apt -s -o Dpkg::Use-Pty=0 --no-download install "$E2E_NEW_HEADERS=$E2E_NEW_VERSION" > "$o" 2>&1 || RC=$?
+sed 's/^/    | /' "$o" | grep -F 'dkms-hook' || true
+check "apt -s exits 0" test "$RC" == 0
+check "apt -s shows the in-place change of $OLD" contains "$o" "dkms-hook: this upgrade changes the build tree of $OLD in place (linux-kbuild-6.1 $E2E_OLD_VERSION → $E2E_NEW_VERSION)"
+check "…and names the module to be rebuilt" contains "$o" "dkms-hook will rebuild acpi-call/"
+o2="$(out)"
+RC=0; echo n | in_root apt -o Dpkg::Use-Pty=0 --no-download install "$E2E_NEW_HEADERS=$E2E_NEW_VERSION" > "$o2" 2>&1 || RC=$?
+check "apt answered 'n': the warning comes before the prompt" before "$o2" "dkms-hook: this upgrade changes the build tree of $OLD" "Do you want to continue?"
+check "nothing changed: linux-kbuild-6.1 still $KB_BEFORE" test "$(in_root dpkg-query -W -f '${Version}' linux-kbuild-6.1)" == "$KB_BEFORE"
+check "nothing changed: $OLD module untouched" test "$(mtime "$ACPI_OLD")" == "$M_BEFORE"
+verdict
+
+scenario "1+3: #1040401 fixed; a failing rebuild keeps the working module"
+echo "$OLD" > "$E2E_ROOT/etc/e2e-failmod-break"   # failmod fails for OLD only
+FAIL_SHA="$(sha "$FAIL_OLD")"
+sleep 1
+o="$(out)"
+RC=0; e2e_apt_offline install "$E2E_NEW_HEADERS=$E2E_NEW_VERSION" > "$o" 2>&1 || RC=$?
+grep -F 'dkms-hook' "$o" | sed 's/^/    | /' || true
+check "apt-get exits 0 (rc=$RC)" test "$RC" == 0
+check "linux-kbuild-6.1 upgraded in place" test "$(in_root dpkg-query -W -f '${Version}' linux-kbuild-6.1)" == "$E2E_NEW_VERSION"
+check "apt's output has the rebuild line for $OLD" contains "$o" "dkms-hook: rebuilt acpi-call/$E2E_ACPI_CALL_UPSTREAM for $OLD (linux-kbuild-6.1 $E2E_OLD_VERSION → $E2E_NEW_VERSION)"
+check "$OLD acpi_call.ko is new (mtime $M_BEFORE → $(mtime "$ACPI_OLD"))" test "$(mtime "$ACPI_OLD")" -gt "$M_BEFORE"
+check "dkms status: acpi-call installed for $OLD" installed acpi-call "$OLD"
+check "$NEW got acpi-call from dkms itself" test -n "$(ko acpi_call "$NEW")"
+check "dkms-hook did not build $NEW again (fresh)" lacks "$o" "rebuilt acpi-call/$E2E_ACPI_CALL_UPSTREAM for $NEW"
+check "the failure is reported with its make.log" contains "$o" "dkms-hook: FAILED to rebuild e2e-failmod/1.0 for $OLD"
+check "…naming the kept make.log" contains "$o" "see /var/lib/dkms-hook/logs/e2e-failmod-1.0-$OLD.make.log"
+check "the kept make.log holds the compiler's error" grep -q 'deliberately broken' "$E2E_ROOT/var/lib/dkms-hook/logs/e2e-failmod-1.0-$OLD.make.log"
+check "the old e2e_failmod.ko is byte-identical" test "$(sha "$FAIL_OLD")" == "$FAIL_SHA"
+check "modinfo still reads it" in_root modinfo "${FAIL_OLD#"$E2E_ROOT"}"
+check "dkms status: e2e-failmod still installed for $OLD" installed e2e-failmod "$OLD"
+st="$(out)"; in_root dkms-hook status > "$st" 2>&1 || true
+sed 's/^/    | /' "$st"
+check "dkms-hook status shows it failed" grep -qE "^e2e-failmod/1.0 +$OLD +failed" "$st"
+check "dkms-hook status shows acpi-call fresh for $OLD" grep -qE "^acpi-call/[^ ]+ +$OLD +fresh" "$st"
+rm -f "$E2E_ROOT/etc/e2e-failmod-break"
+verdict
+
+scenario "5: plain dpkg -i of a newer linux-kbuild-6.1 rebuilds through dpkg's post-invoke"
+KB_V="$(e2e_repack_bump linux-kbuild-6.1 "$E2E_NEW_VERSION")"
+M_BEFORE="$(mtime "$ACPI_OLD")"
+sleep 1
+o="$(out)"
+RC=0; in_root dpkg -i "/var/cache/apt/archives/linux-kbuild-6.1_${KB_V}_amd64.deb" > "$o" 2>&1 || RC=$?
+grep -F 'dkms-hook' "$o" | sed 's/^/    | /' || true
+check "dpkg -i exits 0 (rc=$RC)" test "$RC" == 0
+check "dpkg's output has the rebuild line for $OLD" contains "$o" "dkms-hook: rebuilt acpi-call/$E2E_ACPI_CALL_UPSTREAM for $OLD (linux-kbuild-6.1 $E2E_NEW_VERSION → $KB_V)"
+check "…and for $NEW, whose tree it feeds too" contains "$o" "dkms-hook: rebuilt acpi-call/$E2E_ACPI_CALL_UPSTREAM for $NEW"
+check "$OLD acpi_call.ko is new" test "$(mtime "$ACPI_OLD")" -gt "$M_BEFORE"
+check "the failed pair was retried and now builds" contains "$o" "dkms-hook: rebuilt e2e-failmod/1.0 for $OLD"
+verdict
+
+scenario "6: an in-place upgrade of linux-headers-$OLD rebuilds its module"
+H_V="$(e2e_repack_bump "$E2E_OLD_HEADERS" "$E2E_OLD_VERSION")"
+M_BEFORE="$(mtime "$ACPI_OLD")" M_NEW_BEFORE="$(mtime "$(ko acpi_call "$NEW")")"
+sleep 1
+o="$(out)"
+RC=0; e2e_apt_offline install "$E2E_OLD_HEADERS=$H_V" > "$o" 2>&1 || RC=$?
+grep -F 'dkms-hook' "$o" | sed 's/^/    | /' || true
+check "apt-get exits 0 (rc=$RC)" test "$RC" == 0
+check "the rebuild line names the headers package" contains "$o" "dkms-hook: rebuilt acpi-call/$E2E_ACPI_CALL_UPSTREAM for $OLD ($E2E_OLD_HEADERS $E2E_OLD_VERSION → $H_V)"
+check "$OLD acpi_call.ko is new" test "$(mtime "$ACPI_OLD")" -gt "$M_BEFORE"
+check "$NEW is not touched" test "$(mtime "$(ko acpi_call "$NEW")")" == "$M_NEW_BEFORE"
+verdict
+
+scenario "7: after apt remove dkms-hook (conffiles kept), apt still works"
+e2e_apt_offline remove dkms-hook >&2
+check "the conffiles stay" test -f "$E2E_ROOT/etc/apt/apt.conf.d/80dkms-hook"
+mkdir -p "$E2E_ROOT/root/tiny/DEBIAN"
+printf 'Package: e2e-tiny\nVersion: 1.0\nArchitecture: all\nMaintainer: e2e <e2e@example.org>\nDescription: tiny package\n' \
+    > "$E2E_ROOT/root/tiny/DEBIAN/control"
+in_root dpkg-deb -b /root/tiny /root/e2e-tiny.deb >/dev/null
+o="$(out)"
+RC=0; in_root apt-get -y -q -o Dpkg::Use-Pty=0 install /root/e2e-tiny.deb > "$o" 2>&1 || RC=$?
+check "apt-get install exits 0 (rc=$RC)" test "$RC" == 0
+check "no error line" lacks "$o" "E: "
+o="$(out)"
+RC=0; in_root apt -y -o Dpkg::Use-Pty=0 --no-download remove e2e-tiny > "$o" 2>&1 || RC=$?
+check "apt (JSON hooks) remove exits 0 (rc=$RC)" test "$RC" == 0
+check "no error line" lacks "$o" "E: "
+verdict
+
+########################################################################## root B
+new_root
+ACPI_OLD="$(ko acpi_call "$OLD")"
+[[ -n "$ACPI_OLD" ]] || e2e_die "acpi-call was not built for $OLD"
+
+scenario "2: control, stock dkms only: the module of $OLD stays stale (the bug)"
+M_BEFORE="$(mtime "$ACPI_OLD")" S_BEFORE="$(sha "$ACPI_OLD")"
+sleep 1
+RC=0; e2e_apt_offline install "$E2E_NEW_HEADERS=$E2E_NEW_VERSION" > "$(out)" 2>&1 || RC=$?
+check "apt-get exits 0" test "$RC" == 0
+check "linux-kbuild-6.1 upgraded in place" test "$(in_root dpkg-query -W -f '${Version}' linux-kbuild-6.1)" == "$E2E_NEW_VERSION"
+check "$NEW got acpi-call" test -n "$(ko acpi_call "$NEW")"
+check "BUG: $OLD acpi_call.ko not rebuilt (mtime unchanged)" test "$(mtime "$ACPI_OLD")" == "$M_BEFORE"
+check "BUG: …byte-identical" test "$(sha "$ACPI_OLD")" == "$S_BEFORE"
+verdict
+
+scenario "8: dkms-hook installed afterwards finds the stale module; replay rebuilds it"
+install_dkms_hook
+st="$(out)"; in_root dkms-hook status > "$st" 2>&1 || true
+sed 's/^/    | /' "$st"
+check "status says stale" grep -qE "^acpi-call/[^ ]+ +$OLD +stale +built before linux-kbuild-6.1 was unpacked" "$st"
+o="$(out)"
+RC=0; in_root dkms-hook replay /var/log/dpkg.log > "$o" 2>&1 || RC=$?
+sed 's/^/    | /' "$o"
+check "replay exits 0 (rc=$RC)" test "$RC" == 0
+check "replay rebuilt $OLD" contains "$o" "dkms-hook: rebuilt acpi-call/$E2E_ACPI_CALL_UPSTREAM for $OLD (linux-kbuild-6.1 $E2E_OLD_VERSION → $E2E_NEW_VERSION)"
+check "$OLD acpi_call.ko is new" test "$(mtime "$ACPI_OLD")" -gt "$M_BEFORE"
+check "dkms status: installed for $OLD" installed acpi-call "$OLD"
+check "replay left $NEW alone (fresh)" lacks "$o" "for $NEW"
+in_root dkms-hook status > "$st" 2>&1 || true
+check "status now says fresh" grep -qE "^acpi-call/[^ ]+ +$OLD +fresh" "$st"
+verdict
+
+echo "e2e: $((SECONDS - T0)) s for the scenarios"
+echo "$PASSED passed, $FAILED failed"
+(( FAILED == 0 ))
