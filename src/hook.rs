@@ -46,9 +46,9 @@ fn stale_since(r: &Rebuild) -> u64 {
 }
 
 /// Add the plan's rebuilds to the persistent queue (deduplicated).
-pub fn enqueue(state: &State, plan: &Plan) -> Result<usize, Error> {
+pub fn enqueue(state: &State, plan: &Plan) -> Result<(), Error> {
     if plan.rebuilds.is_empty() {
-        return Ok(0);
+        return Ok(());
     }
     let mut q = state.queue()?;
     for r in &plan.rebuilds {
@@ -73,8 +73,7 @@ pub fn enqueue(state: &State, plan: &Plan) -> Result<usize, Error> {
             None => q.pending.push(entry),
         }
     }
-    state.save_queue(&q)?;
-    Ok(q.pending.len())
+    state.save_queue(&q)
 }
 
 /// Read dpkg.log from the cursor, plan, enqueue, then advance the cursor.
