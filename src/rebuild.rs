@@ -216,17 +216,37 @@ impl<'a> Executor<'a> {
         out
     }
 
-    /// Done already: the built module and every installed copy are newer
-    /// than the change (a killed run got past `install`).
+    /// Done already: the module was built after the change, and every
+    /// installed copy holds exactly the built bytes (a killed run got past
+    /// `install`). Installed copies are compared by content, not time: a
+    /// killed build can leave a new module behind before `install` ran, and
+    /// an installed copy's time says nothing about what it was built from
+    /// (found by the SIGKILL-at-50-points test). A rebuild that came out
+    /// byte-identical counts as installed, rightly: installing it again would
+    /// change nothing.
     fn is_done(&self, p: &QueuedPair, dkms_dir: &Path) -> bool {
         let since = SystemTime::UNIX_EPOCH + Duration::from_secs(p.stale_since + 1);
-        let newer = |t: Option<SystemTime>| t.is_some_and(|t| t >= since);
+        let module_dir = dkms_dir.join("module");
+        if built_time(&module_dir).is_none_or(|t| t < since) {
+            return false;
+        }
         let installed = self.installed_modules(p, dkms_dir);
-        newer(built_time(&dkms_dir.join("module")))
-            && !installed.is_empty()
-            && installed
+        let Ok(built) = std::fs::read_dir(&module_dir) else {
+            return false;
+        };
+        let mut any = false;
+        for b in built.flatten() {
+            let copies: Vec<&PathBuf> = installed
                 .iter()
-                .all(|f| newer(std::fs::metadata(f).and_then(|m| m.modified()).ok()))
+                .filter(|i| i.file_name() == Some(&b.file_name()))
+                .collect();
+            let bytes = std::fs::read(b.path()).ok();
+            if copies.is_empty() || copies.iter().any(|c| std::fs::read(c).ok() != bytes) {
+                return false;
+            }
+            any = true;
+        }
+        any
     }
 
     fn rebuild(&self, p: &QueuedPair) -> Outcome {

@@ -585,7 +585,10 @@ fn sigkill_at_50_points_loses_nothing_and_installs_nothing_twice() {
             String::from_utf8(f.read(ko))
                 .unwrap()
                 .starts_with("rebuilt"),
-            "{ko} not rebuilt"
+            "{ko} not rebuilt:\n{}\n{}\n{}",
+            String::from_utf8_lossy(&f.read("var/log/dkms-hook.log")),
+            stderr(&out),
+            String::from_utf8_lossy(&f.read("dkms-calls.log"))
         );
     }
     let calls = f.dkms_calls();
