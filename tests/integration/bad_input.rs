@@ -319,3 +319,64 @@ fn state_cases() {
     calm(&out, 1);
     assert!(f.dkms_calls().is_empty());
 }
+
+/// A full disk under /var/lib/dkms-hook (a tiny tmpfs, filled): the hook
+/// says so in one line, exits 0, builds nothing and moves no cursor; with
+/// space again, the next run does the work. Needs root for the mount.
+#[test]
+fn a_full_disk_loses_nothing() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    }
+    let f = pending_hook();
+    let state = f.path("var/lib/dkms-hook");
+    let saved = tempfile::tempdir().unwrap();
+    let copy = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", state.display()))
+        .arg(saved.path())
+        .status()
+        .unwrap();
+    assert!(copy.success());
+    let mount = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+        .arg(&state)
+        .status()
+        .unwrap();
+    assert!(mount.success());
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let guard = Unmount(state.clone());
+    std::process::Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", saved.path().display()))
+        .arg(&state)
+        .status()
+        .unwrap();
+    let cursor = f.read("var/lib/dkms-hook/cursor.json");
+    // Fill it up.
+    let _ = std::fs::write(state.join("filler"), vec![0u8; 128 << 10]);
+    let out = f.run(&["post-invoke"]);
+    assert_eq!(out.status.code(), Some(0));
+    let e = calm(&out, 2);
+    assert!(e.contains("No space left on device"), "{e}");
+    assert!(f.dkms_calls().is_empty());
+    assert_eq!(
+        f.read("var/lib/dkms-hook/cursor.json"),
+        cursor,
+        "the cursor did not move"
+    );
+    std::fs::remove_file(state.join("filler")).unwrap();
+    let out = f.run(&["post-invoke"]);
+    assert!(
+        stderr(&out).contains("rebuilt acpi-call/1.2.2 for 6.1.0-50-amd64"),
+        "{}",
+        stderr(&out)
+    );
+    drop(guard);
+}
