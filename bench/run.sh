@@ -58,3 +58,5 @@ set -- $rss
 mb=$(( $(stat -c %s "$log") >> 20 ))
 printf '| replay --dry-run of a %d MB log | %s s (%.0f MB/s), wc -l: %s s; peak RSS %s MB |\n' \
     "$mb" "$1" "$(python3 -c "print($mb/max($1,0.001))")" "$wc_t" "$2"
+# 6. Against dkms itself on a real system (full run, root, e2e base cached).
+if [ $short = no ]; then bash "$here/dkms-status.sh" "$bin" || true; fi
