@@ -197,27 +197,13 @@ pub fn status_json(
     let mut skipped = Vec::new();
     for r in rows {
         let mut o = pair(r);
-        match r.state {
-            PairState::Stale => {
-                o["because"] = r.because.iter().map(cause_json).collect();
-                rebuilds.push(o);
-            }
-            PairState::Fresh => {
-                o["reason"] = "fresh".into();
-                skipped.push(o);
-            }
-            PairState::NoHeaders => {
-                o["reason"] = "no-headers".into();
-                skipped.push(o);
-            }
-            PairState::Failed => {
-                o["reason"] = "failed".into();
-                skipped.push(o);
-            }
-            PairState::Missing => {
-                o["reason"] = "missing".into();
-                skipped.push(o);
-            }
+        if r.state == PairState::Stale {
+            o["because"] = r.because.iter().map(cause_json).collect();
+            rebuilds.push(o);
+        } else {
+            // The state's name is the reason: fresh, no-headers, failed, missing.
+            o["reason"] = json!(r.state);
+            skipped.push(o);
         }
     }
     json!({

@@ -4,11 +4,10 @@
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::CommandExt;
 use std::process::Stdio;
 use std::time::Duration;
 
-use crate::fixture::Fixture;
+use crate::fixture::{pass_as_fd3, Fixture};
 
 const HELLO: &str = r#"{"jsonrpc":"2.0","method":"org.debian.apt.hooks.hello","id":0,"params":{"versions":["0.1","0.2"]}}"#;
 
@@ -42,15 +41,7 @@ fn json_session(f: &Fixture, messages: &[String]) -> (String, String, Option<i32
     cmd.env("APT_HOOK_SOCKET", "3")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    unsafe {
-        cmd.pre_exec(move || {
-            // apt passes the socket as a plain fd number; give it fd 3.
-            let mut three: std::os::fd::OwnedFd = std::os::fd::FromRawFd::from_raw_fd(3);
-            rustix::io::dup2(std::os::fd::BorrowedFd::borrow_raw(fd), &mut three)?;
-            std::mem::forget(three);
-            Ok(())
-        });
-    }
+    pass_as_fd3(&mut cmd, fd);
     let child = cmd.spawn().unwrap();
     drop(hook);
     apt.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -293,14 +284,7 @@ fn pre_install_pkgs_is_quiet_after_the_json_hook_of_the_same_apt_run() {
             .env("TZ", "UTC")
             .env("APT_HOOK_SOCKET", "3")
             .stdout(Stdio::piped());
-        unsafe {
-            cmd.pre_exec(move || {
-                let mut three: std::os::fd::OwnedFd = std::os::fd::FromRawFd::from_raw_fd(3);
-                rustix::io::dup2(std::os::fd::BorrowedFd::borrow_raw(fd), &mut three)?;
-                std::mem::forget(three);
-                Ok(())
-            });
-        }
+        pass_as_fd3(&mut cmd, fd);
         let child = cmd.spawn().unwrap();
         drop(hook);
         let mut w = &apt;

@@ -303,3 +303,34 @@ pub fn skipped(plan: &serde_json::Value) -> Vec<String> {
         })
         .collect()
 }
+
+/// Run `cmd` with its address space limited to `bytes`: a reader that loads
+/// whole files or buffers a child's output fails under it.
+pub fn limit_address_space(cmd: &mut Command, bytes: u64) {
+    use std::os::unix::process::CommandExt;
+    // Safety: setrlimit is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            let lim = rustix::process::Rlimit {
+                current: Some(bytes),
+                maximum: Some(bytes),
+            };
+            rustix::process::setrlimit(rustix::process::Resource::As, lim)
+                .map_err(std::io::Error::from)
+        });
+    }
+}
+
+/// Give the child `fd` as descriptor 3, as apt passes its hook socket.
+pub fn pass_as_fd3(cmd: &mut Command, fd: std::os::fd::RawFd) {
+    use std::os::unix::process::CommandExt;
+    // Safety: dup2 is async-signal-safe; fd 3 is then the child's own.
+    unsafe {
+        cmd.pre_exec(move || {
+            let mut three: std::os::fd::OwnedFd = std::os::fd::FromRawFd::from_raw_fd(3);
+            rustix::io::dup2(std::os::fd::BorrowedFd::borrow_raw(fd), &mut three)?;
+            std::mem::forget(three);
+            Ok(())
+        });
+    }
+}

@@ -508,17 +508,7 @@ fn a_dkms_that_prints_100_mb_does_not_grow_the_hook() {
     let f = Fixture::sample();
     f.fake_dkms("spew", "");
     let mut cmd = f.cmd(&["replay", f.path("var/log/dpkg.log").to_str().unwrap()]);
-    use std::os::unix::process::CommandExt;
-    unsafe {
-        cmd.pre_exec(|| {
-            let lim = rustix::process::Rlimit {
-                current: Some(96 << 20),
-                maximum: Some(96 << 20),
-            };
-            rustix::process::setrlimit(rustix::process::Resource::As, lim)
-                .map_err(std::io::Error::from)
-        });
-    }
+    crate::fixture::limit_address_space(&mut cmd, 96 << 20);
     let out = cmd.output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(stderr(&out).contains("rebuilt acpi-call/1.2.2 for 6.1.0-50-amd64"));

@@ -475,17 +475,7 @@ fn replay_of_a_100_mb_log_runs_in_bounded_memory() {
         .args(["replay", "--dry-run", "--json"])
         .arg(&path)
         .env("TZ", "UTC");
-    use std::os::unix::process::CommandExt;
-    unsafe {
-        cmd.pre_exec(|| {
-            let lim = rustix::process::Rlimit {
-                current: Some(96 << 20),
-                maximum: Some(96 << 20),
-            };
-            rustix::process::setrlimit(rustix::process::Resource::As, lim)
-                .map_err(std::io::Error::from)
-        });
-    }
+    crate::fixture::limit_address_space(&mut cmd, 96 << 20);
     let out = cmd.output().unwrap();
     assert!(
         out.status.success(),
