@@ -504,3 +504,33 @@ fn a_big_log_is_filtered_without_changing_the_plan() {
     f.write("var/log/dpkg.log", big);
     assert_eq!(f.plan(&["var/log/dpkg.log"]), small);
 }
+
+/// The compiler a tree names (`CC` in .kernelvariables) is an input only
+/// when `trigger_compiler=yes`.
+#[test]
+fn compiler_upgrades_count_only_when_configured() {
+    let f = Fixture::sample();
+    f.package(
+        "gcc-12",
+        "amd64",
+        "12.2.0-14+deb12u1",
+        &["/usr/bin/gcc-12", "/usr/bin/x86_64-linux-gnu-gcc-12"],
+        "2026-11-24T09:00:01Z",
+    );
+    f.write(
+        "var/log/dpkg.log",
+        "2026-11-24 09:00:00 upgrade gcc-12:amd64 12.2.0-14 12.2.0-14+deb12u1\n\
+         2026-11-24 09:00:01 status unpacked gcc-12:amd64 12.2.0-14+deb12u1\n",
+    );
+    assert!(rebuilds(&f.plan(&["var/log/dpkg.log"])).is_empty());
+    f.write("etc/dkms/dkms-hook.conf", "trigger_compiler=yes\n");
+    let plan = f.plan(&["var/log/dpkg.log"]);
+    assert_eq!(
+        rebuilds(&plan),
+        [
+            "acpi-call/1.2.2 @ 6.1.0-50-amd64",
+            "acpi-call/1.2.2 @ 6.1.0-56-amd64"
+        ]
+    );
+    assert_eq!(plan["rebuilds"][0]["because"][0]["role"], "compiler");
+}
