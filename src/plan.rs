@@ -151,11 +151,8 @@ pub fn plan(changes: &[Change], inv: &Inventory, cfg: &Config) -> Plan {
         if hits.is_empty() && headers_removed.is_empty() {
             continue;
         }
-        for (c, _) in &hits {
-            if !relevant.iter().any(|r| std::ptr::eq(*r, *c)) {
-                relevant.push(c);
-            }
-        }
+        // Deduplicated at the end: a change can feed several kernels.
+        relevant.extend(hits.iter().map(|(c, _)| *c));
         relevant.extend(headers_removed.iter().copied());
         let pairs: Vec<&Pair> = inv.pairs.iter().filter(|p| p.kernel == k.release).collect();
         if !k.has_headers() {
@@ -242,7 +239,7 @@ pub fn plan(changes: &[Change], inv: &Inventory, cfg: &Config) -> Plan {
             });
         }
     }
-    relevant.sort_by(|a, b| a.package.cmp(&b.package));
+    relevant.sort_by(|a, b| (&a.package, &a.architecture).cmp(&(&b.package, &b.architecture)));
     relevant.dedup_by(|a, b| std::ptr::eq(*a, *b));
     out.changes = relevant.into_iter().cloned().collect();
     out
