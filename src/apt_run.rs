@@ -33,7 +33,8 @@ fn apt_ancestor() -> Option<(u32, u64)> {
 
 fn marker(root: &Root) -> Option<PathBuf> {
     let (pid, start) = apt_ancestor()?;
-    Some(root.host(RUN_DIR).join(format!("warned-{pid}-{start}")))
+    let dir = root.inside(RUN_DIR).ok()?;
+    Some(dir.join(format!("warned-{pid}-{start}")))
 }
 
 /// Note that this apt run has been warned (best effort).
@@ -53,12 +54,10 @@ pub fn mark_warned(root: &Root) {
             }
         }
     }
-    let _ = std::fs::create_dir_all(dir);
-    let _ = crate::state::write_atomic(
-        dir,
-        m.file_name().and_then(|n| n.to_str()).unwrap_or("warned"),
-        b"",
-    );
+    let name = m.file_name().and_then(|n| n.to_str()).unwrap_or("warned");
+    if let Err(e) = crate::state_dir::Dir::open_top(dir).and_then(|d| d.write_atomic(name, b"")) {
+        log::debug!("{e}");
+    }
 }
 
 pub fn already_warned(root: &Root) -> bool {

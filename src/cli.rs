@@ -12,15 +12,69 @@ use crate::apt_hook::{self, AptAction, AptChange};
 use crate::change::Change;
 use crate::config::Config;
 use crate::inventory::Inventory;
+use crate::kernel::KernelRelease;
 use crate::plan::{PairState, Plan, Rebuild};
-use crate::rebuild::{Executor, Outcome, PairResult};
-use crate::report::{self, PREFIX};
+use crate::rebuild::{Executor, Outcome, PairResult, Tools};
+use crate::report::{self, printable, PREFIX};
 use crate::root::Root;
 use crate::state::{QueuedPair, State};
 use crate::{apt_run, hook, plan};
 
+/// Exit status when a rebuild failed (replay, sync, retry).
+pub const EXIT_FAILED: i32 = 1;
 /// Exit status of usage errors and unreadable input.
 pub const EXIT_USAGE: i32 = 2;
+/// Exit status when the work could not be done: the lock, the state
+/// directory or another file could not be used.
+pub const EXIT_TROUBLE: i32 = 3;
+/// How long `kernel-hook prerm` waits for a running rebuild before it leaves
+/// its request to the next run.
+const PRERM_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The commands apt, dpkg and run-parts call: they exit 0 whatever happens.
+const HOOK_COMMANDS: &[&str] = &[
+    "post-invoke",
+    "apt-json-hook",
+    "pre-install-pkgs",
+    "kernel-hook",
+];
+
+/// The environment, read once here and passed down.
+#[derive(Debug, Clone, Default)]
+pub struct Env {
+    /// `DKMS_HOOK_SUSPEND=1`: every hook does nothing.
+    pub suspended: bool,
+    pub tools: Tools,
+}
+
+impl Env {
+    pub fn from_process() -> Env {
+        Env {
+            suspended: std::env::var_os("DKMS_HOOK_SUSPEND").is_some_and(|v| v == "1"),
+            tools: Tools {
+                dkms: std::env::var_os("DKMS_HOOK_DKMS").filter(|v| !v.is_empty()),
+                update_initramfs: std::env::var_os("DKMS_HOOK_UPDATE_INITRAMFS")
+                    .filter(|v| !v.is_empty()),
+            },
+        }
+    }
+}
+
+/// Write one line to stdout, control characters escaped. Errors (a closed
+/// pipe, a full disk) are ignored: output must never make a hook fail.
+pub fn out(line: &str) {
+    let _ = writeln!(std::io::stdout().lock(), "{}", printable(line));
+}
+
+/// A JSON document on stdout: serde_json escapes control characters itself.
+fn out_json(v: &serde_json::Value) {
+    let _ = writeln!(std::io::stdout().lock(), "{}", report::to_json_string(v));
+}
+
+/// [`out`] for stderr.
+pub fn err(line: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "{}", printable(line));
+}
 
 #[derive(Debug, Parser)]
 #[command(
@@ -42,12 +96,14 @@ Environment:
   DKMS_HOOK_ROOT     like --root
   DKMS_HOOK_SUSPEND  set to 1 to make every hook do nothing (the cursor stays)
   DKMS_HOOK_LOG      debug output, env_logger syntax (e.g. debug)
-  DKMS_HOOK_DKMS     the dkms program to run (a stand-in, for tests)
+  DKMS_HOOK_DKMS     the dkms program to run (a stand-in, for tests; needed under --root)
+  DKMS_HOOK_UPDATE_INITRAMFS  the update-initramfs program to run (under --root it is skipped unless named)
 
 Exit status:
   0 success; the hooks (post-invoke, apt-json-hook, pre-install-pkgs, kernel-hook) always exit 0
   1 replay, sync or retry: a rebuild failed
-  2 usage error or unreadable input"
+  2 usage error or unreadable input
+  3 the work could not be done: lock, state directory or another file unusable"
 )]
 pub struct Cli {
     /// Operate on the system below DIR instead of / (absolute symlinks resolve inside it).
@@ -83,9 +139,9 @@ pub enum Command {
     /// /etc/kernel/{header_postinst,postinst,prerm}.d: record the event, warn
     /// about a kernel without headers or modules, forget a removed kernel. Always exits 0.
     KernelHook {
-        /// header_postinst, postinst or prerm.
-        #[arg(value_parser = ["header_postinst", "postinst", "prerm"])]
-        phase: String,
+        /// Which /etc/kernel directory ran it.
+        #[arg(value_enum)]
+        phase: Phase,
         /// The kernel release.
         kernel: String,
         /// The kernel image (postinst, prerm).
@@ -103,6 +159,15 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+}
+
+/// The /etc/kernel/*.d directory a kernel hook was run from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[value(rename_all = "snake_case")]
+pub enum Phase {
+    HeaderPostinst,
+    Postinst,
+    Prerm,
 }
 
 #[derive(Debug, Args)]
@@ -134,36 +199,71 @@ fn init_logging(verbose: bool) {
                 buf,
                 "{PREFIX} {}: {}",
                 rec.level().as_str().to_lowercase(),
-                rec.args()
+                printable(&rec.args().to_string())
             )
         })
         .try_init();
 }
 
+/// Whether the arguments name one of the hook commands (whose argument
+/// errors must not fail apt, dpkg or run-parts either).
+fn is_hook_invocation() -> bool {
+    std::env::args()
+        .skip(1)
+        .find(|a| !a.starts_with('-') && !a.starts_with('/'))
+        .is_some_and(|a| HOOK_COMMANDS.contains(&a.as_str()))
+}
+
 /// Parse arguments, run, and return the exit status.
 pub fn main() -> i32 {
+    let hook = is_hook_invocation();
+    if hook {
+        // A panic must not turn into exit 101 under apt: report it in one
+        // line and exit 0 (the default hook prints the message first).
+        return std::panic::catch_unwind(run).unwrap_or_else(|_| {
+            err(&format!("{PREFIX} internal error; see the message above"));
+            0
+        });
+    }
+    run()
+}
+
+fn run() -> i32 {
+    let hook = is_hook_invocation();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
+        Err(e) if hook => {
+            let text = e.to_string();
+            err(&format!(
+                "{PREFIX} {}",
+                text.lines()
+                    .next()
+                    .unwrap_or_default()
+                    .trim_start_matches("error: ")
+            ));
+            return 0;
+        }
         Err(e) => {
             let _ = e.print();
             return if e.use_stderr() { EXIT_USAGE } else { 0 };
         }
     };
     init_logging(cli.verbose);
+    let env = Env::from_process();
     let root = Root::new(cli.root.clone().unwrap_or_else(|| PathBuf::from("/")));
     let result = match &cli.command {
-        Command::Replay(a) => replay(&root, a),
-        Command::PostInvoke => Ok(post_invoke(&root)),
+        Command::Replay(a) => replay(&root, &env, a),
+        Command::PostInvoke => Ok(post_invoke(&root, &env)),
         Command::Status(a) => status(&root, a.json),
-        Command::Sync(a) => sync(&root, a.json),
-        Command::Retry(a) => retry(&root, a.json),
-        Command::AptJsonHook(a) => Ok(apt_json_hook(&root, a.json)),
-        Command::PreInstallPkgs(a) => Ok(pre_install_pkgs(&root, a.json)),
-        Command::KernelHook { phase, kernel, .. } => Ok(kernel_hook(&root, phase, kernel)),
+        Command::Sync(a) => sync(&root, &env, a.json),
+        Command::Retry(a) => retry(&root, &env, a.json),
+        Command::AptJsonHook(a) => Ok(apt_json_hook(&root, &env, a.json)),
+        Command::PreInstallPkgs(a) => Ok(pre_install_pkgs(&root, &env, a.json)),
+        Command::KernelHook { phase, kernel, .. } => Ok(kernel_hook(&root, &env, *phase, kernel)),
         Command::Init => init(&root),
         Command::Man => man_page(&mut std::io::stdout().lock())
             .map(|()| 0)
-            .map_err(Into::into),
+            .or_else(ignore_closed_output),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(*shell, &mut cmd, "dkms-hook", &mut std::io::stdout());
@@ -173,81 +273,127 @@ pub fn main() -> i32 {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("{PREFIX} {e:#}");
-            EXIT_USAGE
+            err(&format!("{PREFIX} {e:#}"));
+            exit_code(&e)
         }
+    }
+}
+
+fn ignore_closed_output(_: std::io::Error) -> anyhow::Result<i32> {
+    Ok(0)
+}
+
+/// An input the user named (a log to replay) that cannot be read.
+#[derive(Debug)]
+struct BadInput(crate::Error);
+
+impl std::fmt::Display for BadInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for BadInput {}
+
+/// 2 for usage errors and input that cannot be read as what it should be,
+/// 3 for everything that kept the work from being done.
+fn exit_code(e: &anyhow::Error) -> i32 {
+    if e.downcast_ref::<BadInput>().is_some() {
+        return EXIT_USAGE;
+    }
+    match e.downcast_ref::<crate::Error>() {
+        Some(
+            crate::Error::Log { .. }
+            | crate::Error::InvalidName { .. }
+            | crate::Error::Unreadable { .. }
+            | crate::Error::Refused(_),
+        ) => EXIT_USAGE,
+        _ => EXIT_TROUBLE,
     }
 }
 
 fn load_config(root: &Root) -> Config {
     Config::load(root).unwrap_or_else(|e| {
-        eprintln!("{PREFIX} {e}; using defaults");
+        err(&format!("{PREFIX} {e}; using defaults"));
         Config::default()
     })
 }
 
-fn print_plan(p: &Plan, json: bool, verb: &str) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
+fn print_plan(p: &Plan, json: bool, verb: &str) {
     if json {
-        writeln!(out, "{}", report::to_json_string(&report::plan_json(p)))?;
+        out_json(&report::plan_json(p));
     } else if p.is_empty() {
-        writeln!(out, "{PREFIX} nothing to rebuild")?;
+        out(&format!("{PREFIX} nothing to rebuild"));
     } else {
         for l in report::plan_lines(p, verb) {
-            writeln!(out, "{l}")?;
+            out(&l);
         }
     }
-    Ok(())
+}
+
+fn print_warnings(p: &Plan) {
+    for w in &p.warnings {
+        err(&format!("{PREFIX} warning: {w}"));
+    }
 }
 
 /// Print each result as it happens (apt's output shows progress) and to
 /// /var/log/dkms-hook.log; return the exit status (1 if any failed).
-fn execute(state: &State, cfg: &Config, print: bool) -> anyhow::Result<(i32, Vec<PairResult>)> {
-    let exec = Executor::new(state, cfg)?;
+fn execute(
+    state: &State,
+    cfg: &Config,
+    env: &Env,
+    print: bool,
+) -> anyhow::Result<(i32, Vec<PairResult>)> {
+    let exec = Executor::new(state, cfg, env.tools.clone())?;
     let quiet = cfg.quiet;
     let results = exec.run_queue(&|r| {
         let line = report::result_line(r);
         state.log_line(&line);
         let is_failure = matches!(r.outcome, Outcome::Failed { .. });
         if print && (is_failure || !quiet) {
-            eprintln!("{PREFIX} {line}");
+            err(&format!("{PREFIX} {line}"));
+        }
+        for n in &r.notes {
+            state.log_line(&format!("warning: {n}"));
+            if print {
+                err(&format!("{PREFIX} warning: {n}"));
+            }
         }
     })?;
     let failed = results
         .iter()
         .any(|r| matches!(r.outcome, Outcome::Failed { .. }));
-    Ok((i32::from(failed), results))
+    Ok((if failed { EXIT_FAILED } else { 0 }, results))
 }
 
-fn replay(root: &Root, a: &ReplayArgs) -> anyhow::Result<i32> {
+fn replay(root: &Root, env: &Env, a: &ReplayArgs) -> anyhow::Result<i32> {
     let cfg = load_config(root);
+    let changes = hook::read_logs(root, &a.logs)
+        .map_err(BadInput)
+        .context("cannot replay")?;
     if a.dry_run {
-        let changes = hook::read_logs(root, &a.logs).context("cannot replay")?;
-        let p = hook::plan_changes(root, &changes, &cfg);
-        print_plan(&p, a.json, "would rebuild")?;
+        let p = hook::plan_changes(root, &changes, &cfg)?;
+        print_plan(&p, a.json, "would rebuild");
         return Ok(0);
     }
     let state = State::new(root);
     let _lock = state.lock()?;
-    let p = hook::collect_from_logs(root, &state, &cfg, &a.logs).context("cannot replay")?;
-    for w in &p.warnings {
-        eprintln!("{PREFIX} warning: {w}");
-    }
-    let (code, results) = execute(&state, &cfg, !a.json)?;
+    let p = hook::plan_changes(root, &changes, &cfg)?;
+    hook::enqueue(&state, &p)?;
+    print_warnings(&p);
+    let (code, results) = execute(&state, &cfg, env, !a.json)?;
     if a.json {
-        println!(
-            "{}",
-            report::to_json_string(&report::results_json(&p, &results))
-        );
+        out_json(&report::results_json(&p, &results));
     } else if results.is_empty() {
-        println!("{PREFIX} nothing to rebuild");
+        out(&format!("{PREFIX} nothing to rebuild"));
     }
     Ok(code)
 }
 
 /// The hook: never fails apt. Every error becomes one line on stderr.
-fn post_invoke(root: &Root) -> i32 {
-    if hook::suspended() {
+fn post_invoke(root: &Root, env: &Env) -> i32 {
+    if env.suspended {
         return 0;
     }
     let run = || -> anyhow::Result<()> {
@@ -255,16 +401,14 @@ fn post_invoke(root: &Root) -> i32 {
         let state = State::new(root);
         let _lock = state.lock()?;
         let p = hook::collect_from_cursor(root, &state, &cfg)?;
-        for w in &p.warnings {
-            eprintln!("{PREFIX} warning: {w}");
-        }
+        print_warnings(&p);
         if !state.queue()?.pending.is_empty() {
-            execute(&state, &cfg, true)?;
+            execute(&state, &cfg, env, true)?;
         }
         Ok(())
     };
     if let Err(e) = run() {
-        eprintln!("{PREFIX} {e:#}");
+        err(&format!("{PREFIX} {e:#}"));
     }
     0
 }
@@ -272,41 +416,33 @@ fn post_invoke(root: &Root) -> i32 {
 fn status(root: &Root, json: bool) -> anyhow::Result<i32> {
     let cfg = load_config(root);
     let state = State::new(root);
-    let inv = Inventory::full(root);
+    let inv = Inventory::full(root)?;
     let failures = state.failures().unwrap_or_else(|e| {
-        eprintln!("{PREFIX} {e}");
+        err(&format!("{PREFIX} {e}"));
         Default::default()
     });
-    let failed: Vec<_> = failures
-        .failed
-        .iter()
-        .map(|f| (f.module.clone(), f.version.clone(), f.kernel.clone()))
-        .collect();
-    let rows = plan::assess(&inv, &cfg, &failed);
+    let rows = plan::assess(&inv, &cfg, &failures.failed);
     let queued = state.queue().map(|q| q.pending).unwrap_or_default();
     if json {
-        println!(
-            "{}",
-            report::to_json_string(&report::status_json(
-                &rows,
-                &failures.failed,
-                &queued,
-                &inv.warnings
-            ))
-        );
+        out_json(&report::status_json(
+            &rows,
+            &failures.failed,
+            &queued,
+            &inv.warnings,
+        ));
         return Ok(0);
     }
     for l in report::status_lines(&rows, &failures.failed, &queued, &inv.warnings) {
-        println!("{l}");
+        out(&l);
     }
     Ok(0)
 }
 
-fn sync(root: &Root, json: bool) -> anyhow::Result<i32> {
+fn sync(root: &Root, env: &Env, json: bool) -> anyhow::Result<i32> {
     let cfg = load_config(root);
     let state = State::new(root);
     let _lock = state.lock()?;
-    let inv = Inventory::full(root);
+    let inv = Inventory::full(root)?;
     let rows = plan::assess(&inv, &cfg, &[]);
     let p = Plan {
         rebuilds: rows
@@ -322,10 +458,10 @@ fn sync(root: &Root, json: bool) -> anyhow::Result<i32> {
         ..Plan::default()
     };
     hook::enqueue(&state, &p)?;
-    finish_run(&state, &cfg, &p, json)
+    finish_run(&state, &cfg, env, &p, json)
 }
 
-fn retry(root: &Root, json: bool) -> anyhow::Result<i32> {
+fn retry(root: &Root, env: &Env, json: bool) -> anyhow::Result<i32> {
     let cfg = load_config(root);
     let state = State::new(root);
     let _lock = state.lock()?;
@@ -348,18 +484,15 @@ fn retry(root: &Root, json: bool) -> anyhow::Result<i32> {
         }
     }
     state.save_queue(&q)?;
-    finish_run(&state, &cfg, &Plan::default(), json)
+    finish_run(&state, &cfg, env, &Plan::default(), json)
 }
 
-fn finish_run(state: &State, cfg: &Config, p: &Plan, json: bool) -> anyhow::Result<i32> {
-    let (code, results) = execute(state, cfg, !json)?;
+fn finish_run(state: &State, cfg: &Config, env: &Env, p: &Plan, json: bool) -> anyhow::Result<i32> {
+    let (code, results) = execute(state, cfg, env, !json)?;
     if json {
-        println!(
-            "{}",
-            report::to_json_string(&report::results_json(p, &results))
-        );
+        out_json(&report::results_json(p, &results));
     } else if results.is_empty() {
-        println!("{PREFIX} nothing to rebuild");
+        out(&format!("{PREFIX} nothing to rebuild"));
     }
     Ok(code)
 }
@@ -369,15 +502,21 @@ fn finish_run(state: &State, cfg: &Config, p: &Plan, json: bool) -> anyhow::Resu
 fn print_forecast(root: &Root, changes: &[AptChange], json: bool) -> bool {
     let cfg = load_config(root);
     let planned: Vec<Change> = changes.iter().filter_map(apt_change).collect();
-    let inv = Inventory::for_changes(root, &planned);
+    let inv = match Inventory::for_changes(root, &planned) {
+        Ok(i) => i,
+        Err(e) => {
+            err(&format!("{PREFIX} {e}"));
+            return false;
+        }
+    };
     let p = plan::forecast(&planned, &inv, &cfg);
     if json {
-        println!("{}", report::to_json_string(&report::plan_json(&p)));
+        out_json(&report::plan_json(&p));
         return true;
     }
     let lines = report::forecast_lines(&p);
     for l in &lines {
-        println!("{l}");
+        out(l);
     }
     !lines.is_empty()
 }
@@ -392,10 +531,12 @@ fn apt_change(c: &AptChange) -> Option<Change> {
     Some(Change::planned(package, c.architecture.clone(), old, new))
 }
 
-/// An fd number from the environment (apt passes its sockets and pipes so).
+/// An fd apt names in the environment. 0–2 are the standard streams (apt
+/// passes 0 when the hook reads stdin): `None` for those and for anything
+/// that is not an open fd, so that they are never taken over and closed.
 fn env_fd(var: &str) -> Option<std::os::fd::OwnedFd> {
     let n: i32 = std::env::var(var).ok()?.trim().parse().ok()?;
-    if n < 0 || rustix::io::fcntl_getfd(unsafe { std::os::fd::BorrowedFd::borrow_raw(n) }).is_err()
+    if n <= 2 || rustix::io::fcntl_getfd(unsafe { std::os::fd::BorrowedFd::borrow_raw(n) }).is_err()
     {
         return None;
     }
@@ -403,8 +544,8 @@ fn env_fd(var: &str) -> Option<std::os::fd::OwnedFd> {
     Some(unsafe { std::os::fd::FromRawFd::from_raw_fd(n) })
 }
 
-fn apt_json_hook(root: &Root, json: bool) -> i32 {
-    if hook::suspended() {
+fn apt_json_hook(root: &Root, env: &Env, json: bool) -> i32 {
+    if env.suspended {
         return 0;
     }
     let Some(fd) = env_fd("APT_HOOK_SOCKET") else {
@@ -424,8 +565,8 @@ fn apt_json_hook(root: &Root, json: bool) -> i32 {
     0
 }
 
-fn pre_install_pkgs(root: &Root, json: bool) -> i32 {
-    if hook::suspended() {
+fn pre_install_pkgs(root: &Root, env: &Env, json: bool) -> i32 {
+    if env.suspended {
         return 0;
     }
     let parsed = match env_fd("APT_HOOK_INFO_FD") {
@@ -441,33 +582,55 @@ fn pre_install_pkgs(root: &Root, json: bool) -> i32 {
         Ok(p) => {
             print_forecast(root, &p.changes, json);
         }
-        Err(e) => log::debug!("Pre-Install-Pkgs: {e}"),
+        Err(e) => err(&format!("{PREFIX} Pre-Install-Pkgs: {e}")),
     }
     0
 }
 
-fn kernel_hook(root: &Root, phase: &str, kernel: &str) -> i32 {
-    if hook::suspended() {
+fn kernel_hook(root: &Root, env: &Env, phase: Phase, kernel: &str) -> i32 {
+    if env.suspended {
         return 0;
     }
-    let k = match crate::kernel::KernelRelease::new(kernel) {
+    let k = match KernelRelease::new(kernel) {
         Ok(k) => k,
         Err(e) => {
-            eprintln!("{PREFIX} {e}");
+            err(&format!("{PREFIX} {e}"));
             return 0;
         }
     };
     let state = State::new(root);
-    state.log_line(&format!("kernel-hook {phase} {k}"));
-    if phase == "prerm" {
-        if let Err(e) = state.forget_kernel(k.as_str()) {
-            eprintln!("{PREFIX} {e}");
+    let phase_name = match phase {
+        Phase::HeaderPostinst => "header_postinst",
+        Phase::Postinst => "postinst",
+        Phase::Prerm => "prerm",
+    };
+    state.log_line(&format!("kernel-hook {phase_name} {k}"));
+    if phase == Phase::Prerm {
+        // Under the lock, so that no rebuild's backup or failure record of
+        // this kernel is in flight; a long rebuild leaves the job to the
+        // next locked run instead of holding up the kernel's removal.
+        let r = match state.lock_within(PRERM_LOCK_WAIT) {
+            Ok(Some(_lock)) => state.forget_kernel(&k),
+            Ok(None) => {
+                log::debug!("a rebuild is running; the next run forgets {k}");
+                state.request_forget(&k)
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = r {
+            err(&format!("{PREFIX} {e}"));
         }
         return 0;
     }
-    let inv = Inventory::full(root);
+    let inv = match Inventory::full(root) {
+        Ok(i) => i,
+        Err(e) => {
+            err(&format!("{PREFIX} {e}"));
+            return 0;
+        }
+    };
     for w in plan::kernel_warnings(&inv, &k) {
-        eprintln!("{PREFIX} WARNING: {w}");
+        err(&format!("{PREFIX} warning: {w}"));
     }
     0
 }
@@ -476,10 +639,11 @@ fn init(root: &Root) -> anyhow::Result<i32> {
     let state = State::new(root);
     let _lock = state.lock()?;
     if state.cursor().ok().flatten().is_none() {
-        let log = root
+        if let Some(c) = root
             .resolve(hook::DPKG_LOG)
-            .unwrap_or_else(|_| root.host(hook::DPKG_LOG));
-        if let Some(c) = crate::state::cursor_at_end(&log) {
+            .ok()
+            .and_then(|log| crate::state::cursor_at_end(&log))
+        {
             state.save_cursor(&c)?;
         }
     }

@@ -7,7 +7,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::kernel::KernelRelease;
 use crate::root::Root;
@@ -17,9 +17,23 @@ pub const DKMS_TREE: &str = "/var/lib/dkms";
 
 /// A dkms module name or version: safe as one path component and as one
 /// argument (`[A-Za-z0-9][A-Za-z0-9._+~-]*`, no `..`).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(transparent)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct Word(String);
+
+// Read back from state files through the same check.
+impl TryFrom<String> for Word {
+    type Error = Error;
+    fn try_from(s: String) -> Result<Self, Error> {
+        Word::new("name", &s)
+    }
+}
+
+impl From<Word> for String {
+    fn from(w: Word) -> String {
+        w.0
+    }
+}
 
 impl Word {
     pub fn new(kind: &'static str, s: &str) -> Result<Word, Error> {

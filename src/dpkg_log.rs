@@ -29,7 +29,7 @@ pub enum LogFormat {
 /// transparently un-gzipping it.
 pub fn open(path: &Path) -> Result<Box<dyn BufRead>, Error> {
     let io_err = |e| Error::io(path, e);
-    let mut f = File::open(path).map_err(io_err)?;
+    let mut f = crate::root::open_regular(path)?;
     let mut magic = [0u8; 2];
     let n = read_prefix(&mut f, &mut magic).map_err(io_err)?;
     let f = {
@@ -98,7 +98,13 @@ struct Lines {
 impl Lines {
     fn line(&mut self, raw: &[u8], set: &mut ChangeSet) -> Result<(), Error> {
         self.line_no += 1;
-        let line = trim_eol(raw);
+        // A crash can leave unflushed log data as a run of NUL bytes, which
+        // then prefixes the next line dpkg writes: skip it and read on.
+        let nuls = raw.iter().take_while(|&&b| b == 0).count();
+        if nuls > 0 {
+            log::debug!("skipped {nuls} NUL bytes before line {}", self.line_no);
+        }
+        let line = trim_eol(&raw[nuls..]);
         if !line.is_empty() {
             self.nonblank += 1;
         }

@@ -24,11 +24,11 @@ pub fn suspended() -> bool {
 }
 
 /// Plan for `changes` on this root.
-pub fn plan_changes(root: &Root, changes: &[Change], cfg: &Config) -> Plan {
-    let inv = Inventory::for_changes(root, changes);
+pub fn plan_changes(root: &Root, changes: &[Change], cfg: &Config) -> Result<Plan, Error> {
+    let inv = Inventory::for_changes(root, changes)?;
     let mut p = plan::plan(changes, &inv, cfg);
     p.warnings.splice(0..0, inv.warnings);
-    p
+    Ok(p)
 }
 
 /// Seconds since the epoch of the newest cause of a rebuild; "now" for a
@@ -54,10 +54,10 @@ pub fn enqueue(state: &State, plan: &Plan) -> Result<(), Error> {
     for r in &plan.rebuilds {
         let p = &r.pair;
         let entry = QueuedPair {
-            module: p.module.to_string(),
-            version: p.version.to_string(),
-            kernel: p.kernel.to_string(),
-            arch: p.arch.to_string(),
+            module: p.module.clone(),
+            version: p.version.clone(),
+            kernel: p.kernel.clone(),
+            arch: p.arch.clone(),
             because: report::causes(&r.because),
             stale_since: stale_since(r),
         };
@@ -84,7 +84,7 @@ pub fn collect_from_cursor(root: &Root, state: &State, cfg: &Config) -> Result<P
         .unwrap_or_else(|_| root.host(DPKG_LOG));
     let cursor = match state.cursor() {
         Ok(c) => c,
-        Err(e @ Error::State { .. }) if e.to_string().contains("newer dkms-hook") => return Err(e),
+        Err(e @ (Error::StateTooNew { .. } | Error::UnsafeStateDir { .. })) => return Err(e),
         Err(e) => {
             // Re-reading the whole log costs only rebuilds of pairs that are
             // really stale: safer than skipping what the cursor covered.
@@ -111,10 +111,12 @@ pub fn collect_from_cursor(root: &Root, state: &State, cfg: &Config) -> Result<P
     let mut end = None;
     let mut read = 0;
     for (path, offset) in &pieces {
-        let mut f = match std::fs::File::open(path) {
+        let mut f = match crate::root::open_regular(path) {
             Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(Error::io(path, e)),
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                continue
+            }
+            Err(e) => return Err(e),
         };
         f.seek(SeekFrom::Start(*offset))
             .map_err(|e| Error::io(path, e))?;
@@ -130,7 +132,7 @@ pub fn collect_from_cursor(root: &Root, state: &State, cfg: &Config) -> Result<P
         return Ok(Plan::default());
     }
     let changes = set.finish();
-    let plan = plan_changes(root, &changes, cfg);
+    let plan = plan_changes(root, &changes, cfg)?;
     enqueue(state, &plan)?;
     // Only now, with the queue safe on disk, move past these changes.
     if let Some((path, offset)) = end {
@@ -156,23 +158,10 @@ pub fn read_logs(root: &Root, logs: &[impl AsRef<Path>]) -> Result<Vec<Change>, 
         .map(|m| m.len())
         .sum();
     let mut set = if size > FILTER_ABOVE {
-        ChangeSet::only(Inventory::full(root).package_names())
+        ChangeSet::only(Inventory::full(root)?.package_names())
     } else {
         ChangeSet::new()
     };
     dpkg_log::read_files(logs, &mut set)?;
     Ok(set.finish())
-}
-
-/// Read the given logs and queue what they make stale.
-pub fn collect_from_logs(
-    root: &Root,
-    state: &State,
-    cfg: &Config,
-    logs: &[impl AsRef<Path>],
-) -> Result<Plan, Error> {
-    let changes = read_logs(root, logs)?;
-    let plan = plan_changes(root, &changes, cfg);
-    enqueue(state, &plan)?;
-    Ok(plan)
 }

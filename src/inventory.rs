@@ -3,7 +3,6 @@
 //! versions and the local time zone (dpkg.log times are local).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::PathBuf;
 
 use jiff::tz::TimeZone;
 
@@ -11,7 +10,8 @@ use crate::change::Change;
 use crate::dkms::{self, Pair};
 use crate::dpkg::{self, Installed, PackageName};
 use crate::kernel::{self, Input, Kernel, KernelRelease};
-use crate::root::Root;
+use crate::root::{Root, CAP_SMALL};
+use crate::Error;
 
 #[derive(Debug, Clone)]
 pub struct Inventory {
@@ -45,10 +45,10 @@ impl Inventory {
     }
 
     /// What is needed to plan for `changes`: only their file lists are read.
-    pub fn for_changes(root: &Root, changes: &[Change]) -> Inventory {
+    pub fn for_changes(root: &Root, changes: &[Change]) -> Result<Inventory, Error> {
         let mut inv = Inventory::base(root);
         if inv.pairs.is_empty() && !changes.iter().any(Change::is_removal) {
-            return inv; // nothing built, nothing to warn about
+            return Ok(inv); // nothing built, nothing to warn about
         }
         let candidates: Vec<_> = changes
             .iter()
@@ -64,7 +64,7 @@ impl Inventory {
             .into_iter()
             .map(|(p, a, l)| (p, a, l.unwrap_or_default()))
             .collect();
-        inv.inputs = kernel::find_inputs(root, &inv.kernels, &with_list);
+        inv.inputs = kernel::find_inputs(root, &inv.kernels, &with_list)?;
         // A changed package with no file list: fall back to its name.
         for (p, a, _) in without {
             for k in &inv.kernels {
@@ -98,11 +98,11 @@ impl Inventory {
                 .map(|p| p.to_string()),
         );
         inv.read_status(root, |n| wanted.contains(n));
-        inv
+        Ok(inv)
     }
 
     /// Every input of every kernel, from all file lists: for `status`.
-    pub fn full(root: &Root) -> Inventory {
+    pub fn full(root: &Root) -> Result<Inventory, Error> {
         let mut inv = Inventory::base(root);
         let lists = match dpkg::all_lists(root) {
             Ok(l) => l,
@@ -111,11 +111,11 @@ impl Inventory {
                 Vec::new()
             }
         };
-        inv.inputs = kernel::find_inputs(root, &inv.kernels, &lists);
+        inv.inputs = kernel::find_inputs(root, &inv.kernels, &lists)?;
         let wanted: HashSet<String> = inv.package_names().into_iter().collect();
         inv.read_status(root, |n| wanted.contains(n));
         kernel::guess_missing_inputs(&inv.kernels, &mut inv.inputs, &inv.installed);
-        inv
+        Ok(inv)
     }
 
     /// Every package name that can matter to a plan on this system: the
@@ -174,8 +174,7 @@ fn running_kernel(root: &Root) -> Option<KernelRelease> {
 /// chroot's zone; `TZ` wins when set, as for every other program.
 fn time_zone(root: &Root) -> TimeZone {
     if std::env::var_os("TZ").is_none() && !root.is_host_root() {
-        let p: PathBuf = root.host("/etc/localtime");
-        if let Ok(data) = std::fs::read(&p) {
+        if let Ok(data) = root.read("/etc/localtime", CAP_SMALL) {
             if let Ok(tz) = TimeZone::tzif("localtime", &data) {
                 return tz;
             }

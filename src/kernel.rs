@@ -12,19 +12,33 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::dpkg::{self, FileList, PackageName};
-use crate::root::{path_bytes, Root};
+use crate::root::{open_regular, path_bytes, Root, CAP_LIST, CAP_SMALL};
 use crate::Error;
 
 pub const MODULES_DIR: &str = "/lib/modules";
 
 /// A kernel release (`uname -r`), e.g. `6.1.0-50-amd64`. Checked so that it
 /// can be joined to a path or passed to dkms: no `/`, no `..`, no spaces.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(transparent)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct KernelRelease(String);
+
+// Read back from state files through the same check.
+impl TryFrom<String> for KernelRelease {
+    type Error = Error;
+    fn try_from(s: String) -> Result<Self, Error> {
+        KernelRelease::new(&s)
+    }
+}
+
+impl From<KernelRelease> for String {
+    fn from(k: KernelRelease) -> String {
+        k.0
+    }
+}
 
 impl KernelRelease {
     pub fn new(s: &str) -> Result<KernelRelease, Error> {
@@ -162,7 +176,7 @@ fn inspect(
 ) -> Kernel {
     let kdir = modules.join(release.as_str());
     let build_link = root.link_target(&kdir.join("build")).ok();
-    let image = root.host(format!("/boot/vmlinuz-{release}")).exists();
+    let image = root.exists(format!("/boot/vmlinuz-{release}"));
     let mut tree: Vec<TreeDir> = Vec::new();
     let push = |tree: &mut Vec<TreeDir>, path: PathBuf, role| {
         if !tree.iter().any(|t| t.path == path) {
@@ -172,12 +186,12 @@ fn inspect(
     };
     let mut compiler = None;
     if let Ok(build) = root.canonicalize(kdir.join("build")) {
-        compiler = read_compiler(&root.host(&build));
+        compiler = read_compiler(root, &build);
         push(&mut tree, build.clone(), Role::Headers);
         if let Ok(source) = root.canonicalize(kdir.join("source")) {
             push(&mut tree, source, Role::Headers);
         }
-        for inc in makefile_includes(&root.host(build.join("Makefile"))) {
+        for inc in makefile_includes(root, &build.join("Makefile")) {
             if let Ok(dir) = root.canonicalize(&inc) {
                 push(&mut tree, dir, Role::Headers);
             }
@@ -221,11 +235,15 @@ fn inspect(
 
 /// `include /usr/src/linux-headers-6.1.0-50-common/Makefile` in the flavour
 /// Makefile names the common tree; only the first lines are looked at.
-fn makefile_includes(makefile: &Path) -> Vec<PathBuf> {
-    let Ok(f) = std::fs::File::open(makefile) else {
+fn makefile_includes(root: &Root, makefile: &Path) -> Vec<PathBuf> {
+    let Ok(f) = root
+        .resolve(makefile)
+        .map_err(|e| Error::io(makefile, e))
+        .and_then(|p| open_regular(&p))
+    else {
         return Vec::new();
     };
-    BufReader::new(f)
+    BufReader::new(std::io::Read::take(f, CAP_SMALL))
         .lines()
         .take(20)
         .map_while(Result::ok)
@@ -238,8 +256,9 @@ fn makefile_includes(makefile: &Path) -> Vec<PathBuf> {
 }
 
 /// `CC` from Debian's `.kernelvariables` (`… $(CROSS_COMPILE)gcc-12`).
-fn read_compiler(build: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(build.join(".kernelvariables")).ok()?;
+fn read_compiler(root: &Root, build: &Path) -> Option<String> {
+    let text = root.read(build.join(".kernelvariables"), CAP_SMALL).ok()?;
+    let text = String::from_utf8(text).ok()?;
     let line = text.lines().find(|l| {
         let l = l.trim_start().trim_start_matches("override ").trim_start();
         l.starts_with("CC ") || l.starts_with("CC=") || l.starts_with("CC:")
@@ -278,12 +297,23 @@ fn aliases(merged: &[(PathBuf, PathBuf)], dir: &Path) -> Vec<PathBuf> {
 /// Read a whole file into `buf`, returning its length, with as few
 /// syscalls as possible: a short read of a regular file is its end, so a list
 /// smaller than the buffer costs one read and no stat. `buf` only grows, and
-/// is zeroed only when it does.
+/// is zeroed only when it does. Opened without following a link and
+/// without blocking (a FIFO reads as empty), and refused beyond
+/// [`CAP_LIST`] (a device node reads forever): the checks cost no syscall.
 fn read_whole(path: &Path, buf: &mut Vec<u8>) -> std::io::Result<usize> {
     use std::io::Read;
-    let mut f = std::fs::File::open(path)?;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags((rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32)
+        .open(path)?;
     let mut len = 0;
     loop {
+        if len as u64 > CAP_LIST {
+            return Err(std::io::Error::other(format!(
+                "larger than {CAP_LIST} bytes"
+            )));
+        }
         if buf.len() - len < 4096 {
             buf.resize((buf.len() * 2).max(64 * 1024), 0);
         }
@@ -315,11 +345,12 @@ pub fn roles_of(list: &FileList, kernels: &[Kernel]) -> Vec<(KernelRelease, Role
 
 /// Input packages per kernel, found by reading the given file lists.
 /// `candidates` are (package, arch, list path) as from [`dpkg::all_lists`].
+/// A panic in a reader thread is an error, never "no inputs".
 pub fn find_inputs(
     root: &Root,
     kernels: &[Kernel],
     candidates: &[(PackageName, Option<String>, PathBuf)],
-) -> BTreeMap<KernelRelease, Vec<Input>> {
+) -> Result<BTreeMap<KernelRelease, Vec<Input>>, Error> {
     let mut out: BTreeMap<KernelRelease, Vec<Input>> = BTreeMap::new();
     // `status` reads every list (6,000 on a desktop), so the first test is
     // cheap: a list touching a tree directory names its parent directory, and
@@ -351,6 +382,10 @@ pub fn find_inputs(
                     for (i, (_, _, path)) in chunk.iter().enumerate() {
                         let len = match read_whole(path, &mut buf) {
                             Ok(n) => n,
+                            Err(e) if e.kind() == std::io::ErrorKind::Other => {
+                                log::warn!("{}: refused: {e}", path.display());
+                                continue;
+                            }
                             Err(e) => {
                                 log::debug!("{}: {e}", path.display());
                                 continue;
@@ -358,7 +393,9 @@ pub fn find_inputs(
                         };
                         let data = &buf[..len];
                         if finders.iter().any(|f| f.find(data).is_some()) {
-                            let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+                            let modified = std::fs::symlink_metadata(path)
+                                .and_then(|m| m.modified())
+                                .ok();
                             hits.push((
                                 c * half + i,
                                 FileList {
@@ -373,11 +410,15 @@ pub fn find_inputs(
                 })
             })
             .collect();
-        workers
-            .into_iter()
-            .flat_map(|w| w.join().unwrap_or_default())
-            .collect()
-    });
+        let mut all = Vec::new();
+        for w in workers {
+            match w.join() {
+                Ok(hits) => all.extend(hits),
+                Err(_) => return Err(Error::Refused("a file-list reader thread panicked".into())),
+            }
+        }
+        Ok(all)
+    })?;
     for (i, list) in found {
         let (package, arch, _) = &candidates[i];
         for (k, role) in roles_of(&list, kernels) {
@@ -409,7 +450,7 @@ pub fn find_inputs(
             }
         }
     }
-    out
+    Ok(out)
 }
 
 /// Fallback where a tree directory is owned by no file list: guess the owner

@@ -25,6 +25,7 @@ pub mod rebuild;
 pub mod report;
 pub mod root;
 pub mod state;
+pub mod state_dir;
 
 /// The library's errors. Each renders as one line suitable after
 /// `dkms-hook: `.
@@ -49,10 +50,26 @@ pub enum Error {
         line: usize,
         msg: String,
     },
-    /// A state file that cannot be used (corrupt, or from a newer version).
-    State {
+    /// A state file that cannot be parsed: set aside, the run goes on.
+    StateCorrupt {
         path: PathBuf,
         msg: String,
+    },
+    /// A state file written by a newer dkms-hook: left alone, the run stops.
+    StateTooNew {
+        path: PathBuf,
+        version: u64,
+    },
+    /// A file refused before reading: not a regular file, or too large for
+    /// its kind (a `.list` that is `/dev/zero`, a FIFO as the config).
+    Unreadable {
+        path: PathBuf,
+        why: String,
+    },
+    /// The state directory cannot be trusted (link, owner, mode).
+    UnsafeStateDir {
+        path: PathBuf,
+        why: String,
     },
     /// Something dkms-hook will not do, with the reason.
     Refused(String),
@@ -98,17 +115,21 @@ impl fmt::Display for Error {
             }
             Error::InvalidName { kind, name } => write!(f, "invalid {kind} {name:?}"),
             Error::Config { path, line, msg } => write!(f, "{}:{line}: {msg}", path.display()),
-            Error::State { path, msg } => write!(f, "{}: {msg}", path.display()),
+            Error::StateCorrupt { path, msg } => write!(f, "{}: corrupt: {msg}", path.display()),
+            Error::StateTooNew { path, version } => write!(
+                f,
+                "{}: written by a newer dkms-hook (version {version}); left alone",
+                path.display()
+            ),
+            Error::Unreadable { path, why } => write!(f, "{}: refused: {why}", path.display()),
+            Error::UnsafeStateDir { path, why } => {
+                write!(f, "{}: not used as state directory: {why}", path.display())
+            }
             Error::Refused(msg) => f.write_str(msg),
         }
     }
 }
 
-impl std::error::Error for Error {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            Error::Io { source, .. } => Some(source),
-            _ => None,
-        }
-    }
-}
+// No `source()`: every variant already prints its cause, and anyhow's `{:#}`
+// would print it a second time.
+impl std::error::Error for Error {}

@@ -16,6 +16,7 @@ use crate::dkms::Pair;
 use crate::dpkg::PackageName;
 use crate::inventory::Inventory;
 use crate::kernel::{Input, Kernel, KernelRelease, Role};
+use crate::state::Failure;
 
 /// A change that makes a pair stale.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -411,12 +412,8 @@ pub struct Assessment {
 
 /// Judge every kernel × module from the file system alone: an input whose
 /// file list (rewritten by dpkg on unpack) is newer than the pair's module is
-/// stale. `failed` holds (module, version, kernel) of recorded failures.
-pub fn assess(
-    inv: &Inventory,
-    cfg: &Config,
-    failed: &[(String, String, String)],
-) -> Vec<Assessment> {
+/// stale. `failed` are the recorded failures.
+pub fn assess(inv: &Inventory, cfg: &Config, failed: &[Failure]) -> Vec<Assessment> {
     let mut modules: Vec<(&str, &str)> = inv
         .pairs
         .iter()
@@ -441,6 +438,18 @@ pub fn assess(
                 pair: pair.cloned(),
                 because: Vec::new(),
             };
+            let failure = failed.iter().find(|f| {
+                f.module.as_str() == m && f.version.as_str() == v && f.kernel == k.release
+            });
+            if let Some(f) = failure.filter(|f| !f.restored) {
+                a.state = PairState::Failed;
+                a.why = format!(
+                    "NEEDS ATTENTION: the working module could not be put back; its backup is in {} and the next run restores it",
+                    f.backup.as_deref().unwrap_or("/var/lib/dkms-hook/backups")
+                );
+                out.push(a);
+                continue;
+            }
             let Some(pair) = pair else {
                 if !k.has_headers() {
                     continue; // nothing can be built there; not a finding
@@ -459,10 +468,7 @@ pub fn assess(
                     Some(p) => format!("headers missing; install {p}"),
                     None => "headers missing".into(),
                 };
-            } else if failed
-                .iter()
-                .any(|(fm, fv, fk)| fm == m && fv == v && fk == k.release.as_str())
-            {
+            } else if failure.is_some() {
                 a.state = PairState::Failed;
                 a.why =
                     "the last rebuild failed; see dkms-hook status --json or run dkms-hook retry"

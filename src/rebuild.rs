@@ -1,4 +1,4 @@
-//! The safe rebuild (design §6): back up, `dkms build --force`, restore on
+//! The safe rebuild (docs/design.md, "The safe rebuild"): back up, `dkms build --force`, restore on
 //! failure, install only after a successful build, verify.
 //!
 //! `dkms build --force` deletes `/var/lib/dkms/M/V/K/ARCH` before building,
@@ -7,7 +7,8 @@
 //! byte-identical. Modules run in parallel (`jobs`); the kernels of one module
 //! run in sequence because they share `/var/lib/dkms/M/V/build`.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
@@ -15,14 +16,21 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::config::Config;
 use crate::dkms::{built_time, DKMS_TREE};
 use crate::kernel::MODULES_DIR;
-use crate::state::{Failure, QueuedPair, State};
+use crate::root::{open_regular, CAP_SMALL};
+use crate::state::{at_secs, BuildNote, Failure, QueuedPair, State, STATE_DIR};
 use crate::Error;
 
 /// dkms itself; `DKMS_HOOK_DKMS` names a stand-in (tests).
 pub const DKMS: &str = "dkms";
+/// `DKMS_HOOK_UPDATE_INITRAMFS` names a stand-in (tests, `--root`).
 pub const UPDATE_INITRAMFS: &str = "update-initramfs";
 /// Copies trees with modes, links and times intact.
 const CP: &str = "cp";
+/// The most of a failed build's make.log that is kept.
+const CAP_MAKE_LOG: u64 = 16 << 20;
+/// The marker written last into a backup: a backup without it was cut short
+/// and is not used for a restore (the working module was not touched yet).
+const COMPLETE: &str = "complete";
 
 /// dkms exit statuses that mean "not for this kernel" rather than failure.
 const EXIT_BUILD_EXCLUSIVE: i32 = 77;
@@ -44,8 +52,9 @@ pub enum Outcome {
         reason: String,
         make_log: Option<PathBuf>,
         /// The dkms tree and the installed module are as before. When not,
-        /// the backup stays and the next run restores it first.
+        /// `backup` (in-root) stays and the next run restores it first.
         restored: bool,
+        backup: Option<PathBuf>,
     },
 }
 
@@ -53,12 +62,25 @@ pub enum Outcome {
 pub struct PairResult {
     pub pair: QueuedPair,
     pub outcome: Outcome,
+    /// Things the admin should know that did not stop the rebuild.
+    pub notes: Vec<String>,
+}
+
+/// The programs a rebuild runs, chosen once at the top (`DKMS_HOOK_DKMS`,
+/// `DKMS_HOOK_UPDATE_INITRAMFS`). Under `--root` the real ones would act on
+/// the host, so dkms is refused and update-initramfs skipped unless a
+/// stand-in is named.
+#[derive(Debug, Clone, Default)]
+pub struct Tools {
+    pub dkms: Option<OsString>,
+    pub update_initramfs: Option<OsString>,
 }
 
 pub struct Executor<'a> {
     pub state: &'a State,
     pub config: &'a Config,
-    pub dkms: OsString,
+    dkms: OsString,
+    update_initramfs: Option<OsString>,
 }
 
 /// How a command ended.
@@ -68,10 +90,18 @@ enum Ran {
     SpawnFailed(String),
 }
 
+/// A rebuild that could not go on, and whether the working module is in place.
+enum Stop {
+    /// Nothing was changed (or everything was put back).
+    Kept(Error),
+    /// The working module could not be put back; its backup stays.
+    Unrestored(Error),
+}
+
 impl<'a> Executor<'a> {
-    pub fn new(state: &'a State, config: &'a Config) -> Result<Executor<'a>, Error> {
-        let dkms = std::env::var_os("DKMS_HOOK_DKMS");
-        if dkms.is_none() && !state.root().is_host_root() {
+    pub fn new(state: &'a State, config: &'a Config, tools: Tools) -> Result<Executor<'a>, Error> {
+        let host = state.root().is_host_root();
+        if tools.dkms.is_none() && !host {
             // dkms would act on the host, not on the root.
             return Err(Error::Refused(
                 "rebuilding under --root needs DKMS_HOOK_DKMS (or run dkms-hook inside the chroot)"
@@ -81,12 +111,15 @@ impl<'a> Executor<'a> {
         Ok(Executor {
             state,
             config,
-            dkms: dkms.unwrap_or_else(|| DKMS.into()),
+            dkms: tools.dkms.unwrap_or_else(|| DKMS.into()),
+            update_initramfs: tools
+                .update_initramfs
+                .or_else(|| host.then(|| UPDATE_INITRAMFS.into())),
         })
     }
 
-    /// Run the whole queue. `report` sees each result as it happens; the
-    /// queue and failures are saved after every pair.
+    /// Run the whole queue. `started` and `report` see each pair as it
+    /// starts and ends; the queue and failures are saved after every pair.
     pub fn run_queue(
         &self,
         report: &(dyn Fn(&PairResult) + Sync),
@@ -113,10 +146,12 @@ impl<'a> Executor<'a> {
                         return;
                     };
                     for pair in group {
-                        let outcome = self.rebuild(&pair);
+                        let mut notes = Vec::new();
+                        let outcome = self.rebuild(&pair, &mut notes);
                         let r = PairResult {
                             pair: pair.clone(),
                             outcome,
+                            notes,
                         };
                         report(&r);
                         if let Err(e) = self.finish(&queue, &failures, &r) {
@@ -137,7 +172,9 @@ impl<'a> Executor<'a> {
         results.into_inner().map_err(poisoned)
     }
 
-    /// Drop a finished pair from the queue and record or clear its failure.
+    /// Record or clear the pair's failure, and drop it from the queue, except
+    /// when its working module could not be put back: it stays queued so
+    /// that the next run restores (or rebuilds) it.
     fn finish(
         &self,
         queue: &Mutex<crate::state::Queue>,
@@ -146,12 +183,17 @@ impl<'a> Executor<'a> {
     ) -> Result<(), Error> {
         let p = &r.pair;
         let mut f = failures.lock().map_err(poisoned)?;
-        f.failed
-            .retain(|x| !(x.module == p.module && x.version == p.version && x.kernel == p.kernel));
+        f.failed.retain(|x| !x.same_pair(p));
+        let mut keep_queued = false;
         if let Outcome::Failed {
-            status, make_log, ..
+            status,
+            make_log,
+            restored,
+            backup,
+            ..
         } = &r.outcome
         {
+            keep_queued = !restored;
             f.failed.push(Failure {
                 module: p.module.clone(),
                 version: p.version.clone(),
@@ -164,49 +206,59 @@ impl<'a> Executor<'a> {
                     .unwrap_or_default(),
                 exit_status: *status,
                 time: crate::state::now_secs(),
+                restored: *restored,
+                backup: backup.as_ref().map(|b| b.display().to_string()),
             });
         }
         self.state.save_failures(&f)?;
         drop(f);
+        if keep_queued {
+            return Ok(());
+        }
         let mut q = queue.lock().map_err(poisoned)?;
         q.pending
             .retain(|x| !x.same_pair(&p.module, &p.version, &p.kernel));
         self.state.save_queue(&q)
     }
 
-    fn dkms_dir(&self, p: &QueuedPair) -> PathBuf {
-        let tree = self
-            .state
+    /// Host path of `/var/lib/dkms/M/V/K/ARCH`, resolved inside the root
+    /// (it may not exist: `build --force` removes it).
+    fn dkms_dir(&self, p: &QueuedPair) -> Result<PathBuf, Error> {
+        let dir = Path::new(DKMS_TREE)
+            .join(p.module.as_str())
+            .join(p.version.as_str())
+            .join(p.kernel.as_str())
+            .join(p.arch.as_str());
+        self.state
             .root()
-            .canonicalize(DKMS_TREE)
-            .unwrap_or_else(|_| DKMS_TREE.into());
-        self.state.root().host(
-            tree.join(&p.module)
-                .join(&p.version)
-                .join(&p.kernel)
-                .join(&p.arch),
-        )
+            .inside(&dir)
+            .map_err(|e| Error::io(&dir, e))
     }
 
-    /// Host paths of the installed copies of a pair's modules under
-    /// `/lib/modules/K` (dkms puts them in `updates/dkms`, older ones in
-    /// `updates` or `extra`).
-    fn installed_modules(&self, p: &QueuedPair, dkms_dir: &Path) -> Vec<PathBuf> {
-        let names: Vec<OsString> = std::fs::read_dir(dkms_dir.join("module"))
+    /// Names of the module files dkms built for the pair.
+    fn built_names(dkms_dir: &Path) -> Vec<OsString> {
+        std::fs::read_dir(dkms_dir.join("module"))
             .into_iter()
             .flatten()
             .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
             .map(|e| e.file_name())
-            .collect();
+            .collect()
+    }
+
+    /// Host paths of every copy of the pair's modules under `/lib/modules/K`
+    /// (dkms puts them in `updates/dkms`; older dkms, other distributions
+    /// and manual installs in `updates`, `extra` or `kernel/…`).
+    fn installed_modules(&self, p: &QueuedPair, names: &[OsString]) -> Vec<PathBuf> {
         let Ok(kdir) = self
             .state
             .root()
-            .resolve(Path::new(MODULES_DIR).join(&p.kernel))
+            .resolve(Path::new(MODULES_DIR).join(p.kernel.as_str()))
         else {
             return Vec::new();
         };
         let mut out = Vec::new();
-        for sub in ["updates", "extra"] {
+        for sub in ["updates", "extra", "kernel"] {
             walk(&kdir.join(sub), &mut |f| {
                 if f.file_name().is_some_and(|n| names.iter().any(|x| x == n)) {
                     out.push(f.to_path_buf());
@@ -216,103 +268,123 @@ impl<'a> Executor<'a> {
         out
     }
 
-    /// Done already: the module was built after the change, and every
-    /// installed copy holds exactly the built bytes (a killed run got past
-    /// `install`). Installed copies are compared by content, not time: a
+    /// Done already: the module was built after the change, and for each
+    /// built file some installed copy holds exactly its bytes (a killed run
+    /// got past `install`). Copies are compared by content, not time: a
     /// killed build can leave a new module behind before `install` ran, and
     /// an installed copy's time says nothing about what it was built from
-    /// (found by the SIGKILL-at-50-points test). A rebuild that came out
-    /// byte-identical counts as installed, rightly: installing it again would
-    /// change nothing.
+    /// (found by the SIGKILL-at-50-points test). Other same-named copies
+    /// (a leftover `extra/M.ko`) do not count against it.
     fn is_done(&self, p: &QueuedPair, dkms_dir: &Path) -> bool {
-        let since = SystemTime::UNIX_EPOCH + Duration::from_secs(p.stale_since + 1);
+        let since = at_secs(p.stale_since.saturating_add(1));
         let module_dir = dkms_dir.join("module");
         if built_time(&module_dir).is_none_or(|t| t < since) {
             return false;
         }
-        let installed = self.installed_modules(p, dkms_dir);
-        let Ok(built) = std::fs::read_dir(&module_dir) else {
-            return false;
-        };
-        let mut any = false;
-        for b in built.flatten() {
-            let copies: Vec<&PathBuf> = installed
-                .iter()
-                .filter(|i| i.file_name() == Some(&b.file_name()))
-                .collect();
-            let bytes = std::fs::read(b.path()).ok();
-            if copies.is_empty() || copies.iter().any(|c| std::fs::read(c).ok() != bytes) {
-                return false;
-            }
-            any = true;
-        }
-        any
+        let names = Self::built_names(dkms_dir);
+        let installed = self.installed_modules(p, &names);
+        !names.is_empty()
+            && names.iter().all(|n| {
+                let bytes = std::fs::read(module_dir.join(n)).ok();
+                installed
+                    .iter()
+                    .filter(|i| i.file_name() == Some(n))
+                    .any(|c| bytes.is_some() && std::fs::read(c).ok() == bytes)
+            })
     }
 
-    fn rebuild(&self, p: &QueuedPair) -> Outcome {
-        match self.try_rebuild(p) {
+    /// In-root path of a pair's backup, for messages.
+    fn backup_inroot(p: &QueuedPair) -> PathBuf {
+        Path::new(STATE_DIR)
+            .join("backups")
+            .join(p.module.as_str())
+            .join(p.version.as_str())
+            .join(p.kernel.as_str())
+            .join(p.arch.as_str())
+    }
+
+    fn rebuild(&self, p: &QueuedPair, notes: &mut Vec<String>) -> Outcome {
+        match self.try_rebuild(p, notes) {
             Ok(o) => o,
-            Err(e) => Outcome::Failed {
+            Err(Stop::Kept(e)) => Outcome::Failed {
                 status: None,
-                reason: e.to_string(),
+                reason: format!("{e}; nothing was changed"),
+                make_log: None,
+                restored: true,
+                backup: None,
+            },
+            Err(Stop::Unrestored(e)) => Outcome::Failed {
+                status: None,
+                reason: format!("restoring the backup of an earlier run failed: {e}"),
                 make_log: None,
                 restored: false,
+                backup: Some(Self::backup_inroot(p)),
             },
         }
     }
 
-    fn try_rebuild(&self, p: &QueuedPair) -> Result<Outcome, Error> {
-        let dir = self.dkms_dir(p);
-        let backup = self
-            .state
-            .backup_dir(&p.module, &p.version, &p.kernel, &p.arch);
-        let saved_tree = backup.join("tree");
-        let saved_installed = backup.join("installed");
-        // A run killed mid-build left the dkms directory without its module:
-        // put the working one back before anything else.
-        if saved_tree.is_dir() && built_time(&dir.join("module")).is_none() {
-            self.restore(&saved_tree, &dir, &saved_installed, p)?;
+    fn try_rebuild(&self, p: &QueuedPair, notes: &mut Vec<String>) -> Result<Outcome, Stop> {
+        let dir = self.dkms_dir(p).map_err(Stop::Kept)?;
+        // 0. A backup left by an earlier run: that run was killed mid-way or
+        // could not put the module back. Finish its job first.
+        if let Some(b) = self.state.backup(p, false).map_err(Stop::Kept)? {
+            if b.names().iter().any(|n| n == COMPLETE) {
+                if self.is_done(p, &dir) {
+                    self.state.remove_backup(p).map_err(Stop::Kept)?;
+                    return Ok(Outcome::AlreadyDone);
+                }
+                self.restore(b.path(), &dir, p).map_err(Stop::Unrestored)?;
+            }
+            self.state.remove_backup(p).map_err(Stop::Kept)?;
         }
         if self.is_done(p, &dir) {
-            remove_backup(&backup)?;
             return Ok(Outcome::AlreadyDone);
         }
         // 2. Back up the dkms directory and the installed copies.
-        if built_time(&dir.join("module")).is_some() {
-            remove_backup(&backup)?;
-            std::fs::create_dir_all(&saved_installed)
-                .map_err(|e| Error::io(&saved_installed, e))?;
-            self.copy(&dir, &saved_tree)?;
-            for f in self.installed_modules(p, &dir) {
-                let rel = f.strip_prefix(self.state.root().dir()).unwrap_or(&f);
-                let to = saved_installed.join(rel);
-                if let Some(parent) = to.parent() {
-                    std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+        let backup = if built_time(&dir.join("module")).is_some() {
+            match self.back_up(p, &dir) {
+                Ok(b) => Some(b),
+                Err(e) => {
+                    let _ = self.state.remove_backup(p);
+                    return Err(Stop::Kept(Error::Refused(format!(
+                        "cannot back up the working module: {e}"
+                    ))));
                 }
-                self.copy(&f, &to)?;
             }
-        }
-        // 3. Build.
-        // A fresh run log for this attempt.
-        let _ = std::fs::remove_file(self.state.run_log(&p.module, &p.version, &p.kernel));
-        let started = Instant::now();
-        let start_time = SystemTime::now();
-        let built = self.dkms(p, &["build", "--force"]);
-        let failed = |status, reason: String, make_log| {
-            self.restore(&saved_tree, &dir, &saved_installed, p)?;
-            remove_backup(&backup)?;
+        } else {
+            None
+        };
+        // Put the working module back; on error the backup stays.
+        let restore = || -> Result<(), Error> {
+            if let Some(b) = &backup {
+                self.restore(b, &dir, p)?;
+                let _ = self.state.remove_backup(p);
+            }
+            Ok(())
+        };
+        let failed = |status, reason: String, make_log| -> Result<Outcome, Stop> {
+            let (restored, reason) = match restore() {
+                Ok(()) => (true, reason),
+                Err(e) => (false, format!("{reason}, and restoring failed: {e}")),
+            };
             Ok(Outcome::Failed {
                 status,
                 reason,
                 make_log,
-                restored: true,
+                restored,
+                backup: (!restored).then(|| Self::backup_inroot(p)),
             })
         };
-        match built {
+        // 3. Build, with a fresh run log for this attempt.
+        let started = Instant::now();
+        let start_time = SystemTime::now();
+        let log = self.run_log(p, false);
+        match self.dkms(p, &["build", "--force"], log) {
             Ran::Exit(0) => {}
             Ran::Exit(s @ (EXIT_BUILD_EXCLUSIVE | EXIT_NO_HEADERS)) => {
-                self.restore(&saved_tree, &dir, &saved_installed, p)?;
-                remove_backup(&backup)?;
+                if let Err(e) = restore() {
+                    return failed(Some(s), format!("dkms build exited {s}: {e}"), None);
+                }
                 return Ok(Outcome::Skipped { status: s });
             }
             Ran::Exit(s) => {
@@ -331,56 +403,106 @@ impl<'a> Executor<'a> {
             Ran::SpawnFailed(e) => return failed(None, e, None),
         }
         // 4. Install over the working module (dkms copies, then depmod).
-        match self.dkms(p, &["install", "--force"]) {
+        match self.dkms(p, &["install", "--force"], self.run_log(p, true)) {
             Ran::Exit(0) => {}
             Ran::Exit(s) => return failed(Some(s), format!("dkms install exited {s}"), None),
             Ran::TimedOut => return failed(None, "dkms install timed out".into(), None),
             Ran::SpawnFailed(e) => return failed(None, e, None),
         }
-        // Verify by install time, not content: kbuild builds are reproducible.
-        let installed = self.installed_modules(p, &dir);
+        // Verify by install time, not content: kbuild builds are
+        // reproducible. Each built file needs a copy dkms just wrote; any
+        // other same-named copy is not dkms's and only worth a warning.
+        let names = Self::built_names(&dir);
+        let installed = self.installed_modules(p, &names);
         let fresh = |f: &PathBuf| {
             std::fs::metadata(f)
                 .and_then(|m| m.modified())
                 .is_ok_and(|t| t + Duration::from_secs(1) >= start_time)
         };
-        if installed.is_empty() || !installed.iter().all(fresh) {
+        let all_new = !names.is_empty()
+            && names.iter().all(|n| {
+                installed
+                    .iter()
+                    .any(|i| i.file_name() == Some(n.as_os_str()) && fresh(i))
+            });
+        if !all_new {
             return failed(
                 None,
                 "dkms install left no new module in /lib/modules".into(),
                 None,
             );
         }
-        let initramfs = self.config.initramfs && self.refresh_initramfs(p);
-        remove_backup(&backup)?;
+        for other in installed.iter().filter(|i| !fresh(i)) {
+            let inroot = other
+                .strip_prefix(self.state.root().dir())
+                .map_or(other.clone(), |r| Path::new("/").join(r));
+            notes.push(format!(
+                "{}: another copy of {}/{}'s module, not installed by dkms, is at {}; depmod may prefer it: remove it if it is a leftover",
+                p.kernel,
+                p.module,
+                p.version,
+                inroot.display()
+            ));
+        }
+        let initramfs = self.config.initramfs && self.refresh_initramfs(p, notes);
+        if backup.is_some() {
+            // The new module is in place: the old one is no longer needed.
+            let _ = self.state.remove_backup(p);
+        }
         Ok(Outcome::Rebuilt {
             seconds: started.elapsed().as_secs_f64(),
             initramfs,
         })
     }
 
+    /// Copy the dkms directory and every installed copy into the pair's
+    /// backup, then mark it complete. Returns the backup's host path.
+    fn back_up(&self, p: &QueuedPair, dir: &Path) -> Result<PathBuf, Error> {
+        self.state.remove_backup(p)?;
+        let b = self
+            .state
+            .backup(p, true)?
+            .ok_or_else(|| Error::Refused("backup directory missing".into()))?;
+        self.copy(dir, &b.path().join("tree"))?;
+        let saved_installed = b.path().join("installed");
+        for f in self.installed_modules(p, &Self::built_names(dir)) {
+            let rel = f.strip_prefix(self.state.root().dir()).unwrap_or(&f);
+            self.copy(&f, &saved_installed.join(rel))?;
+        }
+        b.write_atomic(COMPLETE, b"")?;
+        Ok(b.path().to_path_buf())
+    }
+
     /// Put the backup back: the dkms directory (so `dkms status` says
-    /// installed again) and any installed copy that changed or vanished.
-    fn restore(
-        &self,
-        saved_tree: &Path,
-        dir: &Path,
-        saved_installed: &Path,
-        p: &QueuedPair,
-    ) -> Result<(), Error> {
+    /// installed again) and every installed copy that changed or vanished.
+    /// Every step's error is returned: a restore that did not happen is
+    /// never reported as one.
+    fn restore(&self, backup: &Path, dir: &Path, p: &QueuedPair) -> Result<(), Error> {
+        let saved_tree = backup.join("tree");
         if saved_tree.is_dir() {
             remove_tree(dir)?;
-            self.copy(saved_tree, dir)?;
+            self.copy(&saved_tree, dir)?;
         }
-        let root = self.state.root().dir();
-        walk(saved_installed, &mut |f| {
-            let rel = f.strip_prefix(saved_installed).unwrap_or(f);
-            let live = root.join(rel);
+        let saved_installed = backup.join("installed");
+        let mut result = Ok(());
+        walk(&saved_installed, &mut |f| {
+            if result.is_err() {
+                return;
+            }
+            let rel = f.strip_prefix(&saved_installed).unwrap_or(f);
+            let live = match self.state.root().inside(Path::new("/").join(rel)) {
+                Ok(l) => l,
+                Err(e) => {
+                    result = Err(Error::io(rel, e));
+                    return;
+                }
+            };
             if std::fs::read(&live).ok() != std::fs::read(f).ok() {
                 log::debug!("restoring {}", live.display());
-                let _ = self.copy(f, &live);
+                result = self.copy(f, &live);
             }
         });
+        result?;
         // A `kernel-K-ARCH` link lost by dkms would hide the pair.
         let link = dir
             .parent()
@@ -403,80 +525,104 @@ impl<'a> Executor<'a> {
         if let Some(parent) = to.parent() {
             std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
         }
-        let out = duct::cmd(
-            CP,
-            [
-                OsString::from("-a"),
-                OsString::from("-T"),
-                from.into(),
-                to.into(),
-            ],
-        )
-        .stderr_to_stdout()
-        .stdout_capture()
-        .unchecked()
-        .run()
-        .map_err(|e| Error::io(to, e))?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            let msg = String::from_utf8_lossy(&out.stdout).trim().to_string();
-            Err(Error::io(to, std::io::Error::other(msg)))
+        let out = self.state.logs().and_then(|l| l.create("cp.log", false));
+        let args = [
+            OsStr::new("-a"),
+            OsStr::new("-T"),
+            from.as_os_str(),
+            to.as_os_str(),
+        ];
+        match self.run(OsStr::new(CP), &args, out.ok(), None) {
+            Ran::Exit(0) => Ok(()),
+            Ran::Exit(s) => {
+                let msg = self
+                    .state
+                    .logs()
+                    .and_then(|l| l.read("cp.log", 4096))
+                    .ok()
+                    .flatten()
+                    .map(|t| String::from_utf8_lossy(&t).trim().to_string())
+                    .filter(|t| !t.is_empty())
+                    .unwrap_or_else(|| format!("cp exited {s}"));
+                Err(Error::io(to, std::io::Error::other(msg)))
+            }
+            Ran::TimedOut => Err(Error::io(to, std::io::Error::other("cp timed out"))),
+            Ran::SpawnFailed(e) => Err(Error::io(to, std::io::Error::other(e))),
         }
     }
 
+    /// The pair's dkms run log in `logs/`, truncated for a new attempt or
+    /// appended to.
+    fn run_log(&self, p: &QueuedPair, append: bool) -> Option<File> {
+        self.state
+            .logs()
+            .and_then(|l| l.create(&State::run_log(p), append))
+            .map_err(|e| log::warn!("{e}"))
+            .ok()
+    }
+
     /// dkms leaves make.log in the shared build directory, which the next
-    /// kernel's build overwrites: keep a copy per pair.
+    /// kernel's build overwrites: keep a copy per pair (its first 16 MB).
     fn keep_make_log(&self, p: &QueuedPair) -> Option<PathBuf> {
-        let root = self.state.root();
-        let src = root
+        let src = self
+            .state
+            .root()
             .resolve(
                 Path::new(DKMS_TREE)
-                    .join(&p.module)
-                    .join(&p.version)
+                    .join(p.module.as_str())
+                    .join(p.version.as_str())
                     .join("build/make.log"),
             )
             .ok()?;
-        let dst = self.state.kept_make_log(&p.module, &p.version, &p.kernel);
-        std::fs::create_dir_all(dst.parent()?).ok()?;
-        std::fs::copy(&src, &dst).ok()?;
-        Some(Path::new("/").join(dst.strip_prefix(root.dir()).ok()?))
+        let f = open_regular(&src).ok()?;
+        let name = State::kept_make_log(p);
+        let logs = self.state.logs().ok()?;
+        if let Err(e) = logs.write_atomic_from(&name, &mut std::io::Read::take(f, CAP_MAKE_LOG)) {
+            log::warn!("{e}");
+            return None;
+        }
+        Some(Path::new(STATE_DIR).join("logs").join(name))
     }
 
     /// `dkms ACTION --force -m M -v V -k K`, output to the pair's run log,
     /// in its own process group so a timeout kills the whole build.
-    fn dkms(&self, p: &QueuedPair, action: &[&str]) -> Ran {
-        let mut args: Vec<OsString> = action.iter().map(OsString::from).collect();
-        for (flag, v) in [("-m", &p.module), ("-v", &p.version), ("-k", &p.kernel)] {
-            args.push(flag.into());
-            args.push(v.into());
+    fn dkms(&self, p: &QueuedPair, action: &[&str], log: Option<File>) -> Ran {
+        let mut args: Vec<&OsStr> = action.iter().map(OsStr::new).collect();
+        for (flag, v) in [
+            ("-m", p.module.as_str()),
+            ("-v", p.version.as_str()),
+            ("-k", p.kernel.as_str()),
+        ] {
+            args.push(OsStr::new(flag));
+            args.push(OsStr::new(v));
         }
-        // dkms's output goes to the pair's run log, never into our memory
-        // (a build can print a lot); each action appends to it.
-        let log = self.state.run_log(&p.module, &p.version, &p.kernel);
-        if let Some(d) = log.parent() {
-            let _ = std::fs::create_dir_all(d);
+        if log.is_none() {
+            return Ran::SpawnFailed("cannot open the run log".into());
         }
-        let file = match std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-        {
-            Ok(f) => f,
-            Err(e) => return Ran::SpawnFailed(format!("{}: {e}", log.display())),
-        };
-        let expr = duct::cmd(&self.dkms, args)
+        self.run(&self.dkms, &args, log, Some(&p.module))
+    }
+
+    /// Run `program` with `args` in its own process group, output to `log`
+    /// (or nowhere), killed with its group after the build time limit. With
+    /// `note`, the group is recorded in `builds/` so that the next run can
+    /// stop it if this one is killed.
+    fn run(
+        &self,
+        program: &OsStr,
+        args: &[&OsStr],
+        log: Option<File>,
+        note: Option<&crate::dkms::Word>,
+    ) -> Ran {
+        let mut expr = duct::cmd(program, args)
             .env("DKMS_HOOK_ROOT", self.state.root().dir())
             .stdin_null()
-            .stdout_file(file)
-            .stderr_to_stdout()
             .unchecked()
             .before_spawn(|c| {
                 use std::os::unix::process::CommandExt;
                 c.process_group(0);
-                // dkms must not outlive a killed dkms-hook: it would go on
-                // building in the shared build directory while the next run
-                // starts its own build there. Its children are caught by
+                // The child must not outlive a killed dkms-hook: it would go
+                // on building in the shared build directory while the next
+                // run starts its own build there. Its children are caught by
                 // `State::kill_leftover_builds` in the next run.
                 unsafe {
                     c.pre_exec(|| {
@@ -488,34 +634,41 @@ impl<'a> Executor<'a> {
                 }
                 Ok(())
             });
+        expr = match log {
+            Some(f) => expr.stdout_file(f).stderr_to_stdout(),
+            None => expr.stdout_null().stderr_null(),
+        };
         let handle = match expr.start() {
             Ok(h) => h,
             Err(e) => {
-                return Ran::SpawnFailed(format!("cannot run {}: {e}", self.dkms.to_string_lossy()))
+                return Ran::SpawnFailed(format!("cannot run {}: {e}", program.to_string_lossy()))
             }
         };
-        let pgid = handle.pids().first().copied().unwrap_or(0);
-        self.state.note_build(&p.module, pgid);
+        let pgid = handle.pids().first().map_or(0, |p| *p as i32);
+        if let Some(m) = note {
+            if let Some(n) = BuildNote::of(pgid) {
+                self.state.note_build(m, &n);
+            }
+        }
+        let done = |r| {
+            if let Some(m) = note {
+                self.state.forget_build(m);
+            }
+            r
+        };
         let deadline = Instant::now() + self.config.build_timeout;
         loop {
             match handle.try_wait() {
-                Ok(Some(out)) => {
-                    self.state.forget_build(&p.module);
-                    return Ran::Exit(out.status.code().unwrap_or(-1));
-                }
+                Ok(Some(out)) => return done(Ran::Exit(out.status.code().unwrap_or(-1))),
                 Ok(None) => {}
-                Err(e) => return Ran::SpawnFailed(e.to_string()),
+                Err(e) => return done(Ran::SpawnFailed(e.to_string())),
             }
             if Instant::now() >= deadline {
-                for pid in handle.pids() {
-                    if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
-                        let _ =
-                            rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
-                    }
+                if let Some(pid) = rustix::process::Pid::from_raw(pgid) {
+                    let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
                 }
                 let _ = handle.wait();
-                self.state.forget_build(&p.module);
-                return Ran::TimedOut;
+                return done(Ran::TimedOut);
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -523,37 +676,57 @@ impl<'a> Executor<'a> {
 
     /// `update-initramfs -u -k K` when the module is part of the initramfs:
     /// dkms.conf says `REMAKE_INITRD=yes`, or initramfs-tools lists it.
-    fn refresh_initramfs(&self, p: &QueuedPair) -> bool {
+    fn refresh_initramfs(&self, p: &QueuedPair, notes: &mut Vec<String>) -> bool {
         let root = self.state.root();
-        if !root.host(format!("/boot/initrd.img-{}", p.kernel)).exists() {
+        if !root.exists(format!("/boot/initrd.img-{}", p.kernel)) {
             return false;
         }
-        let conf = std::fs::read_to_string(
-            root.host(format!("/usr/src/{}-{}/dkms.conf", p.module, p.version)),
-        )
-        .unwrap_or_default();
+        let text = |path: String| {
+            root.read(&path, CAP_SMALL)
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default()
+        };
+        let conf = text(format!("/usr/src/{}-{}/dkms.conf", p.module, p.version));
         let remake = conf.lines().any(|l| {
             let l = l.trim().replace(['"', '\''], "");
             l.eq_ignore_ascii_case("REMAKE_INITRD=yes")
         });
-        let listed = std::fs::read_to_string(root.host("/etc/initramfs-tools/modules"))
-            .unwrap_or_default()
+        let listed = text("/etc/initramfs-tools/modules".into())
             .lines()
             .any(|l| l.split_whitespace().next() == Some(p.module.as_str()));
         if !(remake || listed) {
             return false;
         }
-        let tool = UPDATE_INITRAMFS;
-        let r = duct::cmd(
-            tool,
-            [OsString::from("-u"), "-k".into(), p.kernel.clone().into()],
-        )
-        .stdin_null()
-        .stdout_null()
-        .stderr_null()
-        .unchecked()
-        .run();
-        r.is_ok_and(|o| o.status.success())
+        let Some(tool) = &self.update_initramfs else {
+            notes.push(format!(
+                "the initramfs of {} was not refreshed: under --root, update-initramfs would act on the host (name a stand-in with DKMS_HOOK_UPDATE_INITRAMFS)",
+                p.kernel
+            ));
+            return false;
+        };
+        let args = [
+            OsStr::new("-u"),
+            OsStr::new("-k"),
+            OsStr::new(p.kernel.as_str()),
+        ];
+        match self.run(tool, &args, None, None) {
+            Ran::Exit(0) => true,
+            Ran::Exit(s) => {
+                notes.push(format!("update-initramfs -u -k {} exited {s}", p.kernel));
+                false
+            }
+            Ran::TimedOut => {
+                notes.push(format!(
+                    "update-initramfs -u -k {} timed out and was killed",
+                    p.kernel
+                ));
+                false
+            }
+            Ran::SpawnFailed(e) => {
+                notes.push(e);
+                false
+            }
+        }
     }
 }
 
@@ -567,19 +740,6 @@ fn remove_tree(p: &Path) -> Result<(), Error> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(Error::io(p, e)),
     }
-}
-
-/// Remove a pair's backup and the then empty `M/V/K` directories above it.
-fn remove_backup(backup: &Path) -> Result<(), Error> {
-    remove_tree(backup)?;
-    let mut dir = backup.parent();
-    for _ in 0..3 {
-        match dir {
-            Some(d) if std::fs::remove_dir(d).is_ok() => dir = d.parent(),
-            _ => break,
-        }
-    }
-    Ok(())
 }
 
 /// Every regular file below `dir`, links not followed.

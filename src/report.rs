@@ -12,6 +12,25 @@ use crate::state::{Failure, QueuedPair};
 
 pub const PREFIX: &str = "dkms-hook:";
 
+/// `line` with every control character escaped (`\x1b`, `\n`): names
+/// read from the file system or from logs must not move apt's cursor,
+/// ring its bell or forge a line of their own.
+pub fn printable(line: &str) -> std::borrow::Cow<'_, str> {
+    if !line.chars().any(char::is_control) {
+        return line.into();
+    }
+    line.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect::<String>()
+        .into()
+}
+
 fn opt<T: ToString>(v: Option<&T>) -> Value {
     v.map_or(Value::Null, |v| Value::String(v.to_string()))
 }
@@ -134,6 +153,7 @@ pub fn result_line(r: &PairResult) -> String {
             reason,
             make_log,
             restored,
+            backup,
             ..
         } => format!(
             "FAILED to rebuild {what} ({}): {reason}; {}{}",
@@ -141,7 +161,10 @@ pub fn result_line(r: &PairResult) -> String {
             if *restored {
                 "the working module was kept".to_string()
             } else {
-                format!("its backup stays in /var/lib/dkms-hook/backups/{}/{}/{} and the next run restores it", p.module, p.version, p.kernel)
+                format!(
+                    "the working module could NOT be restored: its backup stays in {} and the next run restores it",
+                    backup.as_deref().unwrap_or(std::path::Path::new("/var/lib/dkms-hook/backups")).display()
+                )
             },
             make_log
                 .as_ref()
@@ -215,7 +238,7 @@ pub fn status_json(
             let mut o = pair(r);
             o["state"] = json!(r.state);
             o["why"] = json!(r.why);
-            if let Some(f) = failed.iter().find(|f| f.module == r.module && f.version == r.version && f.kernel == r.kernel.as_str()) {
+            if let Some(f) = failed.iter().find(|f| f.module.as_str() == r.module && f.version.as_str() == r.version && f.kernel == r.kernel) {
                 o["make_log"] = json!(f.make_log);
                 o["failed_because"] = json!(f.because);
             }
@@ -257,7 +280,7 @@ pub fn status_lines(
             line.push_str(&format!("  {}", r.why));
         }
         if let Some(f) = failed.iter().find(|f| {
-            f.module == r.module && f.version == r.version && f.kernel == r.kernel.as_str()
+            f.module.as_str() == r.module && f.version.as_str() == r.version && f.kernel == r.kernel
         }) {
             if !f.make_log.is_empty() {
                 line.push_str(&format!(" (make.log: {})", f.make_log));

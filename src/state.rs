@@ -1,23 +1,28 @@
 //! dkms-hook's own state in `/var/lib/dkms-hook/`: the dpkg.log cursor, the
 //! queue of pending pairs, the failures, backups of dkms build directories,
-//! and the lock that serialises runs.
+//! kept logs, notes of running builds, and the lock that serialises runs.
 //!
-//! Every file is written atomically (temp file in the same directory, fsync,
-//! rename, fsync of the directory), created 0644 with `O_NOFOLLOW`/`O_EXCL`
-//! so a link planted in the directory is never followed. The order of writes
-//! is what makes a killed run harmless: the queue is saved before the cursor
-//! moves past the changes that filled it, and a pair leaves the queue only
-//! after it was installed.
+//! Everything here is read back as untrusted input: every file goes through
+//! [`crate::state_dir::Dir`] (no-follow, relative to the directory's fd,
+//! capped), every queue or failure entry is checked again through the same
+//! validating types the dkms-tree reader uses, and one that does not
+//! validate is dropped with a warning. The order of writes is what makes a
+//! killed run harmless: the queue is saved before the cursor moves past the
+//! changes that filled it, and a pair leaves the queue only after it was
+//! installed (or its working module was put back).
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Read, Seek, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use crate::root::Root;
+use crate::dkms::Word;
+use crate::kernel::KernelRelease;
+use crate::root::{Root, CAP_STATE};
+use crate::state_dir::Dir;
 use crate::Error;
 
 pub const STATE_DIR: &str = "/var/lib/dkms-hook";
@@ -27,6 +32,9 @@ pub const LOG_FILE: &str = "/var/log/dkms-hook.log";
 pub const STATE_VERSION: u32 = 1;
 /// Bytes before the cursor that identify the log it was taken in.
 const FINGERPRINT_LEN: u64 = 4096;
+/// The latest time a state file may name (9999-12-31): later ones are
+/// forged or corrupt, and would overflow time arithmetic.
+pub const MAX_TIME: u64 = 253_402_300_799;
 
 /// Where the last run stopped reading dpkg.log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,10 +51,10 @@ pub struct Cursor {
 /// A pair waiting to be rebuilt.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueuedPair {
-    pub module: String,
-    pub version: String,
-    pub kernel: String,
-    pub arch: String,
+    pub module: Word,
+    pub version: Word,
+    pub kernel: KernelRelease,
+    pub arch: Word,
     /// `linux-kbuild-6.1 6.1.176-1 → 6.1.192-2`, for messages.
     pub because: String,
     /// Seconds since the epoch of the change that made it stale: a pair whose
@@ -57,39 +65,94 @@ pub struct QueuedPair {
 /// A pair whose last rebuild failed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Failure {
-    pub module: String,
-    pub version: String,
-    pub kernel: String,
-    pub arch: String,
+    pub module: Word,
+    pub version: Word,
+    pub kernel: KernelRelease,
+    pub arch: Word,
     pub because: String,
     /// In-root path of the kept copy of make.log.
     pub make_log: String,
     pub exit_status: Option<i32>,
     pub time: u64,
+    /// False when the working module could not be put back: its backup is
+    /// kept (`backup`) and the pair stays queued until a run restores it.
+    #[serde(default = "yes")]
+    pub restored: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Queue {
     pub version: u32,
     pub pending: Vec<QueuedPair>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Failures {
     pub version: u32,
     pub failed: Vec<Failure>,
 }
 
 impl QueuedPair {
-    pub fn same_pair(&self, m: &str, v: &str, k: &str) -> bool {
-        self.module == m && self.version == v && self.kernel == k
+    pub fn same_pair(&self, m: &Word, v: &Word, k: &KernelRelease) -> bool {
+        &self.module == m && &self.version == v && &self.kernel == k
     }
+}
+
+impl Failure {
+    pub fn same_pair(&self, p: &QueuedPair) -> bool {
+        p.same_pair(&self.module, &self.version, &self.kernel)
+    }
+}
+
+/// An entry of a queue or failure list, checked beyond its types.
+trait Entry: for<'de> Deserialize<'de> {
+    fn times(&self) -> [u64; 1];
+}
+
+impl Entry for QueuedPair {
+    fn times(&self) -> [u64; 1] {
+        [self.stale_since]
+    }
+}
+
+impl Entry for Failure {
+    fn times(&self) -> [u64; 1] {
+        [self.time]
+    }
+}
+
+/// The entries of `list` in `value` that validate; each one that does not
+/// is dropped with a warning naming the file and its position.
+fn valid_entries<T: Entry>(value: &serde_json::Value, list: &str, path: &Path) -> Vec<T> {
+    let Some(items) = value.get(list).and_then(serde_json::Value::as_array) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        match T::deserialize(item) {
+            Ok(e) if e.times().iter().all(|t| *t <= MAX_TIME) => out.push(e),
+            Ok(_) => log::warn!(
+                "{}: dropping {list} entry {}: time out of range",
+                path.display(),
+                i + 1
+            ),
+            Err(e) => log::warn!("{}: dropping {list} entry {}: {e}", path.display(), i + 1),
+        }
+    }
+    out
 }
 
 /// The state directory of one root.
 #[derive(Debug, Clone)]
 pub struct State {
-    dir: PathBuf,
+    /// Host path, resolved inside the root.
+    path: PathBuf,
     root: Root,
 }
 
@@ -98,10 +161,25 @@ pub struct Lock {
     _file: File,
 }
 
+/// A running dkms of ours, as noted in `builds/M.pgid`: enough to prove
+/// later that a process group is still that build, not a recycled pid.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildNote {
+    pub pgid: i32,
+    /// Field 22 of `/proc/PGID/stat`: clock ticks after boot.
+    pub start: u64,
+    pub boot_id: String,
+}
+
 pub fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+/// Seconds since the epoch as a time, saturating at [`MAX_TIME`].
+pub fn at_secs(secs: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(secs.min(MAX_TIME))
 }
 
 fn fnv1a(data: &[u8]) -> u64 {
@@ -110,111 +188,190 @@ fn fnv1a(data: &[u8]) -> u64 {
     })
 }
 
+/// The start time of a process (field 22 of `/proc/PID/stat`).
+pub fn process_start(pid: i32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "pid (comm) state …": comm may hold spaces and parentheses.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+pub fn boot_id() -> String {
+    fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+impl BuildNote {
+    /// The note for the process group led by `pgid`, started just now.
+    pub fn of(pgid: i32) -> Option<BuildNote> {
+        Some(BuildNote {
+            pgid,
+            start: process_start(pgid)?,
+            boot_id: boot_id(),
+        })
+    }
+
+    /// Whether the group leader named here is still that same process: same
+    /// boot, same start time. A recycled pid or a forged note fails this.
+    pub fn still_running(&self) -> bool {
+        self.pgid > 1
+            && !self.boot_id.is_empty()
+            && self.boot_id == boot_id()
+            && process_start(self.pgid) == Some(self.start)
+    }
+}
+
 impl State {
     pub fn new(root: &Root) -> State {
         State {
-            dir: root.host(STATE_DIR),
+            path: root
+                .inside(STATE_DIR)
+                .unwrap_or_else(|_| root.host(STATE_DIR)),
             root: root.clone(),
         }
     }
 
+    /// Host path of the state directory, for messages.
     pub fn dir(&self) -> &Path {
-        &self.dir
+        &self.path
     }
 
     pub fn root(&self) -> &Root {
         &self.root
     }
 
-    fn ensure_dir(&self) -> Result<(), Error> {
-        fs::create_dir_all(&self.dir).map_err(|e| Error::io(&self.dir, e))
+    /// The state directory, opened and checked (created if missing).
+    pub fn open(&self) -> Result<Dir, Error> {
+        Dir::open_top(&self.path)
+    }
+
+    fn lock_file(&self) -> Result<File, Error> {
+        self.open()?.create("lock", true)
     }
 
     /// Wait for and take the run lock.
     pub fn lock(&self) -> Result<Lock, Error> {
-        self.ensure_dir()?;
-        let p = self.dir.join("lock");
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o644)
-            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-            .open(&p)
-            .map_err(|e| Error::io(&p, e))?;
+        let file = self.lock_file()?;
         rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
-            .map_err(|e| Error::io(&p, e.into()))?;
-        self.kill_leftover_builds();
+            .map_err(|e| Error::io(&self.path.join("lock"), e.into()))?;
+        self.after_lock();
         Ok(Lock { _file: file })
     }
 
-    fn read_json<T: for<'de> Deserialize<'de>>(&self, name: &str) -> Result<Option<T>, Error> {
-        let p = self.dir.join(name);
-        let mut f = match OpenOptions::new()
-            .read(true)
-            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-            .open(&p)
-        {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(Error::io(&p, e)),
+    /// Take the run lock, waiting at most `wait`; `None` if another run
+    /// still holds it then.
+    pub fn lock_within(&self, wait: Duration) -> Result<Option<Lock>, Error> {
+        let file = self.lock_file()?;
+        let deadline = Instant::now() + wait;
+        loop {
+            match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+                Ok(()) => break,
+                Err(rustix::io::Errno::WOULDBLOCK) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(rustix::io::Errno::WOULDBLOCK) => return Ok(None),
+                Err(e) => return Err(Error::io(&self.path.join("lock"), e.into())),
+            }
+        }
+        self.after_lock();
+        Ok(Some(Lock { _file: file }))
+    }
+
+    /// What a run does first with the lock held: stop what is left of a
+    /// killed run's builds, and carry out removals noted while it was busy.
+    fn after_lock(&self) {
+        self.kill_leftover_builds();
+        let Ok(dir) = self.open() else { return };
+        let Some(forget) = dir.existing_subdir("forget") else {
+            return;
         };
-        let mut text = Vec::new();
-        f.read_to_end(&mut text).map_err(|e| Error::io(&p, e))?;
-        let value: serde_json::Value = serde_json::from_slice(&text).map_err(|e| Error::State {
-            path: p.clone(),
-            msg: format!("corrupt ({e})"),
-        })?;
+        for name in forget.names() {
+            match KernelRelease::new(&name) {
+                Ok(k) => match self.forget_kernel(&k) {
+                    Ok(()) => forget.remove(&name),
+                    Err(e) => log::warn!("cannot forget removed kernel {k}: {e}"),
+                },
+                Err(_) => forget.remove(&name),
+            }
+        }
+    }
+
+    /// Note that kernel `k` was removed while another run held the lock:
+    /// the next locked run forgets its state.
+    pub fn request_forget(&self, k: &KernelRelease) -> Result<(), Error> {
+        self.open()?.subdir("forget")?.write_atomic(k.as_str(), b"")
+    }
+
+    /// The JSON value of `name` with a version we understand. A corrupt file
+    /// cannot be trusted or repaired: it is moved to `NAME.corrupt` for a
+    /// look and the run starts afresh (`status` and `sync` still find every
+    /// stale pair from the file system). A file of a newer dkms-hook is an
+    /// error: it is left alone.
+    fn read_value(&self, name: &str) -> Result<Option<serde_json::Value>, Error> {
+        let dir = self.open()?;
+        let path = self.path.join(name);
+        let Some(text) = dir.read(name, CAP_STATE)? else {
+            return Ok(None);
+        };
+        let value: serde_json::Value = match serde_json::from_slice(&text) {
+            Ok(v @ serde_json::Value::Object(_)) => v,
+            Ok(_) => return self.set_aside_corrupt(&dir, name, "not an object".into()),
+            Err(e) => return self.set_aside_corrupt(&dir, name, e.to_string()),
+        };
         let version = value
             .get("version")
             .and_then(serde_json::Value::as_u64)
             .unwrap_or(0);
         if version > u64::from(STATE_VERSION) {
-            return Err(Error::State {
-                path: p,
-                msg: format!("written by a newer dkms-hook (version {version})"),
-            });
+            return Err(Error::StateTooNew { path, version });
         }
-        serde_json::from_value(value)
-            .map(Some)
-            .map_err(|e| Error::State {
-                path: p,
-                msg: format!("corrupt ({e})"),
-            })
+        Ok(Some(value))
+    }
+
+    /// Move a corrupt file aside and return the error saying so.
+    fn set_aside_corrupt<T>(&self, dir: &Dir, name: &str, msg: String) -> Result<T, Error> {
+        let aside = format!("{name}.corrupt");
+        dir.remove_tree(&aside)?;
+        dir.rename(name, &aside)?;
+        Err(Error::StateCorrupt {
+            path: self.path.join(name),
+            msg: format!("{msg}; set aside as {aside}"),
+        })
+    }
+
+    /// A list file: a corrupt one counts as empty, with a warning.
+    fn read_list_value(&self, name: &str) -> Result<Option<serde_json::Value>, Error> {
+        match self.read_value(name) {
+            Err(e @ Error::StateCorrupt { .. }) => {
+                log::warn!("{e}");
+                Ok(None)
+            }
+            r => r,
+        }
     }
 
     /// Write `name` atomically.
     fn write_json<T: Serialize>(&self, name: &str, value: &T) -> Result<(), Error> {
-        self.ensure_dir()?;
-        let text = serde_json::to_vec_pretty(value).map_err(|e| Error::State {
-            path: self.dir.join(name),
+        let text = serde_json::to_vec_pretty(value).map_err(|e| Error::StateCorrupt {
+            path: self.path.join(name),
             msg: e.to_string(),
         })?;
-        write_atomic(&self.dir, name, &text)
+        self.open()?.write_atomic(name, &text)
     }
 
-    /// A corrupt queue or failure list cannot be trusted or repaired: it is
-    /// moved to `NAME.corrupt` for a look and the run starts afresh (`status`
-    /// and `sync` still find every stale pair from the file system). A file
-    /// of a newer dkms-hook is an error: it is left alone.
-    fn read_or_set_aside<T: Default + for<'de> Deserialize<'de>>(
-        &self,
-        name: &str,
-    ) -> Result<T, Error> {
-        match self.read_json(name) {
-            Ok(v) => Ok(v.unwrap_or_default()),
-            Err(e @ Error::State { .. }) if e.to_string().contains(": corrupt (") => {
-                let aside = self.dir.join(format!("{name}.corrupt"));
-                fs::rename(self.dir.join(name), &aside).map_err(|err| Error::io(&aside, err))?;
-                log::warn!("{e}; set aside as {}", aside.display());
-                Ok(T::default())
-            }
-            Err(e) => Err(e),
-        }
-    }
-
+    /// The saved cursor; a corrupt one is an error the caller recovers from.
     pub fn cursor(&self) -> Result<Option<Cursor>, Error> {
-        self.read_json("cursor.json")
+        let path = self.path.join("cursor.json");
+        let Some(v) = self.read_value("cursor.json")? else {
+            return Ok(None);
+        };
+        serde_json::from_value(v)
+            .map(Some)
+            .map_err(|e| Error::StateCorrupt {
+                path,
+                msg: e.to_string(),
+            })
     }
 
     pub fn save_cursor(&self, c: &Cursor) -> Result<(), Error> {
@@ -222,7 +379,14 @@ impl State {
     }
 
     pub fn queue(&self) -> Result<Queue, Error> {
-        self.read_or_set_aside("queue.json")
+        let path = self.path.join("queue.json");
+        Ok(Queue {
+            version: STATE_VERSION,
+            pending: self
+                .read_list_value("queue.json")?
+                .map(|v| valid_entries(&v, "pending", &path))
+                .unwrap_or_default(),
+        })
     }
 
     pub fn save_queue(&self, q: &Queue) -> Result<(), Error> {
@@ -236,7 +400,14 @@ impl State {
     }
 
     pub fn failures(&self) -> Result<Failures, Error> {
-        self.read_or_set_aside("failures.json")
+        let path = self.path.join("failures.json");
+        Ok(Failures {
+            version: STATE_VERSION,
+            failed: self
+                .read_list_value("failures.json")?
+                .map(|v| valid_entries(&v, "failed", &path))
+                .unwrap_or_default(),
+        })
     }
 
     pub fn save_failures(&self, f: &Failures) -> Result<(), Error> {
@@ -249,85 +420,152 @@ impl State {
         )
     }
 
-    /// Host path of the backup of one pair's dkms directory.
-    pub fn backup_dir(&self, module: &str, version: &str, kernel: &str, arch: &str) -> PathBuf {
-        self.dir
-            .join("backups")
-            .join(module)
-            .join(version)
-            .join(kernel)
-            .join(arch)
+    /// The backup directory of one pair, `backups/M/V/K/ARCH`, each level
+    /// checked to be a real directory (created when `create`).
+    pub fn backup(&self, p: &QueuedPair, create: bool) -> Result<Option<Dir>, Error> {
+        let mut dir = self.open()?;
+        for name in [
+            "backups",
+            p.module.as_str(),
+            p.version.as_str(),
+            p.kernel.as_str(),
+            p.arch.as_str(),
+        ] {
+            dir = if create {
+                dir.subdir(name)?
+            } else {
+                match dir.existing_subdir(name) {
+                    Some(d) => d,
+                    None => return Ok(None),
+                }
+            };
+        }
+        Ok(Some(dir))
     }
 
-    /// Host path where a failed build's make.log is kept.
-    pub fn kept_make_log(&self, module: &str, version: &str, kernel: &str) -> PathBuf {
-        self.dir
-            .join("logs")
-            .join(format!("{module}-{version}-{kernel}.make.log"))
+    /// Remove a pair's backup and the then empty `M/V/K` directories above it.
+    pub fn remove_backup(&self, p: &QueuedPair) -> Result<(), Error> {
+        let top = self.open()?;
+        let Some(backups) = top.existing_subdir("backups") else {
+            return Ok(());
+        };
+        let chain = [
+            p.module.as_str(),
+            p.version.as_str(),
+            p.kernel.as_str(),
+            p.arch.as_str(),
+        ];
+        let mut dirs = vec![backups];
+        for name in &chain[..3] {
+            match dirs.last().and_then(|d| d.existing_subdir(name)) {
+                Some(d) => dirs.push(d),
+                None => return Ok(()),
+            }
+        }
+        // dirs: backups, M, V, K; remove ARCH, then each emptied level.
+        let mut name = chain[3];
+        for (i, d) in dirs.iter().enumerate().rev() {
+            if i == 3 {
+                d.remove_tree(name)?;
+            } else if !d.remove_empty(name) {
+                break;
+            }
+            name = if i > 0 { chain[i - 1] } else { break };
+        }
+        Ok(())
     }
 
-    /// Host path of the output of the last dkms run for a pair.
-    pub fn run_log(&self, module: &str, version: &str, kernel: &str) -> PathBuf {
-        self.dir
-            .join("logs")
-            .join(format!("{module}-{version}-{kernel}.dkms.log"))
+    /// The `logs/` directory.
+    pub fn logs(&self) -> Result<Dir, Error> {
+        self.open()?.subdir("logs")
+    }
+
+    /// Name of the kept copy of a failed build's make.log in `logs/`.
+    pub fn kept_make_log(p: &QueuedPair) -> String {
+        format!("{}-{}-{}.make.log", p.module, p.version, p.kernel)
+    }
+
+    /// Name of the output of the last dkms run for a pair in `logs/`.
+    pub fn run_log(p: &QueuedPair) -> String {
+        format!("{}-{}-{}.dkms.log", p.module, p.version, p.kernel)
     }
 
     /// Note the process group of a running dkms, so that the next run can
     /// stop it if this one is killed (the file is `builds/M.pgid`).
-    pub fn note_build(&self, module: &str, pgid: u32) {
-        let dir = self.dir.join("builds");
-        let name = format!("{module}.pgid");
-        if fs::create_dir_all(&dir).is_err()
-            || write_atomic(&dir, &name, pgid.to_string().as_bytes()).is_err()
-        {
-            log::debug!("cannot note the build of {module}");
+    pub fn note_build(&self, module: &Word, note: &BuildNote) {
+        let r = serde_json::to_vec(note)
+            .map_err(|e| Error::Refused(e.to_string()))
+            .and_then(|text| {
+                self.open()?
+                    .subdir("builds")?
+                    .write_atomic(&format!("{module}.pgid"), &text)
+            });
+        if let Err(e) = r {
+            log::debug!("cannot note the build of {module}: {e}");
         }
     }
 
-    pub fn forget_build(&self, module: &str) {
-        let _ = fs::remove_file(self.dir.join("builds").join(format!("{module}.pgid")));
+    pub fn forget_build(&self, module: &Word) {
+        if let Some(b) = self.open().ok().and_then(|d| d.existing_subdir("builds")) {
+            b.remove(&format!("{module}.pgid"));
+        }
     }
 
     /// Kill what is left of the builds of a killed run (their process
-    /// groups). Called with the lock held, when no build of ours runs.
+    /// groups). Called with the lock held, when no build of ours runs. Only
+    /// a group whose leader provably is our build (same boot, same start
+    /// time) is killed, and never under `--root`: there the notes come from
+    /// another system's files and their pids mean nothing on this one.
     fn kill_leftover_builds(&self) {
-        let dir = self.dir.join("builds");
-        for e in fs::read_dir(&dir).into_iter().flatten().flatten() {
-            let pgid = fs::read_to_string(e.path())
+        let Some(builds) = self.open().ok().and_then(|d| d.existing_subdir("builds")) else {
+            return;
+        };
+        for name in builds.names() {
+            let note: Option<BuildNote> = builds
+                .read(&name, 4096)
                 .ok()
-                .and_then(|t| t.trim().parse::<i32>().ok());
-            if let Some(pid) = pgid
-                .filter(|p| *p > 1)
-                .and_then(rustix::process::Pid::from_raw)
-            {
+                .flatten()
+                .and_then(|t| serde_json::from_slice(&t).ok());
+            builds.remove(&name);
+            let Some(note) = note else { continue };
+            if !self.root.is_host_root() {
+                log::debug!("not stopping process group {} under --root", note.pgid);
+                continue;
+            }
+            if !note.still_running() {
+                continue;
+            }
+            if let Some(pid) = rustix::process::Pid::from_raw(note.pgid) {
                 if rustix::process::kill_process_group(pid, rustix::process::Signal::KILL).is_ok() {
                     log::warn!(
                         "stopped the leftover build of a killed run (process group {})",
-                        pid.as_raw_nonzero()
+                        note.pgid
                     );
                 }
             }
-            let _ = fs::remove_file(e.path());
         }
     }
 
     /// Forget a removed kernel: its queue entries, failures and backups.
-    pub fn forget_kernel(&self, kernel: &str) -> Result<(), Error> {
+    /// Call with the lock held. Only real directories are entered: a link
+    /// under `backups/` is removed, never followed.
+    pub fn forget_kernel(&self, kernel: &KernelRelease) -> Result<(), Error> {
         let mut q = self.queue()?;
-        q.pending.retain(|p| p.kernel != kernel);
+        q.pending.retain(|p| &p.kernel != kernel);
         self.save_queue(&q)?;
         let mut f = self.failures()?;
-        f.failed.retain(|p| p.kernel != kernel);
+        f.failed.retain(|p| &p.kernel != kernel);
         self.save_failures(&f)?;
-        let backups = self.dir.join("backups");
-        if let Ok(mods) = fs::read_dir(&backups) {
-            for m in mods.flatten() {
-                for v in fs::read_dir(m.path()).into_iter().flatten().flatten() {
-                    let k = v.path().join(kernel);
-                    if k.exists() {
-                        fs::remove_dir_all(&k).map_err(|e| Error::io(&k, e))?;
-                    }
+        let Some(backups) = self.open()?.existing_subdir("backups") else {
+            return Ok(());
+        };
+        for m in backups.names() {
+            let Some(mdir) = backups.existing_subdir(&m) else {
+                continue;
+            };
+            for v in mdir.names() {
+                if let Some(vdir) = mdir.existing_subdir(&v) {
+                    vdir.remove_tree(kernel.as_str())?;
                 }
             }
         }
@@ -335,46 +573,28 @@ impl State {
     }
 
     /// Append one line to `/var/log/dkms-hook.log` (best effort: a full disk
-    /// must not stop a rebuild).
+    /// must not stop a rebuild). The file is resolved inside the root and
+    /// opened without following a link in its place.
     pub fn log_line(&self, line: &str) {
-        let p = self.root.host(LOG_FILE);
         let stamp = jiff::ZonedDateTime::now()
             .strftime("%Y-%m-%d %H:%M:%S")
             .to_string();
-        let r = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o644)
-            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-            .open(&p)
-            .and_then(|mut f| writeln!(f, "{stamp} {line}"));
+        let r = self.root.inside(LOG_FILE).and_then(|p| {
+            use std::os::unix::fs::OpenOptionsExt;
+            fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o644)
+                .custom_flags(
+                    (rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32,
+                )
+                .open(&p)
+                .and_then(|mut f| writeln!(f, "{stamp} {}", crate::report::printable(line)))
+        });
         if let Err(e) = r {
-            log::debug!("{}: {e}", p.display());
+            log::debug!("{LOG_FILE}: {e}");
         }
     }
-}
-
-/// Temp file, fsync, rename, fsync the directory.
-pub fn write_atomic(dir: &Path, name: &str, data: &[u8]) -> Result<(), Error> {
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let target = dir.join(name);
-    let r = (|| -> io::Result<()> {
-        let _ = fs::remove_file(&tmp);
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-            .open(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-        fs::rename(&tmp, &target)?;
-        File::open(dir)?.sync_all()
-    })();
-    r.map_err(|e| {
-        let _ = fs::remove_file(&tmp);
-        Error::io(&target, e)
-    })
 }
 
 /// Where to read dpkg.log from, given the saved cursor.
@@ -486,21 +706,31 @@ mod tests {
         );
     }
 
+    fn pair(m: &str) -> QueuedPair {
+        QueuedPair {
+            module: Word::new("m", m).unwrap(),
+            version: Word::new("v", "1").unwrap(),
+            kernel: KernelRelease::new("k").unwrap(),
+            arch: Word::new("a", "x86_64").unwrap(),
+            because: "p 1 → 2".into(),
+            stale_since: 5,
+        }
+    }
+
     #[test]
     fn state_files_round_trip_and_refuse_newer_versions() {
         let t = tempfile::tempdir().unwrap();
         let s = State::new(&Root::new(t.path()));
-        assert_eq!(s.queue().unwrap(), Queue::default());
+        assert_eq!(
+            s.queue().unwrap(),
+            Queue {
+                version: 1,
+                pending: vec![]
+            }
+        );
         let q = Queue {
             version: 1,
-            pending: vec![QueuedPair {
-                module: "m".into(),
-                version: "1".into(),
-                kernel: "k".into(),
-                arch: "x86_64".into(),
-                because: "p 1 → 2".into(),
-                stale_since: 5,
-            }],
+            pending: vec![pair("m")],
         };
         s.save_queue(&q).unwrap();
         assert_eq!(s.queue().unwrap(), q);
@@ -514,17 +744,40 @@ mod tests {
             r#"{"version": 99, "pending": []}"#,
         )
         .unwrap();
-        assert!(s
-            .queue()
-            .unwrap_err()
-            .to_string()
-            .contains("newer dkms-hook"));
+        assert!(matches!(
+            s.queue(),
+            Err(Error::StateTooNew { version: 99, .. })
+        ));
         fs::write(s.dir().join("queue.json"), "{garbage").unwrap();
-        assert_eq!(s.queue().unwrap(), Queue::default());
+        assert_eq!(s.queue().unwrap().pending, vec![]);
         assert_eq!(
             fs::read(s.dir().join("queue.json.corrupt")).unwrap(),
             b"{garbage"
         );
+    }
+
+    #[test]
+    fn entries_that_do_not_validate_are_dropped_one_by_one() {
+        let t = tempfile::tempdir().unwrap();
+        let s = State::new(&Root::new(t.path()));
+        s.save_queue(&Queue {
+            version: 1,
+            pending: vec![pair("good")],
+        })
+        .unwrap();
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&fs::read(s.dir().join("queue.json")).unwrap()).unwrap();
+        let good = v["pending"][0].clone();
+        let mut evil = good.clone();
+        evil["module"] = "../../../../tmp/x".into();
+        let mut flag = good.clone();
+        flag["version"] = "-rf".into();
+        let mut late = good.clone();
+        late["stale_since"] = 9_223_372_036_854_775_807u64.into();
+        v["pending"] = serde_json::json!([evil, flag, good, late, 7]);
+        fs::write(s.dir().join("queue.json"), v.to_string()).unwrap();
+        let q = s.queue().unwrap();
+        assert_eq!(q.pending, vec![pair("good")]);
     }
 
     #[test]
@@ -535,8 +788,27 @@ mod tests {
         let victim = t.path().join("victim");
         fs::write(&victim, "keep").unwrap();
         std::os::unix::fs::symlink(&victim, s.dir().join("queue.json")).unwrap();
-        assert!(s.queue().is_err());
+        std::os::unix::fs::symlink(&victim, s.dir().join("lock")).unwrap();
+        assert_eq!(s.queue().unwrap().pending, vec![]);
         s.save_queue(&Queue::default()).unwrap(); // replaces the link itself
+        drop(s.lock().unwrap()); // no ELOOP wedge
         assert_eq!(fs::read_to_string(&victim).unwrap(), "keep");
+    }
+
+    #[test]
+    fn a_forged_build_note_names_no_process_of_ours() {
+        let me = std::process::id() as i32;
+        let real = BuildNote::of(me).unwrap();
+        assert!(real.still_running());
+        let recycled = BuildNote {
+            start: real.start + 1,
+            ..real.clone()
+        };
+        assert!(!recycled.still_running());
+        let other_boot = BuildNote {
+            boot_id: "0".into(),
+            ..real
+        };
+        assert!(!other_boot.still_running());
     }
 }

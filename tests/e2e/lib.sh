@@ -86,26 +86,48 @@ _e2e_host_sources() {
     done
 }
 
-# Sets E2E_MIRROR (Debian archive for $E2E_SUITE) and E2E_SECURITY_MIRROR
-# (may stay empty), plus E2E_HAVE_UPDATES=1 if the host uses $E2E_SUITE-updates.
-e2e_detect_mirror() {
-    local pairs uri suite
-    pairs="$(_e2e_host_sources || true)"
-    E2E_HAVE_UPDATES="${E2E_HAVE_UPDATES:-0}"
+# _e2e_pick_mirror PAIRS SUITE -- from "URI<TAB>SUITE" lines, set E2E_MIRROR,
+# E2E_SECURITY_MIRROR (unless already set) and E2E_HAVE_UPDATES for SUITE.
+_e2e_pick_mirror() {
+    local pairs="$1" want="$2" uri suite
     while IFS=$'\t' read -r uri suite; do
         [[ -n "$uri" ]] || continue
         uri="${uri%/}"
         case "$suite" in
-            "$E2E_SUITE")          [[ -n "${E2E_MIRROR:-}" ]] || E2E_MIRROR="$uri" ;;
-            "$E2E_SUITE-security"|"$E2E_SUITE/updates")
+            "$want")               [[ -n "${E2E_MIRROR:-}" ]] || E2E_MIRROR="$uri" ;;
+            "$want-security"|"$want/updates")
                                    [[ -n "${E2E_SECURITY_MIRROR:-}" ]] || E2E_SECURITY_MIRROR="$uri" ;;
-            "$E2E_SUITE-updates")  E2E_HAVE_UPDATES=1 ;;
+            "$want-updates")       E2E_HAVE_UPDATES=1 ;;
         esac
     done <<< "$pairs"
+}
+
+# Sets E2E_MIRROR (Debian archive for $E2E_SUITE) and E2E_SECURITY_MIRROR
+# (may stay empty), plus E2E_HAVE_UPDATES=1 if the host uses $E2E_SUITE-updates.
+# A host without $E2E_SUITE entries (a Debian 12 host testing trixie): the URIs
+# of its own release's entries, which a Debian mirror serves for every suite;
+# E2E_GUESSED_MIRROR=1 then makes e2e_check_mirror probe -updates and -security.
+e2e_detect_mirror() {
+    local pairs host
+    pairs="$(_e2e_host_sources || true)"
+    E2E_HAVE_UPDATES="${E2E_HAVE_UPDATES:-0}"
+    E2E_GUESSED_MIRROR=0
+    _e2e_pick_mirror "$pairs" "$E2E_SUITE"
+    if [[ -z "${E2E_MIRROR:-}" ]]; then
+        host="$(sed -n 's/^VERSION_CODENAME=//p' /etc/os-release 2>/dev/null | tr -d '"')"
+        if [[ -n "$host" && "$host" != "$E2E_SUITE" ]]; then
+            _e2e_pick_mirror "$pairs" "$host"
+            if [[ -n "${E2E_MIRROR:-}" ]]; then
+                E2E_GUESSED_MIRROR=1
+                E2E_HAVE_UPDATES=1   # e2e_check_mirror probes it
+                e2e_log "no '${E2E_SUITE}' entry in the host's apt sources: using the URIs of its '${host}' entries"
+            fi
+        fi
+    fi
     E2E_MIRROR="${E2E_MIRROR:-}"
     E2E_SECURITY_MIRROR="${E2E_SECURITY_MIRROR:-}"
     [[ -n "$E2E_MIRROR" ]] || e2e_skip "no '${E2E_SUITE}' Debian mirror found in host apt sources"
-    export E2E_MIRROR E2E_SECURITY_MIRROR E2E_HAVE_UPDATES
+    export E2E_MIRROR E2E_SECURITY_MIRROR E2E_HAVE_UPDATES E2E_GUESSED_MIRROR
 }
 
 _e2e_fetch_head() {
@@ -120,10 +142,22 @@ _e2e_fetch_head() {
     fi
 }
 
-# Loud skip if the mirror cannot be reached at all.
+# Loud skip if the mirror cannot be reached at all. With a guessed mirror,
+# drop -updates / -security when those URIs do not serve $E2E_SUITE.
 e2e_check_mirror() {
     e2e_retry 3 _e2e_fetch_head "${E2E_MIRROR}/dists/${E2E_SUITE}/Release" \
         || e2e_skip "Debian mirror ${E2E_MIRROR} unreachable; cannot build the e2e base root"
+    [[ "${E2E_GUESSED_MIRROR:-0}" == 1 ]] || return 0
+    if [[ "$E2E_HAVE_UPDATES" == 1 ]] \
+        && ! e2e_retry 2 _e2e_fetch_head "${E2E_MIRROR}/dists/${E2E_SUITE}-updates/Release"; then
+        e2e_log "NOTE: ${E2E_MIRROR} has no ${E2E_SUITE}-updates; going without"
+        E2E_HAVE_UPDATES=0
+    fi
+    if [[ -n "$E2E_SECURITY_MIRROR" ]] \
+        && ! e2e_retry 2 _e2e_fetch_head "${E2E_SECURITY_MIRROR}/dists/${E2E_SUITE}-security/Release"; then
+        e2e_log "NOTE: ${E2E_SECURITY_MIRROR} has no ${E2E_SUITE}-security; going without"
+        E2E_SECURITY_MIRROR=""
+    fi
 }
 
 # --- root handling -----------------------------------------------------------
@@ -232,6 +266,117 @@ e2e_ensure_base() {
     fi
 }
 
+# --- base building (make-base*.sh) ---------------------------------------------
+
+# e2e_base_begin [--force] -- common start of a base builder: exit 0 if the
+# cached tarball is there (unless --force), find and check the mirror, install
+# host tools, make an empty E2E_ROOT and remove it on every exit.
+e2e_base_begin() {
+    e2e_require_root
+    if [[ -f "$E2E_BASE_TARBALL" && "${1:-}" != "--force" ]]; then
+        e2e_log "reusing cached base $E2E_BASE_TARBALL"
+        exit 0
+    fi
+    e2e_detect_mirror
+    e2e_check_mirror
+    e2e_log "suite: $E2E_SUITE  mirror: $E2E_MIRROR  security: ${E2E_SECURITY_MIRROR:-<none>}  updates: $E2E_HAVE_UPDATES"
+    local tool
+    for tool in debootstrap zstd; do
+        if ! command -v "$tool" >/dev/null 2>&1; then
+            e2e_log "installing host tool $tool"
+            e2e_retry 3 apt-get update -q
+            e2e_retry 3 env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$tool"
+        fi
+    done
+    E2E_ROOT="$(e2e_new_root_dir)"
+    export E2E_ROOT
+    trap _e2e_base_cleanup EXIT
+    trap 'exit 130' INT TERM
+}
+
+_e2e_base_cleanup() {
+    local rc=$?
+    e2e_remove_root "$E2E_ROOT"
+    exit "$rc"
+}
+
+_e2e_debootstrap() {
+    # a failed debootstrap leaves junk behind: start from an empty dir each time
+    e2e_umounts "$E2E_ROOT"
+    find "$E2E_ROOT" -mindepth 1 -maxdepth 1 -exec rm -rf --one-file-system {} +
+    # A debootstrap too old to know the suite takes sid's script (4th argument).
+    local script=()
+    [[ -e "/usr/share/debootstrap/scripts/$E2E_SUITE" ]] || script=(sid)
+    debootstrap --variant=minbase "$E2E_SUITE" "$E2E_ROOT" "$E2E_MIRROR" "${script[@]}"
+}
+
+# e2e_base_bootstrap PACKAGES... -- debootstrap --variant=minbase into the empty
+# E2E_ROOT, configure apt (sources from the detected mirror, no recommends, keep
+# downloaded .debs), forbid services, mount, upgrade, install PACKAGES, and
+# empty the archive cache (builders pre-download the scenarios' .debs next).
+e2e_base_bootstrap() {
+    e2e_log "debootstrap $E2E_SUITE into $E2E_ROOT"
+    e2e_retry 3 _e2e_debootstrap
+    {
+        echo "deb ${E2E_MIRROR} ${E2E_SUITE} main"
+        [[ "$E2E_HAVE_UPDATES" == 1 ]] && echo "deb ${E2E_MIRROR} ${E2E_SUITE}-updates main"
+        [[ -n "$E2E_SECURITY_MIRROR" ]] && echo "deb ${E2E_SECURITY_MIRROR} ${E2E_SUITE}-security main"
+        true
+    } > "$E2E_ROOT/etc/apt/sources.list"
+    # trixie's debootstrap writes deb822 sources too: keep one definition
+    rm -f "$E2E_ROOT/etc/apt/sources.list.d/debian.sources"
+    cat > "$E2E_ROOT/etc/apt/apt.conf.d/90dkms-hook-e2e" <<'EOF'
+APT::Install-Recommends "false";
+APT::Install-Suggests "false";
+Acquire::Retries "3";
+Binary::apt::APT::Keep-Downloaded-Packages "true";
+APT::Keep-Downloaded-Packages "true";
+Dpkg::Use-Pty "false";
+EOF
+    # never start services inside the throw-away root
+    printf '#!/bin/sh\nexit 101\n' > "$E2E_ROOT/usr/sbin/policy-rc.d"
+    chmod 0755 "$E2E_ROOT/usr/sbin/policy-rc.d"
+    e2e_mounts "$E2E_ROOT"
+    e2e_log "apt-get update + $*"
+    e2e_retry 3 in_root apt-get -q update
+    e2e_retry 3 in_root apt-get -y -q dist-upgrade
+    e2e_retry 3 in_root apt-get -y -q install --no-install-recommends "$@"
+    in_root apt-get clean
+}
+
+# e2e_base_pack -- unmount and pack E2E_ROOT into E2E_BASE_TARBALL (atomically).
+e2e_base_pack() {
+    local tmp_tar
+    e2e_umounts "$E2E_ROOT"
+    rm -rf "$E2E_ROOT"/tmp/* "$E2E_ROOT"/var/tmp/* || true
+    mkdir -p "$E2E_CACHE_DIR"
+    tmp_tar="$(mktemp "$E2E_CACHE_DIR/.base-${E2E_SUITE}.XXXXXX")"
+    e2e_log "packing $E2E_BASE_TARBALL"
+    tar -C "$E2E_ROOT" --numeric-owner --one-file-system -cpf - . | zstd -q -T1 -6 -f -o "$tmp_tar"
+    mv -f "$tmp_tar" "$E2E_BASE_TARBALL"
+    e2e_log "base ready: $E2E_BASE_TARBALL ($(du -h "$E2E_BASE_TARBALL" | cut -f1))"
+}
+
+# e2e_madison PKG -- the versions of PKG that the root's apt offers, one a line.
+e2e_madison() {
+    in_root apt-cache madison "$1" | awk -F'|' '{ gsub(/[ \t]/, "", $2); print $2 }'
+}
+
+# e2e_sort_desc -- versions on stdin, printed unique and newest first (dpkg order).
+e2e_sort_desc() {
+    local v i sorted=()
+    while read -r v; do
+        [[ -n "$v" ]] || continue
+        i=0
+        while (( i < ${#sorted[@]} )) && in_root dpkg --compare-versions "${sorted[$i]}" ge "$v"; do
+            [[ "${sorted[$i]}" == "$v" ]] && continue 2
+            i=$((i + 1))
+        done
+        sorted=("${sorted[@]:0:$i}" "$v" "${sorted[@]:$i}")
+    done
+    (( ${#sorted[@]} == 0 )) || printf '%s\n' "${sorted[@]}"
+}
+
 # e2e_install_old_world -- install dkms + OLD linux-kbuild-6.1/headers/-common
 # (+ matching linux-compiler-gcc-12-x86) from the pre-downloaded cache.
 # Needs e2e_load_versions and e2e_mounts first.
@@ -280,3 +425,92 @@ e2e_repack_bump() {
         -o Dir::Etc::sourceparts=- -o APT::Get::List-Cleanup=0 >&2
     printf '%s\n' "$newver"
 }
+
+# --- scenario runners (run*.sh) --------------------------------------------------
+
+# e2e_run_begin -- common start of a scenario runner: root, cached base (built
+# if missing), the package to test in DEB (DKMS_HOOK_DEB, else built with
+# tests/package.sh), counters, and removal of every root and output on exit.
+e2e_run_begin() {
+    e2e_require_root
+    e2e_ensure_base
+    DEB="${DKMS_HOOK_DEB:-}"
+    if [[ -z "$DEB" ]]; then
+        DEB=/var/tmp/dkms-hook-e2e.deb
+        DKMS_HOOK_DEB_OUT="$DEB" bash "$E2E_DIR/../package.sh" >&2
+    fi
+    [[ -f "$DEB" ]] || e2e_die "no package at $DEB"
+    ROOTS=()
+    mkdir -p "$E2E_TMP_BASE"
+    E2E_OUT_DIR="$(mktemp -d "$E2E_TMP_BASE/dkms-hook-e2e-out.XXXXXX")"
+    PASSED=0 FAILED=0 FAILS=0 SCENARIO=""
+    trap _e2e_run_cleanup EXIT
+    trap 'exit 130' INT TERM
+}
+
+_e2e_run_cleanup() {
+    local rc=$? r
+    for r in "${ROOTS[@]}"; do e2e_remove_root "$r"; done
+    [[ "${E2E_KEEP_ROOT:-0}" == 1 ]] || rm -rf "${E2E_OUT_DIR:?}"
+    exit "$rc"
+}
+
+# e2e_run_root -- a fresh root from the cached base, mounted, versions loaded.
+e2e_run_root() {
+    e2e_extract_base
+    ROOTS+=("$E2E_ROOT")
+    e2e_load_versions
+    e2e_mounts "$E2E_ROOT"
+}
+
+# install_dkms_hook -- the package under test, installed as an administrator would.
+install_dkms_hook() {
+    cp "$DEB" "$E2E_ROOT/root/dkms-hook.deb"
+    # apt refuses local files with --no-download, and dkms, the only
+    # dependency, is installed already.
+    in_root apt-get -y -q -o Dpkg::Use-Pty=0 install /root/dkms-hook.deb >&2
+}
+
+scenario() { SCENARIO="$1"; FAILS=0; echo "--- scenario $SCENARIO"; }
+check() {   # check DESCRIPTION CMD...
+    local desc="$1"; shift
+    if "$@"; then
+        printf '  ok    %s\n' "$desc"
+    else
+        printf '  FAIL  %s\n' "$desc"
+        FAILS=$((FAILS + 1))
+    fi
+}
+verdict() {
+    if (( FAILS == 0 )); then
+        echo "PASS: $SCENARIO"; PASSED=$((PASSED + 1))
+    else
+        echo "FAIL: $SCENARIO ($FAILS checks)"; FAILED=$((FAILED + 1))
+    fi
+}
+# e2e_summary -- the last line, "N passed, M failed"; fails if any failed.
+e2e_summary() {
+    echo "$PASSED passed, $FAILED failed"
+    (( FAILED == 0 ))
+}
+
+ko() {  # ko MODULE_FILE KERNEL -> host path of the installed module
+    find "$E2E_ROOT/lib/modules/$2" -name "$1.ko*" -print -quit 2>/dev/null
+}
+mtime() { stat -c %Y "$1" 2>/dev/null || echo missing; }
+sha() { sha256sum "$1" 2>/dev/null | cut -d' ' -f1; }
+installed() {  # installed MODULE KERNEL: dkms status says installed
+    in_root dkms status -m "$1" -k "$2" 2>/dev/null | grep -q ': installed'
+}
+contains() { grep -qF -- "$2" "$1"; }
+lacks() { ! grep -qF -- "$2" "$1"; }
+count() { grep -cF -- "$2" "$1" || true; }     # lines of file $1 holding $2
+once() { [[ "$(count "$1" "$2")" == 1 ]]; }
+# The line holding $2 comes before the line holding $3 in file $1.
+before() {
+    local a b
+    a="$(grep -nF -- "$2" "$1" | head -n 1 | cut -d: -f1)"
+    b="$(grep -nF -- "$3" "$1" | head -n 1 | cut -d: -f1)"
+    [[ -n "$a" && -n "$b" ]] && (( a < b ))
+}
+out() { mktemp "${E2E_OUT_DIR:-$E2E_TMP_BASE}/out.XXXXXX"; }

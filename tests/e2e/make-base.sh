@@ -12,99 +12,18 @@ set -euo pipefail
 # shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-FORCE=0
-[[ "${1:-}" == "--force" ]] && FORCE=1
-
-e2e_require_root
-
-if [[ -f "$E2E_BASE_TARBALL" && "$FORCE" == 0 ]]; then
-    e2e_log "reusing cached base $E2E_BASE_TARBALL"
-    exit 0
+# Other suites have their own builder (tests/e2e/make-base-SUITE.sh).
+if [[ "$E2E_SUITE" != bookworm ]]; then
+    [[ -f "$E2E_DIR/make-base-$E2E_SUITE.sh" ]] || e2e_die "no base builder for suite '$E2E_SUITE'"
+    exec bash "$E2E_DIR/make-base-$E2E_SUITE.sh" "$@"
 fi
 
-e2e_detect_mirror
-e2e_check_mirror
-e2e_log "mirror: $E2E_MIRROR  security: ${E2E_SECURITY_MIRROR:-<none>}  updates: $E2E_HAVE_UPDATES"
-
-for tool in debootstrap zstd; do
-    if ! command -v "$tool" >/dev/null 2>&1; then
-        e2e_log "installing host tool $tool"
-        e2e_retry 3 apt-get update -q
-        e2e_retry 3 env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$tool"
-    fi
-done
-
-E2E_ROOT="$(e2e_new_root_dir)"
-export E2E_ROOT
-cleanup() {
-    local rc=$?
-    e2e_remove_root "$E2E_ROOT"
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# --- debootstrap -------------------------------------------------------------
-bootstrap() {
-    # a failed debootstrap leaves junk behind: start from an empty dir each time
-    e2e_umounts "$E2E_ROOT"
-    find "$E2E_ROOT" -mindepth 1 -maxdepth 1 -exec rm -rf --one-file-system {} +
-    debootstrap --variant=minbase "$E2E_SUITE" "$E2E_ROOT" "$E2E_MIRROR"
-}
-e2e_log "debootstrap $E2E_SUITE into $E2E_ROOT"
-e2e_retry 3 bootstrap
-
-# --- apt configuration -------------------------------------------------------
-{
-    echo "deb ${E2E_MIRROR} ${E2E_SUITE} main"
-    [[ "$E2E_HAVE_UPDATES" == 1 ]] && echo "deb ${E2E_MIRROR} ${E2E_SUITE}-updates main"
-    [[ -n "$E2E_SECURITY_MIRROR" ]] && echo "deb ${E2E_SECURITY_MIRROR} ${E2E_SUITE}-security main"
-    true
-} > "$E2E_ROOT/etc/apt/sources.list"
-
-cat > "$E2E_ROOT/etc/apt/apt.conf.d/90dkms-hook-e2e" <<'EOF'
-APT::Install-Recommends "false";
-APT::Install-Suggests "false";
-Acquire::Retries "3";
-Binary::apt::APT::Keep-Downloaded-Packages "true";
-APT::Keep-Downloaded-Packages "true";
-Dpkg::Use-Pty "false";
-EOF
-
-# never start services inside the throw-away root
-cat > "$E2E_ROOT/usr/sbin/policy-rc.d" <<'EOF'
-#!/bin/sh
-exit 101
-EOF
-chmod 0755 "$E2E_ROOT/usr/sbin/policy-rc.d"
-
-e2e_mounts "$E2E_ROOT"
-
-e2e_log "apt-get update + dkms toolchain"
-e2e_retry 3 in_root apt-get -q update
-e2e_retry 3 in_root apt-get -y -q dist-upgrade
-e2e_retry 3 in_root apt-get -y -q install --no-install-recommends \
-    dkms build-essential gcc-12 make kmod patch dpkg-dev openssl
-
-# keep only the scenario .debs (pre-downloaded below) in the archive cache
-in_root apt-get clean
+e2e_base_begin "$@"
+e2e_base_bootstrap dkms build-essential gcc-12 make kmod patch dpkg-dev openssl
 
 # --- choose versions ---------------------------------------------------------
-mapfile -t KBUILD_VERSIONS < <(
-    in_root apt-cache madison linux-kbuild-6.1 \
-        | awk -F'|' '{ gsub(/[ \t]/, "", $2); print $2 }' | sort -u
-)
+mapfile -t KBUILD_VERSIONS < <(e2e_madison linux-kbuild-6.1 | e2e_sort_desc)
 (( ${#KBUILD_VERSIONS[@]} > 0 )) || e2e_die "no linux-kbuild-6.1 in the archive"
-# sort descending with dpkg's comparison
-sorted=()
-for v in "${KBUILD_VERSIONS[@]}"; do
-    i=0
-    while (( i < ${#sorted[@]} )) && in_root dpkg --compare-versions "${sorted[$i]}" gt "$v"; do
-        i=$((i + 1))
-    done
-    sorted=("${sorted[@]:0:$i}" "$v" "${sorted[@]:$i}")
-done
-KBUILD_VERSIONS=("${sorted[@]}")
 e2e_log "linux-kbuild-6.1 versions offered (newest first): ${KBUILD_VERSIONS[*]}"
 
 # map: headers version -> highest ABI linux-headers-6.1.0-N-amd64 with that version
@@ -116,7 +35,7 @@ mapfile -t HDR_NAMES < <(
 for name in "${HDR_NAMES[@]}"; do
     while read -r ver; do
         [[ -n "$ver" ]] && HDR_FOR_VERSION["$ver"]="$name"
-    done < <(in_root apt-cache madison "$name" | awk -F'|' '{ gsub(/[ \t]/, "", $2); print $2 }')
+    done < <(e2e_madison "$name")
 done
 
 # newest kbuild version that has matching headers = NEW, next one = OLD
@@ -150,7 +69,7 @@ common_of() {   # linux-headers-6.1.0-50-amd64 -> linux-headers-6.1.0-50-common
 OLD_COMMON="$(common_of "$OLD_HEADERS")"
 NEW_COMMON="$(common_of "$NEW_HEADERS")"
 
-compiler_has() { in_root apt-cache madison linux-compiler-gcc-12-x86 | awk -F'|' '{ gsub(/[ \t]/, "", $2); print $2 }' | grep -qxF "$1"; }
+compiler_has() { e2e_madison linux-compiler-gcc-12-x86 | grep -qxF "$1"; }
 OLD_COMPILER_PIN="" NEW_COMPILER_PIN=""
 compiler_has "$OLD_VERSION" && OLD_COMPILER_PIN="linux-compiler-gcc-12-x86=$OLD_VERSION"
 compiler_has "$NEW_VERSION" && NEW_COMPILER_PIN="linux-compiler-gcc-12-x86=$NEW_VERSION"
@@ -193,12 +112,4 @@ in_root apt-get -s -q --no-download install "${old_set[@]}" acpi-call-dkms >/dev
 in_root apt-get -s -q --no-download install "${new_set[@]}" >/dev/null
 find "$E2E_ROOT/var/cache/apt/archives" -maxdepth 1 -name '*.deb' -printf '    %s %f\n' | sort -k2 >&2
 
-# --- pack ----------------------------------------------------------------------
-e2e_umounts "$E2E_ROOT"
-rm -rf "$E2E_ROOT"/tmp/* "$E2E_ROOT"/var/tmp/* || true
-mkdir -p "$E2E_CACHE_DIR"
-tmp_tar="$(mktemp "$E2E_CACHE_DIR/.base-${E2E_SUITE}.XXXXXX")"
-e2e_log "packing $E2E_BASE_TARBALL"
-tar -C "$E2E_ROOT" --numeric-owner --one-file-system -cpf - . | zstd -q -T1 -6 -f -o "$tmp_tar"
-mv -f "$tmp_tar" "$E2E_BASE_TARBALL"
-e2e_log "base ready: $E2E_BASE_TARBALL ($(du -h "$E2E_BASE_TARBALL" | cut -f1))"
+e2e_base_pack

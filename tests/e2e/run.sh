@@ -16,84 +16,19 @@ set -euo pipefail
 # shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-e2e_require_root
-e2e_ensure_base
-
-DEB="${DKMS_HOOK_DEB:-}"
-if [[ -z "$DEB" ]]; then
-    DEB=/var/tmp/dkms-hook-e2e.deb
-    DKMS_HOOK_DEB_OUT="$DEB" bash "$E2E_DIR/../package.sh" >&2
-fi
-[[ -f "$DEB" ]] || e2e_die "no package at $DEB"
-
-ROOTS=()
-cleanup() {
-    local rc=$? r
-    for r in "${ROOTS[@]}"; do e2e_remove_root "$r"; done
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-PASSED=0 FAILED=0 FAILS=0 SCENARIO=""
-scenario() { SCENARIO="$1"; FAILS=0; echo "--- scenario $SCENARIO"; }
-check() {   # check DESCRIPTION CMD...
-    local desc="$1"; shift
-    if "$@"; then
-        printf '  ok    %s\n' "$desc"
-    else
-        printf '  FAIL  %s\n' "$desc"
-        FAILS=$((FAILS + 1))
-    fi
-}
-verdict() {
-    if (( FAILS == 0 )); then
-        echo "PASS: $SCENARIO"; PASSED=$((PASSED + 1))
-    else
-        echo "FAIL: $SCENARIO ($FAILS checks)"; FAILED=$((FAILED + 1))
-    fi
-}
+e2e_run_begin
 
 # A fresh root with the old world: dkms, linux-headers-OLD, linux-kbuild-6.1=OLD,
 # acpi-call-dkms built for the OLD kernel.
 new_root() {
-    e2e_extract_base
-    ROOTS+=("$E2E_ROOT")
-    e2e_load_versions
+    e2e_run_root
     [[ "$E2E_SINGLE_KBUILD" == 0 ]] || e2e_skip "the archive offers one linux-kbuild-6.1 version only"
-    e2e_mounts "$E2E_ROOT"
     e2e_install_old_world >&2
     e2e_apt_offline install acpi-call-dkms >&2
     OLD="$E2E_OLD_KERNEL" NEW="$E2E_NEW_KERNEL"
     # dkms's version of the module: the package's upstream version.
     E2E_ACPI_CALL_UPSTREAM="$(find "$E2E_ROOT/var/lib/dkms/acpi-call" -mindepth 1 -maxdepth 1 -type d -printf '%f\n' | head -n 1)"
 }
-
-install_dkms_hook() {
-    cp "$DEB" "$E2E_ROOT/root/dkms-hook.deb"
-    # As an administrator would; apt refuses local files with --no-download,
-    # and dkms, the only dependency, is installed already.
-    in_root apt-get -y -q -o Dpkg::Use-Pty=0 install /root/dkms-hook.deb >&2
-}
-
-ko() {  # ko MODULE_FILE KERNEL -> host path of the installed module
-    find "$E2E_ROOT/lib/modules/$2" -name "$1.ko*" -print -quit 2>/dev/null
-}
-mtime() { stat -c %Y "$1" 2>/dev/null || echo missing; }
-sha() { sha256sum "$1" 2>/dev/null | cut -d' ' -f1; }
-installed() {  # installed MODULE KERNEL: dkms status says installed
-    in_root dkms status -m "$1" -k "$2" 2>/dev/null | grep -q ': installed'
-}
-contains() { grep -qF -- "$2" "$1"; }
-lacks() { ! grep -qF -- "$2" "$1"; }
-# The line holding $2 comes before the line holding $3 in file $1.
-before() {
-    local a b
-    a="$(grep -nF -- "$2" "$1" | head -n 1 | cut -d: -f1)"
-    b="$(grep -nF -- "$3" "$1" | head -n 1 | cut -d: -f1)"
-    [[ -n "$a" && -n "$b" ]] && (( a < b ))
-}
-out() { mktemp "$E2E_TMP_BASE/dkms-hook-e2e-out.XXXXXX"; }
 
 T0=$SECONDS
 ########################################################################## root A
@@ -225,5 +160,4 @@ check "status now says fresh" grep -qE "^acpi-call/[^ ]+ +$OLD +fresh" "$st"
 verdict
 
 echo "e2e: $((SECONDS - T0)) s for the scenarios"
-echo "$PASSED passed, $FAILED failed"
-(( FAILED == 0 ))
+e2e_summary

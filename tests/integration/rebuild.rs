@@ -405,7 +405,7 @@ fn kernel_hooks_warn_and_forget() {
     ]);
     assert_eq!(out.status.code(), Some(0));
     assert!(
-        stderr(&out).contains("WARNING: 6.1.0-60-amd64 has no headers: dkms modules (acpi-call) will not be built for it; install linux-headers-6.1.0-60-amd64"),
+        stderr(&out).contains("warning: 6.1.0-60-amd64 has no headers: dkms modules (acpi-call) will not be built for it; install linux-headers-6.1.0-60-amd64"),
         "{}",
         stderr(&out)
     );
@@ -599,14 +599,27 @@ fn sigkill_at_50_points_loses_nothing_and_installs_nothing_twice() {
 
 #[test]
 fn a_module_in_the_initramfs_gets_it_refreshed() {
-    let f = Fixture::sample();
-    f.write("boot/initrd.img-6.1.0-50-amd64", "initrd");
-    let conf = String::from_utf8(f.read("usr/src/acpi-call-1.2.2/dkms.conf")).unwrap();
-    f.write(
-        "usr/src/acpi-call-1.2.2/dkms.conf",
-        conf + "REMAKE_INITRD=\"yes\"\n",
+    let setup = || {
+        let f = Fixture::sample();
+        f.write("boot/initrd.img-6.1.0-50-amd64", "initrd");
+        let conf = String::from_utf8(f.read("usr/src/acpi-call-1.2.2/dkms.conf")).unwrap();
+        f.write(
+            "usr/src/acpi-call-1.2.2/dkms.conf",
+            conf + "REMAKE_INITRD=\"yes\"\n",
+        );
+        f
+    };
+    // Without a stand-in, --root never runs the host's update-initramfs.
+    let f = setup();
+    let out = f.run(&["replay", f.path("var/log/dpkg.log").to_str().unwrap()]);
+    assert!(
+        stderr(&out)
+            .contains("warning: the initramfs of 6.1.0-50-amd64 was not refreshed: under --root"),
+        "{}",
+        stderr(&out)
     );
-    // A recording update-initramfs found first on PATH.
+    // A recording update-initramfs, named as under --root it must be.
+    let f = setup();
     let calls = f.path("initramfs-calls.log");
     f.write(
         "bin-stubs/update-initramfs",
@@ -617,14 +630,12 @@ fn a_module_in_the_initramfs_gets_it_refreshed() {
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )
     .unwrap();
-    let path = format!(
-        "{}:{}",
-        f.path("bin-stubs").display(),
-        std::env::var("PATH").unwrap()
-    );
     let out = f
         .cmd(&["replay", f.path("var/log/dpkg.log").to_str().unwrap()])
-        .env("PATH", path)
+        .env(
+            "DKMS_HOOK_UPDATE_INITRAMFS",
+            f.path("bin-stubs/update-initramfs"),
+        )
         .output()
         .unwrap();
     assert!(

@@ -1,0 +1,415 @@
+//! dkms-hook's state directory as an open directory: every file in it is
+//! opened, created, renamed and removed relative to the directory's fd with
+//! no-follow semantics (`openat`/`unlinkat`/`renameat`), so a link planted
+//! in it is never followed. A planted link (or a FIFO, or a directory where a
+//! file belongs) is set aside as `NAME.aside` with one warning and the run
+//! goes on: it is never followed and never wedges later runs.
+//!
+//! Modes do not follow the umask: directories are made 0755 and files 0644
+//! explicitly. A state directory that someone other than root could write
+//! to is refused as a whole (when running as root).
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+
+use crate::Error;
+
+const DIR_MODE: u32 = 0o755;
+const FILE_MODE: u32 = 0o644;
+
+/// An open directory of dkms-hook's state.
+#[derive(Debug)]
+pub struct Dir {
+    fd: OwnedFd,
+    path: PathBuf,
+}
+
+fn errno(path: &Path, e: rustix::io::Errno) -> Error {
+    Error::io(path, e.into())
+}
+
+fn is_link_or_wrong_type(e: rustix::io::Errno) -> bool {
+    // ELOOP: O_NOFOLLOW met a link; ENOTDIR: O_DIRECTORY met a file or link;
+    // ENXIO: a FIFO/socket opened non-blocking for writing.
+    matches!(
+        e,
+        rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR | rustix::io::Errno::NXIO
+    )
+}
+
+impl Dir {
+    /// Open (creating if missing) the state directory at host path `path`,
+    /// whose parent is trusted (it was resolved inside the root). The
+    /// directory itself must be a real directory; when running as root it
+    /// must belong to root and be writable by nobody else.
+    pub fn open_top(path: &Path) -> Result<Dir, Error> {
+        let parent = path.parent().unwrap_or(Path::new("/"));
+        let name = path.file_name().unwrap_or_default();
+        std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+        let pfd = rustix::fs::open(
+            parent,
+            OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| errno(parent, e))?;
+        let p = Dir {
+            fd: pfd,
+            path: parent.to_path_buf(),
+        };
+        let top = p.subdir(name.to_str().unwrap_or("dkms-hook"))?;
+        let st = rustix::fs::fstat(&top.fd).map_err(|e| errno(path, e))?;
+        if rustix::process::geteuid().is_root() {
+            if st.st_uid != 0 {
+                return Err(Error::UnsafeStateDir {
+                    path: path.to_path_buf(),
+                    why: format!("owned by uid {}, not root", st.st_uid),
+                });
+            }
+            if st.st_mode & 0o022 != 0 {
+                return Err(Error::UnsafeStateDir {
+                    path: path.to_path_buf(),
+                    why: format!(
+                        "mode {:04o} lets others write to it (chmod 0755 to use it)",
+                        st.st_mode & 0o7777
+                    ),
+                });
+            }
+        }
+        Ok(top)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Move a misplaced entry out of the way (`NAME.aside`, replacing an
+    /// older one), with one warning.
+    fn set_aside(&self, name: &str, what: &str) -> Result<(), Error> {
+        let aside = format!("{name}.aside");
+        let _ = self.remove_tree(&aside);
+        rustix::fs::renameat(&self.fd, name, &self.fd, aside.as_str())
+            .map_err(|e| errno(&self.path.join(name), e))?;
+        log::warn!(
+            "{}: {what}; set aside as {aside}",
+            self.path.join(name).display()
+        );
+        Ok(())
+    }
+
+    /// The type of `name` without following it, if it exists.
+    fn kind(&self, name: &str) -> Option<FileType> {
+        rustix::fs::statat(&self.fd, name, AtFlags::SYMLINK_NOFOLLOW)
+            .ok()
+            .map(|st| FileType::from_raw_mode(st.st_mode))
+    }
+
+    /// Open (creating 0755 if missing) the subdirectory `name`.
+    pub fn subdir(&self, name: &str) -> Result<Dir, Error> {
+        let path = self.path.join(name);
+        for _ in 0..3 {
+            let mut created = false;
+            match self.kind(name) {
+                None => match rustix::fs::mkdirat(&self.fd, name, Mode::from_raw_mode(DIR_MODE)) {
+                    Ok(()) => created = true,
+                    Err(rustix::io::Errno::EXIST) => {}
+                    Err(e) => return Err(errno(&path, e)),
+                },
+                Some(FileType::Directory) => {}
+                Some(_) => {
+                    self.set_aside(name, "not a directory")?;
+                    continue;
+                }
+            }
+            match rustix::fs::openat(
+                &self.fd,
+                name,
+                OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::RDONLY | OFlags::CLOEXEC,
+                Mode::empty(),
+            ) {
+                Ok(fd) => {
+                    if created {
+                        // mkdir's mode went through the umask.
+                        rustix::fs::fchmod(&fd, Mode::from_raw_mode(DIR_MODE))
+                            .map_err(|e| errno(&path, e))?;
+                    }
+                    return Ok(Dir { fd, path });
+                }
+                Err(e) if is_link_or_wrong_type(e) || e == rustix::io::Errno::NOENT => continue,
+                Err(e) => return Err(errno(&path, e)),
+            }
+        }
+        Err(Error::io(
+            &path,
+            io::Error::other("keeps changing under us"),
+        ))
+    }
+
+    /// The subdirectory `name` if it exists as a real directory.
+    pub fn existing_subdir(&self, name: &str) -> Option<Dir> {
+        let fd = rustix::fs::openat(
+            &self.fd,
+            name,
+            OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .ok()?;
+        Some(Dir {
+            fd,
+            path: self.path.join(name),
+        })
+    }
+
+    /// Read the regular file `name` (at most `cap` bytes). `None` if it does
+    /// not exist; a link or other non-file is set aside and counts as missing.
+    pub fn read(&self, name: &str, cap: u64) -> Result<Option<Vec<u8>>, Error> {
+        let path = self.path.join(name);
+        let fd = match rustix::fs::openat(
+            &self.fd,
+            name,
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) {
+            Ok(fd) => fd,
+            Err(rustix::io::Errno::NOENT) => return Ok(None),
+            Err(e) if e == rustix::io::Errno::LOOP => {
+                self.set_aside(name, "a symbolic link")?;
+                return Ok(None);
+            }
+            Err(e) => return Err(errno(&path, e)),
+        };
+        let st = rustix::fs::fstat(&fd).map_err(|e| errno(&path, e))?;
+        if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+            drop(fd);
+            self.set_aside(name, "not a regular file")?;
+            return Ok(None);
+        }
+        let mut data = Vec::new();
+        File::from(fd)
+            .take(cap + 1)
+            .read_to_end(&mut data)
+            .map_err(|e| Error::io(&path, e))?;
+        if data.len() as u64 > cap {
+            return Err(Error::Unreadable {
+                path,
+                why: format!("larger than {cap} bytes"),
+            });
+        }
+        Ok(Some(data))
+    }
+
+    /// Create `name` (0644) for writing; `append` keeps what is there. A link
+    /// or non-file in the way is set aside first.
+    pub fn create(&self, name: &str, append: bool) -> Result<File, Error> {
+        let path = self.path.join(name);
+        let mode = if append {
+            OFlags::APPEND
+        } else {
+            OFlags::TRUNC
+        };
+        for _ in 0..3 {
+            match rustix::fs::openat(
+                &self.fd,
+                name,
+                OFlags::WRONLY
+                    | OFlags::CREATE
+                    | OFlags::NOFOLLOW
+                    | OFlags::NONBLOCK
+                    | OFlags::CLOEXEC
+                    | mode,
+                Mode::from_raw_mode(FILE_MODE),
+            ) {
+                Ok(fd) => {
+                    let st = rustix::fs::fstat(&fd).map_err(|e| errno(&path, e))?;
+                    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+                        drop(fd);
+                        self.set_aside(name, "not a regular file")?;
+                        continue;
+                    }
+                    rustix::fs::fchmod(&fd, Mode::from_raw_mode(FILE_MODE))
+                        .map_err(|e| errno(&path, e))?;
+                    return Ok(File::from(fd));
+                }
+                Err(e) if is_link_or_wrong_type(e) || e == rustix::io::Errno::ISDIR => {
+                    self.set_aside(
+                        name,
+                        if e == rustix::io::Errno::LOOP {
+                            "a symbolic link"
+                        } else {
+                            "not a regular file"
+                        },
+                    )?;
+                }
+                Err(e) => return Err(errno(&path, e)),
+            }
+        }
+        Err(Error::io(
+            &path,
+            io::Error::other("keeps changing under us"),
+        ))
+    }
+
+    /// Write `name` atomically from `data`: temp file, fsync, rename over
+    /// whatever is there (a planted link is replaced, not followed), fsync
+    /// the directory.
+    pub fn write_atomic(&self, name: &str, data: &[u8]) -> Result<(), Error> {
+        self.write_atomic_from(name, &mut &data[..])
+    }
+
+    /// [`Dir::write_atomic`] from a reader.
+    pub fn write_atomic_from(&self, name: &str, data: &mut dyn Read) -> Result<(), Error> {
+        let tmp = format!(".{name}.{}.tmp", std::process::id());
+        let target = self.path.join(name);
+        let r = (|| -> Result<(), Error> {
+            let _ = rustix::fs::unlinkat(&self.fd, tmp.as_str(), AtFlags::empty());
+            let fd = rustix::fs::openat(
+                &self.fd,
+                tmp.as_str(),
+                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::from_raw_mode(FILE_MODE),
+            )
+            .map_err(|e| errno(&target, e))?;
+            rustix::fs::fchmod(&fd, Mode::from_raw_mode(FILE_MODE))
+                .map_err(|e| errno(&target, e))?;
+            let mut f = File::from(fd);
+            io::copy(data, &mut f).map_err(|e| Error::io(&target, e))?;
+            f.sync_all().map_err(|e| Error::io(&target, e))?;
+            if self.kind(name) == Some(FileType::Directory) {
+                self.set_aside(name, "a directory")?;
+            }
+            rustix::fs::renameat(&self.fd, tmp.as_str(), &self.fd, name)
+                .map_err(|e| errno(&target, e))?;
+            rustix::fs::fsync(&self.fd).map_err(|e| errno(&self.path, e))
+        })();
+        if r.is_err() {
+            let _ = rustix::fs::unlinkat(&self.fd, tmp.as_str(), AtFlags::empty());
+        }
+        r
+    }
+
+    /// Rename `from` to `to` inside this directory.
+    pub fn rename(&self, from: &str, to: &str) -> Result<(), Error> {
+        rustix::fs::renameat(&self.fd, from, &self.fd, to)
+            .map_err(|e| errno(&self.path.join(from), e))
+    }
+
+    /// Remove the file or link `name` (never what a link points to).
+    pub fn remove(&self, name: &str) {
+        let _ = rustix::fs::unlinkat(&self.fd, name, AtFlags::empty());
+    }
+
+    /// Remove `name` and everything below it; links are removed, not followed.
+    pub fn remove_tree(&self, name: &str) -> Result<(), Error> {
+        match self.kind(name) {
+            None => Ok(()),
+            Some(FileType::Directory) => {
+                let sub = self.existing_subdir(name).ok_or_else(|| {
+                    Error::io(&self.path.join(name), io::ErrorKind::NotFound.into())
+                })?;
+                for n in sub.names() {
+                    sub.remove_tree(&n)?;
+                }
+                rustix::fs::unlinkat(&self.fd, name, AtFlags::REMOVEDIR)
+                    .map_err(|e| errno(&self.path.join(name), e))
+            }
+            Some(_) => rustix::fs::unlinkat(&self.fd, name, AtFlags::empty())
+                .map_err(|e| errno(&self.path.join(name), e)),
+        }
+    }
+
+    /// Remove the directory `name` if it is empty.
+    pub fn remove_empty(&self, name: &str) -> bool {
+        rustix::fs::unlinkat(&self.fd, name, AtFlags::REMOVEDIR).is_ok()
+    }
+
+    /// The names in this directory (UTF-8 ones; dkms-hook writes no others).
+    pub fn names(&self) -> Vec<String> {
+        let Ok(fd) = rustix::fs::openat(
+            &self.fd,
+            ".",
+            OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) else {
+            return Vec::new();
+        };
+        let Ok(mut dir) = rustix::fs::Dir::read_from(fd.as_fd()) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        while let Some(Ok(e)) = dir.next() {
+            if let Ok(n) = e.file_name().to_str() {
+                if n != "." && n != ".." {
+                    out.push(n.to_string());
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// Whether `name` is a real directory.
+    pub fn is_dir(&self, name: &str) -> bool {
+        self.kind(name) == Some(FileType::Directory)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::os::unix::fs::{symlink, PermissionsExt};
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn modes_ignore_the_umask() {
+        let t = tempfile::tempdir().unwrap();
+        let old = rustix::process::umask(Mode::empty());
+        let made = Dir::open_top(&t.path().join("state")).and_then(|d| {
+            d.subdir("logs")?;
+            d.write_atomic("q", b"x")?;
+            Ok(d)
+        });
+        rustix::process::umask(old);
+        let d = made.unwrap();
+        assert_eq!(mode(d.path()), 0o755);
+        assert_eq!(mode(&d.path().join("logs")), 0o755);
+        assert_eq!(mode(&d.path().join("q")), 0o644);
+    }
+
+    #[test]
+    fn a_world_writable_state_dir_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("state");
+        std::fs::create_dir(&p).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o777)).unwrap();
+        if rustix::process::geteuid().is_root() {
+            let e = Dir::open_top(&p).unwrap_err().to_string();
+            assert!(e.contains("lets others write to it"), "{e}");
+        }
+    }
+
+    #[test]
+    fn planted_links_are_set_aside_not_followed() {
+        let t = tempfile::tempdir().unwrap();
+        let victim = t.path().join("victim");
+        std::fs::create_dir(&victim).unwrap();
+        std::fs::write(victim.join("f"), "keep").unwrap();
+        let d = Dir::open_top(&t.path().join("state")).unwrap();
+        symlink(&victim, d.path().join("logs")).unwrap();
+        symlink(victim.join("f"), d.path().join("file")).unwrap();
+        let logs = d.subdir("logs").unwrap();
+        logs.write_atomic("x", b"1").unwrap();
+        assert!(!victim.join("x").exists());
+        assert!(d.read("file", 10).unwrap().is_none());
+        d.create("file", true).unwrap().write_all(b"new").unwrap();
+        d.remove_tree("logs.aside").unwrap();
+        assert_eq!(std::fs::read_to_string(victim.join("f")).unwrap(), "keep");
+        assert_eq!(std::fs::read(d.path().join("file")).unwrap(), b"new");
+    }
+}

@@ -1,0 +1,118 @@
+#!/bin/bash
+# The real-system tier on Debian 13 (trixie): dkms-hook's .deb in a throwaway
+# trixie root with real apt 3.0, dpkg, dkms 3.2, per-ABI linux-kbuild, signed
+# linux-image + linux-headers, and a real dkms module (acpi-call-dkms).
+#
+#   DKMS_HOOK_DEB=path/to/dkms-hook_*.deb tests/e2e/run-trixie.sh
+#
+# Without DKMS_HOOK_DEB the package is built with tests/package.sh. The base
+# root is cached (make-base-trixie.sh); one fresh root per run: dkms-hook,
+# acpi-call-dkms and a first kernel (the older ABI if the archive has two),
+# then scenarios 1, 2 and 3 in that order.
+# Prints PASS/FAIL per scenario and ends with "N passed, M failed".
+# When the Debian mirror cannot be reached: one "SKIPPED:" line, exit 0.
+set -euo pipefail
+export E2E_SUITE=trixie
+# shellcheck source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+e2e_run_begin
+
+# acpi_call.ko* of kernel $1 (dkms installs it under updates/dkms)
+acpi_ko() { ko acpi_call "$1"; }
+# dkms's own install line for kernel $1, as apt shows it
+dkms_installs() { printf 'Installing /lib/modules/%s/updates/dkms/acpi_call.ko' "$1"; }
+log_since() {   # log_since LINES: a file with /var/log/dkms-hook.log after its first LINES lines
+    local f
+    f="$(out)"
+    tail -n "+$(($1 + 1))" "$E2E_ROOT/var/log/dkms-hook.log" > "$f" 2>/dev/null || true
+    printf '%s\n' "$f"
+}
+log_lines() { wc -l < "$E2E_ROOT/var/log/dkms-hook.log" 2>/dev/null || echo 0; }
+
+T0=$SECONDS
+e2e_run_root
+install_dkms_hook
+read -r -a FIRST <<< "$E2E_FIRST_KERNELS"
+read -r -a ADDED <<< "$E2E_ADDED_KERNELS"
+FED=("$E2E_NEW_KERNEL" "$E2E_NEW_KERNEL2")     # the kernels $E2E_KBUILD feeds
+OTHER=()                                       # and the one it does not
+[[ -z "$E2E_OLD_KERNEL" ]] || OTHER=("$E2E_OLD_KERNEL")
+e2e_log "first kernel: ${FIRST[*]}; added: ${ADDED[*]}; fed by $E2E_KBUILD: ${FED[*]}"
+e2e_apt_offline install acpi-call-dkms "${FIRST[@]/#/linux-headers-}" >&2
+M="acpi-call/$(find "$E2E_ROOT/var/lib/dkms/acpi-call" -mindepth 1 -maxdepth 1 -type d -printf '%f\n' | head -n 1)"
+for k in "${FIRST[@]}"; do
+    [[ -n "$(acpi_ko "$k")" ]] || e2e_die "acpi-call was not built for $k"
+done
+e2e_log "setup done after $((SECONDS - T0)) s"
+
+scenario "1: a new kernel: dkms builds its module once, dkms-hook leaves it alone"
+declare -A M_FIRST=()
+for k in "${FIRST[@]}"; do M_FIRST[$k]="$(mtime "$(acpi_ko "$k")")"; done
+L0="$(log_lines)"
+o="$(out)"
+RC=0; e2e_apt_offline install "${ADDED[@]/#/linux-headers-}" > "$o" 2>&1 || RC=$?
+grep -E 'dkms-hook|^Autoinstall of|^Installing /lib/modules' "$o" | sed 's/^/    | /' || true
+log="$(log_since "$L0")"
+check "apt-get exits 0 (rc=$RC)" test "$RC" == 0
+for k in "${ADDED[@]}"; do
+    check "$k: dkms built and installed $M once" once "$o" "$(dkms_installs "$k")"
+    check "$k: installed as acpi_call.ko.xz" test -f "$E2E_ROOT/lib/modules/$k/updates/dkms/acpi_call.ko.xz"
+    check "$k: dkms status says installed" installed acpi-call "$k"
+    check "$k: /var/log/dkms-hook.log has no rebuild of $M" lacks "$log" "rebuilt $M for $k"
+done
+check "no 'dkms-hook: rebuilt' line in apt's output" lacks "$o" "dkms-hook: rebuilt"
+check "no dkms-hook failure" lacks "$o" "dkms-hook: FAILED"
+for k in "${FIRST[@]}"; do
+    check "$k (first kernel) untouched" test "$(mtime "$(acpi_ko "$k")")" == "${M_FIRST[$k]}"
+done
+verdict
+
+scenario "2: an in-place change of $E2E_KBUILD rebuilds each kernel it feeds, once"
+KV="$(e2e_repack_bump "$E2E_KBUILD" "$E2E_KBUILD_VERSION")"
+declare -A M_BEFORE=()
+for k in "${FED[@]}" "${OTHER[@]}"; do M_BEFORE[$k]="$(mtime "$(acpi_ko "$k")")"; done
+L0="$(log_lines)"
+sleep 1
+o="$(out)"
+RC=0; in_root dpkg -i "/var/cache/apt/archives/${E2E_KBUILD}_${KV}_amd64.deb" > "$o" 2>&1 || RC=$?
+grep -F 'dkms-hook' "$o" | sed 's/^/    | /' || true
+log="$(log_since "$L0")"
+check "dpkg -i exits 0 (rc=$RC)" test "$RC" == 0
+check "$E2E_KBUILD upgraded in place to $KV" test "$(in_root dpkg-query -W -f '${Version}' "$E2E_KBUILD")" == "$KV"
+for k in "${FED[@]}"; do
+    check "$k: dpkg's output has the rebuild line, once" \
+        once "$o" "dkms-hook: rebuilt $M for $k ($E2E_KBUILD $E2E_KBUILD_VERSION → $KV)"
+    check "$k: /var/log/dkms-hook.log has it once" once "$log" "rebuilt $M for $k ($E2E_KBUILD"
+    check "$k: acpi_call.ko.xz is new (mtime ${M_BEFORE[$k]} → $(mtime "$(acpi_ko "$k")"))" \
+        test "$(mtime "$(acpi_ko "$k")")" -gt "${M_BEFORE[$k]}"
+    check "$k: dkms status says installed" installed acpi-call "$k"
+done
+for k in "${OTHER[@]}"; do
+    check "$k (not fed by $E2E_KBUILD): no rebuild line" lacks "$o" "for $k"
+    check "$k: its acpi_call.ko.xz untouched" test "$(mtime "$(acpi_ko "$k")")" == "${M_BEFORE[$k]}"
+    check "$k: dkms status says installed" installed acpi-call "$k"
+done
+(( ${#OTHER[@]} > 0 )) \
+    || echo "  skip  one kernel ABI only in the archive ($E2E_NEW_ABI): no kernel outside $E2E_KBUILD to leave alone"
+verdict
+
+K="$E2E_NEW_KERNEL"
+scenario "3: removing linux-headers-$K warns before the prompt"
+WARN="$K: removing linux-headers-$K leaves this kernel without headers"
+o="$(out)"
+RC=0; in_root apt -s -o Dpkg::Use-Pty=0 --no-download remove "linux-headers-$K" > "$o" 2>&1 || RC=$?
+grep -F 'dkms-hook' "$o" | sed 's/^/    | /' || true
+check "apt -s exits 0 (rc=$RC)" test "$RC" == 0
+check "apt -s: a dkms-hook line" contains "$o" "dkms-hook: "
+check "apt -s: '$WARN'" contains "$o" "$WARN"
+o2="$(out)"
+RC=0; echo n | in_root apt -o Dpkg::Use-Pty=0 --no-download remove "linux-headers-$K" > "$o2" 2>&1 || RC=$?
+check "apt answered 'n': the warning comes before 'Continue? [Y/n]'" before "$o2" "$WARN" "Continue? [Y/n]"
+check "nothing removed: linux-headers-$K still installed" \
+    test "$(in_root dpkg-query -W -f '${db:Status-Abbrev}' "linux-headers-$K")" == "ii "
+check "$K: dkms status says installed" installed acpi-call "$K"
+verdict
+
+echo "e2e trixie: $((SECONDS - T0)) s for setup and scenarios (dkms $E2E_DKMS_VERSION, apt $E2E_APT_VERSION)"
+e2e_summary
