@@ -20,7 +20,12 @@ use serde_json::Value;
 
 /// Cap on one line of the info stream or one JSON message, so a runaway or
 /// hostile peer cannot make the hook eat all memory.
-pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+/// Cap on everything one protocol session may send. apt's real streams are
+/// far smaller (a 5,000-package dist-upgrade: ~1 MB of info stream, a few MB
+/// of JSON); parsed, input costs ~20× its size in memory, so this keeps a
+/// hook run within a few hundred MB whatever the peer sends.
+pub const MAX_STREAM_BYTES: usize = 16 * 1024 * 1024;
 
 /// JSON hook handshake call.
 pub const METHOD_HELLO: &str = "org.debian.apt.hooks.hello";
@@ -83,6 +88,8 @@ pub struct AptChange {
 pub enum AptHookError {
     Io(io::Error),
     Protocol(String),
+    /// The peer sent more than [`MAX_STREAM_BYTES`]: nothing of it is used.
+    TooLarge(&'static str),
 }
 
 impl fmt::Display for AptHookError {
@@ -90,6 +97,10 @@ impl fmt::Display for AptHookError {
         match self {
             AptHookError::Io(e) => write!(f, "i/o error: {e}"),
             AptHookError::Protocol(msg) => write!(f, "protocol error: {msg}"),
+            AptHookError::TooLarge(what) => write!(
+                f,
+                "{what} larger than {MAX_STREAM_BYTES} bytes; ignored (no warnings for this run)"
+            ),
         }
     }
 }
@@ -98,7 +109,7 @@ impl std::error::Error for AptHookError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             AptHookError::Io(e) => Some(e),
-            AptHookError::Protocol(_) => None,
+            AptHookError::Protocol(_) | AptHookError::TooLarge(_) => None,
         }
     }
 }
@@ -182,7 +193,12 @@ pub fn parse_pre_install_reader<R: BufRead>(mut r: R) -> Result<PreInstallPkgs, 
     }
 
     let mut merger = ChangeMerger::default();
+    let mut total = 0usize;
     while read_line_capped(&mut r, &mut buf)? {
+        total = total.saturating_add(buf.len());
+        if total > MAX_STREAM_BYTES {
+            return Err(AptHookError::TooLarge("the info stream"));
+        }
         let line = line_text(&buf);
         if line.trim().is_empty() {
             continue;
@@ -467,6 +483,7 @@ fn serve_json_hook_limited<S: Read + Write>(
     let mut session = JsonHookSession::default();
     let mut framer = Framer::new(limit);
     let mut chunk = vec![0u8; 64 * 1024];
+    let mut total = 0usize;
     loop {
         let n = match stream.read(&mut chunk) {
             Ok(n) => n,
@@ -476,6 +493,19 @@ fn serve_json_hook_limited<S: Read + Write>(
             Err(e) if is_peer_gone(&e) => 0,
             Err(e) => return Err(e.into()),
         };
+        total = total.saturating_add(n);
+        if total > MAX_STREAM_BYTES {
+            // Read on to the end (as far as as much again) without keeping
+            // anything, so that apt is not left writing into a closed socket.
+            let mut drained = 0usize;
+            while drained < MAX_STREAM_BYTES {
+                match stream.read(&mut chunk) {
+                    Ok(n) if n > 0 => drained += n,
+                    _ => break,
+                }
+            }
+            return Err(AptHookError::TooLarge("the JSON hook session"));
+        }
         if n == 0 {
             // The last message may lack its blank-line terminator.
             framer.finish()?;
@@ -1708,7 +1738,7 @@ mod tests {
 
     #[test]
     fn oversized_message_is_rejected() {
-        // Endless data without a newline must hit the 64 MiB cap.
+        // Endless data without a newline must hit a cap and stop reading.
         struct Endless;
         impl Read for Endless {
             fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
@@ -1726,7 +1756,7 @@ mod tests {
         }
         assert!(matches!(
             serve_json_hook(Endless),
-            Err(AptHookError::Protocol(_))
+            Err(AptHookError::Protocol(_) | AptHookError::TooLarge(_))
         ));
 
         // Same with a small cap, including a multi-line message.

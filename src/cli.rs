@@ -560,6 +560,7 @@ fn apt_json_hook(root: &Root, env: &Env, json: bool) -> i32 {
             }
         }
         Ok(_) => {}
+        Err(e @ apt_hook::AptHookError::TooLarge(_)) => err(&format!("{PREFIX} {e}")),
         Err(e) => log::debug!("apt JSON hook: {e}"),
     }
     0

@@ -5,10 +5,13 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::kernel::Role;
-use crate::root::Root;
+use crate::root::{Root, CAP_SMALL};
 use crate::Error;
 
 pub const CONFIG_FILE: &str = "/etc/dkms/dkms-hook.conf";
+/// The longest build time limit accepted: a week. Larger values are typos
+/// and would overflow the deadline arithmetic.
+pub const MAX_BUILD_TIMEOUT: u64 = 7 * 24 * 3600;
 
 /// Which kernels get rebuilds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,13 +59,16 @@ impl Config {
         }
     }
 
-    /// Read the config under `root`. A missing file means defaults.
+    /// Read the config under `root` (resolved inside it, a regular file of
+    /// at most 1 MB). A missing file means defaults.
     pub fn load(root: &Root) -> Result<Config, Error> {
-        let path = root.host(CONFIG_FILE);
-        match std::fs::read_to_string(&path) {
-            Ok(text) => Config::parse(&text, &path),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Config::default()),
-            Err(e) => Err(Error::io(&path, e)),
+        let path = Path::new(CONFIG_FILE);
+        match root.read(path, CAP_SMALL) {
+            Ok(text) => Config::parse(&String::from_utf8_lossy(&text), path),
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                Ok(Config::default())
+            }
+            Err(e) => Err(e),
         }
     }
 
@@ -117,9 +123,15 @@ impl Config {
                         })?
                 }
                 "build_timeout" => {
-                    let secs: u64 = value.parse().ok().filter(|s| *s > 0).ok_or_else(|| {
-                        err(format!("build_timeout: expected seconds, found {value:?}"))
-                    })?;
+                    let secs: u64 = value
+                        .parse()
+                        .ok()
+                        .filter(|s| (1..=MAX_BUILD_TIMEOUT).contains(s))
+                        .ok_or_else(|| {
+                            err(format!(
+                                "build_timeout: expected seconds from 1 to {MAX_BUILD_TIMEOUT}, found {value:?}"
+                            ))
+                        })?;
                     c.build_timeout = Duration::from_secs(secs);
                 }
                 _ => return Err(err(format!("unknown key {key:?}"))),
@@ -181,6 +193,8 @@ mod tests {
             "/etc/dkms/dkms-hook.conf:2: unknown key \"frob\""
         );
         assert!(Config::parse("jobs=0", Path::new("f")).is_err());
+        // Regression (issue 11.12): this value panicked every later run.
+        assert!(Config::parse("build_timeout=10000000000000000000", Path::new("f")).is_err());
         assert!(Config::parse("quiet=maybe", Path::new("f")).is_err());
         assert!(Config::parse("nonsense", Path::new("f")).is_err());
     }

@@ -194,6 +194,19 @@ fn installed_links(mdir: &Path, module: &Word, warnings: &mut Vec<String>) -> Ve
             continue;
         };
         let target = target.to_string_lossy().trim_end_matches('/').to_string();
+        // dkms writes `V/K/ARCH`; anything else (absolute, `..`) is not
+        // followed, so that the check below stays inside the module's tree.
+        let parts: Vec<&str> = target.split('/').collect();
+        let relative = parts.len() == 3
+            && Word::new("v", parts[0]).is_ok()
+            && KernelRelease::new(parts[1]).is_ok()
+            && Word::new("a", parts[2]).is_ok();
+        if !relative {
+            warnings.push(format!(
+                "{module}: ignoring {name}: unexpected target {target:?}"
+            ));
+            continue;
+        }
         if !mdir.join(&target).is_dir() {
             // What a failed `dkms build --force` leaves behind (design §1).
             warnings.push(format!("{module}: {name} points to missing {target}; dkms shows it as added, not installed"));

@@ -15,7 +15,7 @@ use std::time::SystemTime;
 use debversion::Version;
 use memchr::memmem;
 
-use crate::root::Root;
+use crate::root::{read_regular, Root, CAP_LIST, CAP_STATUS};
 use crate::Error;
 
 pub const STATUS: &str = "/var/lib/dpkg/status";
@@ -81,8 +81,7 @@ impl Installed {
 
 /// Read the paragraphs of `status` whose package name passes `wanted`.
 pub fn read_status(root: &Root, wanted: impl Fn(&str) -> bool) -> Result<Vec<Installed>, Error> {
-    let path = root.host(STATUS);
-    let data = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+    let data = root.read(STATUS, CAP_STATUS)?;
     Ok(parse_status(&data, wanted))
 }
 
@@ -145,16 +144,19 @@ fn parse_paragraph(para: &[u8]) -> Option<Installed> {
 
 /// The host path of a package's file list: `P:ARCH.list` for Multi-Arch: same
 /// packages, `P.list` otherwise.
+/// The info directory is resolved inside the root; a list that is a link is
+/// not taken.
 pub fn list_path(root: &Root, name: &PackageName, arch: Option<&str>) -> Option<PathBuf> {
-    let info = root.host(INFO_DIR);
+    let info = root.resolve(INFO_DIR).ok()?;
+    let is_file = |p: &Path| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file());
     if let Some(a) = arch.filter(|a| valid_arch(a)) {
         let p = info.join(format!("{name}:{a}.list"));
-        if p.is_file() {
+        if is_file(&p) {
             return Some(p);
         }
     }
     let p = info.join(format!("{name}.list"));
-    p.is_file().then_some(p)
+    is_file(&p).then_some(p)
 }
 
 /// A package's file list, read whole (one read of a few hundred kB at most),
@@ -166,8 +168,10 @@ pub struct FileList {
 }
 
 pub fn read_list(path: &Path) -> Result<FileList, Error> {
-    let data = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    let data = read_regular(path, CAP_LIST)?;
+    let modified = std::fs::symlink_metadata(path)
+        .and_then(|m| m.modified())
+        .ok();
     Ok(FileList {
         path: path.to_path_buf(),
         data,
@@ -189,7 +193,9 @@ impl FileList {
 
 /// Every `*.list` in the info directory, as (package, arch, path).
 pub fn all_lists(root: &Root) -> Result<Vec<(PackageName, Option<String>, PathBuf)>, Error> {
-    let dir = root.host(INFO_DIR);
+    let dir = root
+        .resolve(INFO_DIR)
+        .map_err(|e| Error::io(Path::new(INFO_DIR), e))?;
     let rd = std::fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))?;
     let mut out = Vec::new();
     for ent in rd.flatten() {

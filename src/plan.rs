@@ -304,6 +304,8 @@ pub fn forecast(changes: &[Change], inv: &Inventory, cfg: &Config) -> Plan {
                 && c.package.as_str().starts_with("linux-image-")
                 && c.package.as_str().ends_with(k.release.as_str())
         });
+        // dkms 3.0.10 and 3.2 both keep the modules when only the headers
+        // go (checked on Debian 12 and 13); removing the image removes them.
         let mods = modules(Some(&k.release));
         if removed(headers.as_str())
             && k.has_headers()
@@ -312,7 +314,7 @@ pub fn forecast(changes: &[Change], inv: &Inventory, cfg: &Config) -> Plan {
             && !mods.is_empty()
         {
             p.warnings.push(format!(
-                "{}: removing {headers} leaves this kernel without headers: its dkms modules ({}) can no longer be rebuilt and dkms will remove them, which may leave {} unbootable for your hardware",
+                "{}: removing {headers} leaves this kernel without headers: its dkms modules ({}) stay installed but can no longer be rebuilt for {}",
                 k.release,
                 mods.join(", "),
                 k.release

@@ -128,6 +128,11 @@ for i in "${!names[@]}"; do
     fi
     run "$cp" "${base[@]}" DKMS_HOOK_SUSPEND=0
     check "$n: DKMS_HOOK_SUSPEND=0: binary called" test -n "$called"
+    # Regression (issue 11.17): an unquoted test printed "[: unexpected
+    # operator" for a value with a space and skipped the hook.
+    run "$cp" "${base[@]}" "DKMS_HOOK_SUSPEND=a b"
+    check "$n: DKMS_HOOK_SUSPEND='a b': exit 0, no shell error, binary called" \
+        test "$rc" = 0 -a -n "$called" -a -z "$(grep -v stub-stderr <<< "$out")"
 
     if [ "$k" = dpkg ]; then
         run "$cp" "${base[@]}" DPKG_FRONTEND_LOCKED=1

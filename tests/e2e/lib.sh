@@ -5,7 +5,7 @@
 # Environment knobs (all optional):
 #   E2E_CACHE_DIR       where the cached base tarball lives  (/var/cache/dkms-hook-e2e)
 #   E2E_TMP_BASE        where throw-away roots are extracted  (/var/tmp)
-#   E2E_SUITE           Debian suite                          (bookworm)
+#   E2E_SUITE           Debian suite: bookworm (run.sh) or trixie (run-trixie.sh sets it)
 #   E2E_MIRROR          override the Debian mirror URL (normally parsed from host apt sources)
 #   E2E_SECURITY_MIRROR override the security mirror URL
 #   E2E_KEEP_ROOT=1     do not delete the extracted root at the end (debugging)

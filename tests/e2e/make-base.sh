@@ -3,6 +3,8 @@
 #
 #   tests/e2e/make-base.sh           reuse $E2E_BASE_TARBALL if present
 #   tests/e2e/make-base.sh --force   rebuild it
+#   E2E_SUITE=trixie tests/e2e/make-base.sh [--force]   the Debian 13 base
+#                                    (runs make-base-trixie.sh)
 #
 # The root contains dkms + toolchain, apt lists, and pre-downloaded .debs for
 # the scenarios (old & new linux-headers/-common/linux-kbuild-6.1/

@@ -20,6 +20,11 @@ e2e_run_begin
 
 # acpi_call.ko* of kernel $1 (dkms installs it under updates/dkms)
 acpi_ko() { ko acpi_call "$1"; }
+# dkms's own built copy for kernel $1 (/var/lib/dkms/acpi-call/V/K/ARCH/module/);
+# a restored backup keeps its old time, where the installed copy's is new
+built_ko() {
+    find "$E2E_ROOT/var/lib/dkms/acpi-call" -path "*/$1/*/module/acpi_call.ko*" -print -quit 2>/dev/null
+}
 # dkms's own install line for kernel $1, as apt shows it
 dkms_installs() { printf 'Installing /lib/modules/%s/updates/dkms/acpi_call.ko' "$1"; }
 log_since() {   # log_since LINES: a file with /var/log/dkms-hook.log after its first LINES lines
@@ -70,8 +75,10 @@ verdict
 
 scenario "2: an in-place change of $E2E_KBUILD rebuilds each kernel it feeds, once"
 KV="$(e2e_repack_bump "$E2E_KBUILD" "$E2E_KBUILD_VERSION")"
-declare -A M_BEFORE=()
-for k in "${FED[@]}" "${OTHER[@]}"; do M_BEFORE[$k]="$(mtime "$(acpi_ko "$k")")"; done
+declare -A M_BEFORE=() B_BEFORE=()
+for k in "${FED[@]}" "${OTHER[@]}"; do
+    M_BEFORE[$k]="$(mtime "$(acpi_ko "$k")")" B_BEFORE[$k]="$(mtime "$(built_ko "$k")")"
+done
 L0="$(log_lines)"
 sleep 1
 o="$(out)"
@@ -86,8 +93,11 @@ for k in "${FED[@]}"; do
     check "$k: /var/log/dkms-hook.log has it once" once "$log" "rebuilt $M for $k ($E2E_KBUILD"
     check "$k: acpi_call.ko.xz is new (mtime ${M_BEFORE[$k]} → $(mtime "$(acpi_ko "$k")"))" \
         test "$(mtime "$(acpi_ko "$k")")" -gt "${M_BEFORE[$k]}"
+    check "$k: …and so is dkms's built copy (mtime ${B_BEFORE[$k]} → $(mtime "$(built_ko "$k")"))" \
+        test "$(mtime "$(built_ko "$k")")" -gt "${B_BEFORE[$k]}"
     check "$k: dkms status says installed" installed acpi-call "$k"
 done
+check "no dkms-hook failure" lacks "$o" "dkms-hook: FAILED"
 for k in "${OTHER[@]}"; do
     check "$k (not fed by $E2E_KBUILD): no rebuild line" lacks "$o" "for $k"
     check "$k: its acpi_call.ko.xz untouched" test "$(mtime "$(acpi_ko "$k")")" == "${M_BEFORE[$k]}"

@@ -12,6 +12,13 @@ pub struct Fixture {
     pub dir: tempfile::TempDir,
 }
 
+/// How a Debian release lays out a kernel's build links.
+#[derive(Clone, Copy)]
+enum Layout {
+    Bookworm,
+    Trixie,
+}
+
 /// `2026-11-23T20:56:02Z` or with fractions, as a SystemTime.
 pub fn at(s: &str) -> SystemTime {
     let ts: jiff::Timestamp = s.parse().expect("RFC 3339 time");
@@ -135,9 +142,28 @@ impl Fixture {
         self.write("var/lib/dpkg/status", status);
     }
 
-    /// A Debian kernel `ABI-FLAVOUR` (e.g. `6.3.0-1-amd64`): headers for the
-    /// flavour and `-common`, linked to `kbuild` (`linux-kbuild-6.3`).
+    /// A Debian 12 kernel `ABI-FLAVOUR` (e.g. `6.3.0-1-amd64`): headers for the
+    /// flavour and `-common`, linked to `kbuild` (`linux-kbuild-6.3`), with
+    /// absolute `build` and `source` links.
     pub fn debian_kernel(&self, release: &str, version: &str, kbuild: &str, unpacked: &str) {
+        self.kernel_with_layout(release, version, kbuild, unpacked, Layout::Bookworm);
+    }
+
+    /// A Debian 13 kernel (`6.12.38+deb13-amd64`): as Debian 12's, but
+    /// `/usr/lib/modules/K/build` is the relative link
+    /// `../../../src/linux-headers-K` and there is no `source` link.
+    pub fn trixie_kernel(&self, release: &str, version: &str, kbuild: &str, unpacked: &str) {
+        self.kernel_with_layout(release, version, kbuild, unpacked, Layout::Trixie);
+    }
+
+    fn kernel_with_layout(
+        &self,
+        release: &str,
+        version: &str,
+        kbuild: &str,
+        unpacked: &str,
+        layout: Layout,
+    ) {
         let (abi, _flavour) = release.rsplit_once('-').unwrap();
         let common = format!("/usr/src/linux-headers-{abi}-common");
         let flav = format!("/usr/src/linux-headers-{release}");
@@ -167,11 +193,29 @@ impl Fixture {
                 &format!("{flav}/include/generated/autoconf.h"),
                 &format!("{flav}/scripts -> ../../lib/{kbuild}/scripts"),
                 &format!("{flav}/tools -> ../../lib/{kbuild}/tools"),
-                &format!("/lib/modules/{release}/build -> {flav}"),
-                &format!("/lib/modules/{release}/source -> {common}"),
             ],
             unpacked,
         );
+        let links = match layout {
+            Layout::Bookworm => vec![
+                format!("/lib/modules/{release}/build -> {flav}"),
+                format!("/lib/modules/{release}/source -> {common}"),
+            ],
+            Layout::Trixie => vec![format!(
+                "/usr/lib/modules/{release}/build -> ../../../src/linux-headers-{release}"
+            )],
+        };
+        // The links belong to the flavour's headers package.
+        let list = format!("var/lib/dpkg/info/linux-headers-{release}.list");
+        let mut text = String::from_utf8(self.read(&list)).unwrap();
+        for l in &links {
+            let (path, target) = l.split_once(" -> ").unwrap();
+            self.link(path, target);
+            text.push_str(path);
+            text.push('\n');
+        }
+        self.write(&list, text);
+        self.mtime(&list, unpacked);
         if !self.path(&kb).exists() {
             fs::create_dir_all(self.path(&format!("{kb}/scripts/basic"))).unwrap();
             fs::create_dir_all(self.path(&format!("{kb}/tools/objtool"))).unwrap();

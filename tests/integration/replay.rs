@@ -534,3 +534,80 @@ fn compiler_upgrades_count_only_when_configured() {
     );
     assert_eq!(plan["rebuilds"][0]["because"][0]["role"], "compiler");
 }
+
+/// A Debian 13 system: relative `build` link, no `source` link.
+fn trixie_system() -> (Fixture, String) {
+    let f = Fixture::new();
+    let v = "6.12.38+deb13";
+    let k = format!("{v}-amd64");
+    f.kbuild(
+        &format!("linux-kbuild-{v}"),
+        "6.12.38-1",
+        "2026-01-01T10:00:00Z",
+    );
+    f.trixie_kernel(
+        &k,
+        "6.12.38-1",
+        &format!("linux-kbuild-{v}"),
+        "2026-01-01T10:00:00Z",
+    );
+    f.write(&format!("boot/vmlinuz-{k}"), "image");
+    f.dkms_pair(
+        "acpi-call",
+        "1.2.2",
+        &k,
+        "acpi_call",
+        "2026-01-01T10:05:00Z",
+    );
+    (f, k)
+}
+
+/// Regression (issue 11.19): the relative link made the headers package
+/// look like `modules`, so neither warning appeared on Debian 13.
+#[test]
+fn trixie_relative_build_link_keeps_both_warnings() {
+    let (f, k) = trixie_system();
+    let v = "6.12.38+deb13";
+    f.write(
+        "var/log/dpkg.log",
+        format!(
+            "2026-04-01 10:00:00 upgrade linux-kbuild-{v}:amd64 6.12.38-1 6.12.38-2\n\
+             2026-04-01 10:00:01 status unpacked linux-kbuild-{v}:amd64 6.12.38-2\n"
+        ),
+    );
+    // The dpkg database says what was unpacked.
+    let status = String::from_utf8(f.read("var/lib/dpkg/status"))
+        .unwrap()
+        .replace(
+            &format!("Package: linux-kbuild-{v}\nStatus: install ok installed\nPriority: optional\nArchitecture: amd64\nVersion: 6.12.38-1"),
+            &format!("Package: linux-kbuild-{v}\nStatus: install ok installed\nPriority: optional\nArchitecture: amd64\nVersion: 6.12.38-2"),
+        );
+    f.write("var/lib/dpkg/status", status);
+    let plan = f.plan(&["var/log/dpkg.log"]);
+    assert_eq!(rebuilds(&plan), [format!("acpi-call/1.2.2 @ {k}")]);
+    let w = plan["warnings"].to_string();
+    assert!(
+        w.contains(&format!(
+            "{k}: linux-kbuild-{v} 6.12.38-2 is newer than linux-headers-{k} 6.12.38-1"
+        )),
+        "{w}"
+    );
+    // Before apt removes the headers: the removal warning.
+    let mut child = f
+        .cmd(&["pre-install-pkgs"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    write!(
+        child.stdin.take().unwrap(),
+        "VERSION 3\n\nlinux-headers-{k} 6.12.38-1 amd64 same > - - none **REMOVE**\n"
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap().trim(),
+        format!("dkms-hook: warning: {k}: removing linux-headers-{k} leaves this kernel without headers: its dkms modules (acpi-call/1.2.2) stay installed but can no longer be rebuilt for {k}")
+    );
+}
