@@ -796,6 +796,30 @@ mod tests {
     }
 
     #[test]
+    fn a_removal_during_a_run_is_carried_out_by_the_next_locked_run() {
+        let t = tempfile::tempdir().unwrap();
+        let s = State::new(&Root::new(t.path()));
+        let k = KernelRelease::new("k").unwrap();
+        s.save_queue(&Queue {
+            version: 1,
+            pending: vec![pair("m")],
+        })
+        .unwrap();
+        let held = s.lock().unwrap();
+        assert!(s.lock_within(Duration::from_millis(200)).unwrap().is_none());
+        s.request_forget(&k).unwrap();
+        assert_eq!(
+            s.queue().unwrap().pending.len(),
+            1,
+            "nothing forgotten mid-run"
+        );
+        drop(held);
+        let _next = s.lock().unwrap();
+        assert!(s.queue().unwrap().pending.is_empty());
+        assert!(!s.dir().join("forget/k").exists());
+    }
+
+    #[test]
     fn a_forged_build_note_names_no_process_of_ours() {
         let me = std::process::id() as i32;
         let real = BuildNote::of(me).unwrap();

@@ -265,22 +265,10 @@ fn unsafe_names_from_the_file_system() {
 }
 
 /// The sample before its second transaction, cursor set, transaction appended.
-fn pending_hook() -> Fixture {
-    let f = Fixture::sample();
-    let log = String::from_utf8(f.read("var/log/dpkg.log")).unwrap();
-    let cut = log
-        .find("2026-11-23 20:57:34 startup archives unpack")
-        .unwrap();
-    std::fs::write(f.path("var/log/dpkg.log"), &log[..cut]).unwrap();
-    f.run(&["post-invoke"]);
-    std::fs::write(f.path("var/log/dpkg.log"), &log).unwrap();
-    f
-}
-
 #[test]
 fn state_cases() {
     // A state file from a newer dkms-hook: left alone, nothing done.
-    let f = pending_hook();
+    let f = Fixture::pending();
     let newer = r#"{"version": 9, "pending": [], "future": true}"#;
     f.write("var/lib/dkms-hook/queue.json", newer);
     let out = f.run(&["post-invoke"]);
@@ -293,7 +281,7 @@ fn state_cases() {
     );
     assert!(f.dkms_calls().is_empty());
     // A corrupt queue is set aside (kept for a look), and the run goes on.
-    let f = pending_hook();
+    let f = Fixture::pending();
     f.write("var/lib/dkms-hook/queue.json", "{\"version\": 1, \"pend");
     let out = f.run(&["post-invoke"]);
     assert_eq!(out.status.code(), Some(0));
@@ -305,13 +293,13 @@ fn state_cases() {
     );
     assert!(f.path("var/lib/dkms-hook/queue.json.corrupt").exists());
     // A corrupt cursor: the whole log is read again; only stale pairs rebuild.
-    let f = pending_hook();
+    let f = Fixture::pending();
     f.write("var/lib/dkms-hook/cursor.json", "\0\0garbage");
     let out = f.run(&["post-invoke"]);
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(f.dkms_calls().len(), 2, "{}", stderr(&out));
     // The state directory is a file (unwritable): one line, exit 0, no build.
-    let f = pending_hook();
+    let f = Fixture::pending();
     std::fs::remove_dir_all(f.path("var/lib/dkms-hook")).unwrap();
     f.write("var/lib/dkms-hook", "not a directory");
     let out = f.run(&["post-invoke"]);
@@ -329,7 +317,7 @@ fn a_full_disk_loses_nothing() {
         eprintln!("skipped: mounting a tmpfs needs root");
         return;
     }
-    let f = pending_hook();
+    let f = Fixture::pending();
     let state = f.path("var/lib/dkms-hook");
     let saved = tempfile::tempdir().unwrap();
     let copy = std::process::Command::new("cp")

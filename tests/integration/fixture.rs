@@ -79,6 +79,21 @@ impl Fixture {
         f
     }
 
+    /// The sample with its cursor after the first transaction: the next
+    /// post-invoke finds the kbuild upgrade and rebuilds the pair of
+    /// 6.1.0-50-amd64.
+    pub fn pending() -> Fixture {
+        let f = Fixture::sample();
+        let log = String::from_utf8(f.read("var/log/dpkg.log")).unwrap();
+        let cut = log
+            .find("2026-11-23 20:57:34 startup archives unpack")
+            .unwrap();
+        fs::write(f.path("var/log/dpkg.log"), &log[..cut]).unwrap();
+        f.run(&["post-invoke"]);
+        fs::write(f.path("var/log/dpkg.log"), &log).unwrap();
+        f
+    }
+
     pub fn path(&self, p: &str) -> PathBuf {
         self.dir.path().join(p.trim_start_matches('/'))
     }
@@ -311,6 +326,10 @@ impl Fixture {
         );
         serde_json::from_slice(&out.stdout).unwrap()
     }
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 /// `module/version @ kernel` of each rebuild in a JSON plan.
