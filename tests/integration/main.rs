@@ -6,3 +6,34 @@ mod bad_input;
 mod fixture;
 mod rebuild;
 mod replay;
+
+/// SECURITY.md names, for each promise, the tests that attack it: every
+/// name must be a test that exists (`module::test` in this binary, or
+/// `module::tests::test` beside the code).
+#[test]
+fn security_md_names_only_existing_tests() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(root.join("SECURITY.md")).unwrap();
+    let mut checked = 0;
+    for name in text.split('`').skip(1).step_by(2) {
+        let parts: Vec<&str> = name.split("::").collect();
+        let (file, test) = match parts[..] {
+            [m, "tests", t] if t != "…" => (root.join(format!("src/{m}.rs")), t),
+            [m, t]
+                if m.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                    && root.join(format!("tests/integration/{m}.rs")).exists() =>
+            {
+                (root.join(format!("tests/integration/{m}.rs")), t)
+            }
+            _ => continue,
+        };
+        let src = std::fs::read_to_string(&file).unwrap_or_default();
+        assert!(
+            src.contains(&format!("fn {test}()")),
+            "SECURITY.md names {name}, which {} does not define",
+            file.display()
+        );
+        checked += 1;
+    }
+    assert!(checked > 30, "only {checked} test names found");
+}
