@@ -27,6 +27,12 @@ fn security_md_names_only_existing_tests() {
             }
             _ => continue,
         };
+        if !test
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        {
+            continue; // a constant such as rebuild::DKMS
+        }
         let src = std::fs::read_to_string(&file).unwrap_or_default();
         assert!(
             src.contains(&format!("fn {test}()")),
