@@ -68,6 +68,9 @@ pub enum AptAction {
     Reinstall,
     Remove,
     Purge,
+    /// Configured only, nothing unpacked (`dpkg --unpack` earlier, then
+    /// `apt-get -f install`): no build tree changes.
+    Configure,
 }
 
 /// One package change announced by apt.
@@ -373,6 +376,8 @@ fn parse_package_line(line: &str, version: u32) -> Option<AptChange> {
     let (action, new) = if op == LineOp::Remove {
         // Purge is announced as **REMOVE** too; the stream cannot tell them apart.
         (AptAction::Remove, None)
+    } else if op == LineOp::Configure {
+        (AptAction::Configure, Some(new?))
     } else {
         let new = new?;
         let action = match (&old, cmp) {
@@ -411,8 +416,10 @@ impl ChangeMerger {
             Some(slot) => {
                 // If a package is both removed and installed in one run, the
                 // install is what ends up on disk, so it wins.
+                // The configure line that follows an unpack says nothing new.
                 let is_removal = |c: &AptChange| c.action == AptAction::Remove;
-                if !is_removal(&change) || is_removal(slot) {
+                let configure_only = change.action == AptAction::Configure;
+                if !configure_only && (!is_removal(&change) || is_removal(slot)) {
                     *slot = change;
                 }
             }
@@ -1135,8 +1142,8 @@ mod tests {
                     AptAction::Upgrade
                 ),
                 change("hello", None, None, Some("2.10-3"), AptAction::Install),
-                change("old", None, Some("2"), Some("1"), AptAction::Downgrade),
-                change("same", None, Some("1"), Some("1"), AptAction::Reinstall),
+                change("old", None, Some("2"), Some("1"), AptAction::Configure),
+                change("same", None, Some("1"), Some("1"), AptAction::Configure),
             ]
         );
     }
@@ -1203,7 +1210,7 @@ mod tests {
                     Some("amd64"),
                     None,
                     Some("1"),
-                    AptAction::Install
+                    AptAction::Configure
                 ),
                 change("ok", Some("amd64"), None, Some("1"), AptAction::Install),
             ]

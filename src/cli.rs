@@ -195,10 +195,15 @@ fn init_logging(verbose: bool) {
         env_logger::Env::new().filter_or("DKMS_HOOK_LOG", if verbose { "debug" } else { "warn" });
     let _ = env_logger::Builder::from_env(env)
         .format(|buf, rec| {
+            // One voice: warnings read `dkms-hook: warning:` wherever
+            // they come from.
+            let level = match rec.level() {
+                log::Level::Warn => "warning".to_string(),
+                l => l.as_str().to_lowercase(),
+            };
             writeln!(
                 buf,
-                "{PREFIX} {}: {}",
-                rec.level().as_str().to_lowercase(),
+                "{PREFIX} {level}: {}",
                 printable(&rec.args().to_string())
             )
         })
@@ -347,7 +352,18 @@ fn execute(
 ) -> anyhow::Result<(i32, Vec<PairResult>)> {
     let exec = Executor::new(state, cfg, env.tools.clone())?;
     let quiet = cfg.quiet;
-    let results = exec.run_queue(&|r| {
+    let started = |p: &QueuedPair, n: usize, total: usize| {
+        // apt shows nothing while a module builds (minutes for NVIDIA or
+        // ZFS): say what is being built, in a line that reads well in
+        // unattended-upgrades' logs too.
+        if print && !quiet {
+            err(&format!(
+                "{PREFIX} rebuilding {}/{} for {} ({n} of {total})…",
+                p.module, p.version, p.kernel
+            ));
+        }
+    };
+    let results = exec.run_queue(&started, &|r| {
         let line = report::result_line(r);
         state.log_line(&line);
         let is_failure = matches!(r.outcome, Outcome::Failed { .. });
@@ -525,6 +541,8 @@ fn apt_change(c: &AptChange) -> Option<Change> {
     let package = crate::dpkg::PackageName::new(&c.package).ok()?;
     let old = c.old.as_deref().and_then(|v| v.parse().ok());
     let new = match c.action {
+        // Only unpacks change a build tree.
+        AptAction::Configure => return None,
         AptAction::Remove | AptAction::Purge => None,
         _ => Some(c.new.as_deref()?.parse().ok()?),
     };

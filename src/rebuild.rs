@@ -118,10 +118,12 @@ impl<'a> Executor<'a> {
         })
     }
 
-    /// Run the whole queue. `started` and `report` see each pair as it
-    /// starts and ends; the queue and failures are saved after every pair.
+    /// Run the whole queue. `started` sees each pair as it starts (with its
+    /// number and the total), `report` as it ends; the queue and failures
+    /// are saved after every pair.
     pub fn run_queue(
         &self,
+        started: &(dyn Fn(&QueuedPair, usize, usize) + Sync),
         report: &(dyn Fn(&PairResult) + Sync),
     ) -> Result<Vec<PairResult>, Error> {
         let queue = Mutex::new(self.state.queue()?);
@@ -136,6 +138,8 @@ impl<'a> Executor<'a> {
                 None => modules.push(vec![p.clone()]),
             }
         }
+        let total: usize = modules.iter().map(Vec::len).sum();
+        let count = std::sync::atomic::AtomicUsize::new(0);
         let next = Mutex::new(modules.into_iter());
         let results = Mutex::new(Vec::new());
         let save_error: Mutex<Option<Error>> = Mutex::new(None);
@@ -146,6 +150,8 @@ impl<'a> Executor<'a> {
                         return;
                     };
                     for pair in group {
+                        let n = count.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                        started(&pair, n, total);
                         let mut notes = Vec::new();
                         let outcome = self.rebuild(&pair, &mut notes);
                         let r = PairResult {

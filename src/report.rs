@@ -5,7 +5,7 @@
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::change::{version_or_none, Change};
+use crate::change::Change;
 use crate::plan::{Assessment, Cause, PairState, Plan};
 use crate::rebuild::{Outcome, PairResult};
 use crate::state::{Failure, QueuedPair};
@@ -81,20 +81,38 @@ pub fn plan_json(p: &Plan) -> Value {
     })
 }
 
+/// What happened to one input package, in words: `P OLD → NEW` for an
+/// upgrade, `P V reinstalled`, `P OLD → NEW, downgraded`, and `P V unpacked
+/// at TIME` when the old version is unknown (a replay that starts after it).
+pub fn cause(c: &Cause) -> String {
+    let p = &c.package;
+    match (&c.old, &c.new) {
+        (Some(o), Some(n)) if o == n => format!("{p} {n} reinstalled"),
+        (Some(o), Some(n)) if n < o => format!("{p} {o} → {n}, downgraded"),
+        (Some(o), Some(n)) => format!("{p} {o} → {n}"),
+        (None, Some(n)) => match c.unpacked {
+            Some(t) => format!("{p} {n} unpacked at {}", local_time(t)),
+            None => format!("{p} {n} unpacked"),
+        },
+        (Some(o), None) => format!("{p} {o} removed"),
+        (None, None) => format!("{p} changed"),
+    }
+}
+
+/// A time as dpkg.log writes it, in the local zone.
+fn local_time(t: std::time::SystemTime) -> String {
+    jiff::Timestamp::try_from(t)
+        .map(|ts| {
+            ts.to_zoned_datetime(jiff::tz::TimeZone::system())
+                .strftime("%Y-%m-%d %H:%M:%S")
+                .to_string()
+        })
+        .unwrap_or_default()
+}
+
 /// `linux-kbuild-6.1 6.1.176-1 → 6.1.192-2, …`
 pub fn causes(because: &[Cause]) -> String {
-    because
-        .iter()
-        .map(|c| {
-            format!(
-                "{} {} → {}",
-                c.package,
-                version_or_none(c.old.as_ref()),
-                version_or_none(c.new.as_ref())
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
+    because.iter().map(cause).collect::<Vec<_>>().join(", ")
 }
 
 /// Human lines for a dry run: what would be rebuilt and why.

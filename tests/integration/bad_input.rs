@@ -285,7 +285,7 @@ fn state_cases() {
     f.write("var/lib/dkms-hook/queue.json", "{\"version\": 1, \"pend");
     let out = f.run(&["post-invoke"]);
     assert_eq!(out.status.code(), Some(0));
-    let e = calm(&out, 3);
+    let e = calm(&out, 4);
     assert!(e.contains("queue.json: corrupt"), "{e}");
     assert!(
         e.contains("rebuilt acpi-call/1.2.2 for 6.1.0-50-amd64"),
