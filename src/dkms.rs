@@ -102,7 +102,7 @@ impl Pair {
     }
 }
 
-fn is_module_file(name: &str) -> bool {
+pub fn is_module_file(name: &str) -> bool {
     [".ko", ".ko.xz", ".ko.zst", ".ko.gz"]
         .iter()
         .any(|s| name.ends_with(s))

@@ -121,8 +121,14 @@ impl Kernel {
     /// The package that presumably shipped the build tree, from the link's
     /// target (`/usr/src/linux-headers-K` → `linux-headers-K`): the name-pattern
     /// fallback used where the file list is gone, e.g. after a purge.
+    ///
+    /// Without the link (the headers package that owned it was removed),
+    /// the name Debian and Ubuntu give it: `linux-headers-K`.
     pub fn headers_package_guess(&self) -> Option<PackageName> {
-        guess_owner(self.build_link.as_deref()?)
+        match self.build_link.as_deref() {
+            Some(link) => guess_owner(link),
+            None => PackageName::new(&format!("linux-headers-{}", self.release)).ok(),
+        }
     }
 }
 

@@ -169,9 +169,10 @@ pub fn plan(changes: &[Change], inv: &Inventory, cfg: &Config) -> Plan {
                     .map(|p| p.module.to_string())
                     .collect();
                 out.warnings.push(format!(
-                    "{}: headers are gone ({pkg}) but dkms modules are installed for it ({}); they cannot be rebuilt, install {pkg} again",
+                    "{}: headers are gone ({pkg}): its dkms modules ({}) stay installed but can no longer be rebuilt for {}; install {pkg} again to keep them current",
                     k.release,
-                    mods.join(", ")
+                    mods.join(", "),
+                    k.release
                 ));
             }
             out.skipped.extend(pairs.iter().map(|p| Skip {

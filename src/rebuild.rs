@@ -14,7 +14,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::config::Config;
-use crate::dkms::{built_time, DKMS_TREE};
+use crate::dkms::{built_time, is_module_file, DKMS_TREE};
 use crate::kernel::MODULES_DIR;
 use crate::root::{open_regular, CAP_SMALL};
 use crate::state::{at_secs, BuildNote, Failure, QueuedPair, State, STATE_DIR};
@@ -241,13 +241,16 @@ impl<'a> Executor<'a> {
             .map_err(|e| Error::io(&dir, e))
     }
 
-    /// Names of the module files dkms built for the pair.
+    /// Names of the module files dkms built for the pair: `.ko` and its
+    /// compressed forms only (dkms 3.2 leaves `Module.symvers` there too,
+    /// which is never installed; found by the Debian 13 tier).
     fn built_names(dkms_dir: &Path) -> Vec<OsString> {
         std::fs::read_dir(dkms_dir.join("module"))
             .into_iter()
             .flatten()
             .flatten()
             .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+            .filter(|e| e.file_name().to_str().is_some_and(is_module_file))
             .map(|e| e.file_name())
             .collect()
     }
