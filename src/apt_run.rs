@@ -37,8 +37,25 @@ fn marker(root: &Root) -> Option<PathBuf> {
     Some(dir.join(format!("warned-{pid}-{start}")))
 }
 
-/// Note that this apt run has been warned (best effort).
-pub fn mark_warned(root: &Root) {
+/// The warnings already printed in this apt run (empty outside apt, or
+/// when nothing was said yet).
+pub fn said(root: &Root) -> Vec<String> {
+    let Some(m) = marker(root) else {
+        return Vec::new();
+    };
+    crate::root::read_regular(&m, crate::root::CAP_SMALL)
+        .map(|b| {
+            String::from_utf8_lossy(&b)
+                .lines()
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Note that this apt run has been warned, and with which warnings (best
+/// effort: outside apt there is nothing to note).
+pub fn note_said(root: &Root, warnings: &[String]) {
     let Some(m) = marker(root) else { return };
     let Some(dir) = m.parent() else { return };
     // Markers of finished runs are dropped on the way.
@@ -54,12 +71,24 @@ pub fn mark_warned(root: &Root) {
             }
         }
     }
+    let mut all = said(root);
+    for w in warnings {
+        // One line per warning: a newline inside one is escaped.
+        let w = w.replace('\n', " ");
+        if !all.contains(&w) {
+            all.push(w);
+        }
+    }
     let name = m.file_name().and_then(|n| n.to_str()).unwrap_or("warned");
-    if let Err(e) = crate::state_dir::Dir::open_top(dir).and_then(|d| d.write_atomic(name, b"")) {
+    let text = all.iter().map(|w| format!("{w}\n")).collect::<String>();
+    if let Err(e) =
+        crate::state_dir::Dir::open_top(dir).and_then(|d| d.write_atomic(name, text.as_bytes()))
+    {
         log::debug!("{e}");
     }
 }
 
+/// Whether the JSON hook already spoke for this apt run.
 pub fn already_warned(root: &Root) -> bool {
     marker(root).is_some_and(|m| m.exists())
 }

@@ -336,10 +336,23 @@ fn print_plan(p: &Plan, json: bool, verb: &str) {
     }
 }
 
-fn print_warnings(p: &Plan) {
-    for w in &p.warnings {
+/// Print each warning not yet printed in this apt run (the JSON hook
+/// before the prompt, the kernel hooks and post-invoke all see the same
+/// risks), and note it.
+fn warn_once(root: &Root, warnings: &[String]) {
+    if warnings.is_empty() {
+        return;
+    }
+    let said = apt_run::said(root);
+    let new: Vec<String> = warnings
+        .iter()
+        .filter(|w| !said.contains(&w.replace('\n', " ")))
+        .cloned()
+        .collect();
+    for w in &new {
         err(&format!("{PREFIX} warning: {w}"));
     }
+    apt_run::note_said(root, &new);
 }
 
 /// Print each result as it happens (apt's output shows progress) and to
@@ -397,7 +410,7 @@ fn replay(root: &Root, env: &Env, a: &ReplayArgs) -> anyhow::Result<i32> {
     let _lock = state.lock()?;
     let p = hook::plan_changes(root, &changes, &cfg)?;
     hook::enqueue(&state, &p)?;
-    print_warnings(&p);
+    warn_once(root, &p.warnings);
     let (code, results) = execute(&state, &cfg, env, !a.json)?;
     if a.json {
         out_json(&report::results_json(&p, &results));
@@ -417,7 +430,7 @@ fn post_invoke(root: &Root, env: &Env) -> i32 {
         let state = State::new(root);
         let _lock = state.lock()?;
         let p = hook::collect_from_cursor(root, &state, &cfg)?;
-        print_warnings(&p);
+        warn_once(root, &p.warnings);
         if !state.queue()?.pending.is_empty() {
             execute(&state, &cfg, env, true)?;
         }
@@ -513,28 +526,27 @@ fn finish_run(state: &State, cfg: &Config, env: &Env, p: &Plan, json: bool) -> a
     Ok(code)
 }
 
-/// Print the forecast for apt's planned changes; empty output when there is
-/// nothing to say.
-fn print_forecast(root: &Root, changes: &[AptChange], json: bool) -> bool {
+/// Print the forecast for apt's planned changes (empty output when there is
+/// nothing to say), and note its warnings as said for this apt run.
+fn print_forecast(root: &Root, changes: &[AptChange], json: bool) {
     let cfg = load_config(root);
     let planned: Vec<Change> = changes.iter().filter_map(apt_change).collect();
     let inv = match Inventory::for_changes(root, &planned) {
         Ok(i) => i,
         Err(e) => {
             err(&format!("{PREFIX} {e}"));
-            return false;
+            return;
         }
     };
     let p = plan::forecast(&planned, &inv, &cfg);
     if json {
         out_json(&report::plan_json(&p));
-        return true;
+    } else {
+        for l in report::forecast_lines(&p) {
+            out(&l);
+        }
     }
-    let lines = report::forecast_lines(&p);
-    for l in &lines {
-        out(l);
-    }
-    !lines.is_empty()
+    apt_run::note_said(root, &p.warnings);
 }
 
 fn apt_change(c: &AptChange) -> Option<Change> {
@@ -573,9 +585,7 @@ fn apt_json_hook(root: &Root, env: &Env, json: bool) -> i32 {
     let stream = std::os::unix::net::UnixStream::from(fd);
     match apt_hook::serve_json_hook(stream) {
         Ok(session) if session.should_warn() => {
-            if print_forecast(root, &session.changes, json) {
-                apt_run::mark_warned(root);
-            }
+            print_forecast(root, &session.changes, json);
         }
         Ok(_) => {}
         Err(e @ apt_hook::AptHookError::TooLarge(_)) => err(&format!("{PREFIX} {e}")),
@@ -648,9 +658,7 @@ fn kernel_hook(root: &Root, env: &Env, phase: Phase, kernel: &str) -> i32 {
             return 0;
         }
     };
-    for w in plan::kernel_warnings(&inv, &k) {
-        err(&format!("{PREFIX} warning: {w}"));
-    }
+    warn_once(root, &plan::kernel_warnings(&inv, &k));
     0
 }
 

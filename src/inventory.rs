@@ -24,6 +24,9 @@ pub struct Inventory {
     pub installed: HashMap<String, Vec<Installed>>,
     pub running: Option<KernelRelease>,
     pub tz: TimeZone,
+    /// (module, version, kernel) that the module's `BUILD_EXCLUSIVE_*`
+    /// settings keep dkms from building.
+    pub excluded: HashSet<(String, String, KernelRelease)>,
     pub warnings: Vec<String>,
 }
 
@@ -34,6 +37,7 @@ impl Inventory {
         let kernels = kernel::scan(root, &mut warnings);
         let pairs = dkms::scan(root, &mut warnings);
         Inventory {
+            excluded: build_exclusive(root, &kernels, &pairs),
             kernels,
             pairs,
             inputs: BTreeMap::new(),
@@ -152,6 +156,11 @@ impl Inventory {
         self.kernels.iter().find(|x| &x.release == k)
     }
 
+    pub fn is_excluded(&self, module: &str, version: &str, k: &KernelRelease) -> bool {
+        self.excluded
+            .contains(&(module.to_string(), version.to_string(), k.clone()))
+    }
+
     /// The installed version of a package (any architecture).
     pub fn installed_version(&self, p: &PackageName) -> Option<&Installed> {
         self.installed
@@ -159,6 +168,48 @@ impl Inventory {
             .iter()
             .find(|i| i.has_files())
     }
+}
+
+/// The pairs dkms would refuse to build: each installed module version's
+/// `dkms.conf`, against every kernel (its `.config` read only when asked).
+fn build_exclusive(
+    root: &Root,
+    kernels: &[Kernel],
+    pairs: &[Pair],
+) -> HashSet<(String, String, KernelRelease)> {
+    let mut out = HashSet::new();
+    let mut seen = HashSet::new();
+    let mut configs: HashMap<KernelRelease, String> = HashMap::new();
+    for p in pairs.iter().filter(|p| p.installed) {
+        if !seen.insert((p.module.clone(), p.version.clone())) {
+            continue;
+        }
+        let ex = dkms::Exclusive::read(root, &p.module, &p.version);
+        for k in kernels {
+            // The kernel's .config (~250 kB) is read only for a module that
+            // names CONFIG_ options, and once per kernel.
+            let set = |name: &str| {
+                let config = configs.entry(k.release.clone()).or_insert_with(|| {
+                    k.tree
+                        .first()
+                        .and_then(|t| root.read(t.path.join(".config"), CAP_SMALL * 4).ok())
+                        .map(|b| String::from_utf8_lossy(&b).into_owned())
+                        .unwrap_or_default()
+                });
+                config
+                    .lines()
+                    .any(|l| l.strip_prefix(name).is_some_and(|v| v == "=y" || v == "=m"))
+            };
+            if ex.excludes(&k.release, p.arch.as_str(), set) {
+                out.insert((
+                    p.module.to_string(),
+                    p.version.to_string(),
+                    k.release.clone(),
+                ));
+            }
+        }
+    }
+    out
 }
 
 /// `uname -r`, only when looking at the host itself.

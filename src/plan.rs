@@ -185,7 +185,9 @@ pub fn plan(changes: &[Change], inv: &Inventory, cfg: &Config) -> Plan {
         for p in pairs {
             let reason = if !p.installed {
                 Some(SkipReason::NotInstalled)
-            } else if !selected(inv, cfg, &k.release) {
+            } else if !selected(inv, cfg, &k.release)
+                || inv.is_excluded(p.module.as_str(), p.version.as_str(), &k.release)
+            {
                 Some(SkipReason::Excluded)
             } else {
                 None
@@ -264,6 +266,11 @@ fn skew_warning(k: &Kernel, hits: &[(&Change, Role)], inv: &Inventory, warnings:
         if kv > hv {
             warnings.push(format!(
                 "{}: {} {kv} is newer than {headers} {hv}; a rebuild may fail, and the working module is then kept",
+                k.release, c.package
+            ));
+        } else if kv < hv {
+            warnings.push(format!(
+                "{}: {} {kv} is older than {headers} {hv}; modules built now use the older build tools, and a rebuild may fail (the working module is then kept)",
                 k.release, c.package
             ));
         }
@@ -359,10 +366,11 @@ pub fn kernel_warnings(inv: &Inventory, k: &KernelRelease) -> Vec<String> {
     let Some(kernel) = inv.kernel(k) else {
         return out;
     };
-    let missing: Vec<String> = assess(inv, &Config::default(), &[])
+    // Excluded pairs (BUILD_EXCLUSIVE) are not missing: assess says so.
+    let missing: Vec<(String, String)> = assess(inv, &Config::default(), &[])
         .into_iter()
         .filter(|a| &a.kernel == k && a.state == PairState::Missing)
-        .map(|a| format!("{}/{}", a.module, a.version))
+        .map(|a| (a.module, a.version))
         .collect();
     let others: Vec<String> = {
         let mut m: Vec<String> = inv
@@ -380,11 +388,12 @@ pub fn kernel_warnings(inv: &Inventory, k: &KernelRelease) -> Vec<String> {
             "{k} has no headers: dkms modules ({}) will not be built for it; install linux-headers-{k}",
             others.join(", ")
         ));
-    } else if !missing.is_empty() {
-        out.push(format!(
-            "dkms did not build {} for {k}; see /var/lib/dkms/<module>/<version>/build/make.log, then run dkms autoinstall -k {k}",
-            missing.join(", ")
-        ));
+    } else {
+        for (m, v) in &missing {
+            out.push(format!(
+                "dkms did not build {m}/{v} for {k}; see /var/lib/dkms/{m}/{v}/build/make.log, then run: dkms install -m {m} -v {v} -k {k}"
+            ));
+        }
     }
     out
 }
@@ -399,6 +408,9 @@ pub enum PairState {
     /// The module is installed for other kernels but not for this one.
     Missing,
     NoHeaders,
+    /// The module's `BUILD_EXCLUSIVE_*` settings keep dkms from building it
+    /// for this kernel.
+    Excluded,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -450,6 +462,12 @@ pub fn assess(inv: &Inventory, cfg: &Config, failed: &[Failure]) -> Vec<Assessme
                     "NEEDS ATTENTION: the working module could not be put back; its backup is in {} and the next run restores it",
                     f.backup.as_deref().unwrap_or("/var/lib/dkms-hook/backups")
                 );
+                out.push(a);
+                continue;
+            }
+            if inv.is_excluded(m, v, &k.release) {
+                a.state = PairState::Excluded;
+                a.why = "BUILD_EXCLUSIVE in its dkms.conf excludes this kernel".into();
                 out.push(a);
                 continue;
             }
@@ -622,6 +640,7 @@ mod tests {
             installed: installed_map,
             running: None,
             tz: TimeZone::UTC,
+            excluded: Default::default(),
             warnings: vec![],
         }
     }
