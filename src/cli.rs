@@ -88,7 +88,7 @@ kernel whose build tree those packages feed, and rebuilds each dkms module built
     after_long_help = "\
 Files:
   /etc/dkms/dkms-hook.conf   configuration; every key is listed, commented, at its default
-  /var/lib/dkms-hook/        state: dpkg.log cursor, queue, failures, backups, logs, lock
+  /var/lib/dkms-hook/        state: dpkg.log cursor, queue, failures, backups/, logs/, builds/ (running builds), lock
   /var/log/dkms-hook.log     one line per rebuild, skip or failure
   /etc/apt/apt.conf.d/80dkms-hook, /etc/dpkg/dpkg.cfg.d/dkms-hook, /etc/kernel/*.d/dkms-hook   the hooks
 
@@ -123,8 +123,12 @@ pub enum Command {
     /// apt's DPkg::Post-Invoke and dpkg's post-invoke: read dpkg.log from the
     /// cursor and rebuild stale pairs. Always exits 0.
     PostInvoke,
-    /// Show every installed kernel × dkms module: fresh, stale, failed, missing, no-headers.
-    Status(JsonArg),
+    /// Show every installed kernel × dkms module: fresh, stale, failed,
+    /// missing, no-headers, excluded. Exits 0 when all is well, 1 when
+    /// something needs attention (stale, failed, missing, no-headers, or an
+    /// excluded pair whose old module is still installed), 2 when the
+    /// system could not be read: usable by monitoring.
+    Status(StatusArgs),
     /// Rebuild every pair that `status` finds stale (also those that went
     /// stale before dkms-hook was installed).
     Sync(JsonArg),
@@ -175,6 +179,16 @@ pub struct JsonArg {
     /// Print one JSON object instead of lines.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print one JSON object instead of lines.
+    #[arg(long)]
+    pub json: bool,
+    /// Print nothing; only the exit status tells.
+    #[arg(short, long, conflicts_with = "json")]
+    pub quiet: bool,
 }
 
 #[derive(Debug, Args)]
@@ -259,20 +273,20 @@ fn run() -> i32 {
     let result = match &cli.command {
         Command::Replay(a) => replay(&root, &env, a),
         Command::PostInvoke => Ok(post_invoke(&root, &env)),
-        Command::Status(a) => status(&root, a.json),
+        Command::Status(a) => status(&root, a),
         Command::Sync(a) => sync(&root, &env, a.json),
         Command::Retry(a) => retry(&root, &env, a.json),
         Command::AptJsonHook(a) => Ok(apt_json_hook(&root, &env, a.json)),
         Command::PreInstallPkgs(a) => Ok(pre_install_pkgs(&root, &env, a.json)),
         Command::KernelHook { phase, kernel, .. } => Ok(kernel_hook(&root, &env, *phase, kernel)),
         Command::Init => init(&root),
-        Command::Man => man_page(&mut std::io::stdout().lock())
+        Command::Man => crate::man_page::render(&mut std::io::stdout().lock())
             .map(|()| 0)
             .or_else(ignore_closed_output),
         Command::Completions { shell } => {
-            let mut cmd = <Cli as clap::CommandFactory>::command();
-            clap_complete::generate(*shell, &mut cmd, "dkms-hook", &mut std::io::stdout());
-            Ok(0)
+            crate::man_page::completions(*shell, &mut std::io::stdout().lock())
+                .map(|()| 0)
+                .or_else(ignore_closed_output)
         }
     };
     match result {
@@ -317,11 +331,17 @@ fn exit_code(e: &anyhow::Error) -> i32 {
     }
 }
 
+/// The configuration; each bad line is reported once and ignored.
 fn load_config(root: &Root) -> Config {
-    Config::load(root).unwrap_or_else(|e| {
-        err(&format!("{PREFIX} {e}; using defaults"));
-        Config::default()
-    })
+    let (config, errors) = Config::load(root);
+    for e in errors {
+        let what = match e {
+            crate::Error::Config { .. } => "this line is ignored",
+            _ => "using defaults",
+        };
+        err(&format!("{PREFIX} {e}; {what}"));
+    }
+    config
 }
 
 fn print_plan(p: &Plan, json: bool, verb: &str) {
@@ -442,29 +462,34 @@ fn post_invoke(root: &Root, env: &Env) -> i32 {
     0
 }
 
-fn status(root: &Root, json: bool) -> anyhow::Result<i32> {
+fn status(root: &Root, a: &StatusArgs) -> anyhow::Result<i32> {
     let cfg = load_config(root);
     let state = State::new(root);
-    let inv = Inventory::full(root)?;
+    let inv = Inventory::full(root).map_err(BadInput)?;
     let failures = state.failures().unwrap_or_else(|e| {
         err(&format!("{PREFIX} {e}"));
         Default::default()
     });
     let rows = plan::assess(&inv, &cfg, &failures.failed);
     let queued = state.queue().map(|q| q.pending).unwrap_or_default();
-    if json {
+    let attention = rows.iter().any(|r| match r.state {
+        PairState::Fresh => false,
+        PairState::Excluded => r.pair.as_ref().is_some_and(|p| p.installed),
+        _ => true,
+    });
+    if a.json {
         out_json(&report::status_json(
             &rows,
             &failures.failed,
             &queued,
             &inv.warnings,
         ));
-        return Ok(0);
+    } else if !a.quiet {
+        for l in report::status_lines(&rows, &failures.failed, &queued, &inv.warnings) {
+            out(&l);
+        }
     }
-    for l in report::status_lines(&rows, &failures.failed, &queued, &inv.warnings) {
-        out(&l);
-    }
-    Ok(0)
+    Ok(i32::from(attention))
 }
 
 fn sync(root: &Root, env: &Env, json: bool) -> anyhow::Result<i32> {
@@ -675,101 +700,4 @@ fn init(root: &Root) -> anyhow::Result<i32> {
         }
     }
     Ok(0)
-}
-
-/// dkms-hook(8): clap_mangen's sections for the program, and one entry per
-/// command in a COMMANDS section (clap_mangen would point to one page per
-/// command, which we do not ship).
-fn man_page(out: &mut dyn Write) -> std::io::Result<()> {
-    use clap::CommandFactory;
-    let esc = |t: &str| {
-        t.replace('\\', "\\e")
-            .replace('-', "\\-")
-            .replace("\n.", "\n\\&.")
-    };
-    let cmd = Cli::command();
-    let man = clap_mangen::Man::new(cmd.clone()).section("8");
-    man.render_title(out)?;
-    man.render_name_section(out)?;
-    man.render_synopsis_section(out)?;
-    man.render_description_section(out)?;
-    man.render_options_section(out)?;
-    writeln!(out, ".SH COMMANDS")?;
-    for sub in cmd.get_subcommands().filter(|c| !c.is_hide_set()) {
-        let mut sub = sub
-            .clone()
-            .bin_name(format!("dkms-hook {}", sub.get_name()));
-        let usage = sub.render_usage().to_string();
-        writeln!(out, ".TP\n.B {}", esc(usage.trim_start_matches("Usage: ")))?;
-        let about = sub
-            .get_long_about()
-            .or(sub.get_about())
-            .map(|a| a.to_string())
-            .unwrap_or_default();
-        writeln!(out, "{}", esc(&about))?;
-        for arg in sub.get_arguments().filter(|a| {
-            !a.is_hide_set()
-                && a.get_id() != "help"
-                && a.get_id() != "root"
-                && a.get_id() != "verbose"
-        }) {
-            let name = match arg.get_long() {
-                Some(l) => format!("--{l}"),
-                None => arg
-                    .get_value_names()
-                    .and_then(|v| v.first())
-                    .map_or(arg.get_id().to_string(), |v| v.to_string()),
-            };
-            let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
-            writeln!(out, ".RS\n.TP\n.B {}\n{}\n.RE", esc(&name), esc(&help))?;
-        }
-    }
-    if let Some(after) = cmd.get_after_long_help() {
-        for block in after.to_string().split("\n\n") {
-            let mut lines = block.lines();
-            let title = lines
-                .next()
-                .unwrap_or_default()
-                .trim_end_matches(':')
-                .to_uppercase();
-            writeln!(out, ".SH {}", esc(&title))?;
-            for l in lines {
-                writeln!(out, ".br\n{}", esc(l.trim()))?;
-            }
-        }
-    }
-    writeln!(out, ".SH SEE ALSO\ndkms(8), apt.conf(5), dpkg.cfg(5)")?;
-    man.render_version_section(out)
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn man_page_documents_every_command_on_one_page() {
-        let mut page = Vec::new();
-        super::man_page(&mut page).unwrap();
-        let page = String::from_utf8(page).unwrap();
-        assert!(
-            page.starts_with(".ie") || page.contains(".TH dkms-hook 8"),
-            "{}",
-            &page[..200]
-        );
-        for cmd in [
-            "replay",
-            "post\\-invoke",
-            "status",
-            "sync",
-            "retry",
-            "apt\\-json\\-hook",
-            "pre\\-install\\-pkgs",
-            "kernel\\-hook",
-        ] {
-            assert!(
-                page.contains(&format!(".B dkms\\-hook {cmd}")),
-                "{cmd} missing"
-            );
-        }
-        assert!(!page.contains("dkms-hook-replay(8)") && !page.contains("dkms\\-hook\\-replay(8)"));
-        assert!(page.contains(".SH ENVIRONMENT") && page.contains("DKMS_HOOK_SUSPEND"));
-    }
 }

@@ -60,86 +60,116 @@ impl Config {
     }
 
     /// Read the config under `root` (resolved inside it, a regular file of
-    /// at most 1 MB). A missing file means defaults.
-    pub fn load(root: &Root) -> Result<Config, Error> {
+    /// at most 1 MB). A missing file means defaults. Each bad line is one
+    /// error naming file and line, and is ignored: the good keys still apply.
+    pub fn load(root: &Root) -> (Config, Vec<Error>) {
         let path = Path::new(CONFIG_FILE);
         match root.read(path, CAP_SMALL) {
-            Ok(text) => Config::parse(&String::from_utf8_lossy(&text), path),
+            Ok(text) => Config::parse_lines(&String::from_utf8_lossy(&text), path),
             Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-                Ok(Config::default())
+                (Config::default(), Vec::new())
             }
-            Err(e) => Err(e),
+            Err(e) => (Config::default(), vec![e]),
         }
     }
 
-    /// Parse config text; the first bad line is an error naming file and line.
+    /// Parse config text strictly: the first bad line is the error.
     pub fn parse(text: &str, path: &Path) -> Result<Config, Error> {
+        let (c, mut errors) = Config::parse_lines(text, path);
+        match errors.is_empty() {
+            true => Ok(c),
+            false => Err(errors.remove(0)),
+        }
+    }
+
+    /// Parse config text, keeping every good line and an error per bad one.
+    pub fn parse_lines(text: &str, path: &Path) -> (Config, Vec<Error>) {
         let mut c = Config::default();
+        let mut errors = Vec::new();
         for (i, line) in text.lines().enumerate() {
-            let err = |msg: String| Error::Config {
-                path: path.to_path_buf(),
-                line: i + 1,
-                msg,
-            };
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let Some((key, value)) = line.split_once('=') else {
-                return Err(err(format!("expected key=value, found {line:?}")));
+            let r = match line.split_once('=') {
+                None => Err(format!("expected key=value, found {line:?}")),
+                Some((key, value)) => c.set(key.trim(), unquote(value.trim())),
             };
-            let (key, value) = (key.trim(), unquote(value.trim()));
-            let boolean = || match value {
-                "yes" | "true" | "1" | "on" => Ok(true),
-                "no" | "false" | "0" | "off" => Ok(false),
-                _ => Err(err(format!("{key}: expected yes or no, found {value:?}"))),
-            };
-            match key {
-                "trigger_kbuild" => c.trigger_kbuild = boolean()?,
-                "trigger_headers" => c.trigger_headers = boolean()?,
-                "trigger_compiler" => c.trigger_compiler = boolean()?,
-                "initramfs" => c.initramfs = boolean()?,
-                "quiet" => c.quiet = boolean()?,
-                "kernels" => {
-                    c.kernels = match value {
-                        "all" => KernelSelection::All,
-                        "running-and-newest" => KernelSelection::RunningAndNewest,
-                        _ => {
-                            return Err(err(format!(
-                                "kernels: expected all or running-and-newest, found {value:?}"
-                            )))
-                        }
-                    }
-                }
-                "jobs" => {
-                    c.jobs = value
-                        .parse()
-                        .ok()
-                        .filter(|j| (1..=64).contains(j))
-                        .ok_or_else(|| {
-                            err(format!(
-                                "jobs: expected a number from 1 to 64, found {value:?}"
-                            ))
-                        })?
-                }
-                "build_timeout" => {
-                    let secs: u64 = value
-                        .parse()
-                        .ok()
-                        .filter(|s| (1..=MAX_BUILD_TIMEOUT).contains(s))
-                        .ok_or_else(|| {
-                            err(format!(
-                                "build_timeout: expected seconds from 1 to {MAX_BUILD_TIMEOUT}, found {value:?}"
-                            ))
-                        })?;
-                    c.build_timeout = Duration::from_secs(secs);
-                }
-                _ => return Err(err(format!("unknown key {key:?}"))),
+            if let Err(msg) = r {
+                errors.push(Error::Config {
+                    path: path.to_path_buf(),
+                    line: i + 1,
+                    msg,
+                });
             }
         }
-        Ok(c)
+        (c, errors)
+    }
+
+    /// Set one key; the message says what was expected.
+    fn set(&mut self, key: &str, value: &str) -> Result<(), String> {
+        let boolean = || match value {
+            "yes" | "true" | "1" | "on" => Ok(true),
+            "no" | "false" | "0" | "off" => Ok(false),
+            _ => Err(format!("{key}: expected yes or no, found {value:?}")),
+        };
+        match key {
+            "trigger_kbuild" => self.trigger_kbuild = boolean()?,
+            "trigger_headers" => self.trigger_headers = boolean()?,
+            "trigger_compiler" => self.trigger_compiler = boolean()?,
+            "initramfs" => self.initramfs = boolean()?,
+            "quiet" => self.quiet = boolean()?,
+            "kernels" => {
+                self.kernels = match value {
+                    "all" => KernelSelection::All,
+                    "running-and-newest" => KernelSelection::RunningAndNewest,
+                    _ => {
+                        return Err(format!(
+                            "kernels: expected all or running-and-newest, found {value:?}"
+                        ))
+                    }
+                }
+            }
+            "jobs" => {
+                self.jobs = value
+                    .parse()
+                    .ok()
+                    .filter(|j| (1..=64).contains(j))
+                    .ok_or_else(|| {
+                        format!("jobs: expected a number from 1 to 64, found {value:?}")
+                    })?
+            }
+            "build_timeout" => {
+                let secs: u64 = value
+                    .parse()
+                    .ok()
+                    .filter(|s| (1..=MAX_BUILD_TIMEOUT).contains(s))
+                    .ok_or_else(|| {
+                        format!(
+                            "build_timeout: expected seconds from 1 to {MAX_BUILD_TIMEOUT}, found {value:?}"
+                        )
+                    })?;
+                self.build_timeout = Duration::from_secs(secs);
+            }
+            _ => return Err(format!("unknown key {key:?}")),
+        }
+        Ok(())
     }
 }
+
+/// Every key, its default as written in the config file, and what it does:
+/// the one table the shipped config and the man page's CONFIGURATION
+/// section are checked against (tests below and in `man_page`).
+pub const KEYS: &[(&str, &str, &str)] = &[
+    ("trigger_kbuild", "yes", "Rebuild when a package owning a kernel's shared build infrastructure (linux-kbuild-X.Y: scripts/, tools/) is upgraded in place."),
+    ("trigger_headers", "yes", "Rebuild when a kernel's headers (linux-headers-K, linux-headers-*-common, a make deb-pkg headers package) are upgraded in place."),
+    ("trigger_compiler", "no", "Rebuild when the compiler the kernel tree was configured with (CC in .kernelvariables) is upgraded."),
+    ("kernels", "all", "Which kernels get rebuilds: all, or running-and-newest."),
+    ("jobs", "2", "How many dkms modules are rebuilt in parallel (1 to 64); the kernels of one module are rebuilt one after another."),
+    ("build_timeout", "1800", "Time limit in seconds of one dkms build, cp or update-initramfs (1 to 604800); the process group is killed after it."),
+    ("initramfs", "yes", "Refresh a kernel's initramfs (update-initramfs -u -k K) when a rebuilt module is part of it."),
+    ("quiet", "no", "Print nothing in apt's output but failures and warnings."),
+];
 
 fn unquote(v: &str) -> &str {
     for q in ['"', '\''] {
@@ -174,6 +204,39 @@ mod tests {
         assert_eq!(
             Config::parse(&uncommented, Path::new("x")).unwrap(),
             Config::default()
+        );
+    }
+
+    #[test]
+    fn every_key_is_in_the_table_and_the_shipped_config_at_its_default() {
+        let text = include_str!("../etc/dkms-hook.conf");
+        let mut c = Config::default();
+        for (key, default, _) in KEYS {
+            assert!(
+                text.contains(&format!("\n#{key}={default}\n")),
+                "{key} missing from etc/dkms-hook.conf"
+            );
+            c.set(key, default).unwrap();
+        }
+        assert_eq!(c, Config::default());
+    }
+
+    #[test]
+    fn a_bad_line_keeps_the_good_ones() {
+        // Regression (issue 12.14): one bad line discarded every setting.
+        let (c, errors) = Config::parse_lines(
+            "jobs=4\nfrob=1\nquiet=maybe\nkernels=running-and-newest\n",
+            Path::new("/etc/dkms/dkms-hook.conf"),
+        );
+        assert_eq!(c.jobs, 4);
+        assert_eq!(c.kernels, KernelSelection::RunningAndNewest);
+        let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            lines,
+            [
+                "/etc/dkms/dkms-hook.conf:2: unknown key \"frob\"",
+                "/etc/dkms/dkms-hook.conf:3: quiet: expected yes or no, found \"maybe\""
+            ]
         );
     }
 

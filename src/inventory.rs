@@ -108,13 +108,8 @@ impl Inventory {
     /// Every input of every kernel, from all file lists: for `status`.
     pub fn full(root: &Root) -> Result<Inventory, Error> {
         let mut inv = Inventory::base(root);
-        let lists = match dpkg::all_lists(root) {
-            Ok(l) => l,
-            Err(e) => {
-                inv.warnings.push(e.to_string());
-                Vec::new()
-            }
-        };
+        // Without dpkg's file lists nothing can be judged: an error.
+        let lists = dpkg::all_lists(root)?;
         inv.inputs = kernel::find_inputs(root, &inv.kernels, &lists)?;
         let wanted: HashSet<String> = inv.package_names().into_iter().collect();
         inv.read_status(root, |n| wanted.contains(n));

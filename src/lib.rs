@@ -20,6 +20,7 @@ pub mod dpkg_log;
 pub mod hook;
 pub mod inventory;
 pub mod kernel;
+pub mod man_page;
 pub mod plan;
 pub mod rebuild;
 pub mod report;

@@ -148,5 +148,25 @@ for i in "${!names[@]}"; do
     fi
 done
 
+# --- Bash completion, as `make install` writes it from the built binary.
+bin=${DKMS_HOOK_BIN:-target/debug/dkms-hook}
+[ -x "$bin" ] || cargo build --locked -q
+comp=$tmp/dkms-hook.bash
+"$bin" completions bash > "$comp"
+complete_words() { # complete_words WORD...: what bash offers after them
+    bash -c 'source "$1"; shift; COMP_WORDS=("$@"); COMP_CWORD=$(($# - 1));
+             _dkms__hook dkms-hook "${COMP_WORDS[COMP_CWORD]}" "${COMP_WORDS[COMP_CWORD-1]}";
+             echo "${COMPREPLY[*]}"' _ "$comp" "$@"
+}
+# Regression (issue 12.13): clap_complete's case labels did not match.
+check "completion: 'replay --' offers --dry-run and --json" \
+    bash -c '[[ " $1 " == *" --dry-run "* && " $1 " == *" --json "* ]]' _ "$(complete_words dkms-hook replay --)"
+check "completion: 'status --' offers --json" \
+    bash -c '[[ " $1 " == *" --json "* ]]' _ "$(complete_words dkms-hook status --)"
+top=$(complete_words dkms-hook "")
+check "completion: commands offered" bash -c '[[ " $1 " == *" replay "* && " $1 " == *" sync "* ]]' _ "$top"
+check "completion: hidden commands (init, man, completions) not offered" \
+    bash -c '[[ " $1 " != *" init "* && " $1 " != *" man "* && " $1 " != *" completions "* ]]' _ "$top"
+
 echo "$pass passed, $fail failed"
 [ "$fail" = 0 ]

@@ -453,7 +453,7 @@ fn a_bad_config_never_stops_the_hook() {
     append(&f, "var/log/dpkg.log", &second);
     let out = f.run(&["post-invoke"]);
     let err = stderr(&out);
-    assert!(err.contains("/etc/dkms/dkms-hook.conf:1: jobs: expected a number from 1 to 64, found \"lots\"; using defaults"), "{err}");
+    assert!(err.contains("/etc/dkms/dkms-hook.conf:1: jobs: expected a number from 1 to 64, found \"lots\"; this line is ignored"), "{err}");
     assert!(
         err.contains("rebuilt acpi-call/1.2.2 for 6.1.0-50-amd64"),
         "{err}"

@@ -1,0 +1,275 @@
+//! What the administrator sees (issue 12): progress lines, wording that
+//! says what really happened, one voice, warnings once per apt run and
+//! where they are due, status exit codes for monitoring.
+
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::process::Stdio;
+
+use crate::fixture::{pass_as_fd3, rebuilds, stderr, Fixture};
+
+const K: &str = "6.1.0-50-amd64";
+
+/// The dpkg.log lines of one unpack of `linux-kbuild-6.1` OLD → NEW.
+fn kbuild_unpack(at: &str, action: &str, old: &str, new: &str) -> String {
+    format!(
+        "{at} startup archives unpack\n\
+         {at} {action} linux-kbuild-6.1:amd64 {old} {new}\n\
+         {at} status half-configured linux-kbuild-6.1:amd64 {old}\n\
+         {at} status unpacked linux-kbuild-6.1:amd64 {new}\n"
+    )
+}
+
+/// Regression (issue 12.1): a line when each rebuild starts.
+#[test]
+fn each_rebuild_is_announced_when_it_starts() {
+    let f = Fixture::pending();
+    let out = f.run(&["post-invoke"]);
+    let e = stderr(&out);
+    let start = e
+        .find("dkms-hook: rebuilding acpi-call/1.2.2 for 6.1.0-50-amd64 (1 of 1)…")
+        .expect(&e);
+    let end = e.find("dkms-hook: rebuilt acpi-call/1.2.2").expect(&e);
+    assert!(start < end, "{e}");
+}
+
+/// Regression (issue 12.3): reinstalls, downgrades and unknown old versions
+/// are called what they are.
+#[test]
+fn reinstall_downgrade_and_unknown_old_version_are_worded_as_such() {
+    let f = Fixture::sample();
+    let cases = [
+        (
+            kbuild_unpack("2026-11-24 10:00:00", "upgrade", "6.1.192-2", "6.1.192-2"),
+            "linux-kbuild-6.1 6.1.192-2 reinstalled",
+        ),
+        (
+            kbuild_unpack("2026-11-24 10:00:00", "upgrade", "6.1.192-2", "6.1.176-1"),
+            "linux-kbuild-6.1 6.1.192-2 → 6.1.176-1, downgraded",
+        ),
+        (
+            kbuild_unpack("2026-11-24 10:00:00", "install", "<none>", "6.1.192-2"),
+            "linux-kbuild-6.1 6.1.192-2 unpacked at 2026-11-24 10:00:00",
+        ),
+    ];
+    for (log, want) in cases {
+        f.write("case.log", &log);
+        f.mtime(
+            "var/lib/dpkg/info/linux-kbuild-6.1.list",
+            "2026-11-24T10:00:00Z",
+        );
+        let out = f.run(&["replay", "--dry-run", f.path("case.log").to_str().unwrap()]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains(&format!("would rebuild acpi-call/1.2.2 for {K} ({want}")),
+            "{want}: {text}"
+        );
+    }
+}
+
+/// Regression (issue 12.4): one prefix for every warning.
+#[test]
+fn every_warning_has_one_prefix() {
+    let f = Fixture::pending();
+    f.write("var/lib/dkms-hook/queue.json", "{corrupt");
+    std::fs::create_dir_all(f.path("usr/lib/modules/bad name")).unwrap();
+    let out = f.run(&["post-invoke"]);
+    let e = stderr(&out);
+    assert!(e.contains("dkms-hook: warning: "), "{e}");
+    assert!(!e.contains("warn:") && !e.contains("WARNING"), "{e}");
+}
+
+/// A shell named `apt` stands in for apt: the hooks are its children, as
+/// in a real apt run. Returns stdout and stderr together.
+fn under_fake_apt(f: &Fixture, script: &str, json_messages: &[String]) -> String {
+    let apt_bin = f.path("fake-apt/apt");
+    std::fs::create_dir_all(apt_bin.parent().unwrap()).unwrap();
+    let _ = std::fs::copy("/bin/sh", &apt_bin);
+    let (apt, hook) = UnixStream::pair().unwrap();
+    let mut cmd = std::process::Command::new(&apt_bin);
+    cmd.arg("-c")
+        .arg(format!("exec 2>&1; {script}"))
+        .env("HOOK", env!("CARGO_BIN_EXE_dkms-hook"))
+        .env(
+            "DKMS_HOOK_DKMS",
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/integration/fake-dkms"),
+        )
+        .env("R", f.dir.path())
+        .env("TZ", "UTC")
+        .env("APT_HOOK_SOCKET", "3")
+        .stdout(Stdio::piped());
+    pass_as_fd3(&mut cmd, hook.as_raw_fd());
+    let child = cmd.spawn().unwrap();
+    drop(hook);
+    let mut w = &apt;
+    for m in json_messages {
+        w.write_all(format!("{m}\n\n").as_bytes()).unwrap();
+    }
+    let _ = apt.shutdown(std::net::Shutdown::Write);
+    String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap()
+}
+
+const HELLO: &str = r#"{"jsonrpc":"2.0","method":"org.debian.apt.hooks.hello","id":0,"params":{"versions":["0.1","0.2"]}}"#;
+const BYE: &str = r#"{"jsonrpc":"2.0","method":"org.debian.apt.hooks.bye","params":{}}"#;
+
+/// Regression (issue 12.4): the warning apt showed before its prompt is not
+/// shown again by the post-invoke of the same apt run.
+#[test]
+fn a_warning_is_printed_once_per_apt_run() {
+    let f = Fixture::pending();
+    let stats = format!(
+        r#"{{"jsonrpc":"2.0","method":"org.debian.apt.hooks.install.statistics","params":{{"command":"install","packages":[{{"id":1,"name":"linux-kbuild-6.1","architecture":"amd64","mode":"upgrade","versions":{{"current":{{"id":2,"version":"6.1.176-1","architecture":"amd64"}},"install":{{"id":3,"version":"6.1.192-2","architecture":"amd64"}}}}}}]}}}}"#
+    );
+    let out = under_fake_apt(
+        &f,
+        r#""$HOOK" --root "$R" apt-json-hook; "$HOOK" --root "$R" post-invoke"#,
+        &[HELLO.into(), stats, BYE.into()],
+    );
+    // The JSON hook spoke before the prompt, post-invoke did not repeat it.
+    assert!(
+        out.contains("this upgrade changes the build tree of 6.1.0-50-amd64"),
+        "{out}"
+    );
+    assert_eq!(
+        out.matches("is newer than linux-headers-6.1.0-50-amd64")
+            .count(),
+        1,
+        "{out}"
+    );
+    assert!(out.contains("rebuilt acpi-call/1.2.2"), "{out}");
+}
+
+/// Regression (issue 12.5): after the headers package is gone (and with it
+/// the `build` link it owned), post-invoke and replay warn.
+#[test]
+fn removed_headers_are_warned_about_after_the_removal() {
+    let f = Fixture::pending();
+    std::fs::remove_file(f.path("usr/lib/modules/6.1.0-50-amd64/build")).unwrap();
+    std::fs::remove_file(f.path("usr/lib/modules/6.1.0-50-amd64/source")).unwrap();
+    let removal = "2026-11-24 10:00:00 startup packages remove\n\
+                   2026-11-24 10:00:00 status installed linux-headers-6.1.0-50-amd64:amd64 6.1.176-1\n\
+                   2026-11-24 10:00:00 remove linux-headers-6.1.0-50-amd64:amd64 6.1.176-1 <none>\n\
+                   2026-11-24 10:00:00 status not-installed linux-headers-6.1.0-50-amd64:amd64 <none>\n";
+    f.write("removal.log", removal);
+    let plan = f.plan(&["removal.log"]);
+    let want = "6.1.0-50-amd64: headers are gone (linux-headers-6.1.0-50-amd64): its dkms modules (acpi-call) stay installed but can no longer be rebuilt for 6.1.0-50-amd64";
+    assert!(plan["warnings"].to_string().contains(want), "{plan}");
+    let mut log = String::from_utf8(f.read("var/log/dpkg.log")).unwrap();
+    log.push_str(removal);
+    f.write("var/log/dpkg.log", log);
+    let out = f.run(&["post-invoke"]);
+    assert!(stderr(&out).contains(want), "{}", stderr(&out));
+}
+
+/// Regression (issue 12.7): a configure-only step (after `dpkg --unpack`)
+/// changes no build tree and is not forecast as one.
+#[test]
+fn a_configure_only_step_is_no_forecast() {
+    let f = Fixture::sample();
+    let mut child = f
+        .cmd(&["pre-install-pkgs"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"VERSION 3\n\nlinux-kbuild-6.1 6.1.192-2 amd64 same = 6.1.192-2 amd64 same **CONFIGURE**\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "");
+}
+
+/// Regression (issue 12.8): the kernel-hook names each module, its
+/// make.log and the command, once per apt run.
+#[test]
+fn kernel_hook_names_the_module_and_its_make_log() {
+    let f = Fixture::sample();
+    // Headers for a new kernel, but dkms built nothing for it.
+    f.debian_kernel(
+        "6.1.0-60-amd64",
+        "6.1.200-1",
+        "linux-kbuild-6.1",
+        "2026-11-24T10:00:00Z",
+    );
+    let script = r#""$HOOK" --root "$R" kernel-hook postinst 6.1.0-60-amd64; "$HOOK" --root "$R" kernel-hook header_postinst 6.1.0-60-amd64"#;
+    let out = under_fake_apt(&f, script, &[]);
+    let want = "warning: dkms did not build acpi-call/1.2.2 for 6.1.0-60-amd64; see /var/lib/dkms/acpi-call/1.2.2/build/make.log, then run: dkms install -m acpi-call -v 1.2.2 -k 6.1.0-60-amd64";
+    assert_eq!(out.matches(want).count(), 1, "{out}");
+    assert!(!out.contains("<module>"), "{out}");
+}
+
+/// Regression (issue 12.9): BUILD_EXCLUSIVE pairs are `excluded`, not stale
+/// forever, and no rebuild is promised for them.
+#[test]
+fn build_exclusive_pairs_are_excluded() {
+    let f = Fixture::sample();
+    let conf = String::from_utf8(f.read("usr/src/acpi-call-1.2.2/dkms.conf")).unwrap();
+    f.write(
+        "usr/src/acpi-call-1.2.2/dkms.conf",
+        conf + "BUILD_EXCLUSIVE_KERNEL=\"^6\\.1\\.0-56-\"\n",
+    );
+    let st: serde_json::Value =
+        serde_json::from_slice(&f.run(&["status", "--json"]).stdout).unwrap();
+    let row = st["pairs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["kernel"] == K)
+        .unwrap()
+        .clone();
+    assert_eq!(row["state"], "excluded", "{st}");
+    let plan = f.plan(&["var/log/dpkg.log"]);
+    assert!(rebuilds(&plan).is_empty(), "{plan}");
+}
+
+/// Regression (issue 12.10): a kbuild older than a kernel's headers warns.
+#[test]
+fn a_kbuild_older_than_the_headers_warns() {
+    let f = Fixture::sample();
+    f.write(
+        "down.log",
+        kbuild_unpack("2026-11-24 10:00:00", "upgrade", "6.1.192-2", "6.1.100-1"),
+    );
+    f.mtime(
+        "var/lib/dpkg/info/linux-kbuild-6.1.list",
+        "2026-11-24T10:00:00Z",
+    );
+    let plan = f.plan(&["down.log"]);
+    let w = plan["warnings"].to_string();
+    assert!(
+        w.contains("6.1.0-56-amd64: linux-kbuild-6.1 6.1.100-1 is older than linux-headers-6.1.0-56-amd64 6.1.192-2"),
+        "{w}"
+    );
+}
+
+/// Regression (issue 12.11): status exit codes for monitoring, and --quiet.
+#[test]
+fn status_exit_codes_tell_monitoring() {
+    let f = Fixture::sample();
+    let stale = f.run(&["status", "--quiet"]);
+    assert_eq!(stale.status.code(), Some(1));
+    assert!(stale.stdout.is_empty() && stale.stderr.is_empty());
+    f.run(&["sync"]);
+    let fresh = f.run(&["status"]);
+    assert_eq!(
+        fresh.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&fresh.stdout)
+    );
+    std::fs::remove_dir_all(f.path("var/lib/dpkg/info")).unwrap();
+    assert_eq!(f.run(&["status", "-q"]).status.code(), Some(2));
+}
+
+/// Regression (issue 12.15): an error's cause is printed once.
+#[test]
+fn an_error_cause_is_printed_once() {
+    let f = Fixture::sample();
+    let out = f.run(&["replay", "--dry-run", "/nonexistent/dpkg.log"]);
+    let e = stderr(&out);
+    assert_eq!(e.matches("No such file or directory").count(), 1, "{e}");
+}
