@@ -118,9 +118,8 @@ const BYE: &str = r#"{"jsonrpc":"2.0","method":"org.debian.apt.hooks.bye","param
 #[test]
 fn a_warning_is_printed_once_per_apt_run() {
     let f = Fixture::pending();
-    let stats = format!(
-        r#"{{"jsonrpc":"2.0","method":"org.debian.apt.hooks.install.statistics","params":{{"command":"install","packages":[{{"id":1,"name":"linux-kbuild-6.1","architecture":"amd64","mode":"upgrade","versions":{{"current":{{"id":2,"version":"6.1.176-1","architecture":"amd64"}},"install":{{"id":3,"version":"6.1.192-2","architecture":"amd64"}}}}}}]}}}}"#
-    );
+    let stats =         r#"{"jsonrpc":"2.0","method":"org.debian.apt.hooks.install.statistics","params":{"command":"install","packages":[{"id":1,"name":"linux-kbuild-6.1","architecture":"amd64","mode":"upgrade","versions":{"current":{"id":2,"version":"6.1.176-1","architecture":"amd64"},"install":{"id":3,"version":"6.1.192-2","architecture":"amd64"}}}]}}"#
+    .to_string();
     let out = under_fake_apt(
         &f,
         r#""$HOOK" --root "$R" apt-json-hook; "$HOOK" --root "$R" post-invoke"#,
