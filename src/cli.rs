@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
-use crate::apt_hook::{self, AptAction, AptChange};
+use crate::apt::{self, warned, AptChange};
 use crate::change::Change;
 use crate::config::Config;
 use crate::inventory::Inventory;
@@ -18,7 +18,7 @@ use crate::rebuild::{Executor, Outcome, PairResult, Tools};
 use crate::report::{self, printable, PREFIX};
 use crate::root::Root;
 use crate::state::{QueuedPair, State};
-use crate::{apt_run, hook, plan};
+use crate::{hook, plan};
 
 /// Exit status when a rebuild failed (replay, sync, retry).
 pub const EXIT_FAILED: i32 = 1;
@@ -363,7 +363,7 @@ fn warn_once(root: &Root, warnings: &[String]) {
     if warnings.is_empty() {
         return;
     }
-    let said = apt_run::said(root);
+    let said = warned::said(root);
     let new: Vec<String> = warnings
         .iter()
         .filter(|w| !said.contains(&w.replace('\n', " ")))
@@ -372,7 +372,7 @@ fn warn_once(root: &Root, warnings: &[String]) {
     for w in &new {
         err(&format!("{PREFIX} warning: {w}"));
     }
-    apt_run::note_said(root, &new);
+    warned::note_said(root, &new);
 }
 
 /// Print each result as it happens (apt's output shows progress) and to
@@ -555,7 +555,7 @@ fn finish_run(state: &State, cfg: &Config, env: &Env, p: &Plan, json: bool) -> a
 /// nothing to say), and note its warnings as said for this apt run.
 fn print_forecast(root: &Root, changes: &[AptChange], json: bool) {
     let cfg = load_config(root);
-    let planned: Vec<Change> = changes.iter().filter_map(apt_change).collect();
+    let planned: Vec<Change> = changes.iter().filter_map(AptChange::to_change).collect();
     let inv = match Inventory::for_changes(root, &planned) {
         Ok(i) => i,
         Err(e) => {
@@ -571,49 +571,24 @@ fn print_forecast(root: &Root, changes: &[AptChange], json: bool) {
             out(&l);
         }
     }
-    apt_run::note_said(root, &p.warnings);
-}
-
-fn apt_change(c: &AptChange) -> Option<Change> {
-    let package = crate::dpkg::PackageName::new(&c.package).ok()?;
-    let old = c.old.as_deref().and_then(|v| v.parse().ok());
-    let new = match c.action {
-        // Only unpacks change a build tree.
-        AptAction::Configure => return None,
-        AptAction::Remove | AptAction::Purge => None,
-        _ => Some(c.new.as_deref()?.parse().ok()?),
-    };
-    Some(Change::planned(package, c.architecture.clone(), old, new))
-}
-
-/// An fd apt names in the environment. 0–2 are the standard streams (apt
-/// passes 0 when the hook reads stdin): `None` for those and for anything
-/// that is not an open fd, so that they are never taken over and closed.
-fn env_fd(var: &str) -> Option<std::os::fd::OwnedFd> {
-    let n: i32 = std::env::var(var).ok()?.trim().parse().ok()?;
-    if n <= 2 || rustix::io::fcntl_getfd(unsafe { std::os::fd::BorrowedFd::borrow_raw(n) }).is_err()
-    {
-        return None;
-    }
-    // Safety: apt handed this open fd to us alone.
-    Some(unsafe { std::os::fd::FromRawFd::from_raw_fd(n) })
+    warned::note_said(root, &p.warnings);
 }
 
 fn apt_json_hook(root: &Root, env: &Env, json: bool) -> i32 {
     if env.suspended {
         return 0;
     }
-    let Some(fd) = env_fd("APT_HOOK_SOCKET") else {
+    let Some(fd) = apt::env_fd("APT_HOOK_SOCKET") else {
         log::debug!("APT_HOOK_SOCKET is not an open fd; nothing to do");
         return 0;
     };
     let stream = std::os::unix::net::UnixStream::from(fd);
-    match apt_hook::serve_json_hook(stream) {
+    match apt::serve_json_hook(stream) {
         Ok(session) if session.should_warn() => {
             print_forecast(root, &session.changes, json);
         }
         Ok(_) => {}
-        Err(e @ apt_hook::AptHookError::TooLarge(_)) => err(&format!("{PREFIX} {e}")),
+        Err(e @ apt::AptHookError::TooLarge(_)) => err(&format!("{PREFIX} {e}")),
         Err(e) => log::debug!("apt JSON hook: {e}"),
     }
     0
@@ -623,14 +598,12 @@ fn pre_install_pkgs(root: &Root, env: &Env, json: bool) -> i32 {
     if env.suspended {
         return 0;
     }
-    let parsed = match env_fd("APT_HOOK_INFO_FD") {
-        Some(fd) => {
-            apt_hook::parse_pre_install_reader(std::io::BufReader::new(std::fs::File::from(fd)))
-        }
-        None => apt_hook::parse_pre_install_reader(std::io::stdin().lock()),
+    let parsed = match apt::env_fd("APT_HOOK_INFO_FD") {
+        Some(fd) => apt::parse_pre_install_reader(std::io::BufReader::new(std::fs::File::from(fd))),
+        None => apt::parse_pre_install_reader(std::io::stdin().lock()),
     };
     match parsed {
-        Ok(p) if apt_run::already_warned(root) => {
+        Ok(p) if warned::already_warned(root) => {
             log::debug!("the JSON hook already warned ({} changes)", p.changes.len())
         }
         Ok(p) => {

@@ -216,6 +216,16 @@ pub fn all_lists(root: &Root) -> Result<Vec<(PackageName, Option<String>, PathBu
     Ok(out)
 }
 
+/// Compare two Debian versions with `debversion`; unparsable ones compare
+/// as strings, consistently and without panicking. The one comparison of
+/// version strings (apt's streams, kernel releases).
+pub fn compare_versions(a: &str, b: &str) -> std::cmp::Ordering {
+    match (a.trim().parse::<Version>(), b.trim().parse::<Version>()) {
+        (Ok(x), Ok(y)) => x.cmp(&y),
+        _ => a.cmp(b),
+    }
+}
+
 /// Index status entries by name for lookups.
 pub fn by_name(list: Vec<Installed>) -> HashMap<String, Vec<Installed>> {
     let mut m: HashMap<String, Vec<Installed>> = HashMap::new();
@@ -283,5 +293,28 @@ Status: install ok installed
         assert!(l.touches(b"/usr/lib/linux-kbuild-6.1"));
         assert!(!l.touches(b"/usr/lib/linux-kbuild-6"));
         assert!(!l.touches(b"/usr/lib/linux-kbuild-6.1/tools"));
+    }
+
+    #[test]
+    fn debian_version_compare() {
+        use std::cmp::Ordering::*;
+        for (a, b, want) in [
+            ("6.1.192-2", "6.1.176-1", Greater),
+            ("1.0", "1.0", Equal),
+            ("1.0~rc1", "1.0", Less),
+            ("1.0", "1.0+b1", Less),
+            ("1:0.9", "2.0", Greater),
+            ("2.10-3", "2.10-10", Less),
+            ("1.0a", "1.0", Greater),
+            ("1.01", "1.1", Equal),
+            ("0.58+deb12u7", "0.58+deb12u6", Greater),
+            ("", "", Equal),
+            ("~~", "~", Less),
+            ("99999999999999999999999:1", "1:1", Greater),
+            ("a:b-c", "a:b-c", Equal),
+        ] {
+            assert_eq!(compare_versions(a, b), want, "{a} vs {b}");
+            assert_eq!(compare_versions(b, a), want.reverse(), "{b} vs {a}");
+        }
     }
 }

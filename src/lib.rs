@@ -9,8 +9,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-pub mod apt_hook;
-pub mod apt_run;
+pub mod apt;
 pub mod change;
 pub mod cli;
 pub mod config;

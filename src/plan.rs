@@ -119,10 +119,7 @@ fn selected(inv: &Inventory, cfg: &Config, k: &KernelRelease) -> bool {
 
 /// Kernel releases compare like Debian versions (`6.1.0-9` < `6.1.0-50`).
 pub fn compare_releases(a: &KernelRelease, b: &KernelRelease) -> Ordering {
-    match (a.as_str().parse::<Version>(), b.as_str().parse::<Version>()) {
-        (Ok(x), Ok(y)) => x.cmp(&y),
-        _ => a.cmp(b),
-    }
+    crate::dpkg::compare_versions(a.as_str(), b.as_str())
 }
 
 fn newest(kernels: &[Kernel]) -> Option<&Kernel> {

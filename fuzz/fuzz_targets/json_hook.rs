@@ -2,7 +2,7 @@
 //! apt JSON hook protocol: `serve_json_hook` over the bytes as the socket
 //! (whole reads and tiny reads must give the same session), plus
 //! `parse_message` on the text.
-use dkms_hook::apt_hook::{parse_message, serve_json_hook};
+use dkms_hook::apt::{parse_message, serve_json_hook};
 use dkms_hook_fuzz::{Chunked, Duplex};
 use libfuzzer_sys::fuzz_target;
 

@@ -1,6 +1,6 @@
 #![no_main]
 //! DPkg::Pre-Install-Pkgs info stream (VERSION 2/3) on stdin.
-use dkms_hook::apt_hook::parse_pre_install_reader;
+use dkms_hook::apt::parse_pre_install_reader;
 use dkms_hook_fuzz::{small_bufread, whole};
 use libfuzzer_sys::fuzz_target;
 

@@ -8,7 +8,7 @@
 #
 # Without DKMS_HOOK_DEB the package is built with tests/package.sh. The base
 # root is cached (make-base.sh); a run uses two fresh roots:
-#   root A, dkms-hook installed before the upgrades: scenarios 4, 1, 3, 5, 6, 7
+#   root A, dkms-hook installed before the upgrades: scenarios 4, 1, 3, 5, 6, 9, 7
 #   root B, stock dkms first, dkms-hook later: scenarios 2 and 8
 # Prints PASS/FAIL per scenario and ends with "N passed, M failed".
 # When the Debian mirror cannot be reached: one "SKIPPED:" line, exit 0.
@@ -65,6 +65,9 @@ grep -F 'dkms-hook' "$o" | sed 's/^/    | /' || true
 check "apt-get exits 0 (rc=$RC)" test "$RC" == 0
 check "linux-kbuild-6.1 upgraded in place" test "$(in_root dpkg-query -W -f '${Version}' linux-kbuild-6.1)" == "$E2E_NEW_VERSION"
 check "apt's output has the rebuild line for $OLD" contains "$o" "dkms-hook: rebuilt acpi-call/$E2E_ACPI_CALL_UPSTREAM for $OLD (linux-kbuild-6.1 $E2E_OLD_VERSION → $E2E_NEW_VERSION)"
+check "a start line comes before the result line" before "$o" "dkms-hook: rebuilding acpi-call/$E2E_ACPI_CALL_UPSTREAM for $OLD (" "dkms-hook: rebuilt acpi-call/$E2E_ACPI_CALL_UPSTREAM for $OLD"
+check "no dkms 'Error!' line of our rebuilds reaches apt's output" lacks "$o" "Error! Bad return status"
+check "no dkms 'Consult …make.log' line reaches apt's output" lacks "$o" "Consult /var/lib/dkms"
 check "$OLD acpi_call.ko is new (mtime $M_BEFORE → $(mtime "$ACPI_OLD"))" test "$(mtime "$ACPI_OLD")" -gt "$M_BEFORE"
 check "dkms status: acpi-call installed for $OLD" installed acpi-call "$OLD"
 check "$NEW got acpi-call from dkms itself" test -n "$(ko acpi_call "$NEW")"
@@ -107,6 +110,17 @@ check "apt-get exits 0 (rc=$RC)" test "$RC" == 0
 check "the rebuild line names the headers package" contains "$o" "dkms-hook: rebuilt acpi-call/$E2E_ACPI_CALL_UPSTREAM for $OLD ($E2E_OLD_HEADERS $E2E_OLD_VERSION → $H_V)"
 check "$OLD acpi_call.ko is new" test "$(mtime "$ACPI_OLD")" -gt "$M_BEFORE"
 check "$NEW is not touched" test "$(mtime "$(ko acpi_call "$NEW")")" == "$M_NEW_BEFORE"
+verdict
+
+scenario "9: removing the headers of $OLD: a warning after the removal, the module stays"
+o="$(out)"
+RC=0; e2e_apt_offline remove "$E2E_OLD_HEADERS" > "$o" 2>&1 || RC=$?
+grep -F 'dkms-hook' "$o" | sed 's/^/    | /' || true
+check "apt-get exits 0 (rc=$RC)" test "$RC" == 0
+check "the warning names the removed headers" contains "$o" "dkms-hook: warning: $OLD: headers are gone ($E2E_OLD_HEADERS): its dkms modules (acpi-call"
+check "…and says what really happens" contains "$o" "stay installed but can no longer be rebuilt for $OLD"
+check "dkms status: acpi-call still installed for $OLD" installed acpi-call "$OLD"
+check "the .ko stays" test -n "$(ko acpi_call "$OLD")"
 verdict
 
 scenario "7: after apt remove dkms-hook (conffiles kept), apt still works"

@@ -1,6 +1,8 @@
-//! "Did the JSON hook already warn for this apt run?": a marker in
-//! `/run/dkms-hook/`, keyed by the apt process (pid and start time, so a
-//! recycled pid is not mistaken for the same run).
+//! What one apt run has been told already: a marker in `/run/dkms-hook/`,
+//! keyed by the apt process (pid and start time, so a recycled pid is not
+//! mistaken for the same run), listing the warnings shown. The JSON hook
+//! writes it before the prompt; Pre-Install-Pkgs then keeps quiet, and
+//! post-invoke and the kernel hooks skip what was said.
 
 use std::path::PathBuf;
 
