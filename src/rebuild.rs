@@ -643,8 +643,11 @@ impl<'a> Executor<'a> {
                 }
                 Ok(())
             });
+        // duct applies the outer redirection first: stdout goes to the log,
+        // then stderr joins it there. The other order sends stderr to our
+        // own stdout, i.e. into apt's output (issue 12.2).
         expr = match log {
-            Some(f) => expr.stdout_file(f).stderr_to_stdout(),
+            Some(f) => expr.stderr_to_stdout().stdout_file(f),
             None => expr.stdout_null().stderr_null(),
         };
         let handle = match expr.start() {

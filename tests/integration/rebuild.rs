@@ -97,6 +97,19 @@ fn a_failed_build_keeps_the_working_module() {
         "{err}"
     );
     assert!(err.contains("the working module was kept; see /var/lib/dkms-hook/logs/acpi-call-1.2.2-6.1.0-50-amd64.make.log"), "{err}");
+    // Regression (issue 12.2): dkms's own stderr goes to the run log only.
+    let output = String::from_utf8_lossy(&out.stdout).to_string() + &err;
+    assert!(
+        !output.contains("Error!") && !output.contains("Consult"),
+        "{output}"
+    );
+    let run_log =
+        String::from_utf8(f.read("var/lib/dkms-hook/logs/acpi-call-1.2.2-6.1.0-50-amd64.dkms.log"))
+            .unwrap();
+    assert!(
+        run_log.contains("Consult /var/lib/dkms/acpi-call/1.2.2/build/make.log"),
+        "{run_log}"
+    );
     assert_eq!(f.read(OLD_KO), ko_before, "installed .ko byte-identical");
     // dkms's tree is back: built module, its time, the kernel link.
     assert_eq!(f.read(OLD_BUILT), built_before);
