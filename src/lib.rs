@@ -16,7 +16,7 @@ pub mod config;
 pub mod dkms;
 pub mod dpkg;
 pub mod dpkg_log;
-pub mod hook;
+pub mod intake;
 pub mod inventory;
 pub mod kernel;
 pub mod man_page;

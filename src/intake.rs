@@ -1,6 +1,9 @@
-//! One run of dkms-hook: under the lock, read what changed (dpkg.log from the
-//! cursor, or given logs), plan, persist the queue, then move the cursor and
-//! execute. The order is what makes any interruption harmless.
+//! What goes into the queue: the changes dpkg made (dpkg.log from the
+//! cursor, or the logs given to `replay`), planned against the inventory,
+//! persisted as queued pairs *before* the cursor moves past them; also the
+//! pairs `sync` finds stale and the failures `retry` takes up again. The
+//! order of writes is what makes any interruption harmless. Call with the
+//! lock held (except [`read_logs`] and [`plan_changes`], which only read).
 
 use std::io::{BufReader, Seek, SeekFrom};
 use std::path::Path;
@@ -17,11 +20,6 @@ use crate::state::{self, Cursor, QueuedPair, ReadPlan, State};
 use crate::Error;
 
 pub const DPKG_LOG: &str = "/var/log/dpkg.log";
-
-/// `DKMS_HOOK_SUSPEND=1`: do nothing at all, not even move the cursor.
-pub fn suspended() -> bool {
-    std::env::var_os("DKMS_HOOK_SUSPEND").is_some_and(|v| v == "1")
-}
 
 /// Plan for `changes` on this root.
 pub fn plan_changes(root: &Root, changes: &[Change], cfg: &Config) -> Result<Plan, Error> {
@@ -77,8 +75,7 @@ pub fn enqueue(state: &State, plan: &Plan) -> Result<(), Error> {
 }
 
 /// Read dpkg.log from the cursor, plan, enqueue, then advance the cursor.
-/// Call with the lock held.
-pub fn collect_from_cursor(root: &Root, state: &State, cfg: &Config) -> Result<Plan, Error> {
+pub fn queue_from_dpkg_log(root: &Root, state: &State, cfg: &Config) -> Result<Plan, Error> {
     let log = root
         .resolve(DPKG_LOG)
         .unwrap_or_else(|_| root.host(DPKG_LOG));
@@ -164,4 +161,64 @@ pub fn read_logs(root: &Root, logs: &[impl AsRef<Path>]) -> Result<Vec<Change>, 
     };
     dpkg_log::read_files(logs, &mut set)?;
     Ok(set.finish())
+}
+
+/// Queue every pair the file system shows stale (also those that went stale
+/// before dkms-hook was installed): what `sync` rebuilds.
+pub fn queue_stale(state: &State, inv: &Inventory, cfg: &Config) -> Result<Plan, Error> {
+    let rows = plan::assess(inv, cfg, &[]);
+    let p = Plan {
+        rebuilds: rows
+            .iter()
+            .filter(|r| r.state == plan::PairState::Stale)
+            .filter_map(|r| {
+                Some(Rebuild {
+                    pair: r.pair.clone()?,
+                    because: r.because.clone(),
+                })
+            })
+            .collect(),
+        ..Plan::default()
+    };
+    enqueue(state, &p)?;
+    Ok(p)
+}
+
+/// Queue again every pair whose last rebuild failed: what `retry` does.
+pub fn queue_failures(state: &State) -> Result<(), Error> {
+    let failures = state.failures()?;
+    let mut q = state.queue()?;
+    for f in failures.failed {
+        if !q
+            .pending
+            .iter()
+            .any(|p| p.same_pair(&f.module, &f.version, &f.kernel))
+        {
+            q.pending.push(QueuedPair {
+                module: f.module,
+                version: f.version,
+                kernel: f.kernel,
+                arch: f.arch,
+                because: f.because,
+                stale_since: f.time,
+            });
+        }
+    }
+    state.save_queue(&q)
+}
+
+/// Start the cursor at the end of dpkg.log unless one exists (the package's
+/// postinst runs this once, so the history before it is not replayed).
+pub fn init_cursor(root: &Root, state: &State) -> Result<(), Error> {
+    if state.cursor().ok().flatten().is_some() {
+        return Ok(());
+    }
+    match root
+        .resolve(DPKG_LOG)
+        .ok()
+        .and_then(|l| state::cursor_at_end(&l))
+    {
+        Some(c) => state.save_cursor(&c),
+        None => Ok(()),
+    }
 }

@@ -1,0 +1,205 @@
+//! The command line: the clap definitions (also the source of the man page
+//! and the completions), the exit statuses, and the environment, read once.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::rebuild::Tools;
+
+/// Exit status when a rebuild failed (replay, sync, retry).
+pub const EXIT_FAILED: i32 = 1;
+/// Exit status of usage errors and unreadable input.
+pub const EXIT_USAGE: i32 = 2;
+/// Exit status when the work could not be done: the lock, the state
+/// directory or another file could not be used.
+pub const EXIT_TROUBLE: i32 = 3;
+/// How long `kernel-hook prerm` waits for a running rebuild before it leaves
+/// its request to the next run.
+pub const PRERM_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The commands apt, dpkg and run-parts call: they exit 0 whatever happens.
+pub const HOOK_COMMANDS: &[&str] = &[
+    "post-invoke",
+    "apt-json-hook",
+    "pre-install-pkgs",
+    "kernel-hook",
+];
+
+/// The environment, read once here and passed down.
+#[derive(Debug, Clone, Default)]
+pub struct Env {
+    /// `DKMS_HOOK_SUSPEND=1`: every hook does nothing.
+    pub suspended: bool,
+    pub tools: Tools,
+}
+
+impl Env {
+    pub fn from_process() -> Env {
+        Env {
+            suspended: std::env::var_os("DKMS_HOOK_SUSPEND").is_some_and(|v| v == "1"),
+            tools: Tools {
+                dkms: std::env::var_os("DKMS_HOOK_DKMS").filter(|v| !v.is_empty()),
+                update_initramfs: std::env::var_os("DKMS_HOOK_UPDATE_INITRAMFS")
+                    .filter(|v| !v.is_empty()),
+            },
+        }
+    }
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "dkms-hook",
+    version,
+    about = "Rebuild DKMS modules when a kernel's build tree changes in place",
+    long_about = "dkms-hook closes Debian bug #1040401: dkms rebuilds out-of-tree modules only when a new kernel \
+or headers package appears, not when linux-kbuild-X.Y, a linux-headers-*-common or a kernel's headers are \
+upgraded in place with the same release string. dkms-hook reads what dpkg changed, finds every installed \
+kernel whose build tree those packages feed, and rebuilds each dkms module built before the change.",
+    after_long_help = "\
+Files:
+  /etc/dkms/dkms-hook.conf   configuration; every key is listed, commented, at its default
+  /var/lib/dkms-hook/        state: dpkg.log cursor, queue, failures, backups/, logs/, builds/ (running builds), lock
+  /var/log/dkms-hook.log     one line per rebuild, skip or failure
+  /etc/apt/apt.conf.d/80dkms-hook, /etc/dpkg/dpkg.cfg.d/dkms-hook, /etc/kernel/*.d/dkms-hook   the hooks
+
+Environment:
+  DKMS_HOOK_ROOT     like --root
+  DKMS_HOOK_SUSPEND  set to 1 to make every hook do nothing (the cursor stays)
+  DKMS_HOOK_LOG      debug output, env_logger syntax (e.g. debug)
+  DKMS_HOOK_DKMS     the dkms program to run (a stand-in, for tests; needed under --root)
+  DKMS_HOOK_UPDATE_INITRAMFS  the update-initramfs program to run (under --root it is skipped unless named)
+
+Exit status:
+  0 success; the hooks (post-invoke, apt-json-hook, pre-install-pkgs, kernel-hook) always exit 0
+  1 replay, sync or retry: a rebuild failed
+  2 usage error or unreadable input
+  3 the work could not be done: lock, state directory or another file unusable"
+)]
+pub struct Cli {
+    /// Operate on the system below DIR instead of / (absolute symlinks resolve inside it).
+    #[arg(long, global = true, value_name = "DIR", env = "DKMS_HOOK_ROOT")]
+    pub root: Option<PathBuf>,
+    /// Print debug messages (or set DKMS_HOOK_LOG, env_logger syntax).
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Rebuild what the changes in the given dpkg logs made stale.
+    Replay(ReplayArgs),
+    /// apt's DPkg::Post-Invoke and dpkg's post-invoke: read dpkg.log from the
+    /// cursor and rebuild stale pairs. Always exits 0.
+    PostInvoke,
+    /// Show every installed kernel × dkms module: fresh, stale, failed,
+    /// missing, no-headers, excluded. Exits 0 when all is well, 1 when
+    /// something needs attention (stale, failed, missing, no-headers, or an
+    /// excluded pair whose old module is still installed), 2 when the
+    /// system could not be read: usable by monitoring.
+    Status(StatusArgs),
+    /// Rebuild every pair that `status` finds stale (also those that went
+    /// stale before dkms-hook was installed).
+    Sync(JsonArg),
+    /// Rebuild the pairs whose last rebuild failed.
+    Retry(JsonArg),
+    /// apt's JSON hook (AptCli::Hooks::Install, ::Upgrade): warn before the
+    /// prompt which kernels and modules the upgrade touches. Always exits 0.
+    AptJsonHook(JsonArg),
+    /// apt's DPkg::Pre-Install-Pkgs (Version 3) for frontends without JSON
+    /// hooks; quiet if the JSON hook already spoke for this apt run. Always exits 0.
+    PreInstallPkgs(JsonArg),
+    /// /etc/kernel/{header_postinst,postinst,prerm}.d: record the event, warn
+    /// about a kernel without headers or modules, forget a removed kernel. Always exits 0.
+    KernelHook {
+        /// Which /etc/kernel directory ran it.
+        #[arg(value_enum)]
+        phase: Phase,
+        /// The kernel release.
+        kernel: String,
+        /// The kernel image (postinst, prerm).
+        image: Option<PathBuf>,
+    },
+    /// Create the state directory and start the dpkg.log cursor at the end (postinst).
+    #[command(hide = true)]
+    Init,
+    /// Print the man page dkms-hook(8).
+    #[command(hide = true)]
+    Man,
+    /// Print a shell completion script.
+    #[command(hide = true)]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+/// The /etc/kernel/*.d directory a kernel hook was run from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[value(rename_all = "snake_case")]
+pub enum Phase {
+    HeaderPostinst,
+    Postinst,
+    Prerm,
+}
+
+#[derive(Debug, Args)]
+pub struct JsonArg {
+    /// Print one JSON object instead of lines.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print one JSON object instead of lines.
+    #[arg(long)]
+    pub json: bool,
+    /// Print nothing; only the exit status tells.
+    #[arg(short, long, conflicts_with = "json")]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// Only show what would be rebuilt.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print one JSON object instead of lines.
+    #[arg(long)]
+    pub json: bool,
+    /// dpkg.log files (plain or .gz, any order) or apt history.log files.
+    #[arg(required = true, value_name = "LOG")]
+    pub logs: Vec<PathBuf>,
+}
+
+/// An input the user named (a log to replay) that cannot be read.
+#[derive(Debug)]
+pub struct BadInput(pub crate::Error);
+
+impl std::fmt::Display for BadInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for BadInput {}
+
+/// 2 for usage errors and input that cannot be read as what it should be,
+/// 3 for everything that kept the work from being done.
+pub fn exit_code(e: &anyhow::Error) -> i32 {
+    if e.downcast_ref::<BadInput>().is_some() {
+        return EXIT_USAGE;
+    }
+    match e.downcast_ref::<crate::Error>() {
+        Some(
+            crate::Error::Log { .. }
+            | crate::Error::InvalidName { .. }
+            | crate::Error::Unreadable { .. }
+            | crate::Error::Refused(_),
+        ) => EXIT_USAGE,
+        _ => EXIT_TROUBLE,
+    }
+}
