@@ -3,80 +3,39 @@
 //! `M/kernel-K-ARCH → V/K/ARCH` for each installed one. Reading it costs a few
 //! `readdir`s, where `dkms status` costs ~400 ms.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use serde::{Deserialize, Serialize};
-
 use crate::kernel::KernelRelease;
 use crate::root::Root;
-use crate::Error;
 
 pub const DKMS_TREE: &str = "/var/lib/dkms";
 
-/// A dkms module name or version: safe as one path component and as one
-/// argument (`[A-Za-z0-9][A-Za-z0-9._+~-]*`, no `..`).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct Word(String);
-
-// Read back from state files through the same check.
-impl TryFrom<String> for Word {
-    type Error = Error;
-    fn try_from(s: String) -> Result<Self, Error> {
-        Word::new("name", &s)
-    }
-}
-
-impl From<Word> for String {
-    fn from(w: Word) -> String {
-        w.0
-    }
-}
-
-impl Word {
-    pub fn new(kind: &'static str, s: &str) -> Result<Word, Error> {
-        let ok = !s.is_empty()
-            && s.len() <= 128
-            && s.as_bytes()[0].is_ascii_alphanumeric()
-            && !s.contains("..")
-            && s.bytes()
-                .all(|c| c.is_ascii_alphanumeric() || b"._+~-".contains(&c));
-        if ok {
-            Ok(Word(s.to_string()))
-        } else {
-            Err(Error::InvalidName {
-                kind,
-                name: s.to_string(),
-            })
-        }
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for Word {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+pub use crate::name::{DkmsArch, ModuleName, ModuleVersion};
 
 /// One module version built for one kernel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pair {
-    pub module: Word,
-    pub version: Word,
+    pub module: ModuleName,
+    pub version: ModuleVersion,
     pub kernel: KernelRelease,
     /// dkms's architecture directory (`x86_64`).
-    pub arch: Word,
+    pub arch: DkmsArch,
     /// `kernel-K-ARCH` points at this version.
     pub installed: bool,
     /// mtime of the newest built `.ko` under `module/`; `None` if none is there
     /// (a failed `build --force` leaves the directory without one).
     pub built: Option<SystemTime>,
+}
+
+impl crate::name::Keyed for Pair {
+    fn key(&self) -> crate::name::PairKey<'_> {
+        crate::name::PairKey {
+            module: &self.module,
+            version: &self.version,
+            kernel: &self.kernel,
+        }
+    }
 }
 
 impl Pair {
@@ -139,13 +98,13 @@ pub fn scan(root: &Root, warnings: &mut Vec<String>) -> Vec<Pair> {
     };
     let mut out = Vec::new();
     for (m, mdir) in dirs(&root.host(&tree)) {
-        let Ok(module) = Word::new("dkms module", &m) else {
+        let Ok(module) = ModuleName::new(&m) else {
             warnings.push(format!("ignoring dkms module directory {m:?}: unsafe name"));
             continue;
         };
         let installed = installed_links(&mdir, &module, warnings);
         for (v, vdir) in dirs(&mdir) {
-            let Ok(version) = Word::new("dkms module version", &v) else {
+            let Ok(version) = ModuleVersion::new(&v) else {
                 warnings.push(format!("ignoring {module}/{v:?}: unsafe version"));
                 continue;
             };
@@ -160,7 +119,7 @@ pub fn scan(root: &Root, warnings: &mut Vec<String>) -> Vec<Pair> {
                     continue;
                 };
                 for (a, adir) in dirs(&kdir) {
-                    let Ok(arch) = Word::new("architecture", &a) else {
+                    let Ok(arch) = DkmsArch::new(&a) else {
                         continue;
                     };
                     let target = format!("{version}/{kernel}/{arch}");
@@ -180,7 +139,7 @@ pub fn scan(root: &Root, warnings: &mut Vec<String>) -> Vec<Pair> {
 }
 
 /// The `V/K/ARCH` targets of a module's `kernel-K-ARCH` links.
-fn installed_links(mdir: &Path, module: &Word, warnings: &mut Vec<String>) -> Vec<String> {
+fn installed_links(mdir: &Path, module: &ModuleName, warnings: &mut Vec<String>) -> Vec<String> {
     let Ok(rd) = std::fs::read_dir(mdir) else {
         return Vec::new();
     };
@@ -198,9 +157,9 @@ fn installed_links(mdir: &Path, module: &Word, warnings: &mut Vec<String>) -> Ve
         // followed, so that the check below stays inside the module's tree.
         let parts: Vec<&str> = target.split('/').collect();
         let relative = parts.len() == 3
-            && Word::new("v", parts[0]).is_ok()
+            && ModuleVersion::new(parts[0]).is_ok()
             && KernelRelease::new(parts[1]).is_ok()
-            && Word::new("a", parts[2]).is_ok();
+            && DkmsArch::new(parts[2]).is_ok();
         if !relative {
             warnings.push(format!(
                 "{module}: ignoring {name}: unexpected target {target:?}"
@@ -232,7 +191,7 @@ pub struct Exclusive {
 
 impl Exclusive {
     /// Read `/usr/src/M-V/dkms.conf`; anything unreadable excludes nothing.
-    pub fn read(root: &Root, module: &Word, version: &Word) -> Exclusive {
+    pub fn read(root: &Root, module: &ModuleName, version: &ModuleVersion) -> Exclusive {
         let path = format!("/usr/src/{module}-{version}/dkms.conf");
         let Ok(text) = root.read(&path, crate::root::CAP_SMALL) else {
             return Exclusive::default();
@@ -289,16 +248,6 @@ impl Exclusive {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn words_are_checked() {
-        assert!(Word::new("m", "acpi-call").is_ok());
-        assert!(Word::new("m", "nvidia-current").is_ok());
-        assert!(Word::new("v", "550.54.14").is_ok());
-        for bad in ["", "..", "a/b", "a b", "-x", "x..y"] {
-            assert!(Word::new("m", bad).is_err(), "{bad}");
-        }
-    }
 
     #[test]
     fn build_exclusive_is_read_as_dkms_does() {

@@ -13,10 +13,11 @@ use crate::change::{Change, ChangeSet};
 use crate::config::Config;
 use crate::dpkg_log;
 use crate::inventory::Inventory;
+use crate::name::Keyed;
 use crate::plan::{self, Plan, Rebuild};
 use crate::report;
 use crate::root::Root;
-use crate::state::{self, Cursor, QueuedPair, ReadPlan, State};
+use crate::state::{self, Cursor, LogSpan, QueuedPair, State};
 use crate::Error;
 
 pub const DPKG_LOG: &str = "/var/log/dpkg.log";
@@ -59,11 +60,7 @@ pub fn enqueue(state: &State, plan: &Plan) -> Result<(), Error> {
             because: report::causes(&r.because),
             stale_since: stale_since(r),
         };
-        match q
-            .pending
-            .iter_mut()
-            .find(|x| x.same_pair(&entry.module, &entry.version, &entry.kernel))
-        {
+        match q.pending.iter_mut().find(|x| x.key() == entry.key()) {
             Some(x) => {
                 x.stale_since = x.stale_since.max(entry.stale_since);
                 x.because = entry.because;
@@ -95,14 +92,14 @@ pub fn queue_from_dpkg_log(root: &Root, state: &State, cfg: &Config) -> Result<P
             })
         }
     };
-    let pieces = match state::read_plan(cursor.as_ref(), &log) {
-        ReadPlan::StartAtEnd => {
+    let pieces = match state::log_span(cursor.as_ref(), &log) {
+        LogSpan::StartAtEnd => {
             if let Some(c) = state::cursor_at_end(&log) {
                 state.save_cursor(&c)?;
             }
             return Ok(Plan::default());
         }
-        ReadPlan::Pieces(p) => p,
+        LogSpan::Files(p) => p,
     };
     let mut set = ChangeSet::new();
     let mut end = None;
@@ -189,11 +186,7 @@ pub fn queue_failures(state: &State) -> Result<(), Error> {
     let failures = state.failures()?;
     let mut q = state.queue()?;
     for f in failures.failed {
-        if !q
-            .pending
-            .iter()
-            .any(|p| p.same_pair(&f.module, &f.version, &f.kernel))
-        {
+        if !q.pending.iter().any(|p| p.key() == f.key()) {
             q.pending.push(QueuedPair {
                 module: f.module,
                 version: f.version,

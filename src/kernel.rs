@@ -7,12 +7,11 @@
 //! names are guessed from paths only where a file list is missing.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::dpkg::{self, FileList, PackageName};
 use crate::root::{open_regular, path_bytes, Root, CAP_LIST, CAP_SMALL};
@@ -20,54 +19,7 @@ use crate::Error;
 
 pub const MODULES_DIR: &str = "/lib/modules";
 
-/// A kernel release (`uname -r`), e.g. `6.1.0-50-amd64`. Checked so that it
-/// can be joined to a path or passed to dkms: no `/`, no `..`, no spaces.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct KernelRelease(String);
-
-// Read back from state files through the same check.
-impl TryFrom<String> for KernelRelease {
-    type Error = Error;
-    fn try_from(s: String) -> Result<Self, Error> {
-        KernelRelease::new(&s)
-    }
-}
-
-impl From<KernelRelease> for String {
-    fn from(k: KernelRelease) -> String {
-        k.0
-    }
-}
-
-impl KernelRelease {
-    pub fn new(s: &str) -> Result<KernelRelease, Error> {
-        let ok = !s.is_empty()
-            && s.len() <= 200
-            && s.as_bytes()[0].is_ascii_alphanumeric()
-            && !s.contains("..")
-            && s.bytes()
-                .all(|c| c.is_ascii_alphanumeric() || b"._+~-".contains(&c));
-        if ok {
-            Ok(KernelRelease(s.to_string()))
-        } else {
-            Err(Error::InvalidName {
-                kind: "kernel release",
-                name: s.to_string(),
-            })
-        }
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for KernelRelease {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+pub use crate::name::KernelRelease;
 
 /// Why a package is an input of a kernel; each role can be switched off in
 /// the config.

@@ -20,6 +20,7 @@ pub mod intake;
 pub mod inventory;
 pub mod kernel;
 pub mod man_page;
+pub mod name;
 pub mod plan;
 pub mod rebuild;
 pub mod report;

@@ -16,6 +16,7 @@ use crate::dkms::Pair;
 use crate::dpkg::PackageName;
 use crate::inventory::Inventory;
 use crate::kernel::{Input, Kernel, KernelRelease, Role};
+use crate::name::{Keyed, ModuleName, ModuleVersion, PairKey};
 use crate::state::Failure;
 
 /// A change that makes a pair stale.
@@ -364,7 +365,7 @@ pub fn kernel_warnings(inv: &Inventory, k: &KernelRelease) -> Vec<String> {
         return out;
     };
     // Excluded pairs (BUILD_EXCLUSIVE) are not missing: assess says so.
-    let missing: Vec<(String, String)> = assess(inv, &Config::default(), &[])
+    let missing: Vec<(ModuleName, ModuleVersion)> = assess(inv, &Config::default(), &[])
         .into_iter()
         .filter(|a| &a.kernel == k && a.state == PairState::Missing)
         .map(|a| (a.module, a.version))
@@ -412,8 +413,8 @@ pub enum PairState {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Assessment {
-    pub module: String,
-    pub version: String,
+    pub module: ModuleName,
+    pub version: ModuleVersion,
     pub kernel: KernelRelease,
     pub state: PairState,
     pub why: String,
@@ -422,15 +423,25 @@ pub struct Assessment {
     pub because: Vec<Cause>,
 }
 
+impl Keyed for Assessment {
+    fn key(&self) -> PairKey<'_> {
+        PairKey {
+            module: &self.module,
+            version: &self.version,
+            kernel: &self.kernel,
+        }
+    }
+}
+
 /// Judge every kernel × module from the file system alone: an input whose
 /// file list (rewritten by dpkg on unpack) is newer than the pair's module is
 /// stale. `failed` are the recorded failures.
 pub fn assess(inv: &Inventory, cfg: &Config, failed: &[Failure]) -> Vec<Assessment> {
-    let mut modules: Vec<(&str, &str)> = inv
+    let mut modules: Vec<(&ModuleName, &ModuleVersion)> = inv
         .pairs
         .iter()
         .filter(|p| p.installed)
-        .map(|p| (p.module.as_str(), p.version.as_str()))
+        .map(|p| (&p.module, &p.version))
         .collect();
     modules.sort_unstable();
     modules.dedup();
@@ -440,19 +451,17 @@ pub fn assess(inv: &Inventory, cfg: &Config, failed: &[Failure]) -> Vec<Assessme
             let pair = inv
                 .pairs
                 .iter()
-                .find(|p| p.kernel == k.release && p.module.as_str() == m && p.installed);
+                .find(|p| p.kernel == k.release && &p.module == m && p.installed);
             let mut a = Assessment {
-                module: m.into(),
-                version: v.into(),
+                module: m.clone(),
+                version: v.clone(),
                 kernel: k.release.clone(),
                 state: PairState::Fresh,
                 why: String::new(),
                 pair: pair.cloned(),
                 because: Vec::new(),
             };
-            let failure = failed.iter().find(|f| {
-                f.module.as_str() == m && f.version.as_str() == v && f.kernel == k.release
-            });
+            let failure = failed.iter().find(|f| f.key() == a.key());
             if let Some(f) = failure.filter(|f| !f.restored) {
                 a.state = PairState::Failed;
                 a.why = format!(
@@ -462,7 +471,7 @@ pub fn assess(inv: &Inventory, cfg: &Config, failed: &[Failure]) -> Vec<Assessme
                 out.push(a);
                 continue;
             }
-            if inv.is_excluded(m, v, &k.release) {
+            if inv.is_excluded(m.as_str(), v.as_str(), &k.release) {
                 a.state = PairState::Excluded;
                 a.why = "BUILD_EXCLUSIVE in its dkms.conf excludes this kernel".into();
                 out.push(a);
@@ -477,7 +486,7 @@ pub fn assess(inv: &Inventory, cfg: &Config, failed: &[Failure]) -> Vec<Assessme
                 out.push(a);
                 continue;
             };
-            if pair.version.as_str() != v {
+            if &pair.version != v {
                 continue;
             }
             if !k.has_headers() {
@@ -523,7 +532,7 @@ pub fn assess(inv: &Inventory, cfg: &Config, failed: &[Failure]) -> Vec<Assessme
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dkms::Word;
+    use crate::dkms::{DkmsArch, ModuleName, ModuleVersion};
     use crate::dpkg::Installed;
     use crate::kernel::TreeDir;
     use std::collections::{BTreeMap, HashMap};
@@ -563,10 +572,10 @@ mod tests {
     }
     fn pair(m: &str, k: &str, built: &str) -> Pair {
         Pair {
-            module: Word::new("m", m).unwrap(),
-            version: Word::new("v", "1.0").unwrap(),
+            module: ModuleName::new(m).unwrap(),
+            version: ModuleVersion::new("1.0").unwrap(),
             kernel: kr(k),
-            arch: Word::new("a", "x86_64").unwrap(),
+            arch: DkmsArch::new("x86_64").unwrap(),
             installed: true,
             built: Some(at(built)),
         }

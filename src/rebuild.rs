@@ -16,6 +16,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::config::Config;
 use crate::dkms::{built_time, is_module_file, DKMS_TREE};
 use crate::kernel::MODULES_DIR;
+use crate::name::Keyed;
 use crate::root::{open_regular, CAP_SMALL};
 use crate::state::{at_secs, BuildNote, Failure, QueuedPair, State, STATE_DIR};
 use crate::Error;
@@ -189,7 +190,7 @@ impl<'a> Executor<'a> {
     ) -> Result<(), Error> {
         let p = &r.pair;
         let mut f = failures.lock().map_err(poisoned)?;
-        f.failed.retain(|x| !x.same_pair(p));
+        f.failed.retain(|x| x.key() != p.key());
         let mut keep_queued = false;
         if let Outcome::Failed {
             status,
@@ -222,8 +223,7 @@ impl<'a> Executor<'a> {
             return Ok(());
         }
         let mut q = queue.lock().map_err(poisoned)?;
-        q.pending
-            .retain(|x| !x.same_pair(&p.module, &p.version, &p.kernel));
+        q.pending.retain(|x| x.key() != p.key());
         self.state.save_queue(&q)
     }
 
@@ -620,7 +620,7 @@ impl<'a> Executor<'a> {
         program: &OsStr,
         args: &[&OsStr],
         log: Option<File>,
-        note: Option<&crate::dkms::Word>,
+        note: Option<&crate::name::ModuleName>,
     ) -> Ran {
         let mut expr = duct::cmd(program, args)
             .env("DKMS_HOOK_ROOT", self.state.root().dir())

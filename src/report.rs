@@ -6,6 +6,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::change::Change;
+use crate::name::Keyed;
 use crate::plan::{Assessment, Cause, PairState, Plan};
 use crate::rebuild::{Outcome, PairResult};
 use crate::state::{Failure, QueuedPair};
@@ -256,7 +257,7 @@ pub fn status_json(
             let mut o = pair(r);
             o["state"] = json!(r.state);
             o["why"] = json!(r.why);
-            if let Some(f) = failed.iter().find(|f| f.module.as_str() == r.module && f.version.as_str() == r.version && f.kernel == r.kernel) {
+            if let Some(f) = failed.iter().find(|f| f.key() == r.key()) {
                 o["make_log"] = json!(f.make_log);
                 o["failed_because"] = json!(f.because);
             }
@@ -276,7 +277,7 @@ pub fn status_lines(
     let mut out = Vec::new();
     let w = rows
         .iter()
-        .map(|r| r.module.len() + r.version.len() + 1)
+        .map(|r| r.module.as_str().len() + r.version.as_str().len() + 1)
         .max()
         .unwrap_or(0);
     let kw = rows
@@ -297,9 +298,7 @@ pub fn status_lines(
         if !r.why.is_empty() {
             line.push_str(&format!("  {}", r.why));
         }
-        if let Some(f) = failed.iter().find(|f| {
-            f.module.as_str() == r.module && f.version.as_str() == r.version && f.kernel == r.kernel
-        }) {
+        if let Some(f) = failed.iter().find(|f| f.key() == r.key()) {
             if !f.make_log.is_empty() {
                 line.push_str(&format!(" (make.log: {})", f.make_log));
             }

@@ -19,8 +19,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use crate::dkms::Word;
+use crate::dkms::{DkmsArch, ModuleName, ModuleVersion};
 use crate::kernel::KernelRelease;
+use crate::name::{Keyed, PairKey};
 use crate::root::{Root, CAP_STATE};
 use crate::state_dir::Dir;
 use crate::Error;
@@ -51,10 +52,10 @@ pub struct Cursor {
 /// A pair waiting to be rebuilt.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueuedPair {
-    pub module: Word,
-    pub version: Word,
+    pub module: ModuleName,
+    pub version: ModuleVersion,
     pub kernel: KernelRelease,
-    pub arch: Word,
+    pub arch: DkmsArch,
     /// `linux-kbuild-6.1 6.1.176-1 → 6.1.192-2`, for messages.
     pub because: String,
     /// Seconds since the epoch of the change that made it stale: a pair whose
@@ -65,10 +66,10 @@ pub struct QueuedPair {
 /// A pair whose last rebuild failed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Failure {
-    pub module: Word,
-    pub version: Word,
+    pub module: ModuleName,
+    pub version: ModuleVersion,
     pub kernel: KernelRelease,
-    pub arch: Word,
+    pub arch: DkmsArch,
     pub because: String,
     /// In-root path of the kept copy of make.log.
     pub make_log: String,
@@ -98,15 +99,23 @@ pub struct Failures {
     pub failed: Vec<Failure>,
 }
 
-impl QueuedPair {
-    pub fn same_pair(&self, m: &Word, v: &Word, k: &KernelRelease) -> bool {
-        &self.module == m && &self.version == v && &self.kernel == k
+impl Keyed for QueuedPair {
+    fn key(&self) -> PairKey<'_> {
+        PairKey {
+            module: &self.module,
+            version: &self.version,
+            kernel: &self.kernel,
+        }
     }
 }
 
-impl Failure {
-    pub fn same_pair(&self, p: &QueuedPair) -> bool {
-        p.same_pair(&self.module, &self.version, &self.kernel)
+impl Keyed for Failure {
+    fn key(&self) -> PairKey<'_> {
+        PairKey {
+            module: &self.module,
+            version: &self.version,
+            kernel: &self.kernel,
+        }
     }
 }
 
@@ -506,7 +515,7 @@ impl State {
 
     /// Note the process group of a running dkms, so that the next run can
     /// stop it if this one is killed (the file is `builds/M.pgid`).
-    pub fn note_build(&self, module: &Word, note: &BuildNote) {
+    pub fn note_build(&self, module: &ModuleName, note: &BuildNote) {
         let r = serde_json::to_vec(note)
             .map_err(|e| Error::Refused(e.to_string()))
             .and_then(|text| {
@@ -519,7 +528,7 @@ impl State {
         }
     }
 
-    pub fn forget_build(&self, module: &Word) {
+    pub fn forget_build(&self, module: &ModuleName) {
         if let Some(b) = self.open().ok().and_then(|d| d.existing_subdir("builds")) {
             b.remove(&format!("{module}.pgid"));
         }
@@ -613,11 +622,11 @@ impl State {
 
 /// Where to read dpkg.log from, given the saved cursor.
 #[derive(Debug, PartialEq, Eq)]
-pub enum ReadPlan {
+pub enum LogSpan {
     /// First run ever: start at the end.
     StartAtEnd,
     /// Read these (host path, offset) pieces in order.
-    Pieces(Vec<(PathBuf, u64)>),
+    Files(Vec<(PathBuf, u64)>),
 }
 
 fn identity(p: &Path) -> Option<(u64, u64, u64)> {
@@ -648,9 +657,9 @@ pub fn cursor_at_end(log: &Path) -> Option<Cursor> {
 
 /// Decide what to read. `log` is the host path of dpkg.log; its rotated
 /// predecessor is `log.1`.
-pub fn read_plan(cursor: Option<&Cursor>, log: &Path) -> ReadPlan {
+pub fn log_span(cursor: Option<&Cursor>, log: &Path) -> LogSpan {
     let Some(c) = cursor else {
-        return ReadPlan::StartAtEnd;
+        return LogSpan::StartAtEnd;
     };
     let same = |p: &Path| {
         identity(p).is_some_and(|(d, i, len)| {
@@ -661,15 +670,15 @@ pub fn read_plan(cursor: Option<&Cursor>, log: &Path) -> ReadPlan {
         })
     };
     if same(log) {
-        return ReadPlan::Pieces(vec![(log.to_path_buf(), c.offset)]);
+        return LogSpan::Files(vec![(log.to_path_buf(), c.offset)]);
     }
     let rotated = PathBuf::from(format!("{}.1", log.display()));
     if same(&rotated) {
         // logrotate moved our file aside: finish it, then the new one.
-        return ReadPlan::Pieces(vec![(rotated, c.offset), (log.to_path_buf(), 0)]);
+        return LogSpan::Files(vec![(rotated, c.offset), (log.to_path_buf(), 0)]);
     }
     // Replaced or truncated beyond recognition: read the whole current log.
-    ReadPlan::Pieces(vec![(log.to_path_buf(), 0)])
+    LogSpan::Files(vec![(log.to_path_buf(), 0)])
 }
 
 #[cfg(test)]
@@ -681,11 +690,11 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let log = t.path().join("dpkg.log");
         fs::write(&log, "a\nb\n").unwrap();
-        assert_eq!(read_plan(None, &log), ReadPlan::StartAtEnd);
+        assert_eq!(log_span(None, &log), LogSpan::StartAtEnd);
         let c = cursor_at_end(&log).unwrap();
         assert_eq!(
-            read_plan(Some(&c), &log),
-            ReadPlan::Pieces(vec![(log.clone(), 4)])
+            log_span(Some(&c), &log),
+            LogSpan::Files(vec![(log.clone(), 4)])
         );
         fs::OpenOptions::new()
             .append(true)
@@ -694,15 +703,15 @@ mod tests {
             .write_all(b"c\n")
             .unwrap();
         assert_eq!(
-            read_plan(Some(&c), &log),
-            ReadPlan::Pieces(vec![(log.clone(), 4)])
+            log_span(Some(&c), &log),
+            LogSpan::Files(vec![(log.clone(), 4)])
         );
         let rotated = t.path().join("dpkg.log.1");
         fs::rename(&log, &rotated).unwrap();
         fs::write(&log, "d\n").unwrap();
         assert_eq!(
-            read_plan(Some(&c), &log),
-            ReadPlan::Pieces(vec![(rotated, 4), (log.clone(), 0)])
+            log_span(Some(&c), &log),
+            LogSpan::Files(vec![(rotated, 4), (log.clone(), 0)])
         );
     }
 
@@ -715,17 +724,17 @@ mod tests {
         let mut f = fs::OpenOptions::new().write(true).open(&log).unwrap();
         f.write_all(b"bbbb\n").unwrap(); // same inode, same length, other bytes
         assert_eq!(
-            read_plan(Some(&c), &log),
-            ReadPlan::Pieces(vec![(log.clone(), 0)])
+            log_span(Some(&c), &log),
+            LogSpan::Files(vec![(log.clone(), 0)])
         );
     }
 
     fn pair(m: &str) -> QueuedPair {
         QueuedPair {
-            module: Word::new("m", m).unwrap(),
-            version: Word::new("v", "1").unwrap(),
+            module: ModuleName::new(m).unwrap(),
+            version: ModuleVersion::new("1").unwrap(),
             kernel: KernelRelease::new("k").unwrap(),
-            arch: Word::new("a", "x86_64").unwrap(),
+            arch: DkmsArch::new("x86_64").unwrap(),
             because: "p 1 → 2".into(),
             stale_since: 5,
         }
