@@ -479,8 +479,9 @@ mod tests {
         let mut set = ChangeSet::new();
         let cut = &UPGRADE[..UPGRADE.len() - 10];
         let n = parse_complete_lines(cut, &mut set).unwrap();
-        assert_eq!(&cut[n as usize - 1..n as usize], b"\n");
-        assert!(n < cut.len() as u64);
+        let n = usize::try_from(n).unwrap();
+        assert_eq!(&cut[n - 1..n], b"\n");
+        assert!(n < cut.len());
     }
 
     #[test]

@@ -263,7 +263,7 @@ fn read_whole(path: &Path, buf: &mut Vec<u8>) -> std::io::Result<usize> {
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags((rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32)
+        .custom_flags(crate::root::NOFOLLOW_NONBLOCK)
         .open(path)?;
     let mut len = 0;
     loop {

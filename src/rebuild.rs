@@ -633,6 +633,10 @@ impl<'a> Executor<'a> {
                 // on building in the shared build directory while the next
                 // run starts its own build there. Its children are caught by
                 // `State::kill_leftover_builds` in the next run.
+                // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe. The
+                // signal follows the death of the *thread* that spawned the
+                // child; each rebuild waits for its child on the thread that
+                // spawned it, so the thread outlives the child.
                 unsafe {
                     c.pre_exec(|| {
                         rustix::process::set_parent_process_death_signal(Some(
@@ -656,7 +660,11 @@ impl<'a> Executor<'a> {
                 return Ran::SpawnFailed(format!("cannot run {}: {e}", program.to_string_lossy()))
             }
         };
-        let pgid = handle.pids().first().map_or(0, |p| *p as i32);
+        let pgid = handle
+            .pids()
+            .first()
+            .and_then(|p| i32::try_from(*p).ok())
+            .unwrap_or(0);
         if let Some(m) = note {
             if let Some(n) = BuildNote::of(pgid) {
                 self.state.note_build(m, &n);
@@ -669,20 +677,17 @@ impl<'a> Executor<'a> {
             r
         };
         let deadline = Instant::now() + self.config.build_timeout;
-        loop {
-            match handle.try_wait() {
-                Ok(Some(out)) => return done(Ran::Exit(out.status.code().unwrap_or(-1))),
-                Ok(None) => {}
-                Err(e) => return done(Ran::SpawnFailed(e.to_string())),
-            }
-            if Instant::now() >= deadline {
+        match handle.wait_deadline(deadline) {
+            Ok(Some(out)) => done(Ran::Exit(out.status.code().unwrap_or(-1))),
+            Ok(None) => {
+                // Over time: the whole process group goes, not only dkms.
                 if let Some(pid) = rustix::process::Pid::from_raw(pgid) {
                     let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
                 }
                 let _ = handle.wait();
-                return done(Ran::TimedOut);
+                done(Ran::TimedOut)
             }
-            std::thread::sleep(Duration::from_millis(20));
+            Err(e) => done(Ran::SpawnFailed(e.to_string())),
         }
     }
 

@@ -30,13 +30,19 @@ pub const CAP_STATUS: u64 = 512 << 20;
 /// dkms-hook's own JSON state files.
 pub const CAP_STATE: u64 = 16 << 20;
 
+/// `O_NOFOLLOW | O_NONBLOCK` for `OpenOptionsExt::custom_flags`: a planted
+/// link is not followed and a FIFO does not block the open.
+pub const NOFOLLOW_NONBLOCK: i32 = i32::from_ne_bytes(
+    (rustix::fs::OFlags::NOFOLLOW.bits() | rustix::fs::OFlags::NONBLOCK.bits()).to_ne_bytes(),
+);
+
 /// Open a host path for reading, refusing links, FIFOs, devices and
 /// directories: `O_NOFOLLOW | O_NONBLOCK` so neither a planted link nor a FIFO
 /// can redirect or hang the open, then `fstat`.
 pub fn open_regular(path: &Path) -> Result<File, Error> {
     let f = std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags((rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32)
+        .custom_flags(NOFOLLOW_NONBLOCK)
         .open(path)
         .map_err(|e| match e.raw_os_error() {
             Some(40) => Error::Unreadable {

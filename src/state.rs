@@ -608,9 +608,7 @@ impl State {
                 .create(true)
                 .append(true)
                 .mode(0o644)
-                .custom_flags(
-                    (rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32,
-                )
+                .custom_flags(crate::root::NOFOLLOW_NONBLOCK)
                 .open(&p)
                 .and_then(|mut f| writeln!(f, "{stamp} {}", crate::report::printable(line)))
         });
@@ -638,7 +636,7 @@ pub fn fingerprint(p: &Path, offset: u64) -> Option<u64> {
     let mut f = File::open(p).ok()?;
     let start = offset.saturating_sub(FINGERPRINT_LEN);
     f.seek(io::SeekFrom::Start(start)).ok()?;
-    let mut buf = vec![0; (offset - start) as usize];
+    let mut buf = vec![0; usize::try_from(offset - start).ok()?];
     f.read_exact(&mut buf).ok()?;
     Some(fnv1a(&buf))
 }

@@ -280,6 +280,7 @@ fn modes_ignore_the_umask_and_a_writable_state_dir_is_refused() {
     let out = {
         use std::os::unix::process::CommandExt;
         let mut c = f.cmd(&["post-invoke"]);
+        // SAFETY: umask is async-signal-safe.
         unsafe {
             c.pre_exec(|| {
                 rustix::process::umask(rustix::fs::Mode::empty());

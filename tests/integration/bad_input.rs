@@ -97,7 +97,7 @@ fn logs_that_are_no_logs() {
     let mut x: u32 = 1040401;
     for _ in 0..4096 {
         x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
-        random.push((x >> 16) as u8);
+        random.push((x >> 16).to_le_bytes()[0]);
     }
     for (name, bytes) in [
         ("binary garbage", random),

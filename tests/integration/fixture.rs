@@ -22,7 +22,8 @@ enum Layout {
 /// `2026-11-23T20:56:02Z` or with fractions, as a SystemTime.
 pub fn at(s: &str) -> SystemTime {
     let ts: jiff::Timestamp = s.parse().expect("RFC 3339 time");
-    SystemTime::UNIX_EPOCH + std::time::Duration::from_nanos(ts.as_nanosecond() as u64)
+    SystemTime::UNIX_EPOCH
+        + std::time::Duration::from_nanos(u64::try_from(ts.as_nanosecond()).unwrap())
 }
 
 pub fn set_mtime(p: &Path, when: SystemTime) {
