@@ -38,9 +38,9 @@ install: build
 	install -D -m 0644 etc/dkms-hook.conf $(DESTDIR)$(SYSCONFDIR)/dkms/dkms-hook.conf
 	install -D -m 0644 apt.conf.d/80dkms-hook $(DESTDIR)$(SYSCONFDIR)/apt/apt.conf.d/80dkms-hook
 	install -D -m 0644 hooks/dpkg.cfg.d-dkms-hook $(DESTDIR)$(SYSCONFDIR)/dpkg/dpkg.cfg.d/dkms-hook
-	install -D -m 0755 hooks/kernel-header_postinst $(DESTDIR)$(SYSCONFDIR)/kernel/header_postinst.d/dkms-hook
-	install -D -m 0755 hooks/kernel-postinst $(DESTDIR)$(SYSCONFDIR)/kernel/postinst.d/dkms-hook
-	install -D -m 0755 hooks/kernel-prerm $(DESTDIR)$(SYSCONFDIR)/kernel/prerm.d/dkms-hook
+	for phase in header_postinst postinst prerm; do \
+		install -D -m 0755 hooks/kernel-hook $(DESTDIR)$(SYSCONFDIR)/kernel/$$phase.d/dkms-hook || exit 1; \
+	done
 
 # Benchmarks (README table); `make bench BENCHFLAGS=--short` is CI's smoke run.
 bench:

@@ -9,7 +9,8 @@ short=no; [ "${1:-}" = --short ] && short=yes
 work=${BENCH_DIR:-$(mktemp -d /var/tmp/dkms-hook-bench.XXXXXX)}
 trap 'rm -rf "$work"' EXIT
 export TZ=UTC
-command -v hyperfine >/dev/null || apt-get install -y -q -o DPkg::Lock::Timeout=600 hyperfine >/dev/null
+# The benchmarks install nothing themselves (.ci/run installs hyperfine).
+command -v hyperfine >/dev/null || { echo "bench/run.sh: hyperfine is needed (apt-get install hyperfine)" >&2; exit 2; }
 cargo build --release --locked --quiet --manifest-path "$here/../Cargo.toml"
 bin=$here/../target/release/dkms-hook
 if [ $short = yes ]; then big=$((16 << 20)); huge=$((64 << 20)); runs=(-r 5 -w 1); else big=$((1 << 30)); huge=$((1 << 30)); runs=(-r 30 -w 3); fi
@@ -54,7 +55,8 @@ subprocess.run([sys.argv[1], "--root", sys.argv[2], "replay", "--dry-run", sys.a
 print("%.2f %d" % (time.monotonic() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024))
 PY
 )
-set -- $rss
+read -r secs peak <<< "$rss"
+set -- "$secs" "$peak"
 mb=$(( $(stat -c %s "$log") >> 20 ))
 printf '| replay --dry-run of a %d MB log | %s s (%.0f MB/s), wc -l: %s s; peak RSS %s MB |\n' \
     "$mb" "$1" "$(python3 -c "print($mb/max($1,0.001))")" "$wc_t" "$2"

@@ -6,16 +6,9 @@
 # beyond apt-config, which parses apt.conf.d/80dkms-hook as apt does.
 #   tests/hooks.sh        # prints "N passed, M failed" last; non-zero on failure
 set -uo pipefail
-cd "$(dirname "$0")/.."
-repo=$PWD
-
-pass=0 fail=0
-ok()  { pass=$((pass + 1)); echo "ok   - $*"; }
-nok() { fail=$((fail + 1)); echo "FAIL - $*"; }
-check() { # check DESCRIPTION COMMAND...: pass if COMMAND succeeds
-    local d=$1; shift
-    if "$@"; then ok "$d"; else nok "$d"; fi
-}
+cd "$(dirname "$0")/.." || exit 2
+# shellcheck source=lib.sh
+source tests/lib.sh
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
@@ -35,7 +28,8 @@ chmod 0755 "$stub"
 
 # rewrite FILE TARGET: copy of FILE with the binary path replaced by TARGET.
 rewrite() {
-    local out=$tmp/out/$(basename "$1").$(basename "$(dirname "$2")")
+    local out
+    out=$tmp/out/$(basename "$1").$(basename "$(dirname "$2")")
     sed "s#$BIN#$2#g" "$1" > "$out"
     chmod --reference="$1" "$out"
     echo "$out"
@@ -45,13 +39,20 @@ rewrite() {
 names=() kinds=() cmd_present=() cmd_missing=() expect_args=()
 
 kargs=(6.1.0-99-amd64 /boot/vmlinuz-6.1.0-99-amd64)
+f=hooks/kernel-hook
+check "$f: executable, #!/bin/sh, sh -n" \
+    bash -c "[ -x '$f' ] && head -n1 '$f' | grep -qx '#!/bin/sh' && sh -n '$f'"
 for phase in header_postinst postinst prerm; do
-    f=hooks/kernel-$phase
-    check "$f: executable, #!/bin/sh, sh -n" \
-        bash -c "[ -x '$f' ] && head -n1 '$f' | grep -qx '#!/bin/sh' && sh -n '$f'"
-    names+=("$f") kinds+=(kernel)
-    cmd_present+=("$(printf '%q ' "$(rewrite "$f" "$stub")" "${kargs[@]}")")
-    cmd_missing+=("$(printf '%q ' "$(rewrite "$f" "$missing")" "${kargs[@]}")")
+    # Installed under each /etc/kernel/PHASE.d: the directory names the phase.
+    for which in present missing; do
+        mkdir -p "$tmp/$which/$phase.d"
+        if [ "$which" = present ]; then target=$stub; else target=$missing; fi
+        sed "s#$BIN#$target#g" "$f" > "$tmp/$which/$phase.d/dkms-hook"
+        chmod 0755 "$tmp/$which/$phase.d/dkms-hook"
+    done
+    names+=("$f in $phase.d") kinds+=(kernel)
+    cmd_present+=("$(printf '%q ' "$tmp/present/$phase.d/dkms-hook" "${kargs[@]}")")
+    cmd_missing+=("$(printf '%q ' "$tmp/missing/$phase.d/dkms-hook" "${kargs[@]}")")
     expect_args+=("call [kernel-hook] [$phase] [${kargs[0]}] [${kargs[1]}]")
 done
 
@@ -168,5 +169,4 @@ check "completion: commands offered" bash -c '[[ " $1 " == *" replay "* && " $1 
 check "completion: hidden commands (init, man, completions) not offered" \
     bash -c '[[ " $1 " != *" init "* && " $1 " != *" man "* && " $1 " != *" completions "* ]]' _ "$top"
 
-echo "$pass passed, $fail failed"
-[ "$fail" = 0 ]
+finish

@@ -9,14 +9,10 @@
 # DEB_BUILD_OPTIONS defaults to nocheck (the unit tests are `make check`);
 # set DEB_BUILD_OPTIONS= to run them inside the package build as well.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 2
 repo=$PWD
-
-pass=0 fail=0
-ok()  { pass=$((pass + 1)); echo "ok   - $*"; }
-nok() { fail=$((fail + 1)); echo "FAIL - $*"; }
-check() { local d=$1; shift; if "$@"; then ok "$d"; else nok "$d"; fi; }
-finish() { echo "$pass passed, $fail failed"; [ "$fail" = 0 ]; exit; }
+# shellcheck source=lib.sh
+source tests/lib.sh
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
