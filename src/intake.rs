@@ -15,7 +15,6 @@ use crate::dpkg_log;
 use crate::inventory::Inventory;
 use crate::name::Keyed;
 use crate::plan::{self, Plan, Rebuild};
-use crate::report;
 use crate::root::Root;
 use crate::state::{self, Cursor, LogSpan, QueuedPair, State};
 use crate::Error;
@@ -57,7 +56,7 @@ pub fn enqueue(state: &State, plan: &Plan) -> Result<(), Error> {
             version: p.version.clone(),
             kernel: p.kernel.clone(),
             arch: p.arch.clone(),
-            because: report::causes(&r.because),
+            because: r.because.clone(),
             stale_since: stale_since(r),
         };
         match q.pending.iter_mut().find(|x| x.key() == entry.key()) {

@@ -11,7 +11,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::dpkg::{self, FileList, PackageName};
 use crate::root::{open_regular, path_bytes, Root, CAP_LIST, CAP_SMALL};
@@ -23,7 +23,7 @@ pub use crate::name::KernelRelease;
 
 /// Why a package is an input of a kernel; each role can be switched off in
 /// the config.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Owns files of the headers tree itself (`build`, `source`, `-common`).

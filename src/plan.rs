@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use debversion::Version;
 use jiff::civil::DateTime;
 use jiff::tz::TimeZone;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::change::Change;
 use crate::config::{Config, KernelSelection};
@@ -19,8 +19,9 @@ use crate::kernel::{Input, Kernel, KernelRelease, Role};
 use crate::name::{Keyed, ModuleName, ModuleVersion, PairKey};
 use crate::state::Failure;
 
-/// A change that makes a pair stale.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A change that makes a pair stale. Kept as it is in the queue and the
+/// failure list; `report` renders it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cause {
     pub package: PackageName,
     pub role: Role,

@@ -152,7 +152,7 @@ pub fn result_line(r: &PairResult) -> String {
     match &r.outcome {
         Outcome::Rebuilt { seconds, initramfs } => format!(
             "rebuilt {what} ({}) in {seconds:.1} s{}",
-            p.because,
+            causes(&p.because),
             if *initramfs {
                 "; initramfs refreshed"
             } else {
@@ -176,7 +176,7 @@ pub fn result_line(r: &PairResult) -> String {
             ..
         } => format!(
             "FAILED to rebuild {what} ({}): {reason}; {}{}",
-            p.because,
+            causes(&p.because),
             if *restored {
                 "the working module was kept".to_string()
             } else {
@@ -259,11 +259,12 @@ pub fn status_json(
             o["why"] = json!(r.why);
             if let Some(f) = failed.iter().find(|f| f.key() == r.key()) {
                 o["make_log"] = json!(f.make_log);
-                o["failed_because"] = json!(f.because);
+                o["failed_because"] = json!(causes(&f.because));
+                o["failed_causes"] = f.because.iter().map(cause_json).collect();
             }
             o
         }).collect::<Vec<_>>(),
-        "queued": queued.iter().map(|q| json!({"module": q.module, "version": q.version, "kernel": q.kernel, "because": q.because})).collect::<Vec<_>>(),
+        "queued": queued.iter().map(|q| json!({"module": q.module, "version": q.version, "kernel": q.kernel, "because": causes(&q.because), "causes": q.because.iter().map(cause_json).collect::<Vec<_>>()})).collect::<Vec<_>>(),
     })
 }
 
@@ -311,7 +312,10 @@ pub fn status_lines(
     for q in queued {
         out.push(format!(
             "{PREFIX} queued: {}/{} for {} ({})",
-            q.module, q.version, q.kernel, q.because
+            q.module,
+            q.version,
+            q.kernel,
+            causes(&q.because)
         ));
     }
     out.extend(warnings.iter().map(|w| format!("{PREFIX} warning: {w}")));

@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::dkms::{DkmsArch, ModuleName, ModuleVersion};
 use crate::kernel::KernelRelease;
 use crate::name::{Keyed, PairKey};
+use crate::plan::Cause;
 use crate::root::{Root, CAP_STATE};
 use crate::state_dir::Dir;
 use crate::Error;
@@ -56,8 +57,9 @@ pub struct QueuedPair {
     pub version: ModuleVersion,
     pub kernel: KernelRelease,
     pub arch: DkmsArch,
-    /// `linux-kbuild-6.1 6.1.176-1 → 6.1.192-2`, for messages.
-    pub because: String,
+    /// The changes that made it stale.
+    #[serde(deserialize_with = "causes_or_prose")]
+    pub because: Vec<Cause>,
     /// Seconds since the epoch of the change that made it stale: a pair whose
     /// module and installed copy are newer than this is done.
     pub stale_since: u64,
@@ -70,7 +72,8 @@ pub struct Failure {
     pub version: ModuleVersion,
     pub kernel: KernelRelease,
     pub arch: DkmsArch,
-    pub because: String,
+    #[serde(deserialize_with = "causes_or_prose")]
+    pub because: Vec<Cause>,
     /// In-root path of the kept copy of make.log.
     pub make_log: String,
     pub exit_status: Option<i32>,
@@ -85,6 +88,25 @@ pub struct Failure {
 
 fn yes() -> bool {
     true
+}
+
+/// Causes as stored since 0.2; the prose `because` of 0.1's state files
+/// cannot be parsed back and reads as "no causes known" (the pair itself
+/// is kept).
+fn causes_or_prose<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Cause>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Stored {
+        Causes(Vec<Cause>),
+        Prose(String),
+    }
+    Ok(match Stored::deserialize(d)? {
+        Stored::Causes(c) => c,
+        Stored::Prose(text) => {
+            log::debug!("causes stored as prose by an older version: {text}");
+            Vec::new()
+        }
+    })
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -733,7 +755,7 @@ mod tests {
             version: ModuleVersion::new("1").unwrap(),
             kernel: KernelRelease::new("k").unwrap(),
             arch: DkmsArch::new("x86_64").unwrap(),
-            because: "p 1 → 2".into(),
+            because: vec![],
             stale_since: 5,
         }
     }
@@ -799,6 +821,33 @@ mod tests {
         fs::write(s.dir().join("queue.json"), v.to_string()).unwrap();
         let q = s.queue().unwrap();
         assert_eq!(q.pending, vec![pair("good")]);
+    }
+
+    #[test]
+    fn causes_are_stored_as_data_and_old_prose_still_loads() {
+        let t = tempfile::tempdir().unwrap();
+        let s = State::new(&Root::new(t.path()));
+        let mut p = pair("m");
+        p.because = vec![Cause {
+            package: crate::dpkg::PackageName::new("linux-kbuild-6.1").unwrap(),
+            role: crate::kernel::Role::Kbuild,
+            old: Some("6.1.176-1".parse().unwrap()),
+            new: Some("6.1.192-2".parse().unwrap()),
+            unpacked: Some(at_secs(1_700_000_000)),
+        }];
+        let q = Queue {
+            version: 1,
+            pending: vec![p],
+        };
+        s.save_queue(&q).unwrap();
+        assert_eq!(s.queue().unwrap(), q);
+        // A queue written by 0.1, with the causes as prose: the pair stays.
+        fs::write(
+            s.dir().join("queue.json"),
+            r#"{"version":1,"pending":[{"module":"m","version":"1","kernel":"k","arch":"x86_64","because":"linux-kbuild-6.1 6.1.176-1 → 6.1.192-2","stale_since":5}]}"#,
+        )
+        .unwrap();
+        assert_eq!(s.queue().unwrap().pending, vec![pair("m")]);
     }
 
     #[test]
