@@ -167,7 +167,7 @@ fn installed_links(mdir: &Path, module: &ModuleName, warnings: &mut Vec<String>)
             continue;
         }
         if !mdir.join(&target).is_dir() {
-            // What a failed `dkms build --force` leaves behind (design §1).
+            // What a failed `dkms build --force` leaves behind (docs/design.md, "The problem").
             warnings.push(format!("{module}: {name} points to missing {target}; dkms shows it as added, not installed"));
             continue;
         }

@@ -1,10 +1,26 @@
 //! dkms-hook: rebuild DKMS modules whose kernel build tree changed in place
-//! (Debian bug #1040401).
+//! (Debian bug #1040401). The design, the contracts and the checked facts
+//! about dkms, apt and dpkg are in `docs/design.md`.
 //!
-//! Data flow: [`dpkg_log`] (or apt's hooks) yields [`change::Change`]s;
-//! [`inventory::Inventory`] reads kernels, build trees, input packages and dkms
-//! pairs through one [`root::Root`]; [`plan::plan`] decides, as a pure
-//! function; [`report`] shows the result.
+//! The data flow, in order, with the module of each step:
+//!
+//! 1. **What changed**: dpkg.log from the cursor or replayed logs
+//!    ([`dpkg_log`], folded per package by [`change`]), or what apt is about
+//!    to do ([`apt`]: the JSON hook and Pre-Install-Pkgs) → [`change::Change`].
+//! 2. **The machine**: kernels and their build trees ([`kernel`]), input
+//!    packages from dpkg's file lists ([`dpkg`]), dkms pairs ([`dkms`]), all
+//!    read through one [`root::Root`] → [`inventory::Inventory`].
+//! 3. **The decision**: [`plan::plan`], a pure function → [`plan::Plan`]
+//!    (rebuilds, skips, warnings); [`plan::assess`] for `status`.
+//! 4. **The queue**: [`intake`] persists the plan's rebuilds as
+//!    [`state::QueuedPair`]s before the dpkg.log cursor moves ([`state`],
+//!    through the no-follow [`state_dir`]).
+//! 5. **The work**: [`rebuild::Executor`] runs the safe rebuild per pair →
+//!    [`rebuild::PairResult`].
+//! 6. **What the admin sees**: [`report`] renders lines and JSON; [`cli`] is
+//!    the one place that prints and chooses exit statuses.
+//!
+//! Names read anywhere become the checked types of [`name`] first.
 
 use std::fmt;
 use std::path::{Path, PathBuf};

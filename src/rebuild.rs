@@ -1,5 +1,6 @@
-//! The safe rebuild (docs/design.md, "The safe rebuild"): back up, `dkms build --force`, restore on
-//! failure, install only after a successful build, verify.
+//! The safe rebuild (docs/design.md, "The safe rebuild"): back up, `dkms
+//! build --force`, restore on failure, install only after a successful
+//! build, verify.
 //!
 //! `dkms build --force` deletes `/var/lib/dkms/M/V/K/ARCH` before building,
 //! and `dkms unbuild`/`uninstall` remove the working module first, so neither

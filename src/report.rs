@@ -62,7 +62,8 @@ fn cause_json(c: &Cause) -> Value {
     })
 }
 
-/// The plan as the JSON object of design §5.
+/// The plan as the JSON object of docs/design.md, "Contracts other code
+/// relies on".
 pub fn plan_json(p: &Plan) -> Value {
     json!({
         "changes": p.changes.iter().map(change_json).collect::<Vec<_>>(),
