@@ -1,6 +1,7 @@
 //! `/etc/dkms/dkms-hook.conf`: `key=value` lines in the style of dkms's own
 //! `framework.conf`, `#` comments, optional quotes.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
@@ -24,9 +25,8 @@ pub enum KernelSelection {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
-    pub trigger_kbuild: bool,
-    pub trigger_headers: bool,
-    pub trigger_compiler: bool,
+    /// The input roles whose change triggers a rebuild (`trigger_ROLE`).
+    pub triggers: BTreeSet<Role>,
     pub kernels: KernelSelection,
     pub jobs: usize,
     pub build_timeout: Duration,
@@ -37,10 +37,8 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Config {
         Config {
-            trigger_kbuild: true,
-            trigger_headers: true,
+            triggers: BTreeSet::from([Role::Kbuild, Role::Headers]),
             // A compiler upgrade rarely changes the ABI; off unless asked for.
-            trigger_compiler: false,
             kernels: KernelSelection::All,
             jobs: 2,
             build_timeout: Duration::from_secs(1800),
@@ -52,11 +50,7 @@ impl Default for Config {
 
 impl Config {
     pub fn triggers(&self, role: Role) -> bool {
-        match role {
-            Role::Headers => self.trigger_headers,
-            Role::Kbuild => self.trigger_kbuild,
-            Role::Compiler => self.trigger_compiler,
-        }
+        self.triggers.contains(&role)
     }
 
     /// Read the config under `root` (resolved inside it, a regular file of
@@ -106,6 +100,14 @@ impl Config {
         (c, errors)
     }
 
+    fn trigger(&mut self, role: Role, on: bool) {
+        if on {
+            self.triggers.insert(role);
+        } else {
+            self.triggers.remove(&role);
+        }
+    }
+
     /// Set one key; the message says what was expected.
     fn set(&mut self, key: &str, value: &str) -> Result<(), String> {
         let boolean = || match value {
@@ -114,9 +116,9 @@ impl Config {
             _ => Err(format!("{key}: expected yes or no, found {value:?}")),
         };
         match key {
-            "trigger_kbuild" => self.trigger_kbuild = boolean()?,
-            "trigger_headers" => self.trigger_headers = boolean()?,
-            "trigger_compiler" => self.trigger_compiler = boolean()?,
+            "trigger_kbuild" => self.trigger(Role::Kbuild, boolean()?),
+            "trigger_headers" => self.trigger(Role::Headers, boolean()?),
+            "trigger_compiler" => self.trigger(Role::Compiler, boolean()?),
             "initramfs" => self.initramfs = boolean()?,
             "quiet" => self.quiet = boolean()?,
             "kernels" => {
@@ -249,7 +251,7 @@ mod tests {
         .unwrap();
         assert_eq!(c.jobs, 4);
         assert_eq!(c.kernels, KernelSelection::RunningAndNewest);
-        assert!(c.trigger_compiler);
+        assert!(c.triggers(Role::Compiler));
         let e = Config::parse("# c\nfrob=1\n", Path::new("/etc/dkms/dkms-hook.conf")).unwrap_err();
         assert_eq!(
             e.to_string(),

@@ -722,7 +722,7 @@ mod tests {
                 name: "kbuild role off",
                 changes: vec![kb()],
                 cfg: Config {
-                    trigger_kbuild: false,
+                    triggers: [Role::Headers].into(),
                     ..Config::default()
                 },
                 rebuild: vec![],
