@@ -31,7 +31,7 @@ pub fn out(line: &str) {
 }
 
 /// A JSON document on stdout: serde_json escapes control characters itself.
-fn out_json(v: &serde_json::Value) {
+fn out_json(v: &impl serde::Serialize) {
     let _ = writeln!(std::io::stdout().lock(), "{}", report::to_json_string(v));
 }
 
@@ -153,7 +153,7 @@ fn load_config(root: &Root) -> Config {
 
 fn print_plan(p: &Plan, json: bool, verb: &str) {
     if json {
-        out_json(&report::plan_json(p));
+        out_json(&report::json::plan(p));
     } else if p.is_empty() {
         out(&format!("{PREFIX} nothing to rebuild"));
     } else {
@@ -240,7 +240,7 @@ fn replay(root: &Root, env: &Env, a: &ReplayArgs) -> anyhow::Result<i32> {
     warn_once(root, &p.warnings);
     let (code, results) = execute(&state, &cfg, env, !a.json)?;
     if a.json {
-        out_json(&report::results_json(&p, &results));
+        out_json(&report::json::results(&p, &results));
     } else if results.is_empty() {
         out(&format!("{PREFIX} nothing to rebuild"));
     }
@@ -285,7 +285,7 @@ fn status(root: &Root, a: &StatusArgs) -> anyhow::Result<i32> {
         _ => true,
     });
     if a.json {
-        out_json(&report::status_json(
+        out_json(&report::json::status(
             &rows,
             &failures.failed,
             &queued,
@@ -319,7 +319,7 @@ fn retry(root: &Root, env: &Env, json: bool) -> anyhow::Result<i32> {
 fn finish_run(state: &State, cfg: &Config, env: &Env, p: &Plan, json: bool) -> anyhow::Result<i32> {
     let (code, results) = execute(state, cfg, env, !json)?;
     if json {
-        out_json(&report::results_json(p, &results));
+        out_json(&report::json::results(p, &results));
     } else if results.is_empty() {
         out(&format!("{PREFIX} nothing to rebuild"));
     }
@@ -340,7 +340,7 @@ fn print_forecast(root: &Root, changes: &[AptChange], json: bool) {
     };
     let p = plan::forecast(&planned, &inv, &cfg);
     if json {
-        out_json(&report::plan_json(&p));
+        out_json(&report::json::plan(&p));
     } else {
         for l in report::forecast_lines(&p) {
             out(&l);

@@ -611,3 +611,73 @@ fn trixie_relative_build_link_keeps_both_warnings() {
         format!("dkms-hook: warning: {k}: removing linux-headers-{k} leaves this kernel without headers: its dkms modules (acpi-call/1.2.2) stay installed but can no longer be rebuilt for {k}")
     );
 }
+
+/// The JSON contract (docs/design.md): these field names are relied on by
+/// other code; fields may be added, never renamed or removed.
+#[test]
+fn json_contract_field_names_are_stable() {
+    let f = Fixture::sample();
+    let keys = |v: &serde_json::Value| -> Vec<String> {
+        let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        k.sort();
+        k
+    };
+    let has = |v: &serde_json::Value, want: &[&str]| {
+        let k = keys(v);
+        for w in want {
+            assert!(k.iter().any(|x| x == w), "{w} missing from {k:?}");
+        }
+    };
+    let plan = f.plan(&["var/log/dpkg.log"]);
+    has(&plan, &["changes", "rebuilds", "skipped", "warnings"]);
+    has(
+        &plan["changes"][0],
+        &["package", "architecture", "old", "new", "unpacked"],
+    );
+    has(
+        &plan["rebuilds"][0],
+        &["module", "version", "kernel", "because"],
+    );
+    has(
+        &plan["rebuilds"][0]["because"][0],
+        &["package", "old", "new"],
+    );
+    has(
+        &plan["skipped"][0],
+        &["module", "version", "kernel", "reason"],
+    );
+    let st: serde_json::Value =
+        serde_json::from_slice(&f.run(&["status", "--json"]).stdout).unwrap();
+    has(
+        &st,
+        &[
+            "changes", "rebuilds", "skipped", "warnings", "pairs", "queued",
+        ],
+    );
+    has(
+        &st["pairs"][0],
+        &["module", "version", "kernel", "state", "why"],
+    );
+    assert_eq!(st["changes"], serde_json::json!([]));
+    let run: serde_json::Value = serde_json::from_slice(
+        &f.run(&[
+            "replay",
+            "--json",
+            f.path("var/log/dpkg.log").to_str().unwrap(),
+        ])
+        .stdout,
+    )
+    .unwrap();
+    has(
+        &run["results"][0],
+        &[
+            "module",
+            "version",
+            "kernel",
+            "outcome",
+            "exit_status",
+            "make_log",
+            "line",
+        ],
+    );
+}

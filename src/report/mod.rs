@@ -1,15 +1,16 @@
-//! How plans and results are shown: short `dkms-hook:` lines for people, and
-//! the JSON object of the design's contract for tools. Field names of the JSON
-//! may be added to, never renamed.
+//! How plans and results are shown: short `dkms-hook:` lines for people
+//! here, and for tools the JSON contract of docs/design.md ("Contracts other
+//! code relies on") as typed wire structs in [`json`]: fields may be added,
+//! never renamed or removed.
 
 use serde::Serialize;
-use serde_json::{json, Value};
 
-use crate::change::Change;
 use crate::name::Keyed;
-use crate::plan::{Assessment, Cause, PairState, Plan};
+use crate::plan::{Assessment, Cause, Plan};
 use crate::rebuild::{Outcome, PairResult};
 use crate::state::{Failure, QueuedPair};
+
+pub mod json;
 
 pub const PREFIX: &str = "dkms-hook:";
 
@@ -30,57 +31,6 @@ pub fn printable(line: &str) -> std::borrow::Cow<'_, str> {
         })
         .collect::<String>()
         .into()
-}
-
-fn opt<T: ToString>(v: Option<&T>) -> Value {
-    v.map_or(Value::Null, |v| Value::String(v.to_string()))
-}
-
-fn time(t: Option<&jiff::civil::DateTime>) -> Value {
-    t.map_or(Value::Null, |t| {
-        Value::String(t.strftime("%Y-%m-%dT%H:%M:%S").to_string())
-    })
-}
-
-pub fn change_json(c: &Change) -> Value {
-    json!({
-        "package": c.package.as_str(),
-        "architecture": c.architecture,
-        "old": opt(c.old.as_ref()),
-        "new": opt(c.new.as_ref()),
-        "unpacked": time(c.unpacked.as_ref()),
-        "removed": time(c.removed.as_ref()),
-    })
-}
-
-fn cause_json(c: &Cause) -> Value {
-    json!({
-        "package": c.package.as_str(),
-        "role": c.role,
-        "old": opt(c.old.as_ref()),
-        "new": opt(c.new.as_ref()),
-    })
-}
-
-/// The plan as the JSON object of docs/design.md, "Contracts other code
-/// relies on".
-pub fn plan_json(p: &Plan) -> Value {
-    json!({
-        "changes": p.changes.iter().map(change_json).collect::<Vec<_>>(),
-        "rebuilds": p.rebuilds.iter().map(|r| json!({
-            "module": r.pair.module,
-            "version": r.pair.version,
-            "kernel": r.pair.kernel,
-            "because": r.because.iter().map(cause_json).collect::<Vec<_>>(),
-        })).collect::<Vec<_>>(),
-        "skipped": p.skipped.iter().map(|s| json!({
-            "module": s.pair.module,
-            "version": s.pair.version,
-            "kernel": s.pair.kernel,
-            "reason": s.reason,
-        })).collect::<Vec<_>>(),
-        "warnings": p.warnings,
-    })
 }
 
 /// What happened to one input package, in words: `P OLD → NEW` for an
@@ -192,81 +142,6 @@ pub fn result_line(r: &PairResult) -> String {
                 .unwrap_or_default()
         ),
     }
-}
-
-fn outcome_name(o: &Outcome) -> &'static str {
-    match o {
-        Outcome::Rebuilt { .. } => "rebuilt",
-        Outcome::AlreadyDone => "already-done",
-        Outcome::Skipped { .. } => "skipped",
-        Outcome::Failed { .. } => "failed",
-    }
-}
-
-/// The plan object plus a `results` array of what was executed.
-pub fn results_json(p: &Plan, results: &[PairResult]) -> Value {
-    let mut v = plan_json(p);
-    v["results"] = results
-        .iter()
-        .map(|r| {
-            let (status, make_log) = match &r.outcome {
-                Outcome::Failed {
-                    status, make_log, ..
-                } => (*status, make_log.as_ref().map(|m| m.display().to_string())),
-                Outcome::Skipped { status } => (Some(*status), None),
-                _ => (None, None),
-            };
-            json!({
-                "module": r.pair.module, "version": r.pair.version, "kernel": r.pair.kernel,
-                "outcome": outcome_name(&r.outcome), "exit_status": status, "make_log": make_log,
-                "line": result_line(r),
-            })
-        })
-        .collect();
-    v
-}
-
-/// `status --json`: the plan-shaped object (stale pairs as `rebuilds`, the
-/// others as `skipped`) plus `pairs` with each state.
-pub fn status_json(
-    rows: &[Assessment],
-    failed: &[Failure],
-    queued: &[QueuedPair],
-    warnings: &[String],
-) -> Value {
-    let pair =
-        |r: &Assessment| json!({"module": r.module, "version": r.version, "kernel": r.kernel});
-    let mut rebuilds = Vec::new();
-    let mut skipped = Vec::new();
-    for r in rows {
-        let mut o = pair(r);
-        if r.state == PairState::Stale {
-            o["because"] = r.because.iter().map(cause_json).collect();
-            rebuilds.push(o);
-        } else {
-            // The state's name is the reason: fresh, no-headers, failed, missing.
-            o["reason"] = json!(r.state);
-            skipped.push(o);
-        }
-    }
-    json!({
-        "changes": [],
-        "rebuilds": rebuilds,
-        "skipped": skipped,
-        "warnings": warnings,
-        "pairs": rows.iter().map(|r| {
-            let mut o = pair(r);
-            o["state"] = json!(r.state);
-            o["why"] = json!(r.why);
-            if let Some(f) = failed.iter().find(|f| f.key() == r.key()) {
-                o["make_log"] = json!(f.make_log);
-                o["failed_because"] = json!(causes(&f.because));
-                o["failed_causes"] = f.because.iter().map(cause_json).collect();
-            }
-            o
-        }).collect::<Vec<_>>(),
-        "queued": queued.iter().map(|q| json!({"module": q.module, "version": q.version, "kernel": q.kernel, "because": causes(&q.because), "causes": q.because.iter().map(cause_json).collect::<Vec<_>>()})).collect::<Vec<_>>(),
-    })
 }
 
 /// `status` for people: one aligned line per kernel × module.
