@@ -8,7 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::fixture::{pass_as_fd3, stderr, Fixture};
+use crate::fixture::{assert_rebuilt, pass_as_fd3, stderr, Fixture};
 
 const K: &str = "6.1.0-50-amd64";
 const OLD_KO: &str = "usr/lib/modules/6.1.0-50-amd64/updates/dkms/acpi_call.ko";
@@ -117,10 +117,7 @@ fn a_leftover_copy_in_extra_does_not_fail_a_good_rebuild() {
     f.mtime(extra, "2025-01-01T00:00:00Z");
     let out = f.run(&["post-invoke"]);
     let e = stderr(&out);
-    assert!(
-        e.contains("rebuilt acpi-call/1.2.2 for 6.1.0-50-amd64"),
-        "{e}"
-    );
+    assert_rebuilt(&out, "acpi-call/1.2.2 for 6.1.0-50-amd64");
     assert!(
         e.contains("warning: 6.1.0-50-amd64: another copy of acpi-call/1.2.2's module, not installed by dkms, is at /usr/lib/modules/6.1.0-50-amd64/extra/acpi_call.ko"),
         "{e}"
@@ -274,7 +271,7 @@ fn links_planted_in_the_state_directory_are_not_followed() {
 /// Promise: modes do not follow the umask, and a state directory others can
 /// write to is refused in one line (issue 11.8).
 #[test]
-fn modes_ignore_the_umask_and_a_writable_state_dir_is_refused() {
+fn modes_ignore_the_umask() {
     let f = Fixture::pending();
     std::fs::remove_dir_all(f.path("var/lib/dkms-hook")).unwrap();
     let out = {
@@ -297,14 +294,21 @@ fn modes_ignore_the_umask_and_a_writable_state_dir_is_refused() {
         let want = if entry.is_dir() { 0o755 } else { 0o644 };
         assert_eq!(m, want, "{}", entry.display());
     }
-    if rustix::process::geteuid().is_root() {
-        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o777)).unwrap();
-        let out = f.run(&["post-invoke"]);
-        assert_eq!(out.status.code(), Some(0));
-        let e = stderr(&out);
-        assert_eq!(e.lines().count(), 1, "{e}");
-        assert!(e.contains("lets others write to it"), "{e}");
-    }
+}
+
+/// Promise: a state directory others can write to is refused in one line,
+/// and the hook still exits 0 (issue 11.8).
+#[test]
+#[ignore = "needs root (the check applies to root only); make check runs it as root"]
+fn a_state_directory_others_can_write_is_refused() {
+    let f = Fixture::pending();
+    let state = f.path("var/lib/dkms-hook");
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = f.run(&["post-invoke"]);
+    assert_eq!(out.status.code(), Some(0));
+    let e = stderr(&out);
+    assert_eq!(e.lines().count(), 1, "{e}");
+    assert!(e.contains("lets others write to it"), "{e}");
 }
 
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
@@ -495,10 +499,7 @@ fn nul_bytes_at_the_cursor_are_skipped() {
     let out = f.run(&["post-invoke"]);
     let e = stderr(&out);
     assert!(!e.contains("not a dpkg.log"), "{e}");
-    assert!(
-        e.contains("rebuilt acpi-call/1.2.2 for 6.1.0-50-amd64"),
-        "{e}"
-    );
+    assert_rebuilt(&out, "acpi-call/1.2.2 for 6.1.0-50-amd64");
 }
 
 /// Promise: one protocol session costs bounded memory whatever apt (or

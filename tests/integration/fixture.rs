@@ -333,6 +333,17 @@ pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// The run's output says it rebuilt `pair` (`acpi-call/1.2.2 for
+/// 6.1.0-50-amd64`).
+#[track_caller]
+pub fn assert_rebuilt(out: &Output, pair: &str) {
+    let e = stderr(out);
+    assert!(
+        e.contains(&format!("dkms-hook: rebuilt {pair} (")),
+        "{pair} not rebuilt:\n{e}"
+    );
+}
+
 /// `module/version @ kernel` of each rebuild in a JSON plan.
 pub fn rebuilds(plan: &serde_json::Value) -> Vec<String> {
     plan["rebuilds"]
