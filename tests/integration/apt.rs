@@ -218,36 +218,12 @@ fn pre_install_pkgs_warns_about_a_new_kernel_without_headers() {
 fn pre_install_pkgs_is_silent_for_unrelated_upgrades_and_bad_streams() {
     let f = Fixture::sample();
     let recorded = include_str!("../data/pre-install-pkgs-v3.txt");
-    let mut child = f
-        .cmd(&["pre-install-pkgs"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(recorded.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = f.run_with_stdin(&["pre-install-pkgs"], recorded.as_bytes());
     assert_eq!(
         (out.status.code(), out.stdout.as_slice()),
         (Some(0), &b""[..])
     );
-    let mut child = f
-        .cmd(&["pre-install-pkgs"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"\x00\x01garbage")
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = f.run_with_stdin(&["pre-install-pkgs"], b"\x00\x01garbage");
     assert_eq!(
         (out.status.code(), out.stdout.as_slice()),
         (Some(0), &b""[..])

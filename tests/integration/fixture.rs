@@ -296,6 +296,25 @@ impl Fixture {
         self.cmd(args).output().unwrap()
     }
 
+    /// [`Fixture::run`] with `input` on stdin, as apt feeds Pre-Install-Pkgs.
+    pub fn run_with_stdin(&self, args: &[&str], input: impl AsRef<[u8]>) -> Output {
+        use std::io::Write;
+        let mut child = self
+            .cmd(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_ref())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    }
+
     /// Completed dkms calls of the stand-in: `build acpi-call 1.2.2 K`.
     pub fn dkms_calls(&self) -> Vec<String> {
         fs::read_to_string(self.path("dkms-calls.log"))

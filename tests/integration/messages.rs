@@ -166,19 +166,7 @@ fn removed_headers_are_warned_about_after_the_removal() {
 #[test]
 fn a_configure_only_step_is_no_forecast() {
     let f = Fixture::sample();
-    let mut child = f
-        .cmd(&["pre-install-pkgs"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"VERSION 3\n\nlinux-kbuild-6.1 6.1.192-2 amd64 same = 6.1.192-2 amd64 same **CONFIGURE**\n")
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = f.run_with_stdin(&["pre-install-pkgs"], b"VERSION 3\n\nlinux-kbuild-6.1 6.1.192-2 amd64 same = 6.1.192-2 amd64 same **CONFIGURE**\n");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "");
 }
 

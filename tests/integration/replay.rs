@@ -593,19 +593,10 @@ fn trixie_relative_build_link_keeps_both_warnings() {
         "{w}"
     );
     // Before apt removes the headers: the removal warning.
-    let mut child = f
-        .cmd(&["pre-install-pkgs"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    write!(
-        child.stdin.take().unwrap(),
-        "VERSION 3\n\nlinux-headers-{k} 6.12.38-1 amd64 same > - - none **REMOVE**\n"
-    )
-    .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = f.run_with_stdin(
+        &["pre-install-pkgs"],
+        format!("VERSION 3\n\nlinux-headers-{k} 6.12.38-1 amd64 same > - - none **REMOVE**\n"),
+    );
     assert_eq!(
         String::from_utf8(out.stdout).unwrap().trim(),
         format!("dkms-hook: warning: {k}: removing linux-headers-{k} leaves this kernel without headers: its dkms modules (acpi-call/1.2.2) stay installed but can no longer be rebuilt for {k}")
