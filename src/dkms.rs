@@ -28,16 +28,6 @@ pub struct Pair {
     pub built: Option<SystemTime>,
 }
 
-impl crate::name::Keyed for Pair {
-    fn key(&self) -> crate::name::PairKey<'_> {
-        crate::name::PairKey {
-            module: &self.module,
-            version: &self.version,
-            kernel: &self.kernel,
-        }
-    }
-}
-
 impl Pair {
     /// `/var/lib/dkms/M/V/K/ARCH`, in-root.
     pub fn dir(&self) -> PathBuf {
@@ -244,6 +234,8 @@ impl Exclusive {
             || self.config.iter().any(|(want, c)| set(c) != *want)
     }
 }
+
+crate::name::keyed!(Pair);
 
 #[cfg(test)]
 mod tests {

@@ -135,6 +135,22 @@ pub trait Keyed {
     fn key(&self) -> PairKey<'_>;
 }
 
+/// `Keyed` for a type with `module`, `version` and `kernel` fields.
+macro_rules! keyed {
+    ($($t:ty),+) => {$(
+        impl $crate::name::Keyed for $t {
+            fn key(&self) -> $crate::name::PairKey<'_> {
+                $crate::name::PairKey {
+                    module: &self.module,
+                    version: &self.version,
+                    kernel: &self.kernel,
+                }
+            }
+        }
+    )+};
+}
+pub(crate) use keyed;
+
 impl fmt::Display for PairKey<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{} for {}", self.module, self.version, self.kernel)

@@ -16,7 +16,7 @@ use crate::dkms::Pair;
 use crate::dpkg::PackageName;
 use crate::inventory::Inventory;
 use crate::kernel::{Input, Kernel, KernelRelease, Role};
-use crate::name::{Keyed, ModuleName, ModuleVersion, PairKey};
+use crate::name::{Keyed, ModuleName, ModuleVersion};
 use crate::state::Failure;
 
 /// A change that makes a pair stale. Kept as it is in the queue and the
@@ -424,16 +424,6 @@ pub struct Assessment {
     pub because: Vec<Cause>,
 }
 
-impl Keyed for Assessment {
-    fn key(&self) -> PairKey<'_> {
-        PairKey {
-            module: &self.module,
-            version: &self.version,
-            kernel: &self.kernel,
-        }
-    }
-}
-
 /// Judge every kernel × module from the file system alone: an input whose
 /// file list (rewritten by dpkg on unpack) is newer than the pair's module is
 /// stale. `failed` are the recorded failures.
@@ -529,6 +519,8 @@ pub fn assess(inv: &Inventory, cfg: &Config, failed: &[Failure]) -> Vec<Assessme
     }
     out
 }
+
+crate::name::keyed!(Assessment);
 
 #[cfg(test)]
 mod tests {

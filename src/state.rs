@@ -21,7 +21,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::dkms::{DkmsArch, ModuleName, ModuleVersion};
 use crate::kernel::KernelRelease;
-use crate::name::{Keyed, PairKey};
 use crate::plan::Cause;
 use crate::root::{Root, CAP_STATE};
 use crate::state_dir::Dir;
@@ -119,26 +118,6 @@ pub struct Queue {
 pub struct Failures {
     pub version: u32,
     pub failed: Vec<Failure>,
-}
-
-impl Keyed for QueuedPair {
-    fn key(&self) -> PairKey<'_> {
-        PairKey {
-            module: &self.module,
-            version: &self.version,
-            kernel: &self.kernel,
-        }
-    }
-}
-
-impl Keyed for Failure {
-    fn key(&self) -> PairKey<'_> {
-        PairKey {
-            module: &self.module,
-            version: &self.version,
-            kernel: &self.kernel,
-        }
-    }
 }
 
 /// An entry of a queue or failure list, checked beyond its types.
@@ -700,6 +679,8 @@ pub fn log_span(cursor: Option<&Cursor>, log: &Path) -> LogSpan {
     // Replaced or truncated beyond recognition: read the whole current log.
     LogSpan::Files(vec![(log.to_path_buf(), 0)])
 }
+
+crate::name::keyed!(QueuedPair, Failure);
 
 #[cfg(test)]
 mod tests {

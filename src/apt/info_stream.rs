@@ -286,28 +286,13 @@ impl ChangeMerger {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::apt::tests::change;
     use std::io::{self, BufReader, Cursor, Read};
 
     const V3_SAMPLE: &str = include_str!("../../tests/data/pre-install-pkgs-v3.txt");
 
     fn parse(text: &str) -> PreInstallPkgs {
         parse_pre_install_reader(Cursor::new(text.as_bytes().to_vec())).expect("parse ok")
-    }
-
-    fn change(
-        package: &str,
-        arch: Option<&str>,
-        old: Option<&str>,
-        new: Option<&str>,
-        action: AptAction,
-    ) -> AptChange {
-        AptChange {
-            package: package.to_owned(),
-            architecture: arch.map(str::to_owned),
-            old: old.map(str::to_owned),
-            new: new.map(str::to_owned),
-            action,
-        }
     }
 
     const HEADER_V3: &str = "VERSION 3\nAPT::Architecture=amd64\n\n";

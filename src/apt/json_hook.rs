@@ -417,25 +417,10 @@ fn classify_install(pkg: &Value, old: Option<&str>, new: &str) -> AptAction {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::apt::tests::change;
     use std::os::unix::net::UnixStream;
     use std::thread;
     use std::time::Duration;
-
-    fn change(
-        package: &str,
-        arch: Option<&str>,
-        old: Option<&str>,
-        new: Option<&str>,
-        action: AptAction,
-    ) -> AptChange {
-        AptChange {
-            package: package.to_owned(),
-            architecture: arch.map(str::to_owned),
-            old: old.map(str::to_owned),
-            new: new.map(str::to_owned),
-            action,
-        }
-    }
 
     // ----- Part 2 -----
 

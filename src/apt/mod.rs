@@ -180,8 +180,25 @@ fn truncate_for_log(s: &str) -> &str {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// An `AptChange` in one line, for the protocol tests.
+    pub(crate) fn change(
+        package: &str,
+        arch: Option<&str>,
+        old: Option<&str>,
+        new: Option<&str>,
+        action: AptAction,
+    ) -> AptChange {
+        AptChange {
+            package: package.to_owned(),
+            architecture: arch.map(str::to_owned),
+            old: old.map(str::to_owned),
+            new: new.map(str::to_owned),
+            action,
+        }
+    }
 
     #[test]
     fn changes_serialize_lowercase() {

@@ -46,15 +46,7 @@ fn a_failed_restore_is_reported_kept_and_finished_by_the_next_run() {
         .join("installed/usr/lib/modules/6.1.0-50-amd64/updates/dkms/acpi_call.ko")
         .exists());
     // status: needs attention meanwhile.
-    let st: serde_json::Value =
-        serde_json::from_slice(&f.run(&["status", "--json"]).stdout).unwrap();
-    let row = st["pairs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["kernel"] == K)
-        .unwrap()
-        .clone();
+    let row = f.status_row(K);
     assert_eq!(row["state"], "failed");
     assert!(
         row["why"].as_str().unwrap().starts_with("NEEDS ATTENTION"),

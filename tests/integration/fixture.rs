@@ -333,6 +333,19 @@ impl Fixture {
         fs::read(self.path(p)).unwrap()
     }
 
+    /// The `status --json` row of the (only) module for kernel `k`.
+    pub fn status_row(&self, k: &str) -> serde_json::Value {
+        let st: serde_json::Value =
+            serde_json::from_slice(&self.run(&["status", "--json"]).stdout).unwrap();
+        st["pairs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["kernel"] == k)
+            .unwrap_or_else(|| panic!("no status row for {k}: {st}"))
+            .clone()
+    }
+
     /// `replay --dry-run --json` on the given in-root logs, parsed.
     pub fn plan(&self, logs: &[&str]) -> serde_json::Value {
         let mut args = vec!["replay".to_string(), "--dry-run".into(), "--json".into()];

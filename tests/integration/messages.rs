@@ -199,16 +199,8 @@ fn build_exclusive_pairs_are_excluded() {
         "usr/src/acpi-call-1.2.2/dkms.conf",
         conf + "BUILD_EXCLUSIVE_KERNEL=\"^6\\.1\\.0-56-\"\n",
     );
-    let st: serde_json::Value =
-        serde_json::from_slice(&f.run(&["status", "--json"]).stdout).unwrap();
-    let row = st["pairs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["kernel"] == K)
-        .unwrap()
-        .clone();
-    assert_eq!(row["state"], "excluded", "{st}");
+    let row = f.status_row(K);
+    assert_eq!(row["state"], "excluded", "{row}");
     let plan = f.plan(&["var/log/dpkg.log"]);
     assert!(rebuilds(&plan).is_empty(), "{plan}");
 }
