@@ -84,15 +84,25 @@ impl Fixture {
     /// post-invoke finds the kbuild upgrade and rebuilds the pair of
     /// 6.1.0-50-amd64.
     pub fn pending() -> Fixture {
+        let (f, second) = Fixture::before_second_transaction();
+        f.run(&["post-invoke"]);
+        let mut log = f.read("var/log/dpkg.log");
+        log.extend_from_slice(second.as_bytes());
+        f.write("var/log/dpkg.log", log);
+        f
+    }
+
+    /// The sample with dpkg.log cut after the first transaction: the state
+    /// before `apt-get install linux-headers-6.1.0-56-amd64`, and that
+    /// second transaction's lines to append.
+    pub fn before_second_transaction() -> (Fixture, String) {
         let f = Fixture::sample();
         let log = String::from_utf8(f.read("var/log/dpkg.log")).unwrap();
         let cut = log
             .find("2026-11-23 20:57:34 startup archives unpack")
             .unwrap();
-        fs::write(f.path("var/log/dpkg.log"), &log[..cut]).unwrap();
-        f.run(&["post-invoke"]);
-        fs::write(f.path("var/log/dpkg.log"), &log).unwrap();
-        f
+        f.write("var/log/dpkg.log", &log[..cut]);
+        (f, log[cut..].to_string())
     }
 
     pub fn path(&self, p: &str) -> PathBuf {
@@ -374,6 +384,14 @@ pub fn assert_rebuilt(out: &Output, pair: &str) {
         e.contains(&format!("dkms-hook: rebuilt {pair} (")),
         "{pair} not rebuilt:\n{e}"
     );
+}
+
+/// The run exited `code` and said `text` on stderr.
+#[track_caller]
+pub fn assert_says(out: &Output, code: i32, text: &str) {
+    let e = stderr(out);
+    assert_eq!(out.status.code(), Some(code), "{e}");
+    assert!(e.contains(text), "{text:?} not said:\n{e}");
 }
 
 /// `module/version @ kernel` of each rebuild in a JSON plan.

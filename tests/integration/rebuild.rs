@@ -4,7 +4,7 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use crate::fixture::{assert_rebuilt, Fixture};
+use crate::fixture::{assert_rebuilt, assert_says, Fixture};
 
 const OLD_KO: &str = "usr/lib/modules/6.1.0-50-amd64/updates/dkms/acpi_call.ko";
 const NEW_KO: &str = "usr/lib/modules/6.1.0-56-amd64/updates/dkms/acpi_call.ko";
@@ -14,13 +14,7 @@ const OLD_BUILT: &str = "var/lib/dkms/acpi-call/1.2.2/6.1.0-50-amd64/x86_64/modu
 /// before `apt-get install linux-headers-6.1.0-56-amd64`, and that second
 /// transaction's lines to append.
 fn before_second_transaction() -> (Fixture, String) {
-    let f = Fixture::sample();
-    let log = String::from_utf8(f.read("var/log/dpkg.log")).unwrap();
-    let cut = log
-        .find("2026-11-23 20:57:34 startup archives unpack")
-        .unwrap();
-    f.write("var/log/dpkg.log", &log[..cut]);
-    (f, log[cut..].to_string())
+    Fixture::before_second_transaction()
 }
 
 fn append(f: &Fixture, path: &str, text: &str) {
@@ -127,14 +121,7 @@ fn a_failed_build_keeps_the_working_module() {
             .unwrap();
     assert!(kept.contains("implicit declaration"));
     // status shows it failed, with the make.log.
-    let st = f.run(&["status", "--json"]);
-    let v: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
-    let row = v["pairs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["kernel"] == "6.1.0-50-amd64")
-        .unwrap();
+    let row = f.status_row("6.1.0-50-amd64");
     assert_eq!(row["state"], "failed");
     assert_eq!(
         row["make_log"],
@@ -180,11 +167,10 @@ fn build_exclusive_is_skipped_not_failed() {
     f.fake_dkms("exclusive-acpi-call", "");
     let before = f.read(OLD_BUILT);
     let out = f.run(&["replay", f.path("var/log/dpkg.log").to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(0));
-    assert!(
-        stderr(&out).contains("skipped acpi-call/1.2.2 for 6.1.0-50-amd64: dkms exited 77"),
-        "{}",
-        stderr(&out)
+    assert_says(
+        &out,
+        0,
+        "skipped acpi-call/1.2.2 for 6.1.0-50-amd64: dkms exited 77",
     );
     assert_eq!(
         f.read(OLD_BUILT),
@@ -319,12 +305,7 @@ fn a_hanging_build_is_killed_with_its_process_group() {
     let started = Instant::now();
     let out = f.run(&["replay", f.path("var/log/dpkg.log").to_str().unwrap()]);
     assert!(started.elapsed() < Duration::from_secs(20));
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("took longer than 1 s and was killed"),
-        "{}",
-        stderr(&out)
-    );
+    assert_says(&out, 1, "took longer than 1 s and was killed");
     assert_eq!(f.read(OLD_KO), before);
     let child: i32 = String::from_utf8(f.read("fake-dkms/child.pid"))
         .unwrap()
@@ -389,12 +370,7 @@ fn rebuilding_under_a_root_needs_a_dkms_stand_in() {
         .env_remove("DKMS_HOOK_DKMS")
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr(&out).contains("needs DKMS_HOOK_DKMS"),
-        "{}",
-        stderr(&out)
-    );
+    assert_says(&out, 2, "needs DKMS_HOOK_DKMS");
 }
 
 #[test]
@@ -408,12 +384,7 @@ fn kernel_hooks_warn_and_forget() {
         "6.1.0-60-amd64",
         "/boot/vmlinuz-6.1.0-60-amd64",
     ]);
-    assert_eq!(out.status.code(), Some(0));
-    assert!(
-        stderr(&out).contains("warning: 6.1.0-60-amd64 has no headers: dkms modules (acpi-call) will not be built for it; install linux-headers-6.1.0-60-amd64"),
-        "{}",
-        stderr(&out)
-    );
+    assert_says(&out, 0, "warning: 6.1.0-60-amd64 has no headers: dkms modules (acpi-call) will not be built for it; install linux-headers-6.1.0-60-amd64");
     let quiet = f.run(&["kernel-hook", "header_postinst", "6.1.0-56-amd64"]);
     assert_eq!(
         (quiet.status.code(), quiet.stderr.is_empty()),
