@@ -14,6 +14,17 @@ pub const CONFIG_FILE: &str = "/etc/dkms/dkms-hook.conf";
 /// and would overflow the deadline arithmetic.
 pub const MAX_BUILD_TIMEOUT: u64 = 7 * 24 * 3600;
 
+/// What `pre-install-pkgs` does with a transaction that changes a build
+/// tree in place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PreflightMode {
+    Off,
+    /// Test-build, print failures, let apt go on.
+    Warn,
+    /// Test-build, and stop apt before dpkg when a build fails.
+    Block,
+}
+
 /// Which kernels get rebuilds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KernelSelection {
@@ -32,6 +43,7 @@ pub struct Config {
     pub build_timeout: Duration,
     pub initramfs: bool,
     pub quiet: bool,
+    pub preflight: PreflightMode,
 }
 
 impl Default for Config {
@@ -44,6 +56,7 @@ impl Default for Config {
             build_timeout: Duration::from_secs(1800),
             initramfs: true,
             quiet: false,
+            preflight: PreflightMode::Warn,
         }
     }
 }
@@ -132,6 +145,18 @@ impl Config {
                     }
                 }
             }
+            "preflight" => {
+                self.preflight = match value {
+                    "off" => PreflightMode::Off,
+                    "warn" => PreflightMode::Warn,
+                    "block" => PreflightMode::Block,
+                    _ => {
+                        return Err(format!(
+                            "preflight: expected off, warn or block, found {value:?}"
+                        ))
+                    }
+                }
+            }
             "jobs" => {
                 self.jobs = value
                     .parse()
@@ -171,6 +196,7 @@ pub const KEYS: &[(&str, &str, &str)] = &[
     ("build_timeout", "1800", "Time limit in seconds of one dkms build, cp or update-initramfs (1 to 604800); the process group is killed after it."),
     ("initramfs", "yes", "Refresh a kernel's initramfs (update-initramfs -u -k K) when a rebuilt module is part of it."),
     ("quiet", "no", "Print nothing in apt's output but failures and warnings."),
+    ("preflight", "warn", "When apt is about to change a kernel's build tree in place, test-build the affected modules against the downloaded packages before dpkg unpacks them: off, warn (print failures, let apt go on) or block (stop apt before anything is unpacked when a module would not build; go on anyway with DKMS_HOOK_SUSPEND=1 apt ... or preflight=warn)."),
 ];
 
 fn unquote(v: &str) -> &str {

@@ -38,6 +38,7 @@ pub mod kernel;
 pub mod man_page;
 pub mod name;
 pub mod plan;
+pub mod preflight;
 pub mod rebuild;
 pub mod report;
 pub mod root;

@@ -86,7 +86,7 @@ pub struct Executor<'a> {
 }
 
 /// How a command ended.
-enum Ran {
+pub(crate) enum Ran {
     Exit(i32),
     TimedOut,
     SpawnFailed(String),
@@ -528,7 +528,7 @@ impl<'a> Executor<'a> {
         Ok(())
     }
 
-    fn copy(&self, from: &Path, to: &Path) -> Result<(), Error> {
+    pub(crate) fn copy(&self, from: &Path, to: &Path) -> Result<(), Error> {
         // dkms 3.0.10's `build --force` removes /var/lib/dkms/M/V/K as well
         // as K/ARCH: a restore must recreate the parents (found by the
         // real-system tests).
@@ -596,7 +596,7 @@ impl<'a> Executor<'a> {
 
     /// `dkms ACTION --force -m M -v V -k K`, output to the pair's run log,
     /// in its own process group so a timeout kills the whole build.
-    fn dkms(&self, p: &QueuedPair, action: &[&str], log: Option<File>) -> Ran {
+    pub(crate) fn dkms(&self, p: &QueuedPair, action: &[&str], log: Option<File>) -> Ran {
         let mut args: Vec<&OsStr> = action.iter().map(OsStr::new).collect();
         for (flag, v) in [
             ("-m", p.module.as_str()),

@@ -118,6 +118,13 @@ for i in "${!names[@]}"; do
 
     run "$cp" "${base[@]}" STUB_EXIT=1
     check "$n: failing binary: exit 0" test "$rc" = 0
+    run "$cp" "${base[@]}" STUB_EXIT=100
+    if [ "$k" = preinst ]; then
+        # preflight = block: the one status that stops apt.
+        check "$n: exit 100 (preflight = block) stops apt" test "$rc" != 0
+    else
+        check "$n: exit 100: still exit 0" test "$rc" = 0
+    fi
 
     run "$cp" "${base[@]}" DKMS_HOOK_SUSPEND=1
     check "$n: DKMS_HOOK_SUSPEND=1: exit 0" test "$rc" = 0

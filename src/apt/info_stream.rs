@@ -17,6 +17,9 @@ pub struct PreInstallPkgs {
     pub version: u32,
     /// apt's whole configuration, keys and values %-decoded, in stream order.
     pub config: Vec<(String, String)>,
+    /// (package, `.deb` path) of each package to be unpacked (version 3
+    /// and 2 name the downloaded file as the line's last field).
+    pub debs: Vec<(String, String)>,
     /// One entry per (package, architecture), in order of first appearance.
     pub changes: Vec<AptChange>,
 }
@@ -56,6 +59,7 @@ pub fn parse_pre_install_reader<R: BufRead>(mut r: R) -> Result<PreInstallPkgs, 
         version,
         config: Vec::new(),
         changes: Vec::new(),
+        debs: Vec::new(),
     };
 
     // Configuration dump, terminated by an empty line.
@@ -90,7 +94,17 @@ pub fn parse_pre_install_reader<R: BufRead>(mut r: R) -> Result<PreInstallPkgs, 
             continue;
         }
         match parse_package_line(&line, version) {
-            Some(change) => merger.push(change),
+            Some(change) => {
+                let fields = split_fields(&line, if version >= 3 { 9 } else { 5 });
+                if let Some(path) = fields
+                    .as_ref()
+                    .and_then(|f| f.last())
+                    .filter(|p| p.starts_with('/'))
+                {
+                    out.debs.push((change.package.clone(), (*path).to_string()));
+                }
+                merger.push(change)
+            }
             None => log::debug!(
                 "skipping unparsable package line: {:?}",
                 truncate_for_log(&line)

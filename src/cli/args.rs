@@ -18,6 +18,10 @@ pub const EXIT_TROUBLE: i32 = 3;
 /// its request to the next run.
 pub const PRERM_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// The exit status of `pre-install-pkgs` when `preflight = block` stops
+/// apt; the apt.conf.d line lets only this one through.
+pub const EXIT_BLOCK: i32 = 100;
+
 /// The commands apt, dpkg and run-parts call: they exit 0 whatever happens.
 pub const HOOK_COMMANDS: &[&str] = &[
     "post-invoke",
@@ -105,6 +109,13 @@ pub enum Command {
     Sync(JsonArg),
     /// Rebuild the pairs whose last rebuild failed.
     Retry(JsonArg),
+    /// Test-build, before anything is unpacked, every dkms module the given
+    /// packages (or, without any, what `apt-get upgrade` would install) make
+    /// stale, against the build tree as it will be: in a private mount
+    /// namespace over overlayfs, so nothing on the system changes. Exits 0
+    /// when every pair builds (or is excluded), 1 when one fails, 2 when
+    /// preflight cannot run here. It builds; it does not load the module.
+    Preflight(PreflightArgs),
     /// apt's JSON hook (AptCli::Hooks::Install, ::Upgrade): warn before the
     /// prompt which kernels and modules the upgrade touches. Always exits 0.
     AptJsonHook(JsonArg),
@@ -160,6 +171,22 @@ pub struct StatusArgs {
     /// Print nothing; only the exit status tells.
     #[arg(short, long, conflicts_with = "json")]
     pub quiet: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PreflightArgs {
+    /// Print one JSON object instead of lines.
+    #[arg(long)]
+    pub json: bool,
+    /// Without DEB files: what `apt-get dist-upgrade` would install.
+    #[arg(long)]
+    pub dist_upgrade: bool,
+    /// Print only failures (as Pre-Install-Pkgs does).
+    #[arg(long, hide = true)]
+    pub only_failures: bool,
+    /// The packages to test against (.deb files).
+    #[arg(value_name = "DEB")]
+    pub debs: Vec<PathBuf>,
 }
 
 #[derive(Debug, Args)]

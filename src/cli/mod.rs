@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::Parser;
 
 pub mod args;
+mod preflight;
 
 use args::{exit_code, BadInput, EXIT_FAILED, EXIT_USAGE, HOOK_COMMANDS, PRERM_LOCK_WAIT};
 pub use args::{Cli, Command, Env, Phase, ReplayArgs, StatusArgs};
@@ -112,6 +113,7 @@ fn run() -> i32 {
         Command::Status(a) => status(&root, a),
         Command::Sync(a) => sync(&root, &env, a.json),
         Command::Retry(a) => retry(&root, &env, a.json),
+        Command::Preflight(a) => Ok(preflight::command(&root, &env, a)),
         Command::AptJsonHook(a) => Ok(apt_json_hook(&root, &env, a.json)),
         Command::PreInstallPkgs(a) => Ok(pre_install_pkgs(&root, &env, a.json)),
         Command::KernelHook { phase, kernel, .. } => Ok(kernel_hook(&root, &env, *phase, kernel)),
@@ -342,7 +344,7 @@ fn print_forecast(root: &Root, changes: &[AptChange], json: bool) {
     if json {
         out_json(&report::json::plan(&p));
     } else {
-        for l in report::forecast_lines(&p) {
+        for l in report::forecast_lines(&p, cfg.preflight) {
             out(&l);
         }
     }
@@ -378,11 +380,13 @@ fn pre_install_pkgs(root: &Root, env: &Env, json: bool) -> i32 {
         None => apt::parse_pre_install_reader(std::io::stdin().lock()),
     };
     match parsed {
-        Ok(p) if warned::already_warned(root) => {
-            log::debug!("the JSON hook already warned ({} changes)", p.changes.len())
-        }
         Ok(p) => {
-            print_forecast(root, &p.changes, json);
+            if warned::already_warned(root) {
+                log::debug!("the JSON hook already warned ({} changes)", p.changes.len());
+            } else {
+                print_forecast(root, &p.changes, json);
+            }
+            return preflight::in_apt(root, &p);
         }
         Err(e) => err(&format!("{PREFIX} Pre-Install-Pkgs: {e}")),
     }

@@ -199,7 +199,7 @@ pub fn status_lines(
 }
 
 /// Before apt's prompt: what the upgrade changes and risks, in a few lines.
-pub fn forecast_lines(p: &Plan) -> Vec<String> {
+pub fn forecast_lines(p: &Plan, preflight: crate::config::PreflightMode) -> Vec<String> {
     let mut by_kernel: Vec<(&str, Vec<&crate::plan::Rebuild>)> = Vec::new();
     for r in &p.rebuilds {
         match by_kernel
@@ -217,9 +217,14 @@ pub fn forecast_lines(p: &Plan) -> Vec<String> {
             .map(|r| format!("{}/{}", r.pair.module, r.pair.version))
             .collect();
         out.push(format!(
-            "{PREFIX} this upgrade changes the build tree of {k} in place ({}); dkms-hook will rebuild {} for it after dpkg finishes",
+            "{PREFIX} this upgrade changes the build tree of {k} in place ({}); dkms-hook will rebuild {} for it after dpkg finishes{}",
             causes(&rs[0].because),
-            mods.join(", ")
+            mods.join(", "),
+            match preflight {
+                crate::config::PreflightMode::Off =>
+                    "; run dkms-hook preflight first to test-build against the new packages",
+                _ => ", and test-builds it against the new packages after the download",
+            }
         ));
     }
     out.extend(p.warnings.iter().map(|w| format!("{PREFIX} warning: {w}")));

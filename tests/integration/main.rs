@@ -5,6 +5,7 @@ mod attacks;
 mod bad_input;
 mod fixture;
 mod messages;
+mod preflight;
 mod rebuild;
 mod replay;
 

@@ -1,0 +1,284 @@
+//! `dkms-hook preflight` and preflight inside apt's Pre-Install-Pkgs: the
+//! glue between the command line and [`crate::preflight`].
+
+use std::path::PathBuf;
+
+use super::args::{PreflightArgs, EXIT_BLOCK};
+use super::{err, load_config, out, out_json, Env};
+use crate::apt::PreInstallPkgs;
+use crate::change::Change;
+use crate::config::{PreflightMode, CONFIG_FILE};
+use crate::inventory::Inventory;
+use crate::name::PackageName;
+use crate::plan;
+use crate::preflight::{self, Deb, Tested};
+use crate::report::{causes, PREFIX};
+use crate::root::Root;
+use crate::state::{QueuedPair, State};
+
+/// Exit statuses of the command.
+const EXIT_ALL_BUILD: i32 = 0;
+const EXIT_ONE_FAILS: i32 = 1;
+const EXIT_CANNOT_RUN: i32 = 2;
+
+/// `dkms-hook preflight [--json] [--dist-upgrade] [DEB…]`.
+pub fn command(root: &Root, env: &Env, a: &PreflightArgs) -> i32 {
+    let mut downloads = None;
+    let r = (|| -> Result<(Vec<Tested>, Vec<String>), crate::Error> {
+        let cfg = load_config(root);
+        let state = State::new(root);
+        let debs = if a.debs.is_empty() {
+            let (debs, dir) = download_upgrade(root, &cfg, a.dist_upgrade)?;
+            downloads = dir;
+            debs
+        } else {
+            a.debs
+                .iter()
+                .map(|d| preflight::read_deb(d))
+                .collect::<Result<Vec<Deb>, _>>()?
+        };
+        let (p, inv) = preflight::plan_for(root, &debs, &cfg)?;
+        let quiet = a.json || a.only_failures;
+        let started = |q: &QueuedPair, n: usize, total: usize| {
+            if !quiet {
+                err(&format!(
+                    "{PREFIX} preflight: building {}/{} for {} ({n} of {total})…",
+                    q.module, q.version, q.kernel
+                ));
+            }
+        };
+        let tested = preflight::run(
+            root,
+            &state,
+            &cfg,
+            env.tools.clone(),
+            &debs,
+            &p,
+            &inv,
+            &started,
+        )?;
+        Ok((tested, p.warnings))
+    })();
+    if let Some(dir) = downloads {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    let (tested, warnings) = match r {
+        Ok(t) => t,
+        Err(e) => {
+            err(&format!("{PREFIX} preflight: {e}"));
+            return EXIT_CANNOT_RUN;
+        }
+    };
+    if a.json {
+        out_json(&json(&tested, &warnings));
+    } else {
+        for t in &tested {
+            if t.ok != Some(true) || !a.only_failures {
+                err(&line(t));
+            }
+        }
+        if tested.is_empty() && !a.only_failures {
+            out(&format!(
+                "{PREFIX} preflight: nothing to test: these packages feed no build tree of a kernel with dkms modules"
+            ));
+        }
+    }
+    if tested.iter().any(|t| t.ok == Some(false)) {
+        EXIT_ONE_FAILS
+    } else {
+        EXIT_ALL_BUILD
+    }
+}
+
+/// Without DEB arguments: what apt would install, the input packages among
+/// it downloaded into a scratch directory.
+fn download_upgrade(
+    root: &Root,
+    cfg: &crate::config::Config,
+    dist_upgrade: bool,
+) -> Result<(Vec<Deb>, Option<PathBuf>), crate::Error> {
+    if !root.is_host_root() {
+        return Err(crate::Error::Refused(
+            "without DEB files, preflight asks the host's apt: not under --root".into(),
+        ));
+    }
+    let candidates = preflight::apt_upgrade_candidates(dist_upgrade)?;
+    let changes: Vec<Change> = candidates
+        .iter()
+        .map(|(name, version, arch)| {
+            Change::planned(name.clone(), arch.clone(), None, version.parse().ok())
+        })
+        .collect();
+    let inv = Inventory::for_changes(root, &changes)?;
+    let p = plan::plan(&changes, &inv, cfg);
+    let needed: Vec<&PackageName> = p
+        .rebuilds
+        .iter()
+        .flat_map(|r| r.because.iter().map(|c| &c.package))
+        .collect();
+    if needed.is_empty() {
+        return Ok((Vec::new(), None));
+    }
+    let dir = std::env::temp_dir().join(format!("dkms-hook-preflight-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| crate::Error::io(&dir, e))?;
+    let mut debs = Vec::new();
+    for (name, version, _) in candidates.iter().filter(|(n, _, _)| needed.contains(&n)) {
+        debs.push(preflight::read_deb(&preflight::apt_download(
+            name, version, &dir,
+        )?)?);
+    }
+    Ok((debs, Some(dir)))
+}
+
+fn line(t: &Tested) -> String {
+    let p = &t.rebuild.pair;
+    let against = preflight::against(&t.rebuild.because);
+    match (t.ok, t.skipped) {
+        (Some(true), _) => format!(
+            "{PREFIX} preflight: {}/{} for {} builds against {against} ({:.1} s)",
+            p.module, p.version, p.kernel, t.seconds
+        ),
+        (Some(false), _) => format!(
+            "{PREFIX} preflight: FAILED {}/{} for {} against {against}: {}{}",
+            p.module,
+            p.version,
+            p.kernel,
+            t.reason.as_deref().unwrap_or("failed"),
+            t.make_log
+                .as_ref()
+                .map(|m| format!("; see {}", m.display()))
+                .unwrap_or_default()
+        ),
+        (None, why) => format!(
+            "{PREFIX} preflight: skipped {}/{} for {}: {}",
+            p.module,
+            p.version,
+            p.kernel,
+            match why {
+                Some("excluded") => "BUILD_EXCLUSIVE excludes this kernel",
+                _ => "no headers for this kernel",
+            }
+        ),
+    }
+}
+
+#[derive(serde::Serialize)]
+struct ResultJson<'a> {
+    module: &'a str,
+    version: &'a str,
+    kernel: &'a str,
+    ok: Option<bool>,
+    skipped: Option<&'static str>,
+    seconds: f64,
+    make_log: Option<String>,
+    against: Vec<AgainstJson>,
+}
+
+#[derive(serde::Serialize)]
+struct AgainstJson {
+    package: String,
+    old: Option<String>,
+    new: Option<String>,
+}
+
+#[derive(serde::Serialize)]
+struct PreflightJson<'a> {
+    results: Vec<ResultJson<'a>>,
+    warnings: &'a [String],
+}
+
+fn json<'a>(tested: &'a [Tested], warnings: &'a [String]) -> PreflightJson<'a> {
+    PreflightJson {
+        results: tested
+            .iter()
+            .map(|t| ResultJson {
+                module: t.rebuild.pair.module.as_str(),
+                version: t.rebuild.pair.version.as_str(),
+                kernel: t.rebuild.pair.kernel.as_str(),
+                ok: t.ok,
+                skipped: t.skipped,
+                seconds: t.seconds,
+                make_log: t.make_log.as_ref().map(|m| m.display().to_string()),
+                against: t
+                    .rebuild
+                    .because
+                    .iter()
+                    .map(|c| AgainstJson {
+                        package: c.package.to_string(),
+                        old: c.old.as_ref().map(ToString::to_string),
+                        new: c.new.as_ref().map(ToString::to_string),
+                    })
+                    .collect(),
+            })
+            .collect(),
+        warnings,
+    }
+}
+
+/// Inside Pre-Install-Pkgs: when the transaction changes an installed
+/// kernel's build tree in place, test-build against the downloaded `.deb`s
+/// (in a child process: the mount namespace is its own) and, with
+/// `preflight = block`, stop apt on a failure. Returns the hook's exit
+/// status: 0, or [`EXIT_BLOCK`].
+pub fn in_apt(root: &Root, stream: &PreInstallPkgs) -> i32 {
+    let cfg = load_config(root);
+    if cfg.preflight == PreflightMode::Off {
+        return 0;
+    }
+    let planned: Vec<Change> = stream
+        .changes
+        .iter()
+        .filter_map(crate::apt::AptChange::to_change)
+        .collect();
+    let Ok(inv) = Inventory::for_changes(root, &planned) else {
+        return 0;
+    };
+    let p = plan::plan(&planned, &inv, &cfg);
+    let needed: Vec<&str> = p
+        .rebuilds
+        .iter()
+        .flat_map(|r| r.because.iter().map(|c| c.package.as_str()))
+        .collect();
+    let debs: Vec<&str> = stream
+        .debs
+        .iter()
+        .filter(|(pkg, _)| needed.contains(&pkg.as_str()))
+        .map(|(_, path)| path.as_str())
+        .collect();
+    if debs.is_empty() {
+        return 0;
+    }
+    let Ok(me) = std::env::current_exe() else {
+        return 0;
+    };
+    let mut args: Vec<std::ffi::OsString> = Vec::new();
+    if !root.is_host_root() {
+        args.push("--root".into());
+        args.push(root.dir().into());
+    }
+    args.extend(["preflight".into(), "--only-failures".into()]);
+    args.extend(debs.iter().map(Into::into));
+    let status = duct::cmd(me, args).stdin_null().unchecked().run();
+    match status.map(|o| o.status.code()) {
+        Ok(Some(EXIT_ALL_BUILD)) => 0,
+        Ok(Some(EXIT_ONE_FAILS)) if cfg.preflight == PreflightMode::Block => {
+            err(&format!(
+                "{PREFIX} preflight = block: stopping apt before anything is unpacked. To go on anyway: DKMS_HOOK_SUSPEND=1 apt …, or preflight=warn in {CONFIG_FILE}"
+            ));
+            EXIT_BLOCK
+        }
+        Ok(Some(EXIT_ONE_FAILS)) => {
+            err(&format!(
+                "{PREFIX} preflight: the upgrade goes on; after dpkg, a rebuild that fails keeps the working module ({})",
+                causes(&p.rebuilds[0].because)
+            ));
+            0
+        }
+        _ => {
+            err(&format!(
+                "{PREFIX} warning: preflight could not run; the upgrade goes on"
+            ));
+            0
+        }
+    }
+}

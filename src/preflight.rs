@@ -1,0 +1,550 @@
+//! Preflight: test-build every pair an upgrade will make stale against the
+//! build tree *as it will be* once the upgrade's packages are unpacked, before
+//! dpkg touches anything.
+//!
+//! The pairs come from the same planner as the forecast before apt's prompt
+//! (`plan::plan` on the planned changes), so preflight and forecast always
+//! agree on "which pairs, against which packages".
+//!
+//! How the build is kept off the system: the process enters a private mount
+//! namespace (`unshare(CLONE_NEWNS)`, propagation private) and mounts an
+//! overlayfs over each directory of the affected kernels' build trees, over
+//! each kernel's `/lib/modules/K` and over `/var/lib/dkms`, with the upper
+//! layers in a scratch directory under `/var/lib/dkms-hook/preflight/`. The
+//! new packages' files are copied into the merged views and the real `dkms
+//! build --force` runs inside, so dkms itself stays in charge of the build.
+//! The mounts die with the process, also when it is killed; the scratch
+//! directory is removed at the end, or by the next preflight. The other way,
+//! dkms's `--dkmstree`/`--kernelsourcedir` on a scratch copy, copies whole
+//! headers trees (the 6.1 `-common` tree alone is ~60 MB, some seconds per
+//! run) and has to rewrite absolute includes such as the flavour Makefile's
+//! `include /usr/src/linux-headers-…-common/Makefile`; an overlay costs a
+//! few system calls per directory and sees every path as dkms does.
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use debversion::Version;
+
+use crate::change::Change;
+use crate::config::Config;
+use crate::dkms::DKMS_TREE;
+use crate::inventory::Inventory;
+use crate::kernel::MODULES_DIR;
+use crate::name::{Keyed, PackageName};
+use crate::plan::{self, Cause, Plan, Rebuild};
+use crate::rebuild::{Executor, Ran, Tools};
+use crate::root::{open_regular, Root};
+use crate::state::{QueuedPair, State, STATE_DIR};
+use crate::Error;
+
+/// Unpacks and reads `.deb` files.
+pub const DPKG_DEB: &str = "dpkg-deb";
+/// Simulates upgrades and downloads packages (the no-argument mode).
+pub const APT_GET: &str = "apt-get";
+/// dkms exit statuses that mean "not for this kernel".
+const EXIT_BUILD_EXCLUSIVE: i32 = 77;
+const EXIT_NO_HEADERS: i32 = 21;
+
+/// One package file of the upgrade.
+#[derive(Debug, Clone)]
+pub struct Deb {
+    pub path: PathBuf,
+    pub package: PackageName,
+    pub version: Version,
+    pub architecture: Option<String>,
+}
+
+/// Read the name, version and architecture of a `.deb`.
+pub fn read_deb(path: &Path) -> Result<Deb, Error> {
+    let out = duct::cmd(
+        DPKG_DEB,
+        [
+            OsStr::new("--field"),
+            path.as_os_str(),
+            OsStr::new("Package"),
+            OsStr::new("Version"),
+            OsStr::new("Architecture"),
+        ],
+    )
+    .stdin_null()
+    .stderr_null()
+    .stdout_capture()
+    .unchecked()
+    .run()
+    .map_err(|e| Error::io(path, e))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .map(str::trim)
+    };
+    let bad = |why: &str| Error::Unreadable {
+        path: path.to_path_buf(),
+        why: why.into(),
+    };
+    if !out.status.success() {
+        return Err(bad("not a Debian package (dpkg-deb --field failed)"));
+    }
+    Ok(Deb {
+        path: path.to_path_buf(),
+        package: PackageName::new(field("Package").ok_or_else(|| bad("no Package field"))?)?,
+        version: field("Version")
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| bad("no valid Version field"))?,
+        architecture: field("Architecture")
+            .filter(|a| crate::dpkg::valid_arch(a))
+            .map(str::to_string),
+    })
+}
+
+/// What one pair's test build showed.
+#[derive(Debug, Clone)]
+pub struct Tested {
+    pub rebuild: Rebuild,
+    /// `Some(true)` built, `Some(false)` failed, `None` skipped.
+    pub ok: Option<bool>,
+    pub skipped: Option<&'static str>,
+    pub reason: Option<String>,
+    pub seconds: f64,
+    /// In-root path of the kept make.log of a failed build.
+    pub make_log: Option<PathBuf>,
+}
+
+/// The plan for installing `debs` on this root: the planner's own answer
+/// for these packages replacing what is installed.
+pub fn plan_for(root: &Root, debs: &[Deb], cfg: &Config) -> Result<(Plan, Inventory), Error> {
+    let planned = |old: &dyn Fn(&Deb) -> Option<Version>| -> Vec<Change> {
+        debs.iter()
+            .map(|d| {
+                Change::planned(
+                    d.package.clone(),
+                    d.architecture.clone(),
+                    old(d),
+                    Some(d.version.clone()),
+                )
+            })
+            .collect()
+    };
+    let inv = Inventory::for_changes(root, &planned(&|_| None))?;
+    let changes = planned(&|d| inv.installed_version(&d.package).map(|i| i.version.clone()));
+    let mut p = plan::plan(&changes, &inv, cfg);
+    p.warnings.splice(0..0, inv.warnings.clone());
+    Ok((p, inv))
+}
+
+/// What `apt-get upgrade` (or `dist-upgrade`) would install now, from its
+/// simulation: `Inst NAME [OLD] (NEW SUITE [ARCH])` lines.
+pub fn apt_upgrade_candidates(
+    dist_upgrade: bool,
+) -> Result<Vec<(PackageName, String, Option<String>)>, Error> {
+    let action = if dist_upgrade {
+        "dist-upgrade"
+    } else {
+        "upgrade"
+    };
+    let out = duct::cmd(APT_GET, ["-s", "-q", action])
+        .stdin_null()
+        .stderr_null()
+        .stdout_capture()
+        .unchecked()
+        .run()
+        .map_err(|e| Error::io(Path::new(APT_GET), e))?;
+    if !out.status.success() {
+        return Err(Error::Refused(format!("apt-get -s {action} failed")));
+    }
+    Ok(parse_apt_simulation(&String::from_utf8_lossy(&out.stdout)))
+}
+
+fn parse_apt_simulation(text: &str) -> Vec<(PackageName, String, Option<String>)> {
+    text.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("Inst ")?;
+            let (name, rest) = rest.split_once(' ')?;
+            let paren = &rest[rest.find('(')? + 1..];
+            let version = paren.split_whitespace().next()?;
+            let arch = paren
+                .rfind('[')
+                .and_then(|i| paren[i + 1..].split(']').next())
+                .filter(|a| crate::dpkg::valid_arch(a))
+                .map(str::to_string);
+            Some((PackageName::new(name).ok()?, version.to_string(), arch))
+        })
+        .collect()
+}
+
+/// Download `name=version` into `dir` (`apt-get download`), returning the file.
+pub fn apt_download(name: &PackageName, version: &str, dir: &Path) -> Result<PathBuf, Error> {
+    let spec = format!("{name}={version}");
+    let out = duct::cmd(APT_GET, ["-q", "download", spec.as_str()])
+        .dir(dir)
+        .stdin_null()
+        .stdout_null()
+        .stderr_null()
+        .unchecked()
+        .run()
+        .map_err(|e| Error::io(Path::new(APT_GET), e))?;
+    if !out.status.success() {
+        return Err(Error::Refused(format!("apt-get download {spec} failed")));
+    }
+    std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&format!("{name}_")) && n.ends_with(".deb"))
+        })
+        .ok_or_else(|| Error::Refused(format!("apt-get download {spec} left no .deb")))
+}
+
+/// Directories mounted over with an overlay, in-root, none inside another.
+fn overlay_dirs(root: &Root, inv: &Inventory, p: &Plan) -> Vec<(PathBuf, Vec<PathBuf>)> {
+    let mut dirs: Vec<(PathBuf, Vec<PathBuf>)> = Vec::new();
+    let mut add = |path: PathBuf, also: Vec<PathBuf>| {
+        if !dirs.iter().any(|(d, _)| d == &path) {
+            dirs.push((path, also));
+        }
+    };
+    for r in &p.rebuilds {
+        if let Some(k) = inv.kernel(&r.pair.kernel) {
+            for t in &k.tree {
+                add(t.path.clone(), t.also.clone());
+            }
+        }
+        if let Ok(m) = root.canonicalize(Path::new(MODULES_DIR).join(r.pair.kernel.as_str())) {
+            add(m, vec![Path::new(MODULES_DIR).join(r.pair.kernel.as_str())]);
+        }
+    }
+    if let Ok(d) = root.canonicalize(DKMS_TREE) {
+        add(d, Vec::new());
+    }
+    // A directory inside another overlaid one is covered by it.
+    let all: Vec<PathBuf> = dirs.iter().map(|(d, _)| d.clone()).collect();
+    dirs.retain(|(d, _)| !all.iter().any(|o| o != d && d.starts_with(o)));
+    dirs.sort();
+    dirs
+}
+
+/// Mounts made in this process's private namespace, undone in reverse order
+/// on drop, and the scratch directory removed after them.
+struct Scratch {
+    dir: PathBuf,
+    mounted: Vec<PathBuf>,
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        for m in self.mounted.iter().rev() {
+            let _ = rustix::mount::unmount(m, rustix::mount::UnmountFlags::DETACH);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Enter a private mount namespace: from here on no mount of this process
+/// reaches the system. Call before any thread is started, so that every
+/// thread (and every dkms) lives in it.
+fn private_namespace() -> Result<(), Error> {
+    let refuse = |what: &str, e: rustix::io::Errno| {
+        Error::Refused(format!(
+            "preflight cannot run here: {what}: {e} (it needs root with CAP_SYS_ADMIN and overlayfs)"
+        ))
+    };
+    // SAFETY: CLONE_NEWNS (which implies CLONE_FS) unshares no file
+    // descriptor table; the caller is the only thread of the process.
+    unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNS) }
+        .map_err(|e| refuse("unshare(CLONE_NEWNS)", e))?;
+    rustix::mount::mount_change(
+        "/",
+        rustix::mount::MountPropagationFlags::PRIVATE | rustix::mount::MountPropagationFlags::REC,
+    )
+    .map_err(|e| refuse("making mounts private", e))
+}
+
+/// Test-build the pairs of `plan` against `debs` unpacked over the current
+/// build trees. Enters a private mount namespace first: run it in a process
+/// of its own (the `preflight` command is one).
+#[allow(clippy::too_many_arguments)]
+pub fn run(
+    root: &Root,
+    state: &State,
+    cfg: &Config,
+    tools: Tools,
+    debs: &[Deb],
+    p: &Plan,
+    inv: &Inventory,
+    started: &(dyn Fn(&QueuedPair, usize, usize) + Sync),
+) -> Result<Vec<Tested>, Error> {
+    if p.rebuilds.is_empty() {
+        return Ok(Vec::new());
+    }
+    let exec = Executor::new(state, cfg, tools)?;
+    private_namespace()?;
+    let scratch = scratch_dir(state)?;
+    let mut guard = Scratch {
+        dir: scratch.clone(),
+        mounted: Vec::new(),
+    };
+    let dirs = overlay_dirs(root, inv, p);
+    for (i, (dir, _)) in dirs.iter().enumerate() {
+        let target = root.host(dir);
+        let upper = scratch.join(format!("o{i}/upper"));
+        let work = scratch.join(format!("o{i}/work"));
+        for d in [&upper, &work] {
+            std::fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
+        }
+        let opts = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            option_path(&target)?,
+            option_path(&upper)?,
+            option_path(&work)?
+        );
+        let data = std::ffi::CString::new(opts)
+            .map_err(|_| Error::Refused("a NUL byte in a path".into()))?;
+        rustix::mount::mount(
+            "overlay",
+            &target,
+            "overlay",
+            rustix::mount::MountFlags::empty(),
+            data.as_c_str(),
+        )
+        .map_err(|e| {
+            Error::Refused(format!(
+                "preflight cannot run here: overlayfs over {}: {e}",
+                dir.display()
+            ))
+        })?;
+        guard.mounted.push(target);
+    }
+    // The new packages' files over the merged views.
+    for (n, deb) in debs.iter().enumerate() {
+        let x = scratch.join(format!("x{n}"));
+        let out = duct::cmd(
+            DPKG_DEB,
+            [OsStr::new("-x"), deb.path.as_os_str(), x.as_os_str()],
+        )
+        .stdin_null()
+        .stdout_null()
+        .stderr_null()
+        .unchecked()
+        .run()
+        .map_err(|e| Error::io(&deb.path, e))?;
+        if !out.status.success() {
+            return Err(Error::Unreadable {
+                path: deb.path.clone(),
+                why: "dpkg-deb -x failed".into(),
+            });
+        }
+        for (dir, also) in &dirs {
+            for name in std::iter::once(dir).chain(also) {
+                let from = x.join(name.strip_prefix("/").unwrap_or(name));
+                if from.is_dir() {
+                    exec.copy(&from, &root.host(dir))?;
+                }
+            }
+        }
+    }
+    let tested = build_all(&exec, state, cfg, p, started);
+    drop(guard);
+    Ok(tested)
+}
+
+/// `,` `:` and `\` separate overlayfs options; such a path is refused.
+fn option_path(p: &Path) -> Result<String, Error> {
+    let s = p.to_string_lossy();
+    if s.contains([',', ':', '\\']) {
+        return Err(Error::Refused(format!(
+            "preflight cannot mount over {}: a ',', ':' or '\\' in the path",
+            p.display()
+        )));
+    }
+    Ok(s.into_owned())
+}
+
+/// `/var/lib/dkms-hook/preflight/run-PID`, after removing what a killed run
+/// left (only one preflight runs at a time: `preflight/lock`).
+fn scratch_dir(state: &State) -> Result<PathBuf, Error> {
+    let dir = state.open()?.subdir("preflight")?;
+    let lock = dir.create("lock", true)?;
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
+        .map_err(|e| Error::io(&dir.path().join("lock"), e.into()))?;
+    for name in dir.names().into_iter().filter(|n| n.starts_with("run-")) {
+        dir.remove_tree(&name)?;
+    }
+    let name = format!("run-{}", std::process::id());
+    dir.subdir(&name)?;
+    // The lock is held until the process ends.
+    std::mem::forget(lock);
+    Ok(dir.path().join(name))
+}
+
+/// Build every pair (modules in parallel, kernels of one module in turn).
+fn build_all(
+    exec: &Executor<'_>,
+    state: &State,
+    cfg: &Config,
+    p: &Plan,
+    started: &(dyn Fn(&QueuedPair, usize, usize) + Sync),
+) -> Vec<Tested> {
+    let mut groups: Vec<Vec<&Rebuild>> = Vec::new();
+    for r in &p.rebuilds {
+        match groups
+            .iter_mut()
+            .find(|g| g[0].pair.module == r.pair.module && g[0].pair.version == r.pair.version)
+        {
+            Some(g) => g.push(r),
+            None => groups.push(vec![r]),
+        }
+    }
+    let total = p.rebuilds.len();
+    let count = std::sync::atomic::AtomicUsize::new(0);
+    let next = Mutex::new(groups.into_iter());
+    let results = Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..cfg.jobs.max(1) {
+            s.spawn(|| loop {
+                let Some(group) = next.lock().ok().and_then(|mut n| n.next()) else {
+                    return;
+                };
+                for r in group {
+                    let q = queued(r);
+                    let n = count.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                    started(&q, n, total);
+                    let t = build_one(exec, state, r, &q);
+                    if let Ok(mut v) = results.lock() {
+                        v.push(t);
+                    }
+                }
+            });
+        }
+    });
+    let mut out = results.into_inner().unwrap_or_default();
+    out.sort_by(|a, b| a.rebuild.pair.key().cmp(&b.rebuild.pair.key()));
+    out
+}
+
+fn queued(r: &Rebuild) -> QueuedPair {
+    QueuedPair {
+        module: r.pair.module.clone(),
+        version: r.pair.version.clone(),
+        kernel: r.pair.kernel.clone(),
+        arch: r.pair.arch.clone(),
+        because: r.because.clone(),
+        stale_since: 0,
+    }
+}
+
+fn build_one(exec: &Executor<'_>, state: &State, r: &Rebuild, q: &QueuedPair) -> Tested {
+    let t0 = Instant::now();
+    let log = state
+        .open()
+        .and_then(|d| d.subdir("preflight"))
+        .and_then(|d| {
+            d.create(
+                &format!("{}-{}-{}.dkms.log", q.module, q.version, q.kernel),
+                false,
+            )
+        })
+        .ok();
+    let ran = exec.dkms(q, &["build", "--force"], log);
+    let mut t = Tested {
+        rebuild: r.clone(),
+        ok: Some(true),
+        skipped: None,
+        reason: None,
+        seconds: 0.0,
+        make_log: None,
+    };
+    match ran {
+        Ran::Exit(0) => {}
+        Ran::Exit(EXIT_BUILD_EXCLUSIVE) => {
+            t.ok = None;
+            t.skipped = Some("excluded");
+        }
+        Ran::Exit(EXIT_NO_HEADERS) => {
+            t.ok = None;
+            t.skipped = Some("no-headers");
+        }
+        Ran::Exit(s) => {
+            t.ok = Some(false);
+            t.reason = Some(format!("dkms build exited {s}"));
+            t.make_log = keep_make_log(state, q);
+        }
+        Ran::TimedOut => {
+            t.ok = Some(false);
+            t.reason = Some("dkms build took longer than build_timeout and was killed".into());
+            t.make_log = keep_make_log(state, q);
+        }
+        Ran::SpawnFailed(e) => {
+            t.ok = Some(false);
+            t.reason = Some(e);
+        }
+    }
+    t.seconds = t0.elapsed().as_secs_f64();
+    t
+}
+
+/// Copy the test build's make.log (seen through the overlay) to
+/// `/var/lib/dkms-hook/preflight/M-V-K.make.log`.
+fn keep_make_log(state: &State, q: &QueuedPair) -> Option<PathBuf> {
+    let src = state
+        .root()
+        .resolve(
+            Path::new(DKMS_TREE)
+                .join(q.module.as_str())
+                .join(q.version.as_str())
+                .join("build/make.log"),
+        )
+        .ok()?;
+    let f = open_regular(&src).ok()?;
+    let name = format!("{}-{}-{}.make.log", q.module, q.version, q.kernel);
+    let dir = state.open().and_then(|d| d.subdir("preflight")).ok()?;
+    dir.write_atomic_from(&name, &mut std::io::Read::take(f, 16 << 20))
+        .ok()?;
+    Some(Path::new(STATE_DIR).join("preflight").join(name))
+}
+
+/// `linux-kbuild-6.1 6.1.192-3` for the line "builds against …".
+pub fn against(because: &[Cause]) -> String {
+    because
+        .iter()
+        .map(|c| {
+            format!(
+                "{} {}",
+                c.package,
+                c.new.as_ref().map_or_else(String::new, ToString::to_string)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn apt_simulation_lines() {
+        let text = "NOTE: This is only a simulation!\n\
+Inst linux-kbuild-6.1 [6.1.176-1] (6.1.192-3 Debian:12.12/stable [amd64])\n\
+Inst tzdata [2024a-0+deb12u1] (2025b-0+deb12u1 Debian:12.12/stable [all])\n\
+Conf linux-kbuild-6.1 (6.1.192-3 Debian:12.12/stable [amd64])\n";
+        let got = parse_apt_simulation(text);
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].0.as_str(), "linux-kbuild-6.1");
+        assert_eq!(got[0].1, "6.1.192-3");
+        assert_eq!(got[0].2.as_deref(), Some("amd64"));
+    }
+
+    #[test]
+    fn overlay_options_refuse_separators() {
+        assert!(option_path(Path::new("/usr/src/linux-headers-6.12.38+deb13-common")).is_ok());
+        for bad in ["/a,b", "/a:b", "/a\\b"] {
+            assert!(option_path(Path::new(bad)).is_err(), "{bad}");
+        }
+    }
+}
