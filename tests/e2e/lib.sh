@@ -397,13 +397,13 @@ e2e_add_failmod() {
     in_root dkms add -m e2e-failmod -v 1.0
 }
 
-# e2e_repack_bump PKG VERSION [SUFFIX]
+# e2e_repack_bump PKG VERSION [SUFFIX [EXTRA_FILE]]
 # Take PKG_VERSION's .deb from the root's apt cache, rebuild it as VERSION+SUFFIX
 # (default suffix: +e2e1) and publish it in a local, trusted file: repository
 # /var/local/e2e-repo inside the root (apt lists refreshed offline for it only).
 # Prints the new version.
 e2e_repack_bump() {
-    local pkg="$1" ver="$2" suffix="${3:-+e2e1}"
+    local pkg="$1" ver="$2" suffix="${3:-+e2e1}" extra="${4:-}"
     local newver="${ver}${suffix}" repo=/var/local/e2e-repo work=/var/tmp/e2e-repack
     local deb
     deb="$(in_root sh -c 'ls /var/cache/apt/archives/"$1"_"$(printf %s "$2" | sed "s/:/%3a/")"_*.deb' \
@@ -413,6 +413,11 @@ e2e_repack_bump() {
     in_root mkdir -p "$work" "$repo"
     in_root dpkg-deb -R "$deb" "$work/pkg"
     in_root sed -i "s/^Version: .*/Version: ${newver}/" "$work/pkg/DEBIAN/control"
+    # EXTRA: one more file in the package (e.g. a file a module refuses).
+    if [[ -n "$extra" ]]; then
+        in_root mkdir -p "$work/pkg$(dirname "$extra")"
+        in_root touch "$work/pkg$extra"
+    fi
     in_root dpkg-deb -b "$work/pkg" "$repo/" >&2
     # apt --no-download refuses file: debs ("Pathname to install is not
     # absolute"); pre-seed the archive cache so offline installs find it.

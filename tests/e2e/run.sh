@@ -8,7 +8,7 @@
 #
 # Without DKMS_HOOK_DEB the package is built with tests/package.sh. The base
 # root is cached (make-base.sh); a run uses two fresh roots:
-#   root A, dkms-hook installed before the upgrades: scenarios 4, 1, 3, 5, 6, 9, 7
+#   root A, dkms-hook installed before the upgrades: scenarios 4, 1, 3, 5, 6, 10, 9, 7
 #   root B, stock dkms first, dkms-hook later: scenarios 2 and 8
 # Prints PASS/FAIL per scenario and ends with "N passed, M failed".
 # When the Debian mirror cannot be reached: one "SKIPPED:" line, exit 0.
@@ -110,6 +110,42 @@ check "apt-get exits 0 (rc=$RC)" test "$RC" == 0
 check "the rebuild line names the headers package" contains "$o" "dkms-hook: rebuilt acpi-call/$E2E_ACPI_CALL_UPSTREAM for $OLD ($E2E_OLD_HEADERS $E2E_OLD_VERSION → $H_V)"
 check "$OLD acpi_call.ko is new" test "$(mtime "$ACPI_OLD")" -gt "$M_BEFORE"
 check "$NEW is not touched" test "$(mtime "$(ko acpi_call "$NEW")")" == "$M_NEW_BEFORE"
+verdict
+
+scenario "10: preflight test-builds against an upgrade before dpkg unpacks it, and changes nothing"
+KB_NOW="$(in_root dpkg-query -W -f '${Version}' linux-kbuild-6.1)"
+POISON_V="$(e2e_repack_bump linux-kbuild-6.1 "$KB_NOW" +poison /usr/lib/linux-kbuild-6.1/scripts/preflight-poison)"
+POISON_DEB="/var/cache/apt/archives/linux-kbuild-6.1_${POISON_V}_amd64.deb"
+snapshot() {
+    in_root sh -c 'find /var/lib/dkms /usr/lib/modules /usr/src /usr/lib/linux-kbuild-6.1 -printf "%p %s %T@ %l\n" | sort; dpkg -l'
+}
+BEFORE="$(out)"; snapshot > "$BEFORE"
+o="$(out)"
+RC=0; in_root dkms-hook preflight "$POISON_DEB" > "$o" 2>&1 || RC=$?
+sed 's/^/    | /' "$o"
+check "preflight exits 1 (rc=$RC)" test "$RC" == 1
+check "acpi-call builds against it" contains "$o" "dkms-hook: preflight: acpi-call/$E2E_ACPI_CALL_UPSTREAM for $OLD builds against linux-kbuild-6.1 $POISON_V ("
+check "e2e-failmod does not, with its make.log" contains "$o" "dkms-hook: preflight: FAILED e2e-failmod/1.0 for $OLD against linux-kbuild-6.1 $POISON_V: dkms build exited 10; see /var/lib/dkms-hook/preflight/e2e-failmod-1.0-$OLD.make.log"
+AFTER="$(out)"; snapshot > "$AFTER"
+check "nothing changed: /var/lib/dkms, /lib/modules, /usr/src, the kbuild tree, dpkg -l" cmp -s "$BEFORE" "$AFTER"
+check "no mount left" bash -c "! grep -q ' $E2E_ROOT/usr\| $E2E_ROOT/var/lib/dkms' /proc/mounts"
+o="$(out)"
+RC=0; in_root dkms-hook preflight "/var/cache/apt/archives/linux-kbuild-6.1_${E2E_NEW_VERSION}_amd64.deb" > "$o" 2>&1 || RC=$?
+sed 's/^/    | /' "$o"
+check "the archive's kbuild: everything builds, exit 0 (rc=$RC)" test "$RC" == 0
+echo "preflight=block" > "$E2E_ROOT/etc/dkms/dkms-hook.conf"
+o="$(out)"
+RC=0; e2e_apt_offline install "linux-kbuild-6.1=$POISON_V" > "$o" 2>&1 || RC=$?
+grep -F 'dkms-hook' "$o" | sed 's/^/    | /' || true
+check "preflight=block: apt-get fails (rc=$RC)" test "$RC" != 0
+check "…and linux-kbuild-6.1 keeps $KB_NOW" test "$(in_root dpkg-query -W -f '${Version}' linux-kbuild-6.1)" == "$KB_NOW"
+rm -f "$E2E_ROOT/etc/dkms/dkms-hook.conf"
+o="$(out)"
+RC=0; e2e_apt_offline install "linux-kbuild-6.1=$POISON_V" > "$o" 2>&1 || RC=$?
+grep -F 'dkms-hook' "$o" | sed 's/^/    | /' || true
+check "preflight=warn (default): apt-get exits 0 (rc=$RC)" test "$RC" == 0
+check "…the failure is shown before dpkg unpacks" before "$o" "dkms-hook: preflight: FAILED e2e-failmod/1.0 for $OLD" "Unpacking linux-kbuild-6.1"
+check "…and acpi-call is rebuilt afterwards" contains "$o" "dkms-hook: rebuilt acpi-call/$E2E_ACPI_CALL_UPSTREAM for $OLD"
 verdict
 
 scenario "9: removing the headers of $OLD: a warning after the removal, the module stays"
