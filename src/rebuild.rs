@@ -345,8 +345,10 @@ impl<'a> Executor<'a> {
                 }
                 self.restore(b.path(), &dir, p).map_err(Stop::Unrestored)?;
             }
-            self.state.remove_backup(p).map_err(Stop::Kept)?;
         }
+        // Also prunes the empty `M/V/K` a run killed inside remove_backup
+        // left (found by the SIGKILL-at-50-points test).
+        self.state.remove_backup(p).map_err(Stop::Kept)?;
         if self.is_done(p, &dir) {
             return Ok(Outcome::AlreadyDone);
         }
