@@ -262,7 +262,15 @@ fn private_namespace() -> Result<(), Error> {
         "/",
         rustix::mount::MountPropagationFlags::PRIVATE | rustix::mount::MountPropagationFlags::REC,
     )
-    .map_err(|e| refuse("making mounts private", e))
+    .map_err(|e| match e {
+        // In a chroot whose directory is no mount point: without private
+        // propagation our mounts would reach the host, so nothing is done.
+        rustix::io::Errno::INVAL => refuse(
+            "making mounts private (is \"/\" a mount point? in a chroot, bind-mount its directory onto itself first)",
+            e,
+        ),
+        e => refuse("making mounts private", e),
+    })
 }
 
 /// Test-build the pairs of `plan` against `debs` unpacked over the current

@@ -174,6 +174,10 @@ e2e_mounts() {
     local root="${1:-$E2E_ROOT}"
     [[ -n "$root" && -d "$root" ]] || e2e_die "e2e_mounts: bad root '${root}'"
     mkdir -p "$root/proc" "$root/sys" "$root/dev"
+    # The root a mount point of its own, as "/" is on a real system: a
+    # private mount namespace inside the chroot (dkms-hook preflight) can
+    # then make "/" private, which needs a mount point.
+    mount --bind "$root" "$root";               E2E_MOUNTED+=("$root")
     mount -t proc proc "$root/proc";            E2E_MOUNTED+=("$root/proc")
     mount -t sysfs -o ro sysfs "$root/sys";     E2E_MOUNTED+=("$root/sys")
     mount --bind /dev "$root/dev";              E2E_MOUNTED+=("$root/dev")
