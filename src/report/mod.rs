@@ -223,7 +223,7 @@ pub fn forecast_lines(p: &Plan, preflight: crate::config::PreflightMode) -> Vec<
             match preflight {
                 crate::config::PreflightMode::Off =>
                     "; run dkms-hook preflight first to test-build against the new packages",
-                _ => ", and test-builds it against the new packages after the download",
+                _ => "; first, after the download, it test-builds them against the new packages",
             }
         ));
     }

@@ -91,7 +91,7 @@ fn json_hook_warns_on_statistics_about_an_in_place_kbuild_upgrade() {
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(
         lines[0],
-        "dkms-hook: this upgrade changes the build tree of 6.1.0-50-amd64 in place (linux-kbuild-6.1 6.1.192-2 → 6.1.200-1); dkms-hook will rebuild acpi-call/1.2.2 for it after dpkg finishes, and test-builds it against the new packages after the download"
+        "dkms-hook: this upgrade changes the build tree of 6.1.0-50-amd64 in place (linux-kbuild-6.1 6.1.192-2 → 6.1.200-1); dkms-hook will rebuild acpi-call/1.2.2 for it after dpkg finishes; first, after the download, it test-builds them against the new packages"
     );
     assert!(lines[1].contains("build tree of 6.1.0-56-amd64"), "{out}");
     assert!(out.contains("warning: 6.1.0-50-amd64: linux-kbuild-6.1 6.1.200-1 is newer than linux-headers-6.1.0-50-amd64 6.1.176-1; a rebuild may fail, and the working module is then kept"), "{out}");
