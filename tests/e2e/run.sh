@@ -133,6 +133,11 @@ o="$(out)"
 RC=0; in_root dkms-hook preflight "/var/cache/apt/archives/linux-kbuild-6.1_${E2E_NEW_VERSION}_amd64.deb" > "$o" 2>&1 || RC=$?
 sed 's/^/    | /' "$o"
 check "the archive's kbuild: everything builds, exit 0 (rc=$RC)" test "$RC" == 0
+o="$(out)"
+RC=0; in_root dkms-hook preflight > "$o" 2>&1 || RC=$?
+sed 's/^/    | /' "$o"
+check "without DEBs: what apt-get upgrade would install is downloaded and tested (rc=$RC)" test "$RC" == 1
+check "…the same failure" contains "$o" "dkms-hook: preflight: FAILED e2e-failmod/1.0 for $OLD against linux-kbuild-6.1 $POISON_V"
 echo "preflight=block" > "$E2E_ROOT/etc/dkms/dkms-hook.conf"
 o="$(out)"
 RC=0; e2e_apt_offline install "linux-kbuild-6.1=$POISON_V" > "$o" 2>&1 || RC=$?
