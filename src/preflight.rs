@@ -55,6 +55,8 @@ pub struct Deb {
     pub package: PackageName,
     pub version: Version,
     pub architecture: Option<String>,
+    /// The first alternative of each `Depends` entry, by name.
+    pub depends: Vec<PackageName>,
 }
 
 /// Read the name, version and architecture of a `.deb`.
@@ -67,6 +69,7 @@ pub fn read_deb(path: &Path) -> Result<Deb, Error> {
             OsStr::new("Package"),
             OsStr::new("Version"),
             OsStr::new("Architecture"),
+            OsStr::new("Depends"),
         ],
     )
     .stdin_null()
@@ -97,6 +100,15 @@ pub fn read_deb(path: &Path) -> Result<Deb, Error> {
         architecture: field("Architecture")
             .filter(|a| crate::dpkg::valid_arch(a))
             .map(str::to_string),
+        depends: field("Depends")
+            .unwrap_or_default()
+            .split(',')
+            .filter_map(|d| {
+                let first = d.split('|').next()?.trim();
+                let name = first.split([' ', '(', ':']).next()?;
+                PackageName::new(name).ok()
+            })
+            .collect(),
     })
 }
 
@@ -115,7 +127,12 @@ pub struct Tested {
 
 /// The plan for installing `debs` on this root: the planner's own answer
 /// for these packages replacing what is installed.
-pub fn plan_for(root: &Root, debs: &[Deb], cfg: &Config) -> Result<(Plan, Inventory), Error> {
+/// Also returns the pairs of new kernels that cannot be test-built, with why.
+pub fn plan_for(
+    root: &Root,
+    debs: &[Deb],
+    cfg: &Config,
+) -> Result<(Plan, Inventory, Vec<(Rebuild, String)>), Error> {
     let planned = |old: &dyn Fn(&Deb) -> Option<Version>| -> Vec<Change> {
         debs.iter()
             .map(|d| {
@@ -132,7 +149,91 @@ pub fn plan_for(root: &Root, debs: &[Deb], cfg: &Config) -> Result<(Plan, Invent
     let changes = planned(&|d| inv.installed_version(&d.package).map(|i| i.version.clone()));
     let mut p = plan::plan(&changes, &inv, cfg);
     p.warnings.splice(0..0, inv.warnings.clone());
-    Ok((p, inv))
+    let skipped = new_kernels(root, debs, &inv, &mut p)?;
+    Ok((p, inv, skipped))
+}
+
+/// A kernel the upgrade installs new (its `linux-headers-K` is among the
+/// `.deb`s and no such kernel has headers yet): each installed module is
+/// test-built for it too, when everything its headers depend on is among
+/// the `.deb`s or installed; otherwise it is reported, with the reason.
+fn new_kernels(
+    root: &Root,
+    debs: &[Deb],
+    inv: &Inventory,
+    p: &mut Plan,
+) -> Result<Vec<(Rebuild, String)>, Error> {
+    let mut skipped = Vec::new();
+    let mut modules: Vec<&crate::dkms::Pair> = Vec::new();
+    for pair in inv.pairs.iter().filter(|x| x.installed) {
+        if !modules
+            .iter()
+            .any(|m| m.module == pair.module && m.version == pair.version)
+        {
+            modules.push(pair);
+        }
+    }
+    for d in debs {
+        let Some(k) = d
+            .package
+            .as_str()
+            .strip_prefix("linux-headers-")
+            .filter(|k| k.starts_with(|c: char| c.is_ascii_digit()))
+            .and_then(|k| crate::kernel::KernelRelease::new(k).ok())
+        else {
+            continue;
+        };
+        if inv
+            .kernel(&k)
+            .is_some_and(crate::kernel::Kernel::has_headers)
+        {
+            continue;
+        }
+        let given = |n: &PackageName| debs.iter().any(|x| &x.package == n);
+        let installed: Vec<String> =
+            crate::dpkg::read_status(root, |n| d.depends.iter().any(|x| x.as_str() == n))?
+                .into_iter()
+                .filter(|i| i.has_files())
+                .map(|i| i.name.to_string())
+                .collect();
+        let missing: Vec<&PackageName> = d
+            .depends
+            .iter()
+            .filter(|n| !given(n) && !installed.iter().any(|i| i == n.as_str()))
+            .collect();
+        for m in &modules {
+            let r = Rebuild {
+                pair: crate::dkms::Pair {
+                    module: m.module.clone(),
+                    version: m.version.clone(),
+                    kernel: k.clone(),
+                    arch: m.arch.clone(),
+                    installed: false,
+                    built: None,
+                },
+                because: vec![Cause {
+                    package: d.package.clone(),
+                    role: crate::kernel::Role::Headers,
+                    old: None,
+                    new: Some(d.version.clone()),
+                    unpacked: None,
+                }],
+            };
+            if missing.is_empty() {
+                p.rebuilds.push(r);
+            } else {
+                let names: Vec<String> = missing.iter().map(ToString::to_string).collect();
+                skipped.push((
+                    r,
+                    format!(
+                        "new kernel {k}: its headers need {}, neither given nor installed",
+                        names.join(", ")
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(skipped)
 }
 
 /// What `apt-get upgrade` (or `dist-upgrade`) would install now, from its
@@ -221,6 +322,18 @@ fn overlay_dirs(root: &Root, inv: &Inventory, p: &Plan) -> Vec<(PathBuf, Vec<Pat
     }
     if let Ok(d) = root.canonicalize(DKMS_TREE) {
         add(d, Vec::new());
+    }
+    // A kernel installed new: its headers land in /usr/src and its build
+    // link in /lib/modules, so both are overlaid whole.
+    if p.rebuilds
+        .iter()
+        .any(|r| inv.kernel(&r.pair.kernel).is_none_or(|k| !k.has_headers()))
+    {
+        for (dir, alias) in [("/usr/src", None), (MODULES_DIR, Some("/lib/modules"))] {
+            if let Ok(c) = root.canonicalize(dir) {
+                add(c, alias.map(PathBuf::from).into_iter().collect());
+            }
+        }
     }
     // A directory inside another overlaid one is covered by it.
     let all: Vec<PathBuf> = dirs.iter().map(|(d, _)| d.clone()).collect();

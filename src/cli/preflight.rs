@@ -37,7 +37,7 @@ pub fn command(root: &Root, env: &Env, a: &PreflightArgs) -> i32 {
                 .map(|d| preflight::read_deb(d))
                 .collect::<Result<Vec<Deb>, _>>()?
         };
-        let (p, inv) = preflight::plan_for(root, &debs, &cfg)?;
+        let (p, inv, not_tested) = preflight::plan_for(root, &debs, &cfg)?;
         let quiet = a.json || a.only_failures;
         let started = |q: &QueuedPair, n: usize, total: usize| {
             if !quiet {
@@ -47,7 +47,7 @@ pub fn command(root: &Root, env: &Env, a: &PreflightArgs) -> i32 {
                 ));
             }
         };
-        let tested = preflight::run(
+        let mut tested = preflight::run(
             root,
             &state,
             &cfg,
@@ -57,6 +57,14 @@ pub fn command(root: &Root, env: &Env, a: &PreflightArgs) -> i32 {
             &inv,
             &started,
         )?;
+        tested.extend(not_tested.into_iter().map(|(rebuild, why)| Tested {
+            rebuild,
+            ok: None,
+            skipped: Some("new-kernel"),
+            reason: Some(why),
+            seconds: 0.0,
+            make_log: None,
+        }));
         Ok((tested, p.warnings))
     })();
     if let Some(dir) = downloads {
@@ -156,6 +164,7 @@ fn line(t: &Tested) -> String {
             p.kernel,
             match why {
                 Some("excluded") => "BUILD_EXCLUSIVE excludes this kernel",
+                Some("new-kernel") => t.reason.as_deref().unwrap_or("a new kernel"),
                 _ => "no headers for this kernel",
             }
         ),

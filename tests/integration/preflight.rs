@@ -9,6 +9,16 @@ use crate::fixture::{stderr, Fixture};
 
 /// A `.deb` of `package` `version` holding `files` (in-root paths).
 fn deb(f: &Fixture, package: &str, version: &str, files: &[&str]) -> String {
+    deb_depending(f, package, version, files, "")
+}
+
+fn deb_depending(
+    f: &Fixture,
+    package: &str,
+    version: &str,
+    files: &[&str],
+    depends: &str,
+) -> String {
     let dir = f.path(&format!("debs/{package}-{version}"));
     for file in files {
         let p = dir.join(file.trim_start_matches('/'));
@@ -18,7 +28,10 @@ fn deb(f: &Fixture, package: &str, version: &str, files: &[&str]) -> String {
     std::fs::create_dir_all(dir.join("DEBIAN")).unwrap();
     std::fs::write(
         dir.join("DEBIAN/control"),
-        format!("Package: {package}\nVersion: {version}\nArchitecture: amd64\nMaintainer: t <t@example.org>\nDescription: t\n"),
+        format!(
+            "Package: {package}\nVersion: {version}\nArchitecture: amd64\nMaintainer: t <t@example.org>\n{}Description: t\n",
+            if depends.is_empty() { String::new() } else { format!("Depends: {depends}\n") }
+        ),
     )
     .unwrap();
     let out = f.path(&format!("debs/{package}_{version}_amd64.deb"));
@@ -230,4 +243,48 @@ fn a_killed_preflight_leaves_nothing_for_long() {
         .filter(|e| e.file_name().to_string_lossy().starts_with("run-"))
         .count();
     assert_eq!(left, 0);
+}
+
+/// A kernel the upgrade installs new: its pairs are test-built when its
+/// headers' dependencies are given or installed, and reported otherwise.
+#[test]
+#[ignore = "needs root (a private mount namespace and overlayfs); make check runs it as root"]
+fn a_new_kernel_is_test_built_when_its_headers_are_complete() {
+    let f = Fixture::sample();
+    f.run(&["sync"]);
+    let k = "6.1.0-60-amd64";
+    let flavour = deb_depending(
+        &f,
+        &format!("linux-headers-{k}"),
+        "6.1.210-1",
+        &[&format!("/usr/src/linux-headers-{k}/Makefile")],
+        "linux-headers-6.1.0-60-common (= 6.1.210-1), linux-kbuild-6.1 (>= 6.1.210-1)",
+    );
+    let before = listing(&f);
+    let out = f.run(&["preflight", &flavour]);
+    let e = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{e}");
+    assert!(
+        e.contains(&format!("dkms-hook: preflight: skipped acpi-call/1.2.2 for {k}: new kernel {k}: its headers need linux-headers-6.1.0-60-common, neither given nor installed")),
+        "{e}"
+    );
+    let common = deb(
+        &f,
+        "linux-headers-6.1.0-60-common",
+        "6.1.210-1",
+        &["/usr/src/linux-headers-6.1.0-60-common/Makefile"],
+    );
+    let out = f.run(&["preflight", &flavour, &common]);
+    let e = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{e}");
+    assert!(
+        e.contains(&format!("dkms-hook: preflight: acpi-call/1.2.2 for {k} builds against linux-headers-{k} 6.1.210-1 (")),
+        "{e}"
+    );
+    assert!(f
+        .dkms_calls()
+        .iter()
+        .any(|c| c == &format!("build acpi-call 1.2.2 {k}")));
+    assert_eq!(listing(&f), before, "nothing on the system changed");
+    assert!(!f.path(&format!("usr/src/linux-headers-{k}")).exists());
 }
