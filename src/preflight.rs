@@ -112,6 +112,9 @@ pub fn read_deb(path: &Path) -> Result<Deb, Error> {
     })
 }
 
+/// Pairs of new kernels that cannot be test-built, each with why.
+pub type NotTested = Vec<(Rebuild, String)>;
+
 /// What one pair's test build showed.
 #[derive(Debug, Clone)]
 pub struct Tested {
@@ -132,7 +135,7 @@ pub fn plan_for(
     root: &Root,
     debs: &[Deb],
     cfg: &Config,
-) -> Result<(Plan, Inventory, Vec<(Rebuild, String)>), Error> {
+) -> Result<(Plan, Inventory, NotTested), Error> {
     let planned = |old: &dyn Fn(&Deb) -> Option<Version>| -> Vec<Change> {
         debs.iter()
             .map(|d| {
@@ -162,7 +165,7 @@ fn new_kernels(
     debs: &[Deb],
     inv: &Inventory,
     p: &mut Plan,
-) -> Result<Vec<(Rebuild, String)>, Error> {
+) -> Result<NotTested, Error> {
     let mut skipped = Vec::new();
     let mut modules: Vec<&crate::dkms::Pair> = Vec::new();
     for pair in inv.pairs.iter().filter(|x| x.installed) {
