@@ -288,3 +288,27 @@ fn a_new_kernel_is_test_built_when_its_headers_are_complete() {
     assert_eq!(listing(&f), before, "nothing on the system changed");
     assert!(!f.path(&format!("usr/src/linux-headers-{k}")).exists());
 }
+
+/// A preflight that cannot run is one warning and never blocks, even with
+/// `preflight = block`; with `off`, the forecast says it can be run by hand.
+#[test]
+fn a_preflight_that_cannot_run_never_blocks() {
+    let f = Fixture::sample();
+    f.write("etc/dkms/dkms-hook.conf", "preflight=block\n");
+    let stream = "VERSION 3\n\nlinux-kbuild-6.1 6.1.192-2 amd64 same < 6.1.201-1 amd64 same /nonexistent/linux-kbuild-6.1_6.1.201-1_amd64.deb\n";
+    let out = f.run_with_stdin(&["pre-install-pkgs"], stream);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("warning: preflight could not run; the upgrade goes on"),
+        "{}",
+        stderr(&out)
+    );
+    f.write("etc/dkms/dkms-hook.conf", "preflight=off\n");
+    let out = f.run_with_stdin(&["pre-install-pkgs"], stream);
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("; run dkms-hook preflight first to test-build against the new packages"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
