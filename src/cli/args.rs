@@ -64,6 +64,7 @@ kernel whose build tree those packages feed, and rebuilds each dkms module built
 Files:
   /etc/dkms/dkms-hook.conf   configuration; every key is listed, commented, at its default
   /var/lib/dkms-hook/        state: dpkg.log cursor, queue, failures, backups/, logs/, builds/ (running builds), lock
+  /var/lib/dkms-hook/preflight/   preflight's kept make.logs and, while it runs, its scratch layers
   /var/log/dkms-hook.log     one line per rebuild, skip or failure
   /etc/apt/apt.conf.d/80dkms-hook, /etc/dpkg/dpkg.cfg.d/dkms-hook, /etc/kernel/*.d/dkms-hook   the hooks
 
