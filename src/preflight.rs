@@ -36,8 +36,8 @@ use crate::kernel::MODULES_DIR;
 use crate::name::{Keyed, PackageName};
 use crate::plan::{self, Cause, Plan, Rebuild};
 use crate::rebuild::{Executor, Ran, Tools};
-use crate::root::{open_regular, Root};
-use crate::state::{QueuedPair, State, STATE_DIR};
+use crate::root::Root;
+use crate::state::{QueuedPair, State};
 use crate::Error;
 
 /// Unpacks and reads `.deb` files.
@@ -596,12 +596,12 @@ fn build_one(exec: &Executor<'_>, state: &State, r: &Rebuild, q: &QueuedPair) ->
         Ran::Exit(s) => {
             t.ok = Some(false);
             t.reason = Some(format!("dkms build exited {s}"));
-            t.make_log = keep_make_log(state, q);
+            t.make_log = exec.keep_make_log_in(q, "preflight");
         }
         Ran::TimedOut => {
             t.ok = Some(false);
             t.reason = Some("dkms build took longer than build_timeout and was killed".into());
-            t.make_log = keep_make_log(state, q);
+            t.make_log = exec.keep_make_log_in(q, "preflight");
         }
         Ran::SpawnFailed(e) => {
             t.ok = Some(false);
@@ -610,26 +610,6 @@ fn build_one(exec: &Executor<'_>, state: &State, r: &Rebuild, q: &QueuedPair) ->
     }
     t.seconds = t0.elapsed().as_secs_f64();
     t
-}
-
-/// Copy the test build's make.log (seen through the overlay) to
-/// `/var/lib/dkms-hook/preflight/M-V-K.make.log`.
-fn keep_make_log(state: &State, q: &QueuedPair) -> Option<PathBuf> {
-    let src = state
-        .root()
-        .resolve(
-            Path::new(DKMS_TREE)
-                .join(q.module.as_str())
-                .join(q.version.as_str())
-                .join("build/make.log"),
-        )
-        .ok()?;
-    let f = open_regular(&src).ok()?;
-    let name = format!("{}-{}-{}.make.log", q.module, q.version, q.kernel);
-    let dir = state.open().and_then(|d| d.subdir("preflight")).ok()?;
-    dir.write_atomic_from(&name, &mut std::io::Read::take(f, 16 << 20))
-        .ok()?;
-    Some(Path::new(STATE_DIR).join("preflight").join(name))
 }
 
 /// `linux-kbuild-6.1 6.1.192-3` for the line "builds against …".

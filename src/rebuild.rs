@@ -576,6 +576,12 @@ impl<'a> Executor<'a> {
     /// dkms leaves make.log in the shared build directory, which the next
     /// kernel's build overwrites: keep a copy per pair (its first 16 MB).
     fn keep_make_log(&self, p: &QueuedPair) -> Option<PathBuf> {
+        self.keep_make_log_in(p, "logs")
+    }
+
+    /// Copy the pair's make.log (as this process sees it) to
+    /// `/var/lib/dkms-hook/SUBDIR/M-V-K.make.log`; the in-root path.
+    pub(crate) fn keep_make_log_in(&self, p: &QueuedPair, subdir: &str) -> Option<PathBuf> {
         let src = self
             .state
             .root()
@@ -588,12 +594,12 @@ impl<'a> Executor<'a> {
             .ok()?;
         let f = open_regular(&src).ok()?;
         let name = State::kept_make_log(p);
-        let logs = self.state.logs().ok()?;
-        if let Err(e) = logs.write_atomic_from(&name, &mut std::io::Read::take(f, CAP_MAKE_LOG)) {
+        let dir = self.state.open().and_then(|d| d.subdir(subdir)).ok()?;
+        if let Err(e) = dir.write_atomic_from(&name, &mut std::io::Read::take(f, CAP_MAKE_LOG)) {
             log::warn!("{e}");
             return None;
         }
-        Some(Path::new(STATE_DIR).join("logs").join(name))
+        Some(Path::new(STATE_DIR).join(subdir).join(name))
     }
 
     /// `dkms ACTION --force -m M -v V -k K`, output to the pair's run log,
