@@ -634,7 +634,8 @@ fn identity(p: &Path) -> Option<(u64, u64, u64)> {
 }
 
 pub fn fingerprint(p: &Path, offset: u64) -> Option<u64> {
-    let mut f = File::open(p).ok()?;
+    // Not `File::open`: a FIFO in dpkg.log's place would block the hook.
+    let mut f = crate::root::open_regular(p).ok()?;
     let start = offset.saturating_sub(FINGERPRINT_LEN);
     f.seek(io::SeekFrom::Start(start)).ok()?;
     let mut buf = vec![0; usize::try_from(offset - start).ok()?];

@@ -664,3 +664,34 @@ fn exit_codes_match_the_help() {
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert!(stderr(&out).contains("written by a newer dkms-hook"));
 }
+
+/// Promise: a FIFO in dpkg.log's place does not hang the hook (issue 11.11).
+#[test]
+fn a_fifo_as_dpkg_log_does_not_hang_the_hook() {
+    let f = Fixture::pending();
+    // No cursor yet: the first run takes the log's end (and fingerprint).
+    std::fs::remove_file(f.path("var/lib/dkms-hook/cursor.json")).unwrap();
+    let log = f.path("var/log/dpkg.log");
+    std::fs::remove_file(&log).unwrap();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &log,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o644),
+        0,
+    )
+    .unwrap();
+    let mut child = f.cmd(&["post-invoke"]).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("post-invoke hangs on a FIFO as dpkg.log");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(0));
+}
