@@ -26,6 +26,9 @@ use crate::Error;
 pub const DKMS: &str = "dkms";
 /// `DKMS_HOOK_UPDATE_INITRAMFS` names a stand-in (tests, `--root`).
 pub const UPDATE_INITRAMFS: &str = "update-initramfs";
+/// Reads a module's vermagic (`.ko`, `.ko.xz`, `.ko.zst` alike); it only
+/// reads the file it is given, so it also runs under `--root`.
+pub const MODINFO: &str = "modinfo";
 /// Copies trees with modes, links and times intact.
 const CP: &str = "cp";
 /// The most of a failed build's make.log that is kept.
@@ -76,6 +79,8 @@ pub struct PairResult {
 pub struct Tools {
     pub dkms: Option<OsString>,
     pub update_initramfs: Option<OsString>,
+    /// `DKMS_HOOK_MODINFO`: a stand-in for modinfo (tests).
+    pub modinfo: Option<OsString>,
 }
 
 pub struct Executor<'a> {
@@ -83,6 +88,7 @@ pub struct Executor<'a> {
     pub config: &'a Config,
     dkms: OsString,
     update_initramfs: Option<OsString>,
+    modinfo: OsString,
 }
 
 /// How a command ended.
@@ -117,6 +123,7 @@ impl<'a> Executor<'a> {
             update_initramfs: tools
                 .update_initramfs
                 .or_else(|| host.then(|| UPDATE_INITRAMFS.into())),
+            modinfo: tools.modinfo.unwrap_or_else(|| MODINFO.into()),
         })
     }
 
@@ -444,6 +451,23 @@ impl<'a> Executor<'a> {
                 None,
             );
         }
+        // The new module must be for this kernel: a vermagic of another
+        // release would not load after the reboot.
+        for copy in installed.iter().filter(|i| fresh(i)) {
+            if let Some(vermagic) = self.vermagic(copy) {
+                let release = vermagic.split_whitespace().next().unwrap_or_default();
+                if release != p.kernel.as_str() {
+                    return failed(
+                        None,
+                        format!(
+                            "the installed module is for kernel {release:?}, not {} (vermagic {vermagic:?})",
+                            p.kernel
+                        ),
+                        None,
+                    );
+                }
+            }
+        }
         for other in installed.iter().filter(|i| !fresh(i)) {
             let inroot = other
                 .strip_prefix(self.state.root().dir())
@@ -465,6 +489,23 @@ impl<'a> Executor<'a> {
             seconds: started.elapsed().as_secs_f64(),
             initramfs,
         })
+    }
+
+    /// The vermagic of a module file; `None` when it cannot be told (no
+    /// modinfo, not a module): then nothing is judged by it.
+    fn vermagic(&self, file: &Path) -> Option<String> {
+        let args = [OsStr::new("-F"), OsStr::new("vermagic"), file.as_os_str()];
+        let out = duct::cmd(&self.modinfo, args)
+            .env("DKMS_HOOK_ROOT", self.state.root().dir())
+            .stdin_null()
+            .stderr_null()
+            .stdout_capture()
+            .unchecked()
+            .run()
+            .map_err(|e| log::debug!("cannot run {}: {e}", self.modinfo.to_string_lossy()))
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        (out.status.success() && !text.is_empty()).then_some(text)
     }
 
     /// Copy the dkms directory and every installed copy into the pair's

@@ -46,6 +46,7 @@ impl Env {
                 dkms: std::env::var_os("DKMS_HOOK_DKMS").filter(|v| !v.is_empty()),
                 update_initramfs: std::env::var_os("DKMS_HOOK_UPDATE_INITRAMFS")
                     .filter(|v| !v.is_empty()),
+                modinfo: std::env::var_os("DKMS_HOOK_MODINFO").filter(|v| !v.is_empty()),
             },
         }
     }
@@ -74,6 +75,7 @@ Environment:
   DKMS_HOOK_LOG      debug output, env_logger syntax (e.g. debug)
   DKMS_HOOK_DKMS     the dkms program to run (a stand-in, for tests; needed under --root)
   DKMS_HOOK_UPDATE_INITRAMFS  the update-initramfs program to run (under --root it is skipped unless named)
+  DKMS_HOOK_MODINFO  the modinfo program that reads a rebuilt module's vermagic (a stand-in, for tests)
 
 Exit status:
   0 success; the hooks (post-invoke, apt-json-hook, pre-install-pkgs, kernel-hook) always exit 0

@@ -507,6 +507,8 @@ ko() {  # ko MODULE_FILE KERNEL -> host path of the installed module
     find "$E2E_ROOT/lib/modules/$2" -name "$1.ko*" -print -quit 2>/dev/null
 }
 mtime() { stat -c %Y "$1" 2>/dev/null || echo missing; }
+# vermagic_is HOSTPATH K: the module's vermagic (modinfo in the root) is for K.
+vermagic_is() { in_root modinfo -F vermagic "${1#"$E2E_ROOT"}" | grep -q "^$2 "; }
 sha() { sha256sum "$1" 2>/dev/null | cut -d' ' -f1; }
 installed() {  # installed MODULE KERNEL: dkms status says installed
     in_root dkms status -m "$1" -k "$2" 2>/dev/null | grep -q ': installed'

@@ -70,6 +70,7 @@ check "no dkms 'Error!' line of our rebuilds reaches apt's output" lacks "$o" "E
 check "no dkms 'Consult …make.log' line reaches apt's output" lacks "$o" "Consult /var/lib/dkms"
 check "$OLD acpi_call.ko is new (mtime $M_BEFORE → $(mtime "$ACPI_OLD"))" test "$(mtime "$ACPI_OLD")" -gt "$M_BEFORE"
 check "dkms status: acpi-call installed for $OLD" installed acpi-call "$OLD"
+check "the rebuilt module's vermagic is for $OLD (dkms-hook checks it too)" vermagic_is "$ACPI_OLD" "$OLD"
 check "$NEW got acpi-call from dkms itself" test -n "$(ko acpi_call "$NEW")"
 check "dkms-hook did not build $NEW again (fresh)" lacks "$o" "rebuilt acpi-call/$E2E_ACPI_CALL_UPSTREAM for $NEW"
 check "the failure is reported with its make.log" contains "$o" "dkms-hook: FAILED to rebuild e2e-failmod/1.0 for $OLD"

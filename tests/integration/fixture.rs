@@ -296,6 +296,10 @@ impl Fixture {
                 "DKMS_HOOK_DKMS",
                 Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/integration/fake-dkms"),
             )
+            .env(
+                "DKMS_HOOK_MODINFO",
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/integration/fake-modinfo"),
+            )
             .env_remove("DKMS_HOOK_ROOT")
             .env_remove("DKMS_HOOK_SUSPEND")
             .env_remove("DKMS_HOOK_LOG");

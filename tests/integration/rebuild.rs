@@ -614,3 +614,32 @@ fn a_module_in_the_initramfs_gets_it_refreshed() {
         "-u -k 6.1.0-50-amd64\n"
     );
 }
+
+/// A rebuild whose installed module is for another kernel (its vermagic
+/// says so) counts as failed, and the working module is put back (issue
+/// 15.1).
+#[test]
+fn a_module_built_for_another_kernel_is_not_kept() {
+    let f = Fixture::pending();
+    let working = f.read(OLD_KO);
+    f.fake_dkms(
+        "vermagic",
+        "6.1.0-99-amd64 SMP preempt mod_unload modversions\n",
+    );
+    let out = f.run(&["post-invoke"]);
+    assert_says(
+        &out,
+        0,
+        "FAILED to rebuild acpi-call/1.2.2 for 6.1.0-50-amd64 (linux-kbuild-6.1 6.1.176-1 → 6.1.192-2): the installed module is for kernel \"6.1.0-99-amd64\", not 6.1.0-50-amd64",
+    );
+    assert!(
+        stderr(&out).contains("the working module was kept"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(f.read(OLD_KO), working, "the working module is back");
+    // With the right vermagic the same rebuild is kept.
+    std::fs::remove_file(f.path("fake-dkms/vermagic")).unwrap();
+    let out = f.run(&["retry"]);
+    assert_rebuilt(&out, "acpi-call/1.2.2 for 6.1.0-50-amd64");
+}
