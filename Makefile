@@ -27,6 +27,9 @@ SBINDIR   ?= $(PREFIX)/sbin
 MANDIR    ?= $(PREFIX)/share/man
 BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
 SYSCONFDIR ?= /etc
+# Where this Debian release's debhelper looks for units (/lib/systemd/system
+# on Debian 12, /usr/lib/systemd/system on Debian 13).
+SYSTEMDUNITDIR ?= $(or $(shell pkg-config --variable=systemdsystemunitdir systemd 2>/dev/null),/lib/systemd/system)
 GENDIR    := target/generated
 
 install: build
@@ -38,6 +41,7 @@ install: build
 	install -D -m 0644 $(GENDIR)/dkms-hook.bash $(DESTDIR)$(BASHCOMPDIR)/dkms-hook
 	install -D -m 0644 etc/dkms-hook.conf $(DESTDIR)$(SYSCONFDIR)/dkms/dkms-hook.conf
 	install -D -m 0644 apt.conf.d/80dkms-hook $(DESTDIR)$(SYSCONFDIR)/apt/apt.conf.d/80dkms-hook
+	install -D -m 0644 systemd/dkms-hook.service $(DESTDIR)$(SYSTEMDUNITDIR)/dkms-hook.service
 	install -D -m 0644 hooks/dpkg.cfg.d-dkms-hook $(DESTDIR)$(SYSCONFDIR)/dpkg/dpkg.cfg.d/dkms-hook
 	for phase in header_postinst postinst prerm; do \
 		install -D -m 0755 hooks/kernel-hook $(DESTDIR)$(SYSCONFDIR)/kernel/$$phase.d/dkms-hook || exit 1; \

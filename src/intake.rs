@@ -160,7 +160,8 @@ pub fn read_logs(root: &Root, logs: &[impl AsRef<Path>]) -> Result<Vec<Change>, 
 }
 
 /// Queue every pair the file system shows stale (also those that went stale
-/// before dkms-hook was installed): what `sync` rebuilds.
+/// before dkms-hook was installed): what `sync` rebuilds, and `boot` for the
+/// running kernel (an inventory of that kernel only).
 pub fn queue_stale(state: &State, inv: &Inventory, cfg: &Config) -> Result<Plan, Error> {
     let rows = plan::assess(inv, cfg, &[]);
     let p = Plan {

@@ -117,6 +117,36 @@ impl Inventory {
         Ok(inv)
     }
 
+    /// The inputs of the running kernel only, from the file lists of the
+    /// packages its tree paths name (`/usr/src/linux-headers-K`,
+    /// `/usr/lib/linux-kbuild-X.Y`): a handful of reads, for the boot-time
+    /// catch-up, which must cost about what the no-op hook does.
+    pub fn running_kernel_only(root: &Root) -> Result<Inventory, Error> {
+        let mut inv = Inventory::base(root);
+        let Some(k) = inv.running.clone().and_then(|r| inv.kernel(&r).cloned()) else {
+            return Ok(inv);
+        };
+        inv.kernels = vec![k];
+        let mut names: Vec<_> = inv.kernels[0]
+            .tree
+            .iter()
+            .filter_map(|t| kernel::guess_owner(&t.path))
+            .collect();
+        names.sort();
+        names.dedup();
+        let lists: Vec<_> = names
+            .into_iter()
+            .filter_map(|p| {
+                let l = dpkg::list_path(root, &p, None)?;
+                Some((p, None, l))
+            })
+            .collect();
+        inv.inputs = kernel::find_inputs(root, &inv.kernels, &lists)?;
+        let wanted: HashSet<String> = inv.package_names().into_iter().collect();
+        inv.read_status(root, |n| wanted.contains(n));
+        Ok(inv)
+    }
+
     /// Every package name that can matter to a plan on this system: the
     /// inputs found, and the owners guessed from tree paths.
     pub fn package_names(&self) -> Vec<String> {

@@ -77,5 +77,13 @@ check "postrm purges /var/lib/dkms-hook" \
 x=$tmp/x; dpkg-deb -x "$deb" "$x"
 check "man page is section 8" bash -c "zcat '$x/usr/share/man/man8/dkms-hook.8.gz' | grep -q '^\.TH [^ ]* 8'"
 check "packaged binary runs (--version)" "$x/usr/sbin/dkms-hook" --version
+unit=$(find "$x/lib/systemd/system" "$x/usr/lib/systemd/system" -name dkms-hook.service 2>/dev/null | head -n1)
+check "contains the systemd unit dkms-hook.service" test -n "$unit"
+# Verified with ExecStart pointing into the unpacked package.
+sed "s#/usr/sbin/dkms-hook#$x/usr/sbin/dkms-hook#" "$unit" > "$tmp/dkms-hook.service"
+check "systemd-analyze verify accepts the unit" \
+    systemd-analyze verify --man=no "$tmp/dkms-hook.service"
+check "postinst enables the unit, does not start it" \
+    bash -c "dpkg-deb --ctrl-tarfile '$deb' | tar -xO ./postinst | grep -q 'deb-systemd-helper.*enable' && ! dpkg-deb --ctrl-tarfile '$deb' | tar -xO ./postinst | grep -q 'deb-systemd-invoke.*start'"
 
 finish

@@ -25,6 +25,7 @@ pub const EXIT_BLOCK: i32 = 100;
 /// The commands apt, dpkg and run-parts call: they exit 0 whatever happens.
 pub const HOOK_COMMANDS: &[&str] = &[
     "post-invoke",
+    "boot",
     "apt-json-hook",
     "pre-install-pkgs",
     "kernel-hook",
@@ -136,6 +137,11 @@ pub enum Command {
         /// The kernel image (postinst, prerm).
         image: Option<PathBuf>,
     },
+    /// At boot (dkms-hook.service): finish what an interrupted run left (the
+    /// queue, a backup to restore, a leftover build), take in what dpkg.log
+    /// holds since the last run, and rebuild the stale pairs of the running
+    /// kernel. Always exits 0: it never fails the boot.
+    Boot,
     /// Create the state directory and start the dpkg.log cursor at the end (postinst).
     #[command(hide = true)]
     Init,

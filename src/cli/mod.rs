@@ -110,6 +110,7 @@ fn run() -> i32 {
     let result = match &cli.command {
         Command::Replay(a) => replay(&root, &env, a),
         Command::PostInvoke => Ok(post_invoke(&root, &env)),
+        Command::Boot => Ok(boot(&root, &env)),
         Command::Status(a) => status(&root, a),
         Command::Sync(a) => sync(&root, &env, a.json),
         Command::Retry(a) => retry(&root, &env, a.json),
@@ -260,6 +261,29 @@ fn post_invoke(root: &Root, env: &Env) -> i32 {
         let _lock = state.lock()?;
         let p = intake::queue_from_dpkg_log(root, &state, &cfg)?;
         warn_once(root, &p.warnings);
+        if !state.queue()?.pending.is_empty() {
+            execute(&state, &cfg, env, true)?;
+        }
+        Ok(())
+    };
+    if let Err(e) = run() {
+        err(&format!("{PREFIX} {e:#}"));
+    }
+    0
+}
+
+/// At boot: never fails the boot. Every error becomes one line (the journal).
+fn boot(root: &Root, env: &Env) -> i32 {
+    if env.suspended {
+        return 0;
+    }
+    let run = || -> anyhow::Result<()> {
+        let cfg = load_config(root);
+        let state = State::new(root);
+        let _lock = state.lock()?;
+        let p = intake::queue_from_dpkg_log(root, &state, &cfg)?;
+        warn_once(root, &p.warnings);
+        intake::queue_stale(&state, &Inventory::running_kernel_only(root)?, &cfg)?;
         if !state.queue()?.pending.is_empty() {
             execute(&state, &cfg, env, true)?;
         }

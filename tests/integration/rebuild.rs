@@ -643,3 +643,37 @@ fn a_module_built_for_another_kernel_is_not_kept() {
     let out = f.run(&["retry"]);
     assert_rebuilt(&out, "acpi-call/1.2.2 for 6.1.0-50-amd64");
 }
+
+/// `dkms-hook boot` finishes the queue a killed run left, and never fails
+/// the boot (issue 15.4).
+#[test]
+fn boot_finishes_what_a_killed_run_left() {
+    use std::os::unix::process::CommandExt;
+    let f = Fixture::pending();
+    f.fake_dkms("sleep", "30");
+    let mut child = f.cmd(&["post-invoke"]).process_group(0).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(f.path("dkms-calls.log"))
+        .unwrap_or_default()
+        .contains("build acpi-call")
+    {
+        assert!(Instant::now() < deadline, "build never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pgid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    rustix::process::kill_process_group(pgid, rustix::process::Signal::KILL).unwrap();
+    child.wait().unwrap();
+    std::fs::remove_file(f.path("fake-dkms/sleep")).unwrap();
+    let out = f.run(&["boot"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_rebuilt(&out, "acpi-call/1.2.2 for 6.1.0-50-amd64");
+    let again = f.run(&["boot"]);
+    assert_eq!(again.status.code(), Some(0));
+    assert!(again.stderr.is_empty(), "{}", stderr(&again));
+    // Whatever goes wrong, the boot goes on.
+    f.write(
+        "var/lib/dkms-hook/queue.json",
+        r#"{"version": 9, "pending": []}"#,
+    );
+    assert_eq!(f.run(&["boot"]).status.code(), Some(0));
+}
