@@ -43,6 +43,7 @@ install: build
 	install -D -m 0644 apt.conf.d/80dkms-hook $(DESTDIR)$(SYSCONFDIR)/apt/apt.conf.d/80dkms-hook
 	install -D -m 0644 systemd/dkms-hook.service $(DESTDIR)$(SYSTEMDUNITDIR)/dkms-hook.service
 	install -D -m 0644 hooks/dpkg.cfg.d-dkms-hook $(DESTDIR)$(SYSCONFDIR)/dpkg/dpkg.cfg.d/dkms-hook
+	install -D -m 0755 hooks/update-motd $(DESTDIR)$(SYSCONFDIR)/update-motd.d/90-dkms-hook
 	for phase in header_postinst postinst prerm; do \
 		install -D -m 0755 hooks/kernel-hook $(DESTDIR)$(SYSCONFDIR)/kernel/$$phase.d/dkms-hook || exit 1; \
 	done

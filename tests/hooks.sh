@@ -56,6 +56,15 @@ for phase in header_postinst postinst prerm; do
     expect_args+=("call [kernel-hook] [$phase] [${kargs[0]}] [${kargs[1]}]")
 done
 
+# update-motd.d: pam_motd runs it at login.
+f=hooks/update-motd
+check "$f: executable, #!/bin/sh, sh -n" \
+    bash -c "[ -x '$f' ] && head -n1 '$f' | grep -qx '#!/bin/sh' && sh -n '$f'"
+names+=("$f") kinds+=(motd)
+cmd_present+=("$(printf '%q' "$(rewrite "$f" "$stub")")")
+cmd_missing+=("$(printf '%q' "$(rewrite "$f" "$missing")")")
+expect_args+=("call [motd]")
+
 # dpkg.cfg.d: dpkg runs the value of post-invoke= with sh -c.
 dpkg_line() { sed -n 's/^post-invoke=//p' "$1"; }
 f=hooks/dpkg.cfg.d-dkms-hook
@@ -110,7 +119,11 @@ for i in "${!names[@]}"; do
     run "$cp" "${base[@]}"
     check "$n: present: exit 0" test "$rc" = 0
     check "$n: present: stub called once with the arguments" test "$called" = "$want suspend="
-    check "$n: present: stderr of the binary reaches the caller" grep -q stub-stderr <<< "$out"
+    if [ "$k" = motd ]; then
+        check "$n: present: the binary's stderr stays out of the login notice" test -z "$out"
+    else
+        check "$n: present: stderr of the binary reaches the caller" grep -q stub-stderr <<< "$out"
+    fi
 
     run "$cm" "${base[@]}"
     check "$n: missing binary: exit 0" test "$rc" = 0
@@ -128,8 +141,9 @@ for i in "${!names[@]}"; do
 
     run "$cp" "${base[@]}" DKMS_HOOK_SUSPEND=1
     check "$n: DKMS_HOOK_SUSPEND=1: exit 0" test "$rc" = 0
-    if [ "$k" = preinst ]; then
-        # No guard can precede the binary path here: the binary honours it.
+    if [ "$k" = preinst ] || [ "$k" = motd ]; then
+        # No guard precedes the binary here: the binary honours it (motd
+        # only reads state, so it speaks even when hooks are suspended).
         check "$n: DKMS_HOOK_SUSPEND=1: passed on to the binary" test "$called" = "$want suspend=1"
     else
         check "$n: DKMS_HOOK_SUSPEND=1: binary not called" test -z "$called"

@@ -47,7 +47,8 @@ check "lintian --fail-on error,warning" test "$rc" = 0
 contents=$(dpkg-deb -c "$deb" | awk '{print $1, $NF}')
 has() { grep -qxF -- "$1 ./${2#/}" <<< "$contents"; }
 for f in /usr/sbin/dkms-hook /etc/kernel/header_postinst.d/dkms-hook \
-         /etc/kernel/postinst.d/dkms-hook /etc/kernel/prerm.d/dkms-hook; do
+         /etc/kernel/postinst.d/dkms-hook /etc/kernel/prerm.d/dkms-hook \
+         /etc/update-motd.d/90-dkms-hook; do
     check "contains $f (0755)" has -rwxr-xr-x "$f"
 done
 for f in /usr/share/man/man8/dkms-hook.8.gz \
@@ -62,7 +63,7 @@ conffiles=$(dpkg-deb -I "$deb" conffiles 2>/dev/null)
 for f in /etc/dkms/dkms-hook.conf /etc/apt/apt.conf.d/80dkms-hook \
          /etc/dpkg/dpkg.cfg.d/dkms-hook /etc/kernel/header_postinst.d/dkms-hook \
          /etc/kernel/postinst.d/dkms-hook /etc/kernel/prerm.d/dkms-hook \
-         /etc/logrotate.d/dkms-hook; do
+         /etc/logrotate.d/dkms-hook /etc/update-motd.d/90-dkms-hook; do
     check "conffile $f" grep -qxF "$f" <<< "$conffiles"
 done
 

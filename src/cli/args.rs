@@ -26,6 +26,7 @@ pub const EXIT_BLOCK: i32 = 100;
 pub const HOOK_COMMANDS: &[&str] = &[
     "post-invoke",
     "boot",
+    "motd",
     "apt-json-hook",
     "pre-install-pkgs",
     "kernel-hook",
@@ -142,6 +143,10 @@ pub enum Command {
     /// holds since the last run, and rebuild the stale pairs of the running
     /// kernel. Always exits 0: it never fails the boot.
     Boot,
+    /// The login notice (/etc/update-motd.d/90-dkms-hook): one line per pair
+    /// whose rebuild failed or is still queued, from dkms-hook's state alone
+    /// (a few file reads); nothing when all is well. Always exits 0.
+    Motd,
     /// Create the state directory and start the dpkg.log cursor at the end (postinst).
     #[command(hide = true)]
     Init,

@@ -111,6 +111,7 @@ fn run() -> i32 {
         Command::Replay(a) => replay(&root, &env, a),
         Command::PostInvoke => Ok(post_invoke(&root, &env)),
         Command::Boot => Ok(boot(&root, &env)),
+        Command::Motd => Ok(motd(&root)),
         Command::Status(a) => status(&root, a),
         Command::Sync(a) => sync(&root, &env, a.json),
         Command::Retry(a) => retry(&root, &env, a.json),
@@ -291,6 +292,18 @@ fn boot(root: &Root, env: &Env) -> i32 {
     };
     if let Err(e) = run() {
         err(&format!("{PREFIX} {e:#}"));
+    }
+    0
+}
+
+/// The login notice: failures and queued pairs from the state files only.
+fn motd(root: &Root) -> i32 {
+    let state = State::new(root);
+    for l in report::motd_lines(
+        &state.failures().map(|f| f.failed).unwrap_or_default(),
+        &state.queue().map(|q| q.pending).unwrap_or_default(),
+    ) {
+        out(&l);
     }
     0
 }

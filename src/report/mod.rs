@@ -198,6 +198,39 @@ pub fn status_lines(
     out
 }
 
+/// The login notice: a line per failed or still queued pair, nothing when
+/// all is well.
+pub fn motd_lines(failed: &[Failure], queued: &[QueuedPair]) -> Vec<String> {
+    let mut out: Vec<String> = failed
+        .iter()
+        .map(|f| {
+            format!(
+                "{PREFIX} {}/{} for {} {}; see: dkms-hook status",
+                f.module,
+                f.version,
+                f.kernel,
+                if f.restored {
+                    "failed to rebuild (the working module was kept)"
+                } else {
+                    "NEEDS ATTENTION: its working module could not be put back"
+                }
+            )
+        })
+        .collect();
+    out.extend(
+        queued
+            .iter()
+            .filter(|q| !failed.iter().any(|f| f.key() == q.key()))
+            .map(|q| {
+                format!(
+                    "{PREFIX} {}/{} for {} is stale and waits for a rebuild; run: dkms-hook sync",
+                    q.module, q.version, q.kernel
+                )
+            }),
+    );
+    out
+}
+
 /// Before apt's prompt: what the upgrade changes and risks, in a few lines.
 pub fn forecast_lines(p: &Plan, preflight: crate::config::PreflightMode) -> Vec<String> {
     let mut by_kernel: Vec<(&str, Vec<&crate::plan::Rebuild>)> = Vec::new();

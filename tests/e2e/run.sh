@@ -82,6 +82,9 @@ check "dkms status: e2e-failmod still installed for $OLD" installed e2e-failmod 
 st="$(out)"; in_root dkms-hook status > "$st" 2>&1 || true
 sed 's/^/    | /' "$st"
 check "dkms-hook status shows it failed" grep -qE "^e2e-failmod/1.0 +$OLD +failed" "$st"
+motd="$(out)"; in_root /etc/update-motd.d/90-dkms-hook > "$motd" 2>&1 || true
+sed 's/^/    | /' "$motd"
+check "the login notice names the failed pair" contains "$motd" "dkms-hook: e2e-failmod/1.0 for $OLD failed to rebuild"
 check "dkms-hook status shows acpi-call fresh for $OLD" grep -qE "^acpi-call/[^ ]+ +$OLD +fresh" "$st"
 rm -f "$E2E_ROOT/etc/e2e-failmod-break"
 verdict

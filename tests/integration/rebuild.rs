@@ -677,3 +677,22 @@ fn boot_finishes_what_a_killed_run_left() {
     );
     assert_eq!(f.run(&["boot"]).status.code(), Some(0));
 }
+
+/// The login notice: nothing when all is well, a line per failed pair
+/// (issue 15.5).
+#[test]
+fn the_login_notice_names_failed_pairs_only() {
+    let f = Fixture::pending();
+    let quiet = f.run(&["motd"]);
+    assert_eq!(
+        (quiet.status.code(), quiet.stdout.is_empty()),
+        (Some(0), true)
+    );
+    f.fake_dkms("fail-acpi-call", "");
+    f.run(&["post-invoke"]);
+    let out = f.run(&["motd"]);
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        "dkms-hook: acpi-call/1.2.2 for 6.1.0-50-amd64 failed to rebuild (the working module was kept); see: dkms-hook status\n"
+    );
+}
