@@ -44,6 +44,7 @@ pub struct Config {
     pub initramfs: bool,
     pub quiet: bool,
     pub preflight: PreflightMode,
+    pub prometheus_textfile: crate::metrics::Textfile,
 }
 
 impl Default for Config {
@@ -57,6 +58,7 @@ impl Default for Config {
             initramfs: true,
             quiet: false,
             preflight: PreflightMode::Warn,
+            prometheus_textfile: crate::metrics::Textfile::Auto,
         }
     }
 }
@@ -145,6 +147,18 @@ impl Config {
                     }
                 }
             }
+            "prometheus_textfile" => {
+                self.prometheus_textfile = match value {
+                    "auto" => crate::metrics::Textfile::Auto,
+                    "off" => crate::metrics::Textfile::Off,
+                    p if p.starts_with('/') => crate::metrics::Textfile::Dir(p.into()),
+                    _ => {
+                        return Err(format!(
+                            "prometheus_textfile: expected auto, off or an absolute directory, found {value:?}"
+                        ))
+                    }
+                }
+            }
             "preflight" => {
                 self.preflight = match value {
                     "off" => PreflightMode::Off,
@@ -196,6 +210,7 @@ pub const KEYS: &[(&str, &str, &str)] = &[
     ("build_timeout", "1800", "Time limit in seconds of one dkms build, cp or update-initramfs (1 to 604800); the process group is killed after it."),
     ("initramfs", "yes", "Refresh a kernel's initramfs (update-initramfs -u -k K) when a rebuilt module is part of it."),
     ("quiet", "no", "Print nothing in apt's output but failures and warnings."),
+    ("prometheus_textfile", "auto", "Where to write dkms_hook.prom for node_exporter's textfile collector after every run that may change state: auto (/var/lib/prometheus/node-exporter when it exists), off, or a directory."),
     ("preflight", "warn", "When apt is about to change a kernel's build tree in place, test-build the affected modules against the downloaded packages before dpkg unpacks them: off, warn (print failures, let apt go on) or block (stop apt before anything is unpacked when a module would not build; go on anyway with DKMS_HOOK_SUSPEND=1 apt ... or preflight=warn)."),
 ];
 

@@ -36,6 +36,7 @@ pub mod intake;
 pub mod inventory;
 pub mod kernel;
 pub mod man_page;
+pub mod metrics;
 pub mod name;
 pub mod plan;
 pub mod preflight;

@@ -94,3 +94,18 @@ pub fn note_said(root: &Root, warnings: &[String]) {
 pub fn already_warned(root: &Root) -> bool {
     marker(root).is_some_and(|m| m.exists())
 }
+
+/// The warnings not yet said in this apt run, noted as said now.
+pub fn unsaid(root: &Root, warnings: &[String]) -> Vec<String> {
+    if warnings.is_empty() {
+        return Vec::new();
+    }
+    let before = said(root);
+    let new: Vec<String> = warnings
+        .iter()
+        .filter(|w| !before.contains(&w.replace('\n', " ")))
+        .cloned()
+        .collect();
+    note_said(root, &new);
+    new
+}

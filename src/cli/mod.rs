@@ -8,16 +8,15 @@ use anyhow::Context;
 use clap::Parser;
 
 pub mod args;
+mod hooks;
 mod preflight;
 
-use args::{exit_code, BadInput, EXIT_FAILED, EXIT_USAGE, HOOK_COMMANDS, PRERM_LOCK_WAIT};
+use args::{exit_code, BadInput, EXIT_FAILED, EXIT_USAGE, HOOK_COMMANDS};
 pub use args::{Cli, Command, Env, Phase, ReplayArgs, StatusArgs};
 
-use crate::apt::{self, warned, AptChange};
-use crate::change::Change;
+use crate::apt::warned;
 use crate::config::Config;
 use crate::inventory::Inventory;
-use crate::kernel::KernelRelease;
 use crate::plan::{PairState, Plan};
 use crate::rebuild::{Executor, Outcome, PairResult};
 use crate::report::{self, printable, PREFIX};
@@ -109,16 +108,18 @@ fn run() -> i32 {
     let root = Root::new(cli.root.clone().unwrap_or_else(|| PathBuf::from("/")));
     let result = match &cli.command {
         Command::Replay(a) => replay(&root, &env, a),
-        Command::PostInvoke => Ok(post_invoke(&root, &env)),
-        Command::Boot => Ok(boot(&root, &env)),
-        Command::Motd => Ok(motd(&root)),
+        Command::PostInvoke => Ok(hooks::post_invoke(&root, &env)),
+        Command::Boot => Ok(hooks::boot(&root, &env)),
+        Command::Motd => Ok(hooks::motd(&root)),
         Command::Status(a) => status(&root, a),
         Command::Sync(a) => sync(&root, &env, a.json),
         Command::Retry(a) => retry(&root, &env, a.json),
         Command::Preflight(a) => Ok(preflight::command(&root, &env, a)),
-        Command::AptJsonHook(a) => Ok(apt_json_hook(&root, &env, a.json)),
-        Command::PreInstallPkgs(a) => Ok(pre_install_pkgs(&root, &env, a.json)),
-        Command::KernelHook { phase, kernel, .. } => Ok(kernel_hook(&root, &env, *phase, kernel)),
+        Command::AptJsonHook(a) => Ok(hooks::apt_json_hook(&root, &env, a.json)),
+        Command::PreInstallPkgs(a) => Ok(hooks::pre_install_pkgs(&root, &env, a.json)),
+        Command::KernelHook { phase, kernel, .. } => {
+            Ok(hooks::kernel_hook(&root, &env, *phase, kernel))
+        }
         Command::Init => init(&root),
         Command::Man => crate::man_page::render(&mut std::io::stdout().lock())
             .map(|()| 0)
@@ -169,21 +170,11 @@ fn print_plan(p: &Plan, json: bool, verb: &str) {
 
 /// Print each warning not yet printed in this apt run (the JSON hook
 /// before the prompt, the kernel hooks and post-invoke all see the same
-/// risks), and note it.
+/// risks).
 fn warn_once(root: &Root, warnings: &[String]) {
-    if warnings.is_empty() {
-        return;
-    }
-    let said = warned::said(root);
-    let new: Vec<String> = warnings
-        .iter()
-        .filter(|w| !said.contains(&w.replace('\n', " ")))
-        .cloned()
-        .collect();
-    for w in &new {
+    for w in warned::unsaid(root, warnings) {
         err(&format!("{PREFIX} warning: {w}"));
     }
-    warned::note_said(root, &new);
 }
 
 /// Print each result as it happens (apt's output shows progress) and to
@@ -224,6 +215,7 @@ fn execute(
     let failed = results
         .iter()
         .any(|r| matches!(r.outcome, Outcome::Failed { .. }));
+    export(state, cfg, &results);
     Ok((if failed { EXIT_FAILED } else { 0 }, results))
 }
 
@@ -251,61 +243,12 @@ fn replay(root: &Root, env: &Env, a: &ReplayArgs) -> anyhow::Result<i32> {
     Ok(code)
 }
 
-/// The hook: never fails apt. Every error becomes one line on stderr.
-fn post_invoke(root: &Root, env: &Env) -> i32 {
-    if env.suspended {
-        return 0;
+/// Count the run and write node_exporter's textfile (best effort: fleet
+/// metrics never fail a run).
+fn export(state: &State, cfg: &Config, results: &[PairResult]) {
+    if let Err(e) = crate::metrics::after_run(state, cfg, results) {
+        log::warn!("metrics: {e}");
     }
-    let run = || -> anyhow::Result<()> {
-        let cfg = load_config(root);
-        let state = State::new(root);
-        let _lock = state.lock()?;
-        let p = intake::queue_from_dpkg_log(root, &state, &cfg)?;
-        warn_once(root, &p.warnings);
-        if !state.queue()?.pending.is_empty() {
-            execute(&state, &cfg, env, true)?;
-        }
-        Ok(())
-    };
-    if let Err(e) = run() {
-        err(&format!("{PREFIX} {e:#}"));
-    }
-    0
-}
-
-/// At boot: never fails the boot. Every error becomes one line (the journal).
-fn boot(root: &Root, env: &Env) -> i32 {
-    if env.suspended {
-        return 0;
-    }
-    let run = || -> anyhow::Result<()> {
-        let cfg = load_config(root);
-        let state = State::new(root);
-        let _lock = state.lock()?;
-        let p = intake::queue_from_dpkg_log(root, &state, &cfg)?;
-        warn_once(root, &p.warnings);
-        intake::queue_stale(&state, &Inventory::running_kernel_only(root)?, &cfg)?;
-        if !state.queue()?.pending.is_empty() {
-            execute(&state, &cfg, env, true)?;
-        }
-        Ok(())
-    };
-    if let Err(e) = run() {
-        err(&format!("{PREFIX} {e:#}"));
-    }
-    0
-}
-
-/// The login notice: failures and queued pairs from the state files only.
-fn motd(root: &Root) -> i32 {
-    let state = State::new(root);
-    for l in report::motd_lines(
-        &state.failures().map(|f| f.failed).unwrap_or_default(),
-        &state.queue().map(|q| q.pending).unwrap_or_default(),
-    ) {
-        out(&l);
-    }
-    0
 }
 
 fn status(root: &Root, a: &StatusArgs) -> anyhow::Result<i32> {
@@ -318,6 +261,11 @@ fn status(root: &Root, a: &StatusArgs) -> anyhow::Result<i32> {
     });
     let rows = plan::assess(&inv, &cfg, &failures.failed);
     let queued = state.queue().map(|q| q.pending).unwrap_or_default();
+    if rustix::process::geteuid().is_root() {
+        if let Err(e) = crate::metrics::from_status(&state, &cfg, &rows, inv.running.as_ref()) {
+            log::warn!("metrics: {e}");
+        }
+    }
     let attention = rows.iter().any(|r| match r.state {
         PairState::Fresh => false,
         PairState::Excluded => r.pair.as_ref().is_some_and(|p| p.installed),
@@ -363,106 +311,6 @@ fn finish_run(state: &State, cfg: &Config, env: &Env, p: &Plan, json: bool) -> a
         out(&format!("{PREFIX} nothing to rebuild"));
     }
     Ok(code)
-}
-
-/// Print the forecast for apt's planned changes (empty output when there is
-/// nothing to say), and note its warnings as said for this apt run.
-fn print_forecast(root: &Root, changes: &[AptChange], json: bool) {
-    let cfg = load_config(root);
-    let planned: Vec<Change> = changes.iter().filter_map(AptChange::to_change).collect();
-    let inv = match Inventory::for_changes(root, &planned) {
-        Ok(i) => i,
-        Err(e) => {
-            err(&format!("{PREFIX} {e}"));
-            return;
-        }
-    };
-    let p = plan::forecast(&planned, &inv, &cfg);
-    if json {
-        out_json(&report::json::plan(&p));
-    } else {
-        for l in report::forecast_lines(&p, cfg.preflight) {
-            out(&l);
-        }
-    }
-    warned::note_said(root, &p.warnings);
-}
-
-fn apt_json_hook(root: &Root, env: &Env, json: bool) -> i32 {
-    if env.suspended {
-        return 0;
-    }
-    let Some(fd) = apt::env_fd("APT_HOOK_SOCKET") else {
-        log::debug!("APT_HOOK_SOCKET is not an open fd; nothing to do");
-        return 0;
-    };
-    let stream = std::os::unix::net::UnixStream::from(fd);
-    match apt::serve_json_hook(stream) {
-        Ok(session) if session.should_warn() => {
-            print_forecast(root, &session.changes, json);
-        }
-        Ok(_) => {}
-        Err(e @ apt::AptHookError::TooLarge(_)) => err(&format!("{PREFIX} {e}")),
-        Err(e) => log::debug!("apt JSON hook: {e}"),
-    }
-    0
-}
-
-fn pre_install_pkgs(root: &Root, env: &Env, json: bool) -> i32 {
-    if env.suspended {
-        return 0;
-    }
-    let parsed = match apt::env_fd("APT_HOOK_INFO_FD") {
-        Some(fd) => apt::parse_pre_install_reader(std::io::BufReader::new(std::fs::File::from(fd))),
-        None => apt::parse_pre_install_reader(std::io::stdin().lock()),
-    };
-    match parsed {
-        Ok(p) => {
-            if warned::already_warned(root) {
-                log::debug!("the JSON hook already warned ({} changes)", p.changes.len());
-            } else {
-                print_forecast(root, &p.changes, json);
-            }
-            return preflight::in_apt(root, &p);
-        }
-        Err(e) => err(&format!("{PREFIX} Pre-Install-Pkgs: {e}")),
-    }
-    0
-}
-
-fn kernel_hook(root: &Root, env: &Env, phase: Phase, kernel: &str) -> i32 {
-    if env.suspended {
-        return 0;
-    }
-    let k = match KernelRelease::new(kernel) {
-        Ok(k) => k,
-        Err(e) => {
-            err(&format!("{PREFIX} {e}"));
-            return 0;
-        }
-    };
-    let state = State::new(root);
-    let phase_name = match phase {
-        Phase::HeaderPostinst => "header_postinst",
-        Phase::Postinst => "postinst",
-        Phase::Prerm => "prerm",
-    };
-    state.log_line(&format!("kernel-hook {phase_name} {k}"));
-    if phase == Phase::Prerm {
-        if let Err(e) = state.forget_removed_kernel(&k, PRERM_LOCK_WAIT) {
-            err(&format!("{PREFIX} {e}"));
-        }
-        return 0;
-    }
-    let inv = match Inventory::full(root) {
-        Ok(i) => i,
-        Err(e) => {
-            err(&format!("{PREFIX} {e}"));
-            return 0;
-        }
-    };
-    warn_once(root, &plan::kernel_warnings(&inv, &k));
-    0
 }
 
 fn init(root: &Root) -> anyhow::Result<i32> {

@@ -696,3 +696,56 @@ fn the_login_notice_names_failed_pairs_only() {
         "dkms-hook: acpi-call/1.2.2 for 6.1.0-50-amd64 failed to rebuild (the working module was kept); see: dkms-hook status\n"
     );
 }
+
+/// node_exporter's textfile after runs that change state, read back by the
+/// Prometheus client library's own parser (issue 15.7).
+#[test]
+#[ignore = "needs python3-prometheus-client (/usr/bin/python3); CI installs it"]
+fn the_prometheus_textfile_parses_and_counts() {
+    let f = Fixture::pending();
+    f.write(
+        "etc/dkms/dkms-hook.conf",
+        "prometheus_textfile=/var/lib/prom\n",
+    );
+    std::fs::create_dir_all(f.path("var/lib/prom")).unwrap();
+    f.fake_dkms("fail-acpi-call", "");
+    f.run(&["post-invoke"]);
+    let parse = |f: &Fixture| -> serde_json::Value {
+        let out = std::process::Command::new("/usr/bin/python3")
+            .arg("-c")
+            .arg(
+                "import json, sys\n\
+                 from prometheus_client.parser import text_string_to_metric_families\n\
+                 out = {}\n\
+                 for fam in text_string_to_metric_families(open(sys.argv[1]).read()):\n\
+                 \x20   for s in fam.samples:\n\
+                 \x20       key = s.name + ''.join(sorted('/%s=%s' % kv for kv in s.labels.items() if kv[0] in ('state',)))\n\
+                 \x20       out[key] = out.get(key, 0) + s.value\n\
+                 print(json.dumps(out))",
+            )
+            .arg(f.path("var/lib/prom/dkms_hook.prom"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let m = parse(&f);
+    assert_eq!(m["dkms_hook_pairs/state=failed"], 1.0, "{m}");
+    assert_eq!(m["dkms_hook_pairs/state=fresh"], 1.0, "{m}");
+    assert_eq!(m["dkms_hook_pairs/state=stale"], 0.0, "{m}");
+    assert_eq!(m["dkms_hook_rebuild_failures_total"], 1.0, "{m}");
+    assert_eq!(m["dkms_hook_rebuilds_total"], 0.0, "{m}");
+    // Fixed: retried, rebuilt, counted, all fresh.
+    std::fs::remove_file(f.path("fake-dkms/fail-acpi-call")).unwrap();
+    f.run(&["retry"]);
+    let m = parse(&f);
+    assert_eq!(m["dkms_hook_pairs/state=fresh"], 2.0, "{m}");
+    assert_eq!(m["dkms_hook_pairs/state=failed"], 0.0, "{m}");
+    assert_eq!(m["dkms_hook_rebuilds_total"], 1.0, "{m}");
+    assert_eq!(m["dkms_hook_rebuild_failures_total"], 1.0, "{m}");
+    assert!(m["dkms_hook_last_run_timestamp_seconds"].as_f64().unwrap() > 1.7e9);
+}

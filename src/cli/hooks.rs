@@ -1,0 +1,171 @@
+//! The entry points apt, dpkg, run-parts, systemd and pam_motd call: each
+//! exits 0 whatever happens (`pre-install-pkgs` exits 100 only with
+//! `preflight = block`), and every error becomes one line.
+
+use super::args::{Env, Phase, PRERM_LOCK_WAIT};
+use super::{err, execute, load_config, out, out_json, preflight, warn_once};
+use crate::apt::{self, warned, AptChange};
+use crate::change::Change;
+use crate::inventory::Inventory;
+use crate::kernel::KernelRelease;
+use crate::report::{self, PREFIX};
+use crate::root::Root;
+use crate::state::State;
+use crate::{intake, plan};
+
+/// The hook: never fails apt. Every error becomes one line on stderr.
+pub(super) fn post_invoke(root: &Root, env: &Env) -> i32 {
+    if env.suspended {
+        return 0;
+    }
+    let run = || -> anyhow::Result<()> {
+        let cfg = load_config(root);
+        let state = State::new(root);
+        let _lock = state.lock()?;
+        let p = intake::queue_from_dpkg_log(root, &state, &cfg)?;
+        warn_once(root, &p.warnings);
+        if !state.queue()?.pending.is_empty() {
+            execute(&state, &cfg, env, true)?;
+        }
+        Ok(())
+    };
+    if let Err(e) = run() {
+        err(&format!("{PREFIX} {e:#}"));
+    }
+    0
+}
+
+/// At boot: never fails the boot. Every error becomes one line (the journal).
+pub(super) fn boot(root: &Root, env: &Env) -> i32 {
+    if env.suspended {
+        return 0;
+    }
+    let run = || -> anyhow::Result<()> {
+        let cfg = load_config(root);
+        let state = State::new(root);
+        let _lock = state.lock()?;
+        let p = intake::queue_from_dpkg_log(root, &state, &cfg)?;
+        warn_once(root, &p.warnings);
+        intake::queue_stale(&state, &Inventory::running_kernel_only(root)?, &cfg)?;
+        if !state.queue()?.pending.is_empty() {
+            execute(&state, &cfg, env, true)?;
+        }
+        Ok(())
+    };
+    if let Err(e) = run() {
+        err(&format!("{PREFIX} {e:#}"));
+    }
+    0
+}
+
+/// The login notice: failures and queued pairs from the state files only.
+pub(super) fn motd(root: &Root) -> i32 {
+    let state = State::new(root);
+    for l in report::motd_lines(
+        &state.failures().map(|f| f.failed).unwrap_or_default(),
+        &state.queue().map(|q| q.pending).unwrap_or_default(),
+    ) {
+        out(&l);
+    }
+    0
+}
+
+/// Print the forecast for apt's planned changes (empty output when there is
+/// nothing to say), and note its warnings as said for this apt run.
+pub(super) fn print_forecast(root: &Root, changes: &[AptChange], json: bool) {
+    let cfg = load_config(root);
+    let planned: Vec<Change> = changes.iter().filter_map(AptChange::to_change).collect();
+    let inv = match Inventory::for_changes(root, &planned) {
+        Ok(i) => i,
+        Err(e) => {
+            err(&format!("{PREFIX} {e}"));
+            return;
+        }
+    };
+    let p = plan::forecast(&planned, &inv, &cfg);
+    if json {
+        out_json(&report::json::plan(&p));
+    } else {
+        for l in report::forecast_lines(&p, cfg.preflight) {
+            out(&l);
+        }
+    }
+    warned::note_said(root, &p.warnings);
+}
+
+pub(super) fn apt_json_hook(root: &Root, env: &Env, json: bool) -> i32 {
+    if env.suspended {
+        return 0;
+    }
+    let Some(fd) = apt::env_fd("APT_HOOK_SOCKET") else {
+        log::debug!("APT_HOOK_SOCKET is not an open fd; nothing to do");
+        return 0;
+    };
+    let stream = std::os::unix::net::UnixStream::from(fd);
+    match apt::serve_json_hook(stream) {
+        Ok(session) if session.should_warn() => {
+            print_forecast(root, &session.changes, json);
+        }
+        Ok(_) => {}
+        Err(e @ apt::AptHookError::TooLarge(_)) => err(&format!("{PREFIX} {e}")),
+        Err(e) => log::debug!("apt JSON hook: {e}"),
+    }
+    0
+}
+
+pub(super) fn pre_install_pkgs(root: &Root, env: &Env, json: bool) -> i32 {
+    if env.suspended {
+        return 0;
+    }
+    let parsed = match apt::env_fd("APT_HOOK_INFO_FD") {
+        Some(fd) => apt::parse_pre_install_reader(std::io::BufReader::new(std::fs::File::from(fd))),
+        None => apt::parse_pre_install_reader(std::io::stdin().lock()),
+    };
+    match parsed {
+        Ok(p) => {
+            if warned::already_warned(root) {
+                log::debug!("the JSON hook already warned ({} changes)", p.changes.len());
+            } else {
+                print_forecast(root, &p.changes, json);
+            }
+            return preflight::in_apt(root, &p);
+        }
+        Err(e) => err(&format!("{PREFIX} Pre-Install-Pkgs: {e}")),
+    }
+    0
+}
+
+pub(super) fn kernel_hook(root: &Root, env: &Env, phase: Phase, kernel: &str) -> i32 {
+    if env.suspended {
+        return 0;
+    }
+    let k = match KernelRelease::new(kernel) {
+        Ok(k) => k,
+        Err(e) => {
+            err(&format!("{PREFIX} {e}"));
+            return 0;
+        }
+    };
+    let state = State::new(root);
+    let phase_name = match phase {
+        Phase::HeaderPostinst => "header_postinst",
+        Phase::Postinst => "postinst",
+        Phase::Prerm => "prerm",
+    };
+    state.log_line(&format!("kernel-hook {phase_name} {k}"));
+    if phase == Phase::Prerm {
+        if let Err(e) = state.forget_removed_kernel(&k, PRERM_LOCK_WAIT) {
+            err(&format!("{PREFIX} {e}"));
+        }
+        return 0;
+    }
+    let inv = match Inventory::full(root) {
+        Ok(i) => i,
+        Err(e) => {
+            err(&format!("{PREFIX} {e}"));
+            return 0;
+        }
+    };
+    warn_once(root, &plan::kernel_warnings(&inv, &k));
+    0
+}

@@ -1,0 +1,220 @@
+//! State for fleets: a Prometheus node_exporter textfile (`dkms_hook.prom`)
+//! written atomically after every run that may change the pairs' state, and
+//! the counters it needs, kept in the state directory.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::kernel::KernelRelease;
+use crate::plan::{Assessment, PairState};
+use crate::rebuild::{Outcome, PairResult};
+use crate::root::{Root, CAP_STATE};
+use crate::state::State;
+use crate::Error;
+
+/// Where Debian's prometheus-node-exporter reads textfiles.
+pub const TEXTFILE_DIR: &str = "/var/lib/prometheus/node-exporter";
+pub const TEXTFILE: &str = "dkms_hook.prom";
+
+/// Every state a pair can be in, each exported (0 included).
+const STATES: &[PairState] = &[
+    PairState::Fresh,
+    PairState::Stale,
+    PairState::Failed,
+    PairState::Missing,
+    PairState::NoHeaders,
+    PairState::Excluded,
+];
+
+/// `prometheus_textfile` in the config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Textfile {
+    /// [`TEXTFILE_DIR`] when it exists.
+    Auto,
+    Off,
+    /// This directory.
+    Dir(PathBuf),
+}
+
+/// Counters kept across runs (`counters.json` in the state directory).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    pub rebuilds: u64,
+    pub failures: u64,
+    pub last_run: u64,
+}
+
+/// The counters as saved (zero when none or unreadable).
+pub fn counters(state: &State) -> Counters {
+    state
+        .open()
+        .and_then(|d| d.read("counters.json", CAP_STATE))
+        .ok()
+        .flatten()
+        .and_then(|t| serde_json::from_slice(&t).ok())
+        .unwrap_or_default()
+}
+
+/// Add a run's results to the counters.
+pub fn count(state: &State, results: &[PairResult]) -> Result<Counters, Error> {
+    let dir = state.open()?;
+    let mut c = counters(state);
+    for r in results {
+        match r.outcome {
+            Outcome::Rebuilt { .. } => c.rebuilds = c.rebuilds.saturating_add(1),
+            Outcome::Failed { .. } => c.failures = c.failures.saturating_add(1),
+            _ => {}
+        }
+    }
+    c.last_run = crate::state::now_secs();
+    let text = serde_json::to_vec(&c).map_err(|e| Error::Refused(e.to_string()))?;
+    dir.write_atomic("counters.json", &text)?;
+    Ok(c)
+}
+
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn state_name(s: PairState) -> String {
+    serde_json::to_value(s)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// The textfile's content, in the Prometheus text exposition format.
+pub fn render(rows: &[Assessment], c: &Counters, running: Option<&KernelRelease>) -> String {
+    let mut by_state: BTreeMap<String, u64> = STATES.iter().map(|s| (state_name(*s), 0)).collect();
+    for r in rows {
+        *by_state.entry(state_name(r.state)).or_default() += 1;
+    }
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "# HELP dkms_hook_pairs dkms module × kernel pairs by state."
+    );
+    let _ = writeln!(t, "# TYPE dkms_hook_pairs gauge");
+    for (s, n) in &by_state {
+        let _ = writeln!(t, "dkms_hook_pairs{{state=\"{s}\"}} {n}");
+    }
+    let _ = writeln!(t, "# HELP dkms_hook_pair_info One pair and its state.");
+    let _ = writeln!(t, "# TYPE dkms_hook_pair_info gauge");
+    for r in rows {
+        let _ = writeln!(
+            t,
+            "dkms_hook_pair_info{{module=\"{}\",version=\"{}\",kernel=\"{}\",state=\"{}\",signed=\"unknown\"}} 1",
+            label(r.module.as_str()),
+            label(r.version.as_str()),
+            label(r.kernel.as_str()),
+            state_name(r.state)
+        );
+    }
+    let ok = running.is_some_and(|k| {
+        rows.iter()
+            .filter(|r| &r.kernel == k)
+            .all(|r| matches!(r.state, PairState::Fresh | PairState::Excluded))
+    });
+    for (name, kind, help, value) in [
+        (
+            "dkms_hook_last_run_timestamp_seconds",
+            "gauge",
+            "When dkms-hook last rebuilt or checked.",
+            c.last_run,
+        ),
+        (
+            "dkms_hook_rebuilds_total",
+            "counter",
+            "Pairs rebuilt.",
+            c.rebuilds,
+        ),
+        (
+            "dkms_hook_rebuild_failures_total",
+            "counter",
+            "Rebuilds that failed.",
+            c.failures,
+        ),
+        (
+            "dkms_hook_running_kernel_ok",
+            "gauge",
+            "1 when every pair of the running kernel is fresh.",
+            u64::from(ok),
+        ),
+    ] {
+        let _ = writeln!(
+            t,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
+    }
+    t
+}
+
+/// Write the textfile atomically where the config says (nothing with
+/// `off`, or with `auto` when node_exporter's directory does not exist).
+pub fn write(root: &Root, where_: &Textfile, content: &str) -> Result<(), Error> {
+    let dir = match where_ {
+        Textfile::Off => return Ok(()),
+        Textfile::Auto => match root.resolve(TEXTFILE_DIR) {
+            Ok(d) if d.is_dir() => d,
+            _ => return Ok(()),
+        },
+        Textfile::Dir(d) => root.inside(d).map_err(|e| Error::io(d, e))?,
+    };
+    let tmp = dir.join(format!(".{TEXTFILE}.{}", std::process::id()));
+    let target = dir.join(TEXTFILE);
+    let r = (|| -> std::io::Result<()> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .custom_flags(crate::root::NOFOLLOW_NONBLOCK)
+            .open(&tmp)?;
+        f.write_all(content.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &target)
+    })();
+    r.map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::io(&target, e)
+    })
+}
+
+/// After a run: count its results and write the textfile.
+pub fn after_run(
+    state: &State,
+    cfg: &crate::config::Config,
+    results: &[PairResult],
+) -> Result<(), Error> {
+    let counters = count(state, results)?;
+    if cfg.prometheus_textfile == Textfile::Off {
+        return Ok(());
+    }
+    let inv = crate::inventory::Inventory::full(state.root())?;
+    let rows = crate::plan::assess(&inv, cfg, &state.failures()?.failed);
+    write(
+        state.root(),
+        &cfg.prometheus_textfile,
+        &render(&rows, &counters, inv.running.as_ref()),
+    )
+}
+
+/// From `status` (run as root): the rows it computed, the saved counters.
+pub fn from_status(
+    state: &State,
+    cfg: &crate::config::Config,
+    rows: &[Assessment],
+    running: Option<&KernelRelease>,
+) -> Result<(), Error> {
+    write(
+        state.root(),
+        &cfg.prometheus_textfile,
+        &render(rows, &counters(state), running),
+    )
+}
