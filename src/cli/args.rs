@@ -107,7 +107,9 @@ pub enum Command {
     /// missing, no-headers, excluded. Exits 0 when all is well, 1 when
     /// something needs attention (stale, failed, missing, no-headers, or an
     /// excluded pair whose old module is still installed), 2 when the
-    /// system could not be read: usable by monitoring.
+    /// system could not be read: usable by monitoring. The `--json` object
+    /// is a stable contract (configuration management facts): fields may be
+    /// added, never renamed or removed.
     Status(StatusArgs),
     /// Rebuild every pair that `status` finds stale (also those that went
     /// stale before dkms-hook was installed).
