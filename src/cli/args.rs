@@ -80,7 +80,8 @@ Environment:
   DKMS_HOOK_MODINFO  the modinfo program that reads a rebuilt module's vermagic (a stand-in, for tests)
 
 Exit status:
-  0 success; the hooks (post-invoke, apt-json-hook, pre-install-pkgs, kernel-hook) always exit 0
+  0 success; the hooks (post-invoke, apt-json-hook, pre-install-pkgs, kernel-hook, boot, motd) exit 0
+  100 pre-install-pkgs only, with preflight = block, when a module would not build: apt stops
   1 replay, sync or retry: a rebuild failed
   2 usage error or unreadable input
   3 the work could not be done: lock, state directory or another file unusable"
