@@ -368,14 +368,7 @@ pub fn find_inputs(
                 })
             })
             .collect();
-        let mut all = Vec::new();
-        for w in workers {
-            match w.join() {
-                Ok(hits) => all.extend(hits),
-                Err(_) => return Err(Error::Refused("a file-list reader thread panicked".into())),
-            }
-        }
-        Ok(all)
+        join_readers(workers)
     })?;
     for (i, list) in found {
         let (package, arch, _) = &candidates[i];
@@ -409,6 +402,21 @@ pub fn find_inputs(
         }
     }
     Ok(out)
+}
+
+/// The readers' findings; a reader that panicked is an error of the whole
+/// run, never "no inputs" (which would be a missed rebuild with no message).
+fn join_readers<T>(
+    workers: Vec<std::thread::ScopedJoinHandle<'_, Vec<T>>>,
+) -> Result<Vec<T>, Error> {
+    let mut all = Vec::new();
+    for w in workers {
+        match w.join() {
+            Ok(hits) => all.extend(hits),
+            Err(_) => return Err(Error::Refused("a file-list reader thread panicked".into())),
+        }
+    }
+    Ok(all)
 }
 
 /// Fallback where a tree directory is owned by no file list: guess the owner
@@ -450,6 +458,17 @@ pub fn guess_missing_inputs(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression (issue 11.3): a panicking reader was joined as "no inputs".
+    #[test]
+    fn a_panicking_reader_is_an_error() {
+        let r = std::thread::scope(|s| {
+            let ok = s.spawn(|| vec![1]);
+            let bad = s.spawn(|| -> Vec<i32> { panic!("reader") });
+            join_readers(vec![ok, bad])
+        });
+        assert!(r.is_err());
+    }
 
     #[test]
     fn release_names_are_checked() {
