@@ -15,28 +15,18 @@ use crate::{intake, plan};
 
 /// The hook: never fails apt. Every error becomes one line on stderr.
 pub(super) fn post_invoke(root: &Root, env: &Env) -> i32 {
-    if env.suspended {
-        return 0;
-    }
-    let run = || -> anyhow::Result<()> {
-        let cfg = load_config(root);
-        let state = State::new(root);
-        let _lock = state.lock()?;
-        let p = intake::queue_from_dpkg_log(root, &state, &cfg)?;
-        warn_once(root, &p.warnings);
-        if !state.queue()?.pending.is_empty() {
-            execute(&state, &cfg, env, true)?;
-        }
-        Ok(())
-    };
-    if let Err(e) = run() {
-        err(&format!("{PREFIX} {e:#}"));
-    }
-    0
+    catch_up(root, env, false)
 }
 
 /// At boot: never fails the boot. Every error becomes one line (the journal).
 pub(super) fn boot(root: &Root, env: &Env) -> i32 {
+    catch_up(root, env, true)
+}
+
+/// Under the lock: queue what dpkg.log holds since the cursor (and, at
+/// boot, the stale pairs of the running kernel), then work off the queue,
+/// which also finishes what a killed run left. Always 0.
+fn catch_up(root: &Root, env: &Env, running_kernel: bool) -> i32 {
     if env.suspended {
         return 0;
     }
@@ -46,7 +36,9 @@ pub(super) fn boot(root: &Root, env: &Env) -> i32 {
         let _lock = state.lock()?;
         let p = intake::queue_from_dpkg_log(root, &state, &cfg)?;
         warn_once(root, &p.warnings);
-        intake::queue_stale(&state, &Inventory::running_kernel_only(root)?, &cfg)?;
+        if running_kernel {
+            intake::queue_stale(&state, &Inventory::running_kernel_only(root)?, &cfg)?;
+        }
         if !state.queue()?.pending.is_empty() {
             execute(&state, &cfg, env, true)?;
         }

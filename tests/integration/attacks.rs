@@ -472,16 +472,11 @@ fn hooks_exit_0_whatever_happens() {
 /// until the log rotates (issue 11.13).
 #[test]
 fn nul_bytes_at_the_cursor_are_skipped() {
-    let f = Fixture::sample();
-    let log = String::from_utf8(f.read("var/log/dpkg.log")).unwrap();
-    let cut = log
-        .find("2026-11-23 20:57:34 startup archives unpack")
-        .unwrap();
-    f.write("var/log/dpkg.log", &log[..cut]);
+    let (f, second) = Fixture::before_second_transaction();
     f.run(&["post-invoke"]);
-    let mut bytes = log.as_bytes()[..cut].to_vec();
+    let mut bytes = f.read("var/log/dpkg.log");
     bytes.extend(std::iter::repeat_n(0u8, 4096));
-    bytes.extend(&log.as_bytes()[cut..]);
+    bytes.extend(second.as_bytes());
     f.write("var/log/dpkg.log", bytes);
     let out = f.run(&["post-invoke"]);
     let e = stderr(&out);

@@ -329,6 +329,34 @@ impl Fixture {
         child.wait_with_output().unwrap()
     }
 
+    /// Wait (at most 20 s) until the dkms stand-in has started a build.
+    pub fn wait_for_build(&self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !fs::read_to_string(self.path("dkms-calls.log"))
+            .unwrap_or_default()
+            .contains("build acpi-call")
+        {
+            assert!(std::time::Instant::now() < deadline, "build never started");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// Run `post-invoke` in a process group of its own and SIGKILL the
+    /// group once its build has started (set `fake-dkms/sleep` first).
+    pub fn kill_post_invoke_mid_build(&self) {
+        use std::os::unix::process::CommandExt;
+        let mut child = self
+            .cmd(&["post-invoke"])
+            .process_group(0)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        self.wait_for_build();
+        let pgid = rustix::process::Pid::from_raw(child.id().try_into().unwrap()).unwrap();
+        rustix::process::kill_process_group(pgid, rustix::process::Signal::KILL).unwrap();
+        child.wait().unwrap();
+    }
+
     /// Completed dkms calls of the stand-in: `build acpi-call 1.2.2 K`.
     pub fn dkms_calls(&self) -> Vec<String> {
         fs::read_to_string(self.path("dkms-calls.log"))

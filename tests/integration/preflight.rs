@@ -218,14 +218,7 @@ fn a_killed_preflight_leaves_nothing_for_long() {
     );
     let before = listing(&f);
     let mut child = f.cmd(&["preflight", &good]).spawn().unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !std::fs::read_to_string(f.path("dkms-calls.log"))
-        .unwrap_or_default()
-        .contains("build acpi-call")
-    {
-        assert!(std::time::Instant::now() < deadline, "build never started");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    f.wait_for_build();
     child.kill().unwrap();
     child.wait().unwrap();
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();

@@ -223,25 +223,7 @@ fn sigkill_mid_build_then_a_second_run_finishes_once() {
     append(&f, "var/log/dpkg.log", &second);
     f.fake_dkms("sleep", "30");
     let installed = f.read(OLD_KO);
-    let mut child = {
-        use std::os::unix::process::CommandExt;
-        f.cmd(&["post-invoke"])
-            .process_group(0)
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap()
-    };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !std::fs::read_to_string(f.path("dkms-calls.log"))
-        .unwrap_or_default()
-        .contains("build acpi-call")
-    {
-        assert!(Instant::now() < deadline, "build never started");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let pgid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
-    rustix::process::kill_process_group(pgid, rustix::process::Signal::KILL).unwrap();
-    child.wait().unwrap();
+    f.kill_post_invoke_mid_build();
     // Killed while `build --force` had deleted the pair's directory.
     assert!(f.dkms_calls().is_empty());
     assert_eq!(
@@ -648,21 +630,9 @@ fn a_module_built_for_another_kernel_is_not_kept() {
 /// the boot (issue 15.4).
 #[test]
 fn boot_finishes_what_a_killed_run_left() {
-    use std::os::unix::process::CommandExt;
     let f = Fixture::pending();
     f.fake_dkms("sleep", "30");
-    let mut child = f.cmd(&["post-invoke"]).process_group(0).spawn().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !std::fs::read_to_string(f.path("dkms-calls.log"))
-        .unwrap_or_default()
-        .contains("build acpi-call")
-    {
-        assert!(Instant::now() < deadline, "build never started");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let pgid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
-    rustix::process::kill_process_group(pgid, rustix::process::Signal::KILL).unwrap();
-    child.wait().unwrap();
+    f.kill_post_invoke_mid_build();
     std::fs::remove_file(f.path("fake-dkms/sleep")).unwrap();
     let out = f.run(&["boot"]);
     assert_eq!(out.status.code(), Some(0));
