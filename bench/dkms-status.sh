@@ -7,14 +7,7 @@ set -euo pipefail
 bin=$1
 # shellcheck source=../tests/e2e/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../tests/e2e/lib.sh"
-e2e_require_root
-[[ -f "$E2E_BASE_TARBALL" ]] || e2e_skip "no cached e2e base root (run tests/e2e/make-base.sh)"
-trap 'e2e_remove_root "${E2E_ROOT:-}"' EXIT
-e2e_extract_base
-e2e_load_versions
-e2e_mounts "$E2E_ROOT"
-e2e_install_old_world >/dev/null 2>&1
-e2e_apt_offline install acpi-call-dkms >/dev/null 2>&1
+e2e_bench_root
 "$bin" --root "$E2E_ROOT" init
 hyperfine -N -r 20 -w 2 --export-json "$E2E_ROOT/h.json" \
     "chroot $E2E_ROOT dkms status" "$bin --root $E2E_ROOT post-invoke" >/dev/null 2>&1

@@ -8,15 +8,8 @@
 set -euo pipefail
 # shellcheck source=../tests/e2e/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../tests/e2e/lib.sh"
-e2e_require_root
-[[ -f "$E2E_BASE_TARBALL" ]] || e2e_skip "no cached e2e base root (run tests/e2e/make-base.sh)"
 deb=${DKMS_HOOK_DEB:?name the package to install in DKMS_HOOK_DEB}
-trap 'e2e_remove_root "${E2E_ROOT:-}"' EXIT
-e2e_extract_base
-e2e_load_versions
-e2e_mounts "$E2E_ROOT"
-e2e_install_old_world >/dev/null 2>&1
-e2e_apt_offline install acpi-call-dkms >/dev/null 2>&1
+e2e_bench_root
 cp "$deb" "$E2E_ROOT/root/dkms-hook.deb"
 in_root apt-get -y -q install /root/dkms-hook.deb >/dev/null 2>&1
 v="$(find "$E2E_ROOT/var/lib/dkms/acpi-call" -mindepth 1 -maxdepth 1 -type d -printf '%f\n' | head -n 1)"

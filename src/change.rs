@@ -329,38 +329,24 @@ mod tests {
         s.parse().unwrap()
     }
 
+    /// An `Unpacking` line at `at`, sequence `seq`.
+    fn unpacking(set: &mut ChangeSet, k: &[u8], at: &str, seq: u64, old: &str, new: &str) {
+        let old = Some(old);
+        set.record(k, (t(at), seq), Event::Unpacking { old, new });
+    }
+
     #[test]
     fn folding_ignores_file_order() {
         // Newest file first, as `dpkg.log*` globs.
         let mut set = ChangeSet::new();
         let k = b"linux-kbuild-6.1:amd64";
-        set.record(
-            k,
-            (t("2026-03-01T10:00:00"), 1),
-            Event::Unpacking {
-                old: Some("2"),
-                new: "3",
-            },
-        );
-        set.record(
-            k,
-            (t("2026-03-01T10:00:01"), 2),
-            Event::Unpacked { version: "3" },
-        );
+        unpacking(&mut set, k, "2026-03-01T10:00:00", 1, "2", "3");
+        let unpacked = (t("2026-03-01T10:00:01"), 2);
+        set.record(k, unpacked, Event::Unpacked { version: "3" });
         set.end_of_file();
-        set.record(
-            k,
-            (t("2026-01-01T10:00:00"), 1),
-            Event::Unpacking {
-                old: Some("1"),
-                new: "2",
-            },
-        );
-        set.record(
-            k,
-            (t("2026-01-01T10:00:01"), 2),
-            Event::Unpacked { version: "2" },
-        );
+        unpacking(&mut set, k, "2026-01-01T10:00:00", 1, "1", "2");
+        let earlier = (t("2026-01-01T10:00:01"), 2);
+        set.record(k, earlier, Event::Unpacked { version: "2" });
         let c = set.finish();
         assert_eq!(c.len(), 1);
         assert_eq!(c[0].describe(), "linux-kbuild-6.1 1 → 3");
@@ -386,14 +372,7 @@ mod tests {
     fn unpacked_status_of_another_version_does_not_count() {
         let mut set = ChangeSet::new();
         let k = b"pp:amd64";
-        set.record(
-            k,
-            (t("2026-01-01T10:00:00"), 1),
-            Event::Unpacking {
-                old: Some("1"),
-                new: "2",
-            },
-        );
+        unpacking(&mut set, k, "2026-01-01T10:00:00", 1, "1", "2");
         // dpkg logs the *old* version as unpacked while it deconfigures it.
         set.record(
             k,

@@ -19,7 +19,7 @@ use crate::Error;
 /// A checked name type: `new` validates, `as_str` reads, serde goes
 /// through `new` too.
 macro_rules! checked_name {
-    ($(#[$doc:meta])* $name:ident, $kind:literal, $check:expr) => {
+    ($($(#[$doc:meta])* $name:ident, $kind:literal, $check:expr;)+) => {$(
         $(#[$doc])*
         #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
         #[serde(try_from = "String", into = "String")]
@@ -67,7 +67,7 @@ macro_rules! checked_name {
                 std::path::Path::new(&self.0)
             }
         }
-    };
+    )+};
 }
 
 /// `[A-Za-z0-9][A-Za-z0-9._+~-]*` of at most `max` bytes, without `..`.
@@ -80,46 +80,24 @@ fn word(s: &str, max: usize) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || b"._+~-".contains(&c))
 }
 
-checked_name!(
+checked_name! {
     /// A Debian package name, safe in a path such as `info/P.list`.
-    PackageName,
-    "package",
-    |s| {
+    PackageName, "package", |s| {
         s.len() >= 2
             && s.len() <= 255
             && s.as_bytes()[0].is_ascii_alphanumeric()
             && s.bytes()
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"+.-".contains(&c))
-    }
-);
-
-checked_name!(
+    };
     /// A kernel release (`uname -r`), e.g. `6.1.0-50-amd64`.
-    KernelRelease,
-    "kernel release",
-    |s| word(s, 200)
-);
-
-checked_name!(
+    KernelRelease, "kernel release", |s| word(s, 200);
     /// A dkms module name, e.g. `acpi-call`.
-    ModuleName,
-    "dkms module",
-    |s| word(s, 128)
-);
-
-checked_name!(
+    ModuleName, "dkms module", |s| word(s, 128);
     /// A dkms module version, e.g. `1.2.2`.
-    ModuleVersion,
-    "dkms module version",
-    |s| word(s, 128)
-);
-
-checked_name!(
+    ModuleVersion, "dkms module version", |s| word(s, 128);
     /// dkms's architecture directory, e.g. `x86_64`.
-    DkmsArch,
-    "architecture",
-    |s| word(s, 32)
-);
+    DkmsArch, "architecture", |s| word(s, 32);
+}
 
 /// One module version × one kernel: what a rebuild, a failure, a queue
 /// entry and a status row are about.

@@ -702,6 +702,10 @@ mod tests {
                 "2026-11-23T20:57:37",
             )
         };
+        let both = vec![
+            "acpi-call/1.0 @ 6.1.0-50-amd64",
+            "acpi-call/1.0 @ 6.1.0-56-amd64",
+        ];
         let cases = vec![
             Case {
                 name: "nothing relevant",
@@ -741,10 +745,7 @@ mod tests {
                     Some("2".parse().unwrap()),
                 )],
                 cfg: Config::default(),
-                rebuild: vec![
-                    "acpi-call/1.0 @ 6.1.0-50-amd64",
-                    "acpi-call/1.0 @ 6.1.0-56-amd64",
-                ],
+                rebuild: both.clone(),
                 skipped: vec![],
             },
             Case {
@@ -756,10 +757,7 @@ mod tests {
                     "2026-11-23T20:57:41",
                 )],
                 cfg: Config::default(),
-                rebuild: vec![
-                    "acpi-call/1.0 @ 6.1.0-50-amd64",
-                    "acpi-call/1.0 @ 6.1.0-56-amd64",
-                ],
+                rebuild: both.clone(),
                 skipped: vec![],
             },
             Case {

@@ -249,17 +249,29 @@ pub fn apt_upgrade_candidates(
     } else {
         "upgrade"
     };
-    let out = duct::cmd(APT_GET, ["-s", "-q", action])
-        .stdin_null()
+    let out = apt_get(duct::cmd(APT_GET, ["-s", "-q", action]).stdout_capture())
+        .and_then(|o| ok_or_refused(o, || format!("apt-get -s {action} failed")))?;
+    Ok(parse_apt_simulation(&String::from_utf8_lossy(&out.stdout)))
+}
+
+/// Runs an apt-get command without input or error output.
+fn apt_get(cmd: duct::Expression) -> Result<std::process::Output, Error> {
+    cmd.stdin_null()
         .stderr_null()
-        .stdout_capture()
         .unchecked()
         .run()
-        .map_err(|e| Error::io(Path::new(APT_GET), e))?;
-    if !out.status.success() {
-        return Err(Error::Refused(format!("apt-get -s {action} failed")));
+        .map_err(|e| Error::io(Path::new(APT_GET), e))
+}
+
+fn ok_or_refused(
+    out: std::process::Output,
+    why: impl FnOnce() -> String,
+) -> Result<std::process::Output, Error> {
+    if out.status.success() {
+        Ok(out)
+    } else {
+        Err(Error::Refused(why()))
     }
-    Ok(parse_apt_simulation(&String::from_utf8_lossy(&out.stdout)))
 }
 
 fn parse_apt_simulation(text: &str) -> Vec<(PackageName, String, Option<String>)> {
@@ -282,17 +294,12 @@ fn parse_apt_simulation(text: &str) -> Vec<(PackageName, String, Option<String>)
 /// Download `name=version` into `dir` (`apt-get download`), returning the file.
 pub fn apt_download(name: &PackageName, version: &str, dir: &Path) -> Result<PathBuf, Error> {
     let spec = format!("{name}={version}");
-    let out = duct::cmd(APT_GET, ["-q", "download", spec.as_str()])
-        .dir(dir)
-        .stdin_null()
-        .stdout_null()
-        .stderr_null()
-        .unchecked()
-        .run()
-        .map_err(|e| Error::io(Path::new(APT_GET), e))?;
-    if !out.status.success() {
-        return Err(Error::Refused(format!("apt-get download {spec} failed")));
-    }
+    apt_get(
+        duct::cmd(APT_GET, ["-q", "download", spec.as_str()])
+            .dir(dir)
+            .stdout_null(),
+    )
+    .and_then(|o| ok_or_refused(o, || format!("apt-get download {spec} failed")))?;
     std::fs::read_dir(dir)
         .map_err(|e| Error::io(dir, e))?
         .flatten()

@@ -300,7 +300,7 @@ impl ChangeMerger {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::apt::tests::change;
+    use crate::apt::tests::{change, hello_install};
     use std::io::{self, BufReader, Cursor, Read};
 
     const V3_SAMPLE: &str = include_str!("../../tests/data/pre-install-pkgs-v3.txt");
@@ -334,13 +334,7 @@ mod tests {
                     Some("0.58+deb12u7"),
                     AptAction::Upgrade
                 ),
-                change(
-                    "hello",
-                    Some("amd64"),
-                    None,
-                    Some("2.10-3"),
-                    AptAction::Install
-                ),
+                hello_install(),
             ]
         );
         let cmdline = p.config_value("CommandLine::AsString").expect("cmdline");
@@ -548,16 +542,7 @@ mod tests {
                     hello - - none < 2.10-3 amd64 none **CONFIGURE**";
         let p = parse(text);
         assert_eq!(p.config_value("A"), Some("b c"));
-        assert_eq!(
-            p.changes,
-            vec![change(
-                "hello",
-                Some("amd64"),
-                None,
-                Some("2.10-3"),
-                AptAction::Install
-            )]
-        );
+        assert_eq!(p.changes, vec![hello_install()]);
     }
 
     #[test]

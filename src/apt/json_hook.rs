@@ -417,7 +417,7 @@ fn classify_install(pkg: &Value, old: Option<&str>, new: &str) -> AptAction {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::apt::tests::change;
+    use crate::apt::tests::{change, hello_install};
     use std::os::unix::net::UnixStream;
     use std::thread;
     use std::time::Duration;
@@ -502,16 +502,7 @@ mod tests {
         assert_eq!(s.method.as_deref(), Some(METHOD_PRE_PROMPT));
         assert_eq!(s.command.as_deref(), Some("install"));
         assert!(s.should_warn());
-        assert_eq!(
-            s.changes,
-            vec![change(
-                "hello",
-                Some("amd64"),
-                None,
-                Some("2.10-3"),
-                AptAction::Install
-            )]
-        );
+        assert_eq!(s.changes, vec![hello_install()]);
     }
 
     #[test]

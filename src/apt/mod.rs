@@ -200,6 +200,17 @@ pub(crate) mod tests {
         }
     }
 
+    /// `hello` 2.10-3 newly installed: the recorded samples' one package.
+    pub(crate) fn hello_install() -> AptChange {
+        change(
+            "hello",
+            Some("amd64"),
+            None,
+            Some("2.10-3"),
+            AptAction::Install,
+        )
+    }
+
     #[test]
     fn changes_serialize_lowercase() {
         let c = AptChange {

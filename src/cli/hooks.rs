@@ -13,6 +13,12 @@ use crate::root::Root;
 use crate::state::State;
 use crate::{intake, plan};
 
+/// The value, or `None` once the error is said in one line: a hook goes on
+/// or stops quietly, it never fails its caller.
+fn said<T>(r: Result<T, crate::Error>) -> Option<T> {
+    r.map_err(|e| err(&format!("{PREFIX} {e}"))).ok()
+}
+
 /// The hook: never fails apt. Every error becomes one line on stderr.
 pub(super) fn post_invoke(root: &Root, env: &Env) -> i32 {
     catch_up(root, env, false)
@@ -67,12 +73,8 @@ pub(super) fn motd(root: &Root) -> i32 {
 pub(super) fn print_forecast(root: &Root, changes: &[AptChange], json: bool) {
     let cfg = load_config(root);
     let planned: Vec<Change> = changes.iter().filter_map(AptChange::to_change).collect();
-    let inv = match Inventory::for_changes(root, &planned) {
-        Ok(i) => i,
-        Err(e) => {
-            err(&format!("{PREFIX} {e}"));
-            return;
-        }
+    let Some(inv) = said(Inventory::for_changes(root, &planned)) else {
+        return;
     };
     let p = plan::forecast(&planned, &inv, &cfg);
     if json {
@@ -131,12 +133,8 @@ pub(super) fn kernel_hook(root: &Root, env: &Env, phase: Phase, kernel: &str) ->
     if env.suspended {
         return 0;
     }
-    let k = match KernelRelease::new(kernel) {
-        Ok(k) => k,
-        Err(e) => {
-            err(&format!("{PREFIX} {e}"));
-            return 0;
-        }
+    let Some(k) = said(KernelRelease::new(kernel)) else {
+        return 0;
     };
     let state = State::new(root);
     let phase_name = match phase {
@@ -146,17 +144,11 @@ pub(super) fn kernel_hook(root: &Root, env: &Env, phase: Phase, kernel: &str) ->
     };
     state.log_line(&format!("kernel-hook {phase_name} {k}"));
     if phase == Phase::Prerm {
-        if let Err(e) = state.forget_removed_kernel(&k, PRERM_LOCK_WAIT) {
-            err(&format!("{PREFIX} {e}"));
-        }
+        said(state.forget_removed_kernel(&k, PRERM_LOCK_WAIT));
         return 0;
     }
-    let inv = match Inventory::full(root) {
-        Ok(i) => i,
-        Err(e) => {
-            err(&format!("{PREFIX} {e}"));
-            return 0;
-        }
+    let Some(inv) = said(Inventory::full(root)) else {
+        return 0;
     };
     warn_once(root, &plan::kernel_warnings(&inv, &k));
     0

@@ -392,6 +392,20 @@ e2e_install_old_world() {
     e2e_apt_offline install "${set[@]}"
 }
 
+# e2e_bench_root -- for the benchmarks: a throwaway root (removed on exit)
+# from the cached base with the old kernel headers and acpi-call built for
+# them. Skips (says so, exit 0) without root or without a cached base.
+e2e_bench_root() {
+    e2e_require_root
+    [[ -f "$E2E_BASE_TARBALL" ]] || e2e_skip "no cached e2e base root (run tests/e2e/make-base.sh)"
+    trap 'e2e_remove_root "${E2E_ROOT:-}"' EXIT
+    e2e_extract_base
+    e2e_load_versions
+    e2e_mounts "$E2E_ROOT"
+    e2e_install_old_world >/dev/null 2>&1
+    e2e_apt_offline install acpi-call-dkms >/dev/null 2>&1
+}
+
 # e2e_add_failmod -- copy tests/e2e/failmod into the root as /usr/src/e2e-failmod-1.0
 # and `dkms add` it (no build).
 e2e_add_failmod() {

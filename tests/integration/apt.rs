@@ -7,7 +7,7 @@ use std::os::unix::net::UnixStream;
 use std::process::Stdio;
 use std::time::Duration;
 
-use crate::fixture::{pass_as_fd3, Fixture};
+use crate::fixture::{feed, pass_as_fd3, Fixture};
 
 const HELLO: &str = r#"{"jsonrpc":"2.0","method":"org.debian.apt.hooks.hello","id":0,"params":{"versions":["0.1","0.2"]}}"#;
 
@@ -148,23 +148,11 @@ fn json_hook_survives_garbage_unknown_methods_and_early_close() {
 }
 
 fn pre_install(f: &Fixture, lines: &[&str], extra: &[&str]) -> (String, Option<i32>) {
-    let mut child = f
-        .cmd(&[&["pre-install-pkgs"], extra].concat())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
     let text = format!(
         "VERSION 3\nAPT::Architecture=amd64\nCommandLine::AsString=apt-get%20upgrade\n\n{}\n",
         lines.join("\n")
     );
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = feed(f.cmd(&[&["pre-install-pkgs"], extra].concat()), text);
     (String::from_utf8(out.stdout).unwrap(), out.status.code())
 }
 
@@ -235,10 +223,6 @@ fn pre_install_pkgs_is_silent_for_unrelated_upgrades_and_bad_streams() {
 #[test]
 fn pre_install_pkgs_is_quiet_after_the_json_hook_of_the_same_apt_run() {
     let f = Fixture::sample();
-    // A shell named `apt` stands in for apt: both hooks are its children.
-    let apt_bin = f.path("fake-apt/apt");
-    std::fs::create_dir_all(apt_bin.parent().unwrap()).unwrap();
-    std::fs::copy("/bin/sh", &apt_bin).unwrap();
     let v3 = f.path("v3.txt");
     std::fs::write(
         &v3,
@@ -249,27 +233,7 @@ fn pre_install_pkgs_is_quiet_after_the_json_hook_of_the_same_apt_run() {
         "\"$HOOK\" --root \"$R\" apt-json-hook; \"$HOOK\" --root \"$R\" pre-install-pkgs < {}",
         v3.display()
     );
-    let run = |json_messages: &[String]| -> String {
-        let (apt, hook) = UnixStream::pair().unwrap();
-        let fd = hook.as_raw_fd();
-        let mut cmd = std::process::Command::new(&apt_bin);
-        cmd.arg("-c")
-            .arg(&script)
-            .env("HOOK", env!("CARGO_BIN_EXE_dkms-hook"))
-            .env("R", f.dir.path())
-            .env("TZ", "UTC")
-            .env("APT_HOOK_SOCKET", "3")
-            .stdout(Stdio::piped());
-        pass_as_fd3(&mut cmd, fd);
-        let child = cmd.spawn().unwrap();
-        drop(hook);
-        let mut w = &apt;
-        for m in json_messages {
-            w.write_all(format!("{m}\n\n").as_bytes()).unwrap();
-        }
-        let _ = apt.shutdown(std::net::Shutdown::Write);
-        String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap()
-    };
+    let run = |json_messages: &[String]| f.under_fake_apt(&script, json_messages);
     let stats = statistics(&[package(
         "linux-kbuild-6.1",
         "upgrade",

@@ -8,7 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::fixture::{assert_rebuilt, assert_says, pass_as_fd3, stderr, Fixture};
+use crate::fixture::{assert_rebuilt, assert_says, feed, pass_as_fd3, stderr, Fixture};
 
 const K: &str = "6.1.0-50-amd64";
 const OLD_KO: &str = "usr/lib/modules/6.1.0-50-amd64/updates/dkms/acpi_call.ko";
@@ -601,20 +601,9 @@ fn pre_install_pkgs_reads_fd_0_and_a_passed_fd() {
     let stream =
         "VERSION 3\n\nlinux-headers-6.1.0-50-amd64 6.1.176-1 amd64 none > - - none **REMOVE**\n";
     let want = "removing linux-headers-6.1.0-50-amd64 leaves this kernel without headers";
-    let mut child = f
-        .cmd(&["pre-install-pkgs"])
-        .env("APT_HOOK_INFO_FD", "0")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stream.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let mut cmd = f.cmd(&["pre-install-pkgs"]);
+    cmd.env("APT_HOOK_INFO_FD", "0");
+    let out = feed(cmd, stream);
     assert_eq!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stdout).contains(want));
     let (mut w, r) = std::os::unix::net::UnixStream::pair().unwrap();

@@ -310,23 +310,42 @@ impl Fixture {
         self.cmd(args).output().unwrap()
     }
 
+    /// A shell named `apt` stands in for apt: the hooks are its children, as
+    /// in a real apt run. Returns stdout and stderr together.
+    pub fn under_fake_apt(&self, script: &str, json_messages: &[String]) -> String {
+        use std::io::Write;
+        use std::os::fd::AsRawFd;
+        let apt_bin = self.path("fake-apt/apt");
+        std::fs::create_dir_all(apt_bin.parent().unwrap()).unwrap();
+        let _ = std::fs::copy("/bin/sh", &apt_bin);
+        let (apt, hook) = std::os::unix::net::UnixStream::pair().unwrap();
+        let mut cmd = std::process::Command::new(&apt_bin);
+        cmd.arg("-c")
+            .arg(format!("exec 2>&1; {script}"))
+            .env("HOOK", env!("CARGO_BIN_EXE_dkms-hook"))
+            .env(
+                "DKMS_HOOK_DKMS",
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("tests/integration/fake-dkms"),
+            )
+            .env("R", self.dir.path())
+            .env("TZ", "UTC")
+            .env("APT_HOOK_SOCKET", "3")
+            .stdout(std::process::Stdio::piped());
+        pass_as_fd3(&mut cmd, hook.as_raw_fd());
+        let child = cmd.spawn().unwrap();
+        drop(hook);
+        let mut w = &apt;
+        for m in json_messages {
+            w.write_all(format!("{m}\n\n").as_bytes()).unwrap();
+        }
+        let _ = apt.shutdown(std::net::Shutdown::Write);
+        String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap()
+    }
+
     /// [`Fixture::run`] with `input` on stdin, as apt feeds Pre-Install-Pkgs.
     pub fn run_with_stdin(&self, args: &[&str], input: impl AsRef<[u8]>) -> Output {
-        use std::io::Write;
-        let mut child = self
-            .cmd(args)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_ref())
-            .unwrap();
-        child.wait_with_output().unwrap()
+        feed(self.cmd(args), input)
     }
 
     /// Wait (at most 20 s) until the dkms stand-in has started a build.
@@ -479,6 +498,22 @@ pub fn limit_address_space(cmd: &mut Command, bytes: u64) {
 }
 
 /// Give the child `fd` as descriptor 3, as apt passes its hook socket.
+/// Runs `cmd` with `input` on its stdin; stdout and stderr are captured.
+pub fn feed(mut cmd: Command, input: impl AsRef<[u8]>) -> Output {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input.as_ref()).unwrap();
+    drop(stdin);
+    child.wait_with_output().unwrap()
+}
+
 pub fn pass_as_fd3(cmd: &mut Command, fd: std::os::fd::RawFd) {
     use std::os::unix::process::CommandExt;
     // Safety: dup2 is async-signal-safe; fd 3 is then the child's own.

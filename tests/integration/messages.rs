@@ -2,12 +2,7 @@
 //! says what really happened, one voice, warnings once per apt run and
 //! where they are due, status exit codes for monitoring.
 
-use std::io::Write;
-use std::os::fd::AsRawFd;
-use std::os::unix::net::UnixStream;
-use std::process::Stdio;
-
-use crate::fixture::{pass_as_fd3, rebuilds, stderr, Fixture};
+use crate::fixture::{rebuilds, stderr, Fixture};
 
 const K: &str = "6.1.0-50-amd64";
 
@@ -80,36 +75,6 @@ fn every_warning_has_one_prefix() {
     assert!(!e.contains("warn:") && !e.contains("WARNING"), "{e}");
 }
 
-/// A shell named `apt` stands in for apt: the hooks are its children, as
-/// in a real apt run. Returns stdout and stderr together.
-fn under_fake_apt(f: &Fixture, script: &str, json_messages: &[String]) -> String {
-    let apt_bin = f.path("fake-apt/apt");
-    std::fs::create_dir_all(apt_bin.parent().unwrap()).unwrap();
-    let _ = std::fs::copy("/bin/sh", &apt_bin);
-    let (apt, hook) = UnixStream::pair().unwrap();
-    let mut cmd = std::process::Command::new(&apt_bin);
-    cmd.arg("-c")
-        .arg(format!("exec 2>&1; {script}"))
-        .env("HOOK", env!("CARGO_BIN_EXE_dkms-hook"))
-        .env(
-            "DKMS_HOOK_DKMS",
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/integration/fake-dkms"),
-        )
-        .env("R", f.dir.path())
-        .env("TZ", "UTC")
-        .env("APT_HOOK_SOCKET", "3")
-        .stdout(Stdio::piped());
-    pass_as_fd3(&mut cmd, hook.as_raw_fd());
-    let child = cmd.spawn().unwrap();
-    drop(hook);
-    let mut w = &apt;
-    for m in json_messages {
-        w.write_all(format!("{m}\n\n").as_bytes()).unwrap();
-    }
-    let _ = apt.shutdown(std::net::Shutdown::Write);
-    String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap()
-}
-
 const HELLO: &str = r#"{"jsonrpc":"2.0","method":"org.debian.apt.hooks.hello","id":0,"params":{"versions":["0.1","0.2"]}}"#;
 const BYE: &str = r#"{"jsonrpc":"2.0","method":"org.debian.apt.hooks.bye","params":{}}"#;
 
@@ -120,8 +85,7 @@ fn a_warning_is_printed_once_per_apt_run() {
     let f = Fixture::pending();
     let stats =         r#"{"jsonrpc":"2.0","method":"org.debian.apt.hooks.install.statistics","params":{"command":"install","packages":[{"id":1,"name":"linux-kbuild-6.1","architecture":"amd64","mode":"upgrade","versions":{"current":{"id":2,"version":"6.1.176-1","architecture":"amd64"},"install":{"id":3,"version":"6.1.192-2","architecture":"amd64"}}}]}}"#
     .to_string();
-    let out = under_fake_apt(
-        &f,
+    let out = f.under_fake_apt(
         r#""$HOOK" --root "$R" apt-json-hook; "$HOOK" --root "$R" post-invoke"#,
         &[HELLO.into(), stats, BYE.into()],
     );
@@ -183,7 +147,7 @@ fn kernel_hook_names_the_module_and_its_make_log() {
         "2026-11-24T10:00:00Z",
     );
     let script = r#""$HOOK" --root "$R" kernel-hook postinst 6.1.0-60-amd64; "$HOOK" --root "$R" kernel-hook header_postinst 6.1.0-60-amd64"#;
-    let out = under_fake_apt(&f, script, &[]);
+    let out = f.under_fake_apt(script, &[]);
     let want = "warning: dkms did not build acpi-call/1.2.2 for 6.1.0-60-amd64; see /var/lib/dkms/acpi-call/1.2.2/build/make.log, then run: dkms install -m acpi-call -v 1.2.2 -k 6.1.0-60-amd64";
     assert_eq!(out.matches(want).count(), 1, "{out}");
     assert!(!out.contains("<module>"), "{out}");

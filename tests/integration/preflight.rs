@@ -12,6 +12,19 @@ fn deb(f: &Fixture, package: &str, version: &str, files: &[&str]) -> String {
     deb_depending(f, package, version, files, "")
 }
 
+/// A `.deb` of linux-kbuild-6.1 `version` holding one file in `scripts/`.
+fn kbuild_deb(f: &Fixture, version: &str, script: &str) -> String {
+    let file = format!("/usr/lib/linux-kbuild-6.1/scripts/{script}");
+    deb(f, "linux-kbuild-6.1", version, &[&file])
+}
+
+/// The sample system with every pair fresh.
+fn synced() -> Fixture {
+    let f = Fixture::sample();
+    f.run(&["sync"]);
+    f
+}
+
 fn deb_depending(
     f: &Fixture,
     package: &str,
@@ -88,21 +101,10 @@ fn walk(dir: &Path, out: &mut Vec<String>) {
 #[test]
 #[ignore = "needs root (a private mount namespace and overlayfs); make check runs it as root"]
 fn preflight_tests_each_fed_pair_and_changes_nothing() {
-    let f = Fixture::sample();
-    f.run(&["sync"]); // every pair fresh first
+    let f = synced();
     f.fake_dkms("poison", "");
-    let good = deb(
-        &f,
-        "linux-kbuild-6.1",
-        "6.1.200-1",
-        &["/usr/lib/linux-kbuild-6.1/scripts/Kbuild.include"],
-    );
-    let bad = deb(
-        &f,
-        "linux-kbuild-6.1",
-        "6.1.201-1",
-        &["/usr/lib/linux-kbuild-6.1/scripts/preflight-poison"],
-    );
+    let good = kbuild_deb(&f, "6.1.200-1", "Kbuild.include");
+    let bad = kbuild_deb(&f, "6.1.201-1", "preflight-poison");
     let before = listing(&f);
     let calls_before = f.dkms_calls().len();
 
@@ -164,15 +166,9 @@ fn preflight_tests_each_fed_pair_and_changes_nothing() {
 #[test]
 #[ignore = "needs root (a private mount namespace and overlayfs); make check runs it as root"]
 fn preflight_block_stops_apt_and_warn_lets_it_go_on() {
-    let f = Fixture::sample();
-    f.run(&["sync"]);
+    let f = synced();
     f.fake_dkms("poison", "");
-    let bad = deb(
-        &f,
-        "linux-kbuild-6.1",
-        "6.1.201-1",
-        &["/usr/lib/linux-kbuild-6.1/scripts/preflight-poison"],
-    );
+    let bad = kbuild_deb(&f, "6.1.201-1", "preflight-poison");
     let stream = format!(
         "VERSION 3\n\nlinux-kbuild-6.1 6.1.192-2 amd64 same < 6.1.201-1 amd64 same {bad}\n"
     );
@@ -207,15 +203,9 @@ fn preflight_block_stops_apt_and_warn_lets_it_go_on() {
 #[test]
 #[ignore = "needs root (a private mount namespace and overlayfs); make check runs it as root"]
 fn a_killed_preflight_leaves_nothing_for_long() {
-    let f = Fixture::sample();
-    f.run(&["sync"]);
+    let f = synced();
     f.fake_dkms("sleep", "30");
-    let good = deb(
-        &f,
-        "linux-kbuild-6.1",
-        "6.1.200-1",
-        &["/usr/lib/linux-kbuild-6.1/scripts/Kbuild.include"],
-    );
+    let good = kbuild_deb(&f, "6.1.200-1", "Kbuild.include");
     let before = listing(&f);
     let mut child = f.cmd(&["preflight", &good]).spawn().unwrap();
     f.wait_for_build();
@@ -243,8 +233,7 @@ fn a_killed_preflight_leaves_nothing_for_long() {
 #[test]
 #[ignore = "needs root (a private mount namespace and overlayfs); make check runs it as root"]
 fn a_new_kernel_is_test_built_when_its_headers_are_complete() {
-    let f = Fixture::sample();
-    f.run(&["sync"]);
+    let f = synced();
     let k = "6.1.0-60-amd64";
     let flavour = deb_depending(
         &f,

@@ -71,56 +71,83 @@ fn post_invoke_rebuilds_the_stale_pair_once() {
     assert!(!f.path("var/lib/dkms-hook/backups/acpi-call").exists());
 }
 
-#[test]
-fn a_failed_build_keeps_the_working_module() {
+/// The second transaction's rebuild fails: the system and post-invoke's
+/// output, with what was installed and built before it.
+struct FailedRebuild {
+    f: Fixture,
+    out: std::process::Output,
+    ko: Vec<u8>,
+    built: Vec<u8>,
+    built_mtime: std::time::SystemTime,
+}
+
+fn failed_rebuild() -> FailedRebuild {
     let (f, second) = before_second_transaction();
     f.run(&["post-invoke"]);
     f.fake_dkms("fail-acpi-call", "");
-    let ko_before = f.read(OLD_KO);
-    let built_before = f.read(OLD_BUILT);
-    let mtime_before = std::fs::metadata(f.path(OLD_BUILT))
-        .unwrap()
-        .modified()
-        .unwrap();
+    let ko = f.read(OLD_KO);
+    let built = f.read(OLD_BUILT);
+    let built_mtime = mtime(&f, OLD_BUILT);
     append(&f, "var/log/dpkg.log", &second);
     let out = f.run(&["post-invoke"]);
-    assert_eq!(out.status.code(), Some(0), "a hook never fails apt");
-    let err = stderr(&out);
-    assert!(
-        err.contains("FAILED to rebuild acpi-call/1.2.2 for 6.1.0-50-amd64"),
-        "{err}"
-    );
-    assert!(err.contains("the working module was kept; see /var/lib/dkms-hook/logs/acpi-call-1.2.2-6.1.0-50-amd64.make.log"), "{err}");
-    // Regression (issue 12.2): dkms's own stderr goes to the run log only.
-    let output = String::from_utf8_lossy(&out.stdout).to_string() + &err;
-    assert!(
-        !output.contains("Error!") && !output.contains("Consult"),
-        "{output}"
-    );
-    let run_log =
-        String::from_utf8(f.read("var/lib/dkms-hook/logs/acpi-call-1.2.2-6.1.0-50-amd64.dkms.log"))
-            .unwrap();
-    assert!(
-        run_log.contains("Consult /var/lib/dkms/acpi-call/1.2.2/build/make.log"),
-        "{run_log}"
-    );
-    assert_eq!(f.read(OLD_KO), ko_before, "installed .ko byte-identical");
+    FailedRebuild {
+        f,
+        out,
+        ko,
+        built,
+        built_mtime,
+    }
+}
+
+fn mtime(f: &Fixture, path: &str) -> std::time::SystemTime {
+    std::fs::metadata(f.path(path)).unwrap().modified().unwrap()
+}
+
+#[test]
+fn a_failed_build_keeps_the_working_module() {
+    let r = failed_rebuild();
+    let f = &r.f;
+    assert_eq!(r.out.status.code(), Some(0), "a hook never fails apt");
+    assert_eq!(f.read(OLD_KO), r.ko, "installed .ko byte-identical");
     // dkms's tree is back: built module, its time, the kernel link.
-    assert_eq!(f.read(OLD_BUILT), built_before);
-    assert_eq!(
-        std::fs::metadata(f.path(OLD_BUILT))
-            .unwrap()
-            .modified()
-            .unwrap(),
-        mtime_before
-    );
+    assert_eq!(f.read(OLD_BUILT), r.built);
+    assert_eq!(mtime(f, OLD_BUILT), r.built_mtime);
     let link = f.path("var/lib/dkms/acpi-call/kernel-6.1.0-50-amd64-x86_64");
     assert!(link.join("module/acpi_call.ko").exists());
     let kept =
         String::from_utf8(f.read("var/lib/dkms-hook/logs/acpi-call-1.2.2-6.1.0-50-amd64.make.log"))
             .unwrap();
     assert!(kept.contains("implicit declaration"));
-    // status shows it failed, with the make.log.
+}
+
+#[test]
+fn a_failed_build_is_said_with_its_log_and_dkms_output_stays_in_the_run_log() {
+    let r = failed_rebuild();
+    let err = stderr(&r.out);
+    assert!(
+        err.contains("FAILED to rebuild acpi-call/1.2.2 for 6.1.0-50-amd64"),
+        "{err}"
+    );
+    assert!(err.contains("the working module was kept; see /var/lib/dkms-hook/logs/acpi-call-1.2.2-6.1.0-50-amd64.make.log"), "{err}");
+    // Regression (issue 12.2): dkms's own stderr goes to the run log only.
+    let output = String::from_utf8_lossy(&r.out.stdout).to_string() + &err;
+    assert!(
+        !output.contains("Error!") && !output.contains("Consult"),
+        "{output}"
+    );
+    let run_log = String::from_utf8(
+        r.f.read("var/lib/dkms-hook/logs/acpi-call-1.2.2-6.1.0-50-amd64.dkms.log"),
+    )
+    .unwrap();
+    assert!(
+        run_log.contains("Consult /var/lib/dkms/acpi-call/1.2.2/build/make.log"),
+        "{run_log}"
+    );
+}
+
+#[test]
+fn a_failed_build_shows_in_status_until_retry_rebuilds_it() {
+    let f = failed_rebuild().f;
     let row = f.status_row("6.1.0-50-amd64");
     assert_eq!(row["state"], "failed");
     assert_eq!(
