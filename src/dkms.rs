@@ -3,10 +3,11 @@
 //! `M/kernel-K-ARCH → V/K/ARCH` for each installed one. Reading it costs a few
 //! `readdir`s, where `dkms status` costs ~400 ms.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use crate::kernel::KernelRelease;
+use crate::kernel::{KernelRelease, MODULES_DIR};
 use crate::root::Root;
 
 pub const DKMS_TREE: &str = "/var/lib/dkms";
@@ -68,6 +69,62 @@ fn dirs(p: &Path) -> Vec<(String, PathBuf)> {
         .collect();
     v.sort();
     v
+}
+
+/// Names of the module files dkms built into `dkms_dir` (host path of
+/// `M/V/K/ARCH`): `.ko` and its compressed forms only (dkms 3.2 leaves
+/// `Module.symvers` there too, which is never installed; found by the
+/// Debian 13 tier).
+pub fn built_names(dkms_dir: &Path) -> Vec<OsString> {
+    std::fs::read_dir(dkms_dir.join("module"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .filter(|e| e.file_name().to_str().is_some_and(is_module_file))
+        .map(|e| e.file_name())
+        .collect()
+}
+
+/// Where modules are installed below `/lib/modules/K`: dkms puts them in
+/// `updates/dkms`; older dkms, other distributions and manual installs in
+/// `updates`, `extra` or `kernel/…`.
+pub const INSTALL_DIRS: &[&str] = &["updates", "extra", "kernel"];
+
+/// Host paths of every file named in `names` below `/lib/modules/K/D` for
+/// each `D` of `subdirs`, in that order; links are not followed.
+pub fn installed_copies(
+    root: &Root,
+    kernel: &KernelRelease,
+    names: &[OsString],
+    subdirs: &[&str],
+) -> Vec<PathBuf> {
+    let Ok(kdir) = root.resolve(Path::new(MODULES_DIR).join(kernel.as_str())) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for sub in subdirs {
+        walk(&kdir.join(sub), &mut |f| {
+            if f.file_name().is_some_and(|n| names.iter().any(|x| x == n)) {
+                out.push(f.to_path_buf());
+            }
+        });
+    }
+    out
+}
+
+/// Every regular file below `dir`, links not followed.
+pub(crate) fn walk(dir: &Path, f: &mut dyn FnMut(&Path)) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        match e.file_type() {
+            Ok(t) if t.is_dir() => walk(&e.path(), f),
+            Ok(t) if t.is_file() => f(&e.path()),
+            _ => {}
+        }
+    }
 }
 
 /// The newest mtime of a built module file in `dir` (host path).

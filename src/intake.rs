@@ -14,7 +14,8 @@ use crate::config::Config;
 use crate::dpkg_log;
 use crate::inventory::Inventory;
 use crate::name::Keyed;
-use crate::plan::{self, Plan, Rebuild};
+use crate::plan::{self, PairState, Plan, Rebuild};
+use crate::rebuild::Tools;
 use crate::root::Root;
 use crate::state::{self, Cursor, LogSpan, QueuedPair, State};
 use crate::Error;
@@ -160,14 +161,19 @@ pub fn read_logs(root: &Root, logs: &[impl AsRef<Path>]) -> Result<Vec<Change>, 
 }
 
 /// Queue every pair the file system shows stale (also those that went stale
-/// before dkms-hook was installed): what `sync` rebuilds, and `boot` for the
+/// before dkms-hook was installed) or broken: what `sync` rebuilds, and `boot` for the
 /// running kernel (an inventory of that kernel only).
-pub fn queue_stale(state: &State, inv: &Inventory, cfg: &Config) -> Result<Plan, Error> {
-    let rows = plan::assess(inv, cfg, &[]);
+pub fn queue_stale(
+    state: &State,
+    inv: &Inventory,
+    cfg: &Config,
+    tools: &Tools,
+) -> Result<Plan, Error> {
+    let rows = crate::verify::assess(state.root(), inv, cfg, &[], tools);
     let p = Plan {
         rebuilds: rows
             .iter()
-            .filter(|r| r.state == plan::PairState::Stale)
+            .filter(|r| matches!(r.state, PairState::Stale | PairState::Broken))
             .filter_map(|r| {
                 Some(Rebuild {
                     pair: r.pair.clone()?,

@@ -45,6 +45,7 @@ pub mod report;
 pub mod root;
 pub mod state;
 pub mod state_dir;
+pub mod verify;
 
 /// The library's errors. Each renders as one line suitable after
 /// `dkms-hook: `.

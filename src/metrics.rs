@@ -11,9 +11,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::kernel::KernelRelease;
 use crate::plan::{Assessment, PairState};
-use crate::rebuild::{Outcome, PairResult};
+use crate::rebuild::{Outcome, PairResult, Tools};
 use crate::root::{Root, CAP_STATE};
 use crate::state::State;
+use crate::verify::Check;
 use crate::Error;
 
 /// Where Debian's prometheus-node-exporter reads textfiles.
@@ -28,6 +29,7 @@ const STATES: &[PairState] = &[
     PairState::Missing,
     PairState::NoHeaders,
     PairState::Excluded,
+    PairState::Broken,
 ];
 
 /// `prometheus_textfile` in the config.
@@ -109,17 +111,23 @@ pub fn render(rows: &[Assessment], c: &Counters, running: Option<&KernelRelease>
     for r in rows {
         let _ = writeln!(
             t,
-            "dkms_hook_pair_info{{module=\"{}\",version=\"{}\",kernel=\"{}\",state=\"{}\",signed=\"unknown\"}} 1",
+            "dkms_hook_pair_info{{module=\"{}\",version=\"{}\",kernel=\"{}\",state=\"{}\",signed=\"{}\"}} 1",
             label(r.module.as_str()),
             label(r.version.as_str()),
             label(r.kernel.as_str()),
-            state_name(r.state)
+            state_name(r.state),
+            match r.check.as_ref().and_then(Check::signed) {
+                Some(true) => "true",
+                Some(false) => "false",
+                None => "unknown",
+            }
         );
     }
     let ok = running.is_some_and(|k| {
-        rows.iter()
-            .filter(|r| &r.kernel == k)
-            .all(|r| matches!(r.state, PairState::Fresh | PairState::Excluded))
+        rows.iter().filter(|r| &r.kernel == k).all(|r| {
+            matches!(r.state, PairState::Fresh | PairState::Excluded)
+                && r.check.as_ref().is_none_or(|c| c.will_not_load.is_none())
+        })
     });
     for (name, kind, help, value) in [
         (
@@ -143,7 +151,7 @@ pub fn render(rows: &[Assessment], c: &Counters, running: Option<&KernelRelease>
         (
             "dkms_hook_running_kernel_ok",
             "gauge",
-            "1 when every pair of the running kernel is fresh.",
+            "1 when every pair of the running kernel is fresh and loadable as far as dkms-hook can tell.",
             u64::from(ok),
         ),
     ] {
@@ -190,6 +198,7 @@ pub fn write(root: &Root, where_: &Textfile, content: &str) -> Result<(), Error>
 pub fn after_run(
     state: &State,
     cfg: &crate::config::Config,
+    tools: &Tools,
     results: &[PairResult],
 ) -> Result<(), Error> {
     let counters = count(state, results)?;
@@ -197,7 +206,8 @@ pub fn after_run(
         return Ok(());
     }
     let inv = crate::inventory::Inventory::full(state.root())?;
-    let rows = crate::plan::assess(&inv, cfg, &state.failures()?.failed);
+    let failed = state.failures()?.failed;
+    let rows = crate::verify::assess(state.root(), &inv, cfg, &failed, tools);
     write(
         state.root(),
         &cfg.prometheus_textfile,

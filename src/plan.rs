@@ -410,6 +410,9 @@ pub enum PairState {
     /// The module's `BUILD_EXCLUSIVE_*` settings keep dkms from building it
     /// for this kernel.
     Excluded,
+    /// The installed module's vermagic names another kernel: it will not
+    /// load (set by [`crate::verify::judge`]).
+    Broken,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -422,6 +425,8 @@ pub struct Assessment {
     /// The pair itself, when it exists.
     pub pair: Option<Pair>,
     pub because: Vec<Cause>,
+    /// What its installed module file says ([`crate::verify::judge`]).
+    pub check: Option<crate::verify::Check>,
 }
 
 /// Judge every kernel × module from the file system alone: an input whose
@@ -451,6 +456,7 @@ pub fn assess(inv: &Inventory, cfg: &Config, failed: &[Failure]) -> Vec<Assessme
                 why: String::new(),
                 pair: pair.cloned(),
                 because: Vec::new(),
+                check: None,
             };
             let failure = failed.iter().find(|f| f.key() == a.key());
             if let Some(f) = failure.filter(|f| !f.restored) {

@@ -11,23 +11,23 @@
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::config::Config;
-use crate::dkms::{built_time, is_module_file, DKMS_TREE};
-use crate::kernel::MODULES_DIR;
+use crate::dkms::{built_names, built_time, installed_copies, walk, DKMS_TREE, INSTALL_DIRS};
 use crate::name::Keyed;
 use crate::root::{open_regular, CAP_SMALL};
 use crate::state::{at_secs, BuildNote, Failure, QueuedPair, State, STATE_DIR};
+use crate::verify::{self, Firmware};
 use crate::Error;
 
 /// dkms itself; `DKMS_HOOK_DKMS` names a stand-in (tests).
 pub const DKMS: &str = "dkms";
 /// `DKMS_HOOK_UPDATE_INITRAMFS` names a stand-in (tests, `--root`).
 pub const UPDATE_INITRAMFS: &str = "update-initramfs";
-/// Reads a module's vermagic (`.ko`, `.ko.xz`, `.ko.zst` alike); it only
-/// reads the file it is given, so it also runs under `--root`.
+/// Reads a module's vermagic and signer (`.ko`, `.ko.xz`, `.ko.zst` alike).
 pub const MODINFO: &str = "modinfo";
 /// Copies trees with modes, links and times intact.
 const CP: &str = "cp";
@@ -81,6 +81,8 @@ pub struct Tools {
     pub update_initramfs: Option<OsString>,
     /// `DKMS_HOOK_MODINFO`: a stand-in for modinfo (tests).
     pub modinfo: Option<OsString>,
+    /// `DKMS_HOOK_MOKUTIL`: a stand-in for mokutil (tests, `--root`).
+    pub mokutil: Option<OsString>,
 }
 
 pub struct Executor<'a> {
@@ -89,6 +91,11 @@ pub struct Executor<'a> {
     dkms: OsString,
     update_initramfs: Option<OsString>,
     modinfo: OsString,
+    mokutil: Option<OsString>,
+    /// Secure Boot and the MOK list, asked once, when a module first needs it.
+    firmware: OnceLock<Firmware>,
+    /// The unenrolled key is said once a run, not once a pair.
+    key_said: AtomicBool,
 }
 
 /// How a command ended.
@@ -124,6 +131,9 @@ impl<'a> Executor<'a> {
                 .update_initramfs
                 .or_else(|| host.then(|| UPDATE_INITRAMFS.into())),
             modinfo: tools.modinfo.unwrap_or_else(|| MODINFO.into()),
+            mokutil: Firmware::mokutil(state.root(), tools.mokutil),
+            firmware: OnceLock::new(),
+            key_said: AtomicBool::new(false),
         })
     }
 
@@ -249,40 +259,9 @@ impl<'a> Executor<'a> {
             .map_err(|e| Error::io(&dir, e))
     }
 
-    /// Names of the module files dkms built for the pair: `.ko` and its
-    /// compressed forms only (dkms 3.2 leaves `Module.symvers` there too,
-    /// which is never installed; found by the Debian 13 tier).
-    fn built_names(dkms_dir: &Path) -> Vec<OsString> {
-        std::fs::read_dir(dkms_dir.join("module"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
-            .filter(|e| e.file_name().to_str().is_some_and(is_module_file))
-            .map(|e| e.file_name())
-            .collect()
-    }
-
-    /// Host paths of every copy of the pair's modules under `/lib/modules/K`
-    /// (dkms puts them in `updates/dkms`; older dkms, other distributions
-    /// and manual installs in `updates`, `extra` or `kernel/…`).
+    /// Host paths of every copy of the pair's modules under `/lib/modules/K`.
     fn installed_modules(&self, p: &QueuedPair, names: &[OsString]) -> Vec<PathBuf> {
-        let Ok(kdir) = self
-            .state
-            .root()
-            .resolve(Path::new(MODULES_DIR).join(p.kernel.as_str()))
-        else {
-            return Vec::new();
-        };
-        let mut out = Vec::new();
-        for sub in ["updates", "extra", "kernel"] {
-            walk(&kdir.join(sub), &mut |f| {
-                if f.file_name().is_some_and(|n| names.iter().any(|x| x == n)) {
-                    out.push(f.to_path_buf());
-                }
-            });
-        }
-        out
+        installed_copies(self.state.root(), &p.kernel, names, INSTALL_DIRS)
     }
 
     /// Done already: the module was built after the change, and for each
@@ -298,7 +277,7 @@ impl<'a> Executor<'a> {
         if built_time(&module_dir).is_none_or(|t| t < since) {
             return false;
         }
-        let names = Self::built_names(dkms_dir);
+        let names = built_names(dkms_dir);
         let installed = self.installed_modules(p, &names);
         !names.is_empty()
             && names.iter().all(|n| {
@@ -431,7 +410,7 @@ impl<'a> Executor<'a> {
         // Verify by install time, not content: kbuild builds are
         // reproducible. Each built file needs a copy dkms just wrote; any
         // other same-named copy is not dkms's and only worth a warning.
-        let names = Self::built_names(&dir);
+        let names = built_names(&dir);
         let installed = self.installed_modules(p, &names);
         let fresh = |f: &PathBuf| {
             std::fs::metadata(f)
@@ -454,7 +433,9 @@ impl<'a> Executor<'a> {
         // The new module must be for this kernel: a vermagic of another
         // release would not load after the reboot.
         for copy in installed.iter().filter(|i| fresh(i)) {
-            if let Some(vermagic) = self.vermagic(copy) {
+            if let Some(vermagic) =
+                verify::modinfo_field(self.state.root(), &self.modinfo, copy, "vermagic")
+            {
                 let release = vermagic.split_whitespace().next().unwrap_or_default();
                 if release != p.kernel.as_str() {
                     return failed(
@@ -467,6 +448,9 @@ impl<'a> Executor<'a> {
                     );
                 }
             }
+        }
+        for copy in installed.iter().filter(|i| fresh(i)) {
+            notes.extend(self.signature_warnings(p, copy));
         }
         for other in installed.iter().filter(|i| !fresh(i)) {
             let inroot = other
@@ -491,21 +475,33 @@ impl<'a> Executor<'a> {
         })
     }
 
-    /// The vermagic of a module file; `None` when it cannot be told (no
-    /// modinfo, not a module): then nothing is judged by it.
-    fn vermagic(&self, file: &Path) -> Option<String> {
-        let args = [OsStr::new("-F"), OsStr::new("vermagic"), file.as_os_str()];
-        let out = duct::cmd(&self.modinfo, args)
-            .env("DKMS_HOOK_ROOT", self.state.root().dir())
-            .stdin_null()
-            .stderr_null()
-            .stdout_capture()
-            .unchecked()
-            .run()
-            .map_err(|e| log::debug!("cannot run {}: {e}", self.modinfo.to_string_lossy()))
-            .ok()?;
-        let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        (out.status.success() && !text.is_empty()).then_some(text)
+    /// Loud warnings when the new module will not load after the reboot:
+    /// unsigned where signatures are enforced, or signed with a key the
+    /// firmware does not know. It stays installed (it is the best there is).
+    fn signature_warnings(&self, p: &QueuedPair, copy: &Path) -> Vec<String> {
+        let root = self.state.root();
+        let facts = match verify::inspect(copy) {
+            Ok(f) => f,
+            Err(e) => {
+                log::debug!("{e}");
+                return Vec::new();
+            }
+        };
+        let signed = facts.vermagic.is_some().then_some(facts.signed);
+        let cfg = verify::sig_config(root, &p.kernel);
+        let fw = self
+            .firmware
+            .get_or_init(|| Firmware::read(root, self.mokutil.as_deref()));
+        let what = format!("{}/{} for {}", p.module, p.version, p.kernel);
+        let mut out: Vec<String> = verify::unsigned_warning(&what, signed, cfg, fw)
+            .into_iter()
+            .collect();
+        if let Some(w) = verify::key_warning(&what, signed, fw) {
+            if !self.key_said.swap(true, Ordering::Relaxed) {
+                out.push(w);
+            }
+        }
+        out
     }
 
     /// Copy the dkms directory and every installed copy into the pair's
@@ -518,7 +514,7 @@ impl<'a> Executor<'a> {
             .ok_or_else(|| Error::Refused("backup directory missing".into()))?;
         self.copy(dir, &b.path().join("tree"))?;
         let saved_installed = b.path().join("installed");
-        for f in self.installed_modules(p, &Self::built_names(dir)) {
+        for f in self.installed_modules(p, &built_names(dir)) {
             let rel = f.strip_prefix(self.state.root().dir()).unwrap_or(&f);
             self.copy(&f, &saved_installed.join(rel))?;
         }
@@ -806,19 +802,5 @@ fn remove_tree(p: &Path) -> Result<(), Error> {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(Error::io(p, e)),
-    }
-}
-
-/// Every regular file below `dir`, links not followed.
-fn walk(dir: &Path, f: &mut dyn FnMut(&Path)) {
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in rd.flatten() {
-        match e.file_type() {
-            Ok(t) if t.is_dir() => walk(&e.path(), f),
-            Ok(t) if t.is_file() => f(&e.path()),
-            _ => {}
-        }
     }
 }

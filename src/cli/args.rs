@@ -49,6 +49,7 @@ impl Env {
                 update_initramfs: std::env::var_os("DKMS_HOOK_UPDATE_INITRAMFS")
                     .filter(|v| !v.is_empty()),
                 modinfo: std::env::var_os("DKMS_HOOK_MODINFO").filter(|v| !v.is_empty()),
+                mokutil: std::env::var_os("DKMS_HOOK_MOKUTIL").filter(|v| !v.is_empty()),
             },
         }
     }
@@ -77,7 +78,8 @@ Environment:
   DKMS_HOOK_LOG      debug output, env_logger syntax (e.g. debug)
   DKMS_HOOK_DKMS     the dkms program to run (a stand-in, for tests; needed under --root)
   DKMS_HOOK_UPDATE_INITRAMFS  the update-initramfs program to run (under --root it is skipped unless named)
-  DKMS_HOOK_MODINFO  the modinfo program that reads a rebuilt module's vermagic (a stand-in, for tests)
+  DKMS_HOOK_MODINFO  the modinfo program that reads a module's vermagic and signer (a stand-in, for tests)
+  DKMS_HOOK_MOKUTIL  the mokutil program asked about Secure Boot and dkms's key (a stand-in; under --root it is not run unless named)
 
 Exit status:
   0 success; the hooks (post-invoke, apt-json-hook, pre-install-pkgs, kernel-hook, boot, motd) exit 0

@@ -3,7 +3,7 @@
 //! `preflight = block`), and every error becomes one line.
 
 use super::args::{Env, Phase, PRERM_LOCK_WAIT};
-use super::{err, execute, load_config, out, out_json, preflight, warn_once};
+use super::{err, execute, load_config, out, out_json, preflight, warn, warn_once};
 use crate::apt::{self, warned, AptChange};
 use crate::change::Change;
 use crate::inventory::Inventory;
@@ -16,7 +16,7 @@ use crate::{intake, plan};
 /// The value, or `None` once the error is said in one line: a hook goes on
 /// or stops quietly, it never fails its caller.
 fn said<T>(r: Result<T, crate::Error>) -> Option<T> {
-    r.map_err(|e| err(&format!("{PREFIX} {e}"))).ok()
+    r.map_err(|e| warn(&format!("{PREFIX} {e}"))).ok()
 }
 
 /// The hook: never fails apt. Every error becomes one line on stderr.
@@ -43,7 +43,8 @@ fn catch_up(root: &Root, env: &Env, running_kernel: bool) -> i32 {
         let p = intake::queue_from_dpkg_log(root, &state, &cfg)?;
         warn_once(root, &p.warnings);
         if running_kernel {
-            intake::queue_stale(&state, &Inventory::running_kernel_only(root)?, &cfg)?;
+            let inv = Inventory::running_kernel_only(root)?;
+            intake::queue_stale(&state, &inv, &cfg, &env.tools)?;
         }
         if !state.queue()?.pending.is_empty() {
             execute(&state, &cfg, env, true)?;
@@ -101,7 +102,7 @@ pub(super) fn apt_json_hook(root: &Root, env: &Env, json: bool) -> i32 {
             print_forecast(root, &session.changes, json);
         }
         Ok(_) => {}
-        Err(e @ apt::AptHookError::TooLarge(_)) => err(&format!("{PREFIX} {e}")),
+        Err(e @ apt::AptHookError::TooLarge(_)) => warn(&format!("{PREFIX} {e}")),
         Err(e) => log::debug!("apt JSON hook: {e}"),
     }
     0

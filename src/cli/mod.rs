@@ -18,11 +18,11 @@ use crate::apt::warned;
 use crate::config::Config;
 use crate::inventory::Inventory;
 use crate::plan::{PairState, Plan};
-use crate::rebuild::{Executor, Outcome, PairResult};
+use crate::rebuild::{Executor, Outcome, PairResult, Tools};
 use crate::report::{self, printable, PREFIX};
 use crate::root::Root;
 use crate::state::{QueuedPair, State};
-use crate::{intake, plan};
+use crate::{intake, verify};
 
 /// Write one line to stdout, control characters escaped. Errors (a closed
 /// pipe, a full disk) are ignored: output must never make a hook fail.
@@ -38,6 +38,30 @@ fn out_json(v: &impl serde::Serialize) {
 /// [`out`] for stderr.
 pub fn err(line: &str) {
     let _ = writeln!(std::io::stderr().lock(), "{}", printable(line));
+}
+
+/// A warning, an error or a failure on stderr. When stderr is the journal
+/// (a systemd unit: `JOURNAL_STREAM` names it), the line carries the
+/// sd-daemon prefix `<4>` so that journald files it at priority warning.
+pub fn warn(line: &str) {
+    let prefix = if stderr_is_journal() { "<4>" } else { "" };
+    let _ = writeln!(std::io::stderr().lock(), "{prefix}{}", printable(line));
+}
+
+/// `JOURNAL_STREAM` is `DEV:INODE` of the stream systemd connected; it is
+/// inherited by children whose stderr may be elsewhere, so compare.
+fn stderr_is_journal() -> bool {
+    static IS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *IS.get_or_init(|| {
+        let Some(v) = std::env::var_os("JOURNAL_STREAM") else {
+            return false;
+        };
+        let Some((dev, ino)) = v.to_str().and_then(|v| v.split_once(':')) else {
+            return false;
+        };
+        rustix::fs::fstat(std::io::stderr())
+            .is_ok_and(|st| dev.parse() == Ok(st.st_dev) && ino.parse() == Ok(st.st_ino))
+    })
 }
 
 fn init_logging(verbose: bool) {
@@ -76,7 +100,7 @@ pub fn main() -> i32 {
         // A panic must not turn into exit 101 under apt: report it in one
         // line and exit 0 (the default hook prints the message first).
         return std::panic::catch_unwind(run).unwrap_or_else(|_| {
-            err(&format!("{PREFIX} internal error; see the message above"));
+            warn(&format!("{PREFIX} internal error; see the message above"));
             0
         });
     }
@@ -111,7 +135,7 @@ fn run() -> i32 {
         Command::PostInvoke => Ok(hooks::post_invoke(&root, &env)),
         Command::Boot => Ok(hooks::boot(&root, &env)),
         Command::Motd => Ok(hooks::motd(&root)),
-        Command::Status(a) => status(&root, a),
+        Command::Status(a) => status(&root, &env, a),
         Command::Sync(a) => sync(&root, &env, a.json),
         Command::Retry(a) => retry(&root, &env, a.json),
         Command::Preflight(a) => Ok(preflight::command(&root, &env, a)),
@@ -133,7 +157,7 @@ fn run() -> i32 {
     match result {
         Ok(code) => code,
         Err(e) => {
-            err(&format!("{PREFIX} {e:#}"));
+            warn(&format!("{PREFIX} {e:#}"));
             exit_code(&e)
         }
     }
@@ -151,7 +175,7 @@ fn load_config(root: &Root) -> Config {
             crate::Error::Config { .. } => "this line is ignored",
             _ => "using defaults",
         };
-        err(&format!("{PREFIX} {e}; {what}"));
+        warn(&format!("{PREFIX} {e}; {what}"));
     }
     config
 }
@@ -173,7 +197,7 @@ fn print_plan(p: &Plan, json: bool, verb: &str) {
 /// risks).
 fn warn_once(root: &Root, warnings: &[String]) {
     for w in warned::unsaid(root, warnings) {
-        err(&format!("{PREFIX} warning: {w}"));
+        warn(&format!("{PREFIX} warning: {w}"));
     }
 }
 
@@ -202,20 +226,22 @@ fn execute(
         let line = report::result_line(r);
         state.log_line(&line);
         let is_failure = matches!(r.outcome, Outcome::Failed { .. });
-        if print && (is_failure || !quiet) {
+        if print && is_failure {
+            warn(&format!("{PREFIX} {line}"));
+        } else if print && !quiet {
             err(&format!("{PREFIX} {line}"));
         }
         for n in &r.notes {
             state.log_line(&format!("warning: {n}"));
             if print {
-                err(&format!("{PREFIX} warning: {n}"));
+                warn(&format!("{PREFIX} warning: {n}"));
             }
         }
     })?;
     let failed = results
         .iter()
         .any(|r| matches!(r.outcome, Outcome::Failed { .. }));
-    export(state, cfg, &results);
+    export(state, cfg, &env.tools, &results);
     Ok((if failed { EXIT_FAILED } else { 0 }, results))
 }
 
@@ -245,28 +271,31 @@ fn replay(root: &Root, env: &Env, a: &ReplayArgs) -> anyhow::Result<i32> {
 
 /// Count the run and write node_exporter's textfile (best effort: fleet
 /// metrics never fail a run).
-fn export(state: &State, cfg: &Config, results: &[PairResult]) {
-    if let Err(e) = crate::metrics::after_run(state, cfg, results) {
+fn export(state: &State, cfg: &Config, tools: &Tools, results: &[PairResult]) {
+    if let Err(e) = crate::metrics::after_run(state, cfg, tools, results) {
         log::warn!("metrics: {e}");
     }
 }
 
-fn status(root: &Root, a: &StatusArgs) -> anyhow::Result<i32> {
+fn status(root: &Root, env: &Env, a: &StatusArgs) -> anyhow::Result<i32> {
     let cfg = load_config(root);
     let state = State::new(root);
     let inv = Inventory::full(root).map_err(BadInput)?;
     let failures = state.failures().unwrap_or_else(|e| {
-        err(&format!("{PREFIX} {e}"));
+        warn(&format!("{PREFIX} {e}"));
         Default::default()
     });
-    let rows = plan::assess(&inv, &cfg, &failures.failed);
+    let rows = verify::assess(root, &inv, &cfg, &failures.failed, &env.tools);
     let queued = state.queue().map(|q| q.pending).unwrap_or_default();
     if rustix::process::geteuid().is_root() {
         if let Err(e) = crate::metrics::from_status(&state, &cfg, &rows, inv.running.as_ref()) {
             log::warn!("metrics: {e}");
         }
     }
+    let mut warnings = inv.warnings.clone();
+    warnings.extend(verify::warnings(&rows));
     let attention = rows.iter().any(|r| match r.state {
+        _ if r.check.as_ref().is_some_and(|c| c.will_not_load.is_some()) => true,
         PairState::Fresh => false,
         PairState::Excluded => r.pair.as_ref().is_some_and(|p| p.installed),
         _ => true,
@@ -276,10 +305,10 @@ fn status(root: &Root, a: &StatusArgs) -> anyhow::Result<i32> {
             &rows,
             &failures.failed,
             &queued,
-            &inv.warnings,
+            &warnings,
         ));
     } else if !a.quiet {
-        for l in report::status_lines(&rows, &failures.failed, &queued, &inv.warnings) {
+        for l in report::status_lines(&rows, &failures.failed, &queued, &warnings) {
             out(&l);
         }
     }
@@ -291,7 +320,7 @@ fn sync(root: &Root, env: &Env, json: bool) -> anyhow::Result<i32> {
     let state = State::new(root);
     let _lock = state.lock()?;
     let inv = Inventory::full(root)?;
-    let p = intake::queue_stale(&state, &inv, &cfg)?;
+    let p = intake::queue_stale(&state, &inv, &cfg, &env.tools)?;
     finish_run(&state, &cfg, env, &p, json)
 }
 

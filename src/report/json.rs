@@ -13,6 +13,7 @@ use crate::name::{KernelRelease, Keyed, ModuleName, ModuleVersion, PairKey};
 use crate::plan::{Assessment, Cause, PairState, Plan};
 use crate::rebuild::{Outcome, PairResult};
 use crate::state::{Failure, QueuedPair};
+use crate::verify::Check;
 
 /// A time as dpkg.log writes it, local, ISO 8601 without zone.
 fn time(t: Option<&jiff::civil::DateTime>) -> Option<String> {
@@ -193,6 +194,11 @@ pub struct StatusPairJson<'a> {
     failed_because: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     failed_causes: Option<Vec<CauseJson<'a>>>,
+    /// The installed module ends in a signature; `null`: could not tell.
+    signed: Option<bool>,
+    signer: Option<&'a str>,
+    /// dkms's key is enrolled (for signed modules); `null`: could not tell.
+    key_enrolled: Option<bool>,
 }
 
 #[derive(Serialize)]
@@ -259,6 +265,9 @@ pub fn status<'a>(
                     make_log: f.map(|f| f.make_log.as_str()),
                     failed_because: f.map(|f| causes(&f.because)),
                     failed_causes: f.map(|f| cause_list(&f.because)),
+                    signed: r.check.as_ref().and_then(Check::signed),
+                    signer: r.check.as_ref().and_then(|c| c.signer.as_deref()),
+                    key_enrolled: r.check.as_ref().and_then(|c| c.key_enrolled),
                 }
             })
             .collect(),

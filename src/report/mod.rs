@@ -175,6 +175,13 @@ pub fn status_lines(
         if !r.why.is_empty() {
             line.push_str(&format!("  {}", r.why));
         }
+        if let Some(c) = &r.check {
+            if c.will_not_load.is_some() {
+                line.push_str("  NOT SIGNED: will not load after the reboot");
+            } else if c.key_enrolled == Some(false) {
+                line.push_str("  signed with a key that is not enrolled");
+            }
+        }
         if let Some(f) = failed.iter().find(|f| f.key() == r.key()) {
             if !f.make_log.is_empty() {
                 line.push_str(&format!(" (make.log: {})", f.make_log));

@@ -300,6 +300,10 @@ impl Fixture {
                 "DKMS_HOOK_MODINFO",
                 Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/integration/fake-modinfo"),
             )
+            .env(
+                "DKMS_HOOK_MOKUTIL",
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/integration/fake-mokutil"),
+            )
             .env_remove("DKMS_HOOK_ROOT")
             .env_remove("DKMS_HOOK_SUSPEND")
             .env_remove("DKMS_HOOK_LOG");

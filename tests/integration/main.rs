@@ -8,6 +8,7 @@ mod messages;
 mod preflight;
 mod rebuild;
 mod replay;
+mod verify;
 
 /// SECURITY.md names, for each promise, the tests that attack it: every
 /// name must be a test that exists (`module::test` in this binary, or

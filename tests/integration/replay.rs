@@ -647,7 +647,16 @@ fn json_contract_field_names_are_stable() {
     );
     has(
         &st["pairs"][0],
-        &["module", "version", "kernel", "state", "why"],
+        &[
+            "module",
+            "version",
+            "kernel",
+            "state",
+            "why",
+            "signed",
+            "signer",
+            "key_enrolled",
+        ],
     );
     assert_eq!(st["changes"], serde_json::json!([]));
     let run: serde_json::Value = serde_json::from_slice(

@@ -1,0 +1,642 @@
+//! Will an installed module load after the reboot? What its file says
+//! (vermagic, an appended signature) and what the machine demands of it
+//! (`CONFIG_MODULE_SIG`, `CONFIG_MODULE_SIG_FORCE`, Secure Boot, dkms's
+//! signing key enrolled in the MOK list).
+//!
+//! Only reads: keys are never created, moved or deleted (dkms makes a
+//! missing key itself, and a new key is one the firmware does not know).
+//! Under `--root` mokutil, which asks the host's firmware, runs only when a
+//! stand-in is named; the EFI variable is read inside the root.
+
+use std::ffi::{OsStr, OsString};
+use std::io::{self, BufReader, Write};
+use std::path::{Path, PathBuf};
+
+use crate::config::Config;
+use crate::dkms::{built_names, installed_copies, Pair};
+use crate::inventory::Inventory;
+use crate::kernel::{KernelRelease, MODULES_DIR};
+use crate::plan::{Assessment, PairState};
+use crate::rebuild::{Tools, MODINFO};
+use crate::root::{open_regular, Root, CAP_SMALL};
+use crate::state::Failure;
+use crate::Error;
+
+/// Asks the firmware about Secure Boot and enrolled keys;
+/// `DKMS_HOOK_MOKUTIL` names a stand-in (tests).
+pub const MOKUTIL: &str = "mokutil";
+/// dkms's signing certificate on Debian (dkms 3.0 and 3.2).
+pub const DKMS_MOK_PUB: &str = "/var/lib/dkms/mok.pub";
+/// The trailer `scripts/sign-file` appends after the signature.
+const SIGNATURE_MAGIC: &[u8] = b"~Module signature appended~\n";
+/// `SecureBoot` in the EFI global variable namespace: 4 bytes of
+/// attributes, then 1 when Secure Boot is on.
+const EFI_SECURE_BOOT: &str =
+    "/sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-e398b6ce5aa4";
+const EFI_DIR: &str = "/sys/firmware/efi";
+/// Decompressed bytes read at most (the largest modules, nvidia's, are
+/// ~100 MB).
+const CAP_MODULE: u64 = 1 << 30;
+/// A vermagic longer than this is not one.
+const MAX_VERMAGIC: usize = 256;
+
+/// What a module file says of itself.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ModuleFacts {
+    /// The `vermagic=` of its `.modinfo`; `None` when there is none (not a
+    /// module).
+    pub vermagic: Option<String>,
+    /// It ends in the signature trailer.
+    pub signed: bool,
+}
+
+impl ModuleFacts {
+    /// The kernel release the module was built for.
+    pub fn release(&self) -> Option<&str> {
+        self.vermagic.as_deref()?.split_whitespace().next()
+    }
+}
+
+/// Read a module file (`.ko`, `.ko.xz`, `.ko.zst`, `.ko.gz`; host path), in
+/// one streaming pass, without following a link.
+pub fn inspect(file: &Path) -> Result<ModuleFacts, Error> {
+    let f = BufReader::with_capacity(64 << 10, open_regular(file)?);
+    let mut scan = Scan::default();
+    let name = file.to_string_lossy();
+    let bad = |why: String| Error::Unreadable {
+        path: file.to_path_buf(),
+        why,
+    };
+    if name.ends_with(".xz") {
+        let mut f = f;
+        lzma_rs::xz_decompress(&mut f, &mut scan).map_err(|e| bad(format!("xz: {e}")))?;
+    } else if name.ends_with(".zst") {
+        let mut d =
+            ruzstd::decoding::StreamingDecoder::new(f).map_err(|e| bad(format!("zstd: {e}")))?;
+        io::copy(&mut d, &mut scan).map_err(|e| bad(format!("zstd: {e}")))?;
+    } else if name.ends_with(".gz") {
+        io::copy(&mut flate2::read::GzDecoder::new(f), &mut scan)
+            .map_err(|e| bad(format!("gzip: {e}")))?;
+    } else {
+        let mut f = f;
+        io::copy(&mut f, &mut scan).map_err(|e| Error::io(file, e))?;
+    }
+    Ok(scan.finish())
+}
+
+/// A `Write` sink that finds `vermagic=…\0` across chunk borders and keeps
+/// the last bytes for the trailer, so nothing is held in memory.
+#[derive(Default)]
+struct Scan {
+    seen: u64,
+    /// The end of the previous chunk while searching (a key cut in two).
+    carry: Vec<u8>,
+    /// `Some` from the key on; complete once `done`.
+    vermagic: Option<Vec<u8>>,
+    done: bool,
+    tail: Vec<u8>,
+}
+
+const KEY: &[u8] = b"vermagic=";
+
+impl Scan {
+    fn take_value(&mut self, bytes: &[u8]) {
+        let v = self.vermagic.get_or_insert_with(Vec::new);
+        match memchr::memchr(0, bytes) {
+            Some(end) => {
+                v.extend_from_slice(&bytes[..end]);
+                self.done = true;
+            }
+            None => v.extend_from_slice(bytes),
+        }
+        if v.len() > MAX_VERMAGIC {
+            self.vermagic = None;
+            self.done = true;
+        }
+    }
+
+    fn finish(self) -> ModuleFacts {
+        let vermagic = self
+            .vermagic
+            .filter(|_| self.done)
+            .map(|v| String::from_utf8_lossy(&v).into_owned());
+        ModuleFacts {
+            signed: vermagic.is_some() && self.tail.ends_with(SIGNATURE_MAGIC),
+            vermagic,
+        }
+    }
+}
+
+impl Write for Scan {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.seen += buf.len() as u64;
+        if self.seen > CAP_MODULE {
+            return Err(io::Error::other(format!("larger than {CAP_MODULE} bytes")));
+        }
+        if !self.done {
+            if self.vermagic.is_some() {
+                self.take_value(buf);
+            } else {
+                let mut hay = std::mem::take(&mut self.carry);
+                hay.extend_from_slice(buf);
+                match memchr::memmem::find(&hay, KEY) {
+                    Some(i) => self.take_value(&hay[i + KEY.len()..]),
+                    None => {
+                        let keep = hay.len().saturating_sub(KEY.len() - 1);
+                        self.carry = hay.split_off(keep);
+                    }
+                }
+            }
+        }
+        self.tail.extend_from_slice(buf);
+        let extra = self.tail.len().saturating_sub(SIGNATURE_MAGIC.len());
+        self.tail.drain(..extra);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// What the kernel's configuration says about module signatures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SigConfig {
+    /// `CONFIG_MODULE_SIG=y`: modules are checked (unsigned ones taint).
+    pub sig: bool,
+    /// `CONFIG_MODULE_SIG_FORCE=y`: unsigned modules are refused.
+    pub force: bool,
+}
+
+/// The kernel's `.config` from its build tree, else `/boot/config-K`;
+/// `None` when neither can be read.
+pub fn sig_config(root: &Root, kernel: &KernelRelease) -> Option<SigConfig> {
+    let candidates = [
+        Path::new(MODULES_DIR)
+            .join(kernel.as_str())
+            .join("build/.config"),
+        Path::new("/boot").join(format!("config-{kernel}")),
+    ];
+    let text = candidates
+        .iter()
+        .find_map(|p| root.read(p, 4 * CAP_SMALL).ok())?;
+    let text = String::from_utf8_lossy(&text);
+    let on = |key: &str| text.lines().any(|l| l.trim() == format!("{key}=y"));
+    Some(SigConfig {
+        sig: on("CONFIG_MODULE_SIG"),
+        force: on("CONFIG_MODULE_SIG_FORCE"),
+    })
+}
+
+/// What the machine's firmware and MOK list say, asked once per run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Firmware {
+    /// `None`: could not tell.
+    pub secure_boot: Option<bool>,
+    /// dkms's certificate is in the MOK list; `None` when there is no
+    /// certificate or no mokutil to ask.
+    pub key_enrolled: Option<bool>,
+    /// The certificate is queued for enrolment at the next boot.
+    pub key_pending: bool,
+}
+
+impl Firmware {
+    /// `mokutil` is the stand-in or, on the host, the real one (`None`:
+    /// not asked).
+    pub fn read(root: &Root, mokutil: Option<&OsStr>) -> Firmware {
+        let mut fw = Firmware {
+            secure_boot: mokutil.and_then(|m| sb_state(&ask(root, m, &["--sb-state"])?)),
+            ..Firmware::default()
+        };
+        if fw.secure_boot.is_none() {
+            fw.secure_boot = efi_secure_boot(root);
+        }
+        if let (Some(m), Ok(cert)) = (mokutil, root.resolve(DKMS_MOK_PUB)) {
+            let answer = ask(root, m, &[OsStr::new("--test-key"), cert.as_os_str()]);
+            if let Some(a) = answer {
+                fw.key_pending = a.contains("already in the enrollment request");
+                fw.key_enrolled = if a.contains("is already enrolled") {
+                    Some(true)
+                } else if a.contains("is not enrolled") || fw.key_pending {
+                    Some(false)
+                } else {
+                    None
+                };
+            }
+        }
+        fw
+    }
+
+    /// The mokutil to ask: a stand-in, else the real one on the host only.
+    pub fn mokutil(root: &Root, stand_in: Option<OsString>) -> Option<OsString> {
+        stand_in.or_else(|| root.is_host_root().then(|| MOKUTIL.into()))
+    }
+}
+
+/// mokutil's answer (stdout and stderr), `None` when it cannot run.
+fn ask(root: &Root, mokutil: &OsStr, args: &[impl AsRef<OsStr>]) -> Option<String> {
+    let args: Vec<&OsStr> = args.iter().map(AsRef::as_ref).collect();
+    let out = duct::cmd(mokutil, args)
+        .env("DKMS_HOOK_ROOT", root.dir())
+        .stdin_null()
+        .stderr_to_stdout()
+        .stdout_capture()
+        .unchecked()
+        .run()
+        .map_err(|e| log::debug!("cannot run {}: {e}", mokutil.to_string_lossy()))
+        .ok()?;
+    Some(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn sb_state(answer: &str) -> Option<bool> {
+    if answer.contains("SecureBoot enabled") {
+        Some(true)
+    } else if answer.contains("SecureBoot disabled") || answer.contains("doesn't support") {
+        Some(false)
+    } else {
+        None
+    }
+}
+
+/// The EFI variable (inside the root); no EFI at all means no Secure Boot.
+fn efi_secure_boot(root: &Root) -> Option<bool> {
+    match root.read(EFI_SECURE_BOOT, 64) {
+        Ok(v) if v.len() == 5 => Some(v[4] == 1),
+        Ok(_) => None,
+        Err(_) if !root.exists(EFI_DIR) => Some(false),
+        Err(_) => None,
+    }
+}
+
+/// The verdict on one installed module file.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Check {
+    /// In-root path of the file judged.
+    pub file: PathBuf,
+    pub facts: ModuleFacts,
+    /// `modinfo -F signer`, where modinfo could tell.
+    pub signer: Option<String>,
+    /// Whether dkms's key is enrolled, for a module signed (with it, as
+    /// far as can be told); `None` for others or when it cannot be told.
+    pub key_enrolled: Option<bool>,
+    /// Why it will not load after the reboot, when it will not.
+    pub will_not_load: Option<String>,
+    /// What to do about dkms's key, when it is not enrolled.
+    pub key_warning: Option<String>,
+}
+
+impl Check {
+    /// `Some(false)` when the vermagic names another kernel.
+    pub fn for_kernel(&self, kernel: &KernelRelease) -> Option<bool> {
+        self.facts.release().map(|r| r == kernel.as_str())
+    }
+
+    /// `None` when the file is no module that could be read.
+    pub fn signed(&self) -> Option<bool> {
+        self.facts.vermagic.is_some().then_some(self.facts.signed)
+    }
+}
+
+/// The places `status` looks for a pair's installed module: where dkms
+/// installs (`kernel/` is the kernel's own, thousands of files).
+const STATUS_DIRS: &[&str] = &["updates", "extra"];
+
+/// What `status`, `sync`, boot and the textfile add to [`plan::assess`]:
+/// each installed pair's module file is read; a vermagic naming another
+/// kernel makes a fresh or stale pair `broken` (it would not load). Signers
+/// come from `modinfo` and the firmware from `mokutil` (see [`Firmware`]).
+pub fn judge(root: &Root, rows: &mut [Assessment], modinfo: &OsStr, mokutil: Option<&OsStr>) {
+    let mut fw = None;
+    for r in rows.iter_mut() {
+        let Some(pair) = r.pair.as_ref().filter(|p| p.installed) else {
+            continue;
+        };
+        let Some(mut check) = check_pair(root, pair) else {
+            continue;
+        };
+        if check.for_kernel(&r.kernel) == Some(false)
+            && matches!(r.state, PairState::Fresh | PairState::Stale)
+        {
+            r.state = PairState::Broken;
+            r.why = format!(
+                "the installed module {} is for kernel {} (vermagic {:?}): it will not load; dkms-hook sync rebuilds it",
+                check.file.display(),
+                check.facts.release().unwrap_or_default(),
+                check.facts.vermagic.as_deref().unwrap_or_default(),
+            );
+        }
+        if let Some(signed) = check.signed() {
+            let fw: &Firmware = fw.get_or_insert_with(|| Firmware::read(root, mokutil));
+            let what = format!("{}/{} for {}", r.module, r.version, r.kernel);
+            if signed {
+                let host = root.host(&check.file);
+                check.signer = modinfo_field(root, modinfo, &host, "signer");
+                check.key_enrolled = fw.key_enrolled;
+                check.key_warning = key_warning(&what, Some(true), fw);
+            }
+            check.will_not_load =
+                unsigned_warning(&what, Some(signed), sig_config(root, &r.kernel), fw);
+        }
+        r.check = Some(check);
+    }
+}
+
+/// [`plan::assess`](crate::plan::assess), then [`judge`] with the tools
+/// the run was given.
+pub fn assess(
+    root: &Root,
+    inv: &Inventory,
+    cfg: &Config,
+    failed: &[Failure],
+    tools: &Tools,
+) -> Vec<Assessment> {
+    let mut rows = crate::plan::assess(inv, cfg, failed);
+    let modinfo = tools.modinfo.clone().unwrap_or_else(|| MODINFO.into());
+    let mokutil = Firmware::mokutil(root, tools.mokutil.clone());
+    judge(root, &mut rows, &modinfo, mokutil.as_deref());
+    rows
+}
+
+/// The warnings of judged rows: each module that will not load, and the
+/// unenrolled key once.
+pub fn warnings(rows: &[Assessment]) -> Vec<String> {
+    let checks = rows.iter().filter_map(|r| r.check.as_ref());
+    let mut out: Vec<String> = checks
+        .clone()
+        .filter_map(|c| c.will_not_load.clone())
+        .collect();
+    out.extend(checks.filter_map(|c| c.key_warning.clone()).take(1));
+    out
+}
+
+fn check_pair(root: &Root, pair: &Pair) -> Option<Check> {
+    let dir = root.resolve(pair.dir()).ok()?;
+    let names = built_names(&dir);
+    let file = installed_copies(root, &pair.kernel, &names, STATUS_DIRS)
+        .into_iter()
+        .next()?;
+    let facts = inspect(&file).map_err(|e| log::debug!("{e}")).ok()?;
+    let inroot = file
+        .strip_prefix(root.dir())
+        .map_or(file.clone(), |r| Path::new("/").join(r));
+    Some(Check {
+        file: inroot,
+        facts,
+        ..Check::default()
+    })
+}
+
+/// `modinfo -F FIELD FILE` (host path); `None` when it cannot be told (no
+/// modinfo, not a module, no such field). modinfo only reads the file it
+/// is given, so it also runs under `--root`.
+pub fn modinfo_field(root: &Root, modinfo: &OsStr, file: &Path, field: &str) -> Option<String> {
+    let args = [OsStr::new("-F"), OsStr::new(field), file.as_os_str()];
+    let out = duct::cmd(modinfo, args)
+        .env("DKMS_HOOK_ROOT", root.dir())
+        .stdin_null()
+        .stderr_null()
+        .stdout_capture()
+        .unchecked()
+        .run()
+        .map_err(|e| log::debug!("cannot run {}: {e}", modinfo.to_string_lossy()))
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (out.status.success() && !text.is_empty()).then_some(text)
+}
+
+/// The warning for an unsigned module where signatures are enforced: it
+/// will not load after the reboot. `None` when it will, or when nothing can
+/// be told.
+pub fn unsigned_warning(
+    what: &str,
+    signed: Option<bool>,
+    cfg: Option<SigConfig>,
+    fw: &Firmware,
+) -> Option<String> {
+    let checked = cfg.is_some_and(|c| c.sig);
+    if signed != Some(false) || !checked {
+        return None;
+    }
+    let why = if fw.secure_boot == Some(true) {
+        "Secure Boot is on"
+    } else if cfg.is_some_and(|c| c.force) {
+        "the kernel enforces module signatures"
+    } else {
+        return None;
+    };
+    Some(format!(
+        "{what} is NOT SIGNED and {why}: it will not load after the reboot. Let dkms sign it (its key is /var/lib/dkms/mok.key; install openssl and mokutil), enrol the key (mokutil --import {DKMS_MOK_PUB}, reboot, enrol in MokManager), then rebuild it"
+    ))
+}
+
+/// The warning for a module signed with dkms's key while that key is not
+/// enrolled (or only queued for enrolment).
+pub fn key_warning(what: &str, signed: Option<bool>, fw: &Firmware) -> Option<String> {
+    if signed != Some(true) || fw.key_enrolled != Some(false) {
+        return None;
+    }
+    Some(if fw.key_pending {
+        format!("{what} is signed with dkms's key {DKMS_MOK_PUB}, which is waiting to be enrolled: confirm it in MokManager at the next boot")
+    } else {
+        let sb = if fw.secure_boot == Some(true) {
+            " (with Secure Boot on the module will not load)"
+        } else {
+            ""
+        };
+        format!("{what} is signed with dkms's key {DKMS_MOK_PUB}, which is not enrolled{sb}: run mokutil --import {DKMS_MOK_PUB}, reboot and enrol it in MokManager")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stand-in module: a `.modinfo`-like string table, optionally the
+    /// signature trailer.
+    pub(crate) fn module_bytes(release: &str, signed: bool) -> Vec<u8> {
+        let mut m = b"\x7fELF\x02\x01\x01\0padding".repeat(1000);
+        m.extend_from_slice(b"license=GPL\0");
+        m.extend_from_slice(
+            format!("vermagic={release} SMP preempt mod_unload modversions \0").as_bytes(),
+        );
+        m.extend_from_slice(&[0x55; 5000]);
+        if signed {
+            m.extend_from_slice(&[0x30; 600]);
+            m.extend_from_slice(b"\0\0\x02\0\0\0\0\0\0\0\x02\x58");
+            m.extend_from_slice(SIGNATURE_MAGIC);
+        }
+        m
+    }
+
+    fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p
+    }
+
+    fn xz(bytes: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        lzma_rs::xz_compress(&mut &bytes[..], &mut out).unwrap();
+        out
+    }
+
+    fn zst(bytes: &[u8]) -> Vec<u8> {
+        ruzstd::encoding::compress_to_vec(bytes, ruzstd::encoding::CompressionLevel::Fastest)
+    }
+
+    fn gz(bytes: &[u8]) -> Vec<u8> {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(bytes).unwrap();
+        e.finish().unwrap()
+    }
+
+    #[test]
+    fn signed_and_unsigned_plain_and_compressed() {
+        let d = tempfile::tempdir().unwrap();
+        for signed in [false, true] {
+            let m = module_bytes("6.1.0-50-amd64", signed);
+            for (name, bytes) in [
+                ("m.ko", m.clone()),
+                ("m.ko.xz", xz(&m)),
+                ("m.ko.zst", zst(&m)),
+                ("m.ko.gz", gz(&m)),
+            ] {
+                let facts = inspect(&write(d.path(), name, &bytes)).unwrap();
+                assert_eq!(facts.signed, signed, "{name}");
+                assert_eq!(facts.release(), Some("6.1.0-50-amd64"), "{name}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_key_and_the_value_cut_across_writes() {
+        let m = module_bytes("6.12.57+deb13-amd64", true);
+        let at = memchr::memmem::find(&m, KEY).unwrap();
+        for cut in [at + 3, at + KEY.len() + 4, m.len() - 7] {
+            let mut s = Scan::default();
+            for chunk in [&m[..cut], &m[cut..]] {
+                for piece in chunk.chunks(5) {
+                    s.write_all(piece).unwrap();
+                }
+            }
+            let facts = s.finish();
+            assert_eq!(facts.release(), Some("6.12.57+deb13-amd64"), "cut at {cut}");
+            assert!(facts.signed);
+        }
+    }
+
+    #[test]
+    fn garbage_is_no_module_and_not_a_panic() {
+        let d = tempfile::tempdir().unwrap();
+        for (name, bytes) in [
+            ("a.ko", b"rebuilt acpi-call".to_vec()),
+            ("b.ko.xz", b"not xz at all".to_vec()),
+            ("c.ko.zst", vec![0x28, 0xb5, 0x2f, 0xfd, 0xff]),
+            ("d.ko.gz", vec![0x1f, 0x8b, 0, 0]),
+            ("e.ko", [KEY, &[b'x'; 400]].concat()),
+        ] {
+            let p = write(d.path(), name, &bytes);
+            if let Ok(facts) = inspect(&p) {
+                assert_eq!(facts.vermagic, None, "{name}");
+            }
+        }
+        // A trailer without a vermagic: no module, so not "signed".
+        let p = write(d.path(), "f.ko", SIGNATURE_MAGIC);
+        assert!(!inspect(&p).unwrap().signed);
+    }
+
+    #[test]
+    fn a_link_is_not_followed() {
+        let d = tempfile::tempdir().unwrap();
+        let real = write(d.path(), "real.ko", &module_bytes("6.1.0-50-amd64", true));
+        let link = d.path().join("link.ko");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        assert!(inspect(&link).is_err());
+    }
+
+    #[test]
+    fn kernel_config_from_the_build_tree_or_boot() {
+        let d = tempfile::tempdir().unwrap();
+        let root = Root::new(d.path());
+        let k = KernelRelease::new("6.1.0-50-amd64").unwrap();
+        assert_eq!(sig_config(&root, &k), None);
+        std::fs::create_dir_all(d.path().join("boot")).unwrap();
+        write(
+            &d.path().join("boot"),
+            "config-6.1.0-50-amd64",
+            b"CONFIG_MODULE_SIG=y\n# CONFIG_MODULE_SIG_FORCE is not set\n",
+        );
+        assert_eq!(
+            sig_config(&root, &k),
+            Some(SigConfig {
+                sig: true,
+                force: false
+            })
+        );
+        let build = d.path().join("lib/modules/6.1.0-50-amd64/build");
+        std::fs::create_dir_all(&build).unwrap();
+        write(
+            &build,
+            ".config",
+            b"CONFIG_MODULE_SIG=y\nCONFIG_MODULE_SIG_FORCE=y\n",
+        );
+        assert_eq!(
+            sig_config(&root, &k),
+            Some(SigConfig {
+                sig: true,
+                force: true
+            })
+        );
+    }
+
+    #[test]
+    fn secure_boot_from_the_efi_variable() {
+        let d = tempfile::tempdir().unwrap();
+        let root = Root::new(d.path());
+        assert_eq!(
+            efi_secure_boot(&root),
+            Some(false),
+            "no EFI, no Secure Boot"
+        );
+        let var = d.path().join(EFI_SECURE_BOOT.trim_start_matches('/'));
+        std::fs::create_dir_all(var.parent().unwrap()).unwrap();
+        assert_eq!(efi_secure_boot(&root), None, "EFI, variable unreadable");
+        std::fs::write(&var, [6, 0, 0, 0, 1]).unwrap();
+        assert_eq!(efi_secure_boot(&root), Some(true));
+        std::fs::write(&var, [6, 0, 0, 0, 0]).unwrap();
+        assert_eq!(efi_secure_boot(&root), Some(false));
+    }
+
+    #[test]
+    fn warnings_name_the_fix() {
+        let on = Firmware {
+            secure_boot: Some(true),
+            key_enrolled: Some(false),
+            key_pending: false,
+        };
+        let cfg = Some(SigConfig {
+            sig: true,
+            force: false,
+        });
+        let w = unsigned_warning("m/1 for K", Some(false), cfg, &on).unwrap();
+        assert!(w.contains("NOT SIGNED and Secure Boot is on"), "{w}");
+        let w = key_warning("m/1 for K", Some(true), &on).unwrap();
+        assert!(
+            w.contains("run mokutil --import /var/lib/dkms/mok.pub"),
+            "{w}"
+        );
+        let off = Firmware {
+            secure_boot: Some(false),
+            ..Firmware::default()
+        };
+        assert_eq!(unsigned_warning("m/1 for K", Some(false), cfg, &off), None);
+        let forced = Some(SigConfig {
+            sig: true,
+            force: true,
+        });
+        let w = unsigned_warning("m/1 for K", Some(false), forced, &off).unwrap();
+        assert!(w.contains("enforces"), "{w}");
+        assert_eq!(unsigned_warning("m/1 for K", None, cfg, &on), None);
+        assert_eq!(key_warning("m/1 for K", Some(true), &off), None);
+    }
+}
