@@ -1,6 +1,7 @@
 //! State for fleets: a Prometheus node_exporter textfile (`dkms_hook.prom`)
 //! written atomically after every run that may change the pairs' state, and
-//! the counters it needs, kept in the state directory.
+//! the counters it needs, kept in the state directory. The same runs keep
+//! the findings the login notice shows (`findings.json`).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -194,7 +195,8 @@ pub fn write(root: &Root, where_: &Textfile, content: &str) -> Result<(), Error>
     })
 }
 
-/// After a run: count its results and write the textfile.
+/// After a run: count its results, judge every pair again and keep what
+/// the login notice shows, and write the textfile.
 pub fn after_run(
     state: &State,
     cfg: &crate::config::Config,
@@ -202,12 +204,10 @@ pub fn after_run(
     results: &[PairResult],
 ) -> Result<(), Error> {
     let counters = count(state, results)?;
-    if cfg.prometheus_textfile == Textfile::Off {
-        return Ok(());
-    }
     let inv = crate::inventory::Inventory::full(state.root())?;
     let failed = state.failures()?.failed;
     let rows = crate::verify::assess(state.root(), &inv, cfg, &failed, tools);
+    state.save_findings(&crate::verify::findings(&rows))?;
     write(
         state.root(),
         &cfg.prometheus_textfile,
@@ -222,6 +222,7 @@ pub fn from_status(
     rows: &[Assessment],
     running: Option<&KernelRelease>,
 ) -> Result<(), Error> {
+    state.save_findings(&crate::verify::findings(rows))?;
     write(
         state.root(),
         &cfg.prometheus_textfile,

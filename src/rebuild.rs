@@ -492,11 +492,10 @@ impl<'a> Executor<'a> {
         let fw = self
             .firmware
             .get_or_init(|| Firmware::read(root, self.mokutil.as_deref()));
-        let what = format!("{}/{} for {}", p.module, p.version, p.kernel);
-        let mut out: Vec<String> = verify::unsigned_warning(&what, signed, cfg, fw)
+        let mut out: Vec<String> = verify::unsigned_warning(p.key(), signed, cfg, fw)
             .into_iter()
             .collect();
-        if let Some(w) = verify::key_warning(&what, signed, fw) {
+        if let Some(w) = verify::key_warning(p.key(), signed, fw) {
             if !self.key_said.swap(true, Ordering::Relaxed) {
                 out.push(w);
             }

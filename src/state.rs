@@ -120,6 +120,35 @@ pub struct Failures {
     pub failed: Vec<Failure>,
 }
 
+/// A pair the last full check found broken or unloadable after the reboot
+/// (`findings.json`, written by the runs that judge every pair): what the
+/// login notice shows besides failures and the queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Finding {
+    pub module: ModuleName,
+    pub version: ModuleVersion,
+    pub kernel: KernelRelease,
+    pub problem: Problem,
+    pub time: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Problem {
+    /// Its vermagic names another kernel.
+    Broken,
+    /// Unsigned where signatures are enforced.
+    Unsigned,
+    /// Signed with dkms's key, which is not enrolled.
+    KeyNotEnrolled,
+}
+
+#[derive(Debug, Serialize)]
+struct Findings<'a> {
+    version: u32,
+    found: &'a [Finding],
+}
+
 /// An entry of a queue or failure list, checked beyond its types.
 trait Entry: for<'de> Deserialize<'de> {
     fn times(&self) -> [u64; 1];
@@ -128,6 +157,12 @@ trait Entry: for<'de> Deserialize<'de> {
 impl Entry for QueuedPair {
     fn times(&self) -> [u64; 1] {
         [self.stale_since]
+    }
+}
+
+impl Entry for Finding {
+    fn times(&self) -> [u64; 1] {
+        [self.time]
     }
 }
 
@@ -442,6 +477,25 @@ impl State {
                 failed: f.failed.clone(),
             },
         )
+    }
+
+    /// The last full check's findings; none when there was none or the
+    /// file is unusable (entries are checked as those of the queue).
+    pub fn findings(&self) -> Vec<Finding> {
+        let path = self.path.join("findings.json");
+        self.read_list_value("findings.json")
+            .ok()
+            .flatten()
+            .map(|v| valid_entries(&v, "found", &path))
+            .unwrap_or_default()
+    }
+
+    pub fn save_findings(&self, found: &[Finding]) -> Result<(), Error> {
+        let f = Findings {
+            version: STATE_VERSION,
+            found,
+        };
+        self.write_json("findings.json", &f)
     }
 
     /// The backup directory of one pair, `backups/M/V/K/ARCH`, each level
@@ -803,6 +857,28 @@ mod tests {
         fs::write(s.dir().join("queue.json"), v.to_string()).unwrap();
         let q = s.queue().unwrap();
         assert_eq!(q.pending, vec![pair("good")]);
+    }
+
+    #[test]
+    fn findings_are_checked_when_read_back() {
+        let t = tempfile::tempdir().unwrap();
+        let s = State::new(&Root::new(t.path()));
+        let good = Finding {
+            module: ModuleName::new("m").unwrap(),
+            version: ModuleVersion::new("1").unwrap(),
+            kernel: KernelRelease::new("6.1.0-50-amd64").unwrap(),
+            problem: Problem::Broken,
+            time: 5,
+        };
+        s.save_findings(std::slice::from_ref(&good)).unwrap();
+        assert_eq!(s.findings(), vec![good]);
+        let text = fs::read_to_string(s.dir().join("findings.json")).unwrap();
+        let evil = text.replace("\"m\"", "\"../../x\"");
+        fs::write(s.dir().join("findings.json"), evil).unwrap();
+        assert_eq!(s.findings(), vec![]);
+        let odd = text.replace("\"broken\"", "\"rm -rf\"");
+        fs::write(s.dir().join("findings.json"), odd).unwrap();
+        assert_eq!(s.findings(), vec![]);
     }
 
     #[test]

@@ -16,10 +16,11 @@ use crate::config::Config;
 use crate::dkms::{built_names, installed_copies, Pair};
 use crate::inventory::Inventory;
 use crate::kernel::{KernelRelease, MODULES_DIR};
+use crate::name::{Keyed, PairKey};
 use crate::plan::{Assessment, PairState};
 use crate::rebuild::{Tools, MODINFO};
 use crate::root::{open_regular, Root, CAP_SMALL};
-use crate::state::Failure;
+use crate::state::{Failure, Finding, Problem};
 use crate::Error;
 
 /// Asks the firmware about Secure Boot and enrolled keys;
@@ -327,15 +328,14 @@ pub fn judge(root: &Root, rows: &mut [Assessment], modinfo: &OsStr, mokutil: Opt
         }
         if let Some(signed) = check.signed() {
             let fw: &Firmware = fw.get_or_insert_with(|| Firmware::read(root, mokutil));
-            let what = format!("{}/{} for {}", r.module, r.version, r.kernel);
             if signed {
                 let host = root.host(&check.file);
                 check.signer = modinfo_field(root, modinfo, &host, "signer");
                 check.key_enrolled = fw.key_enrolled;
-                check.key_warning = key_warning(&what, Some(true), fw);
+                check.key_warning = key_warning(r.key(), Some(true), fw);
             }
             check.will_not_load =
-                unsigned_warning(&what, Some(signed), sig_config(root, &r.kernel), fw);
+                unsigned_warning(r.key(), Some(signed), sig_config(root, &r.kernel), fw);
         }
         r.check = Some(check);
     }
@@ -367,6 +367,33 @@ pub fn warnings(rows: &[Assessment]) -> Vec<String> {
         .collect();
     out.extend(checks.filter_map(|c| c.key_warning.clone()).take(1));
     out
+}
+
+/// What the login notice is to show of judged rows: broken pairs, modules
+/// that will not load, and signed ones whose key is not enrolled.
+pub fn findings(rows: &[Assessment]) -> Vec<Finding> {
+    let now = crate::state::now_secs();
+    rows.iter()
+        .filter_map(|r| {
+            let c = r.check.as_ref();
+            let problem = if r.state == PairState::Broken {
+                Problem::Broken
+            } else if c.is_some_and(|c| c.will_not_load.is_some()) {
+                Problem::Unsigned
+            } else if c.is_some_and(|c| c.key_warning.is_some()) {
+                Problem::KeyNotEnrolled
+            } else {
+                return None;
+            };
+            Some(Finding {
+                module: r.module.clone(),
+                version: r.version.clone(),
+                kernel: r.kernel.clone(),
+                problem,
+                time: now,
+            })
+        })
+        .collect()
 }
 
 fn check_pair(root: &Root, pair: &Pair) -> Option<Check> {
@@ -408,7 +435,7 @@ pub fn modinfo_field(root: &Root, modinfo: &OsStr, file: &Path, field: &str) -> 
 /// will not load after the reboot. `None` when it will, or when nothing can
 /// be told.
 pub fn unsigned_warning(
-    what: &str,
+    pair: PairKey<'_>,
     signed: Option<bool>,
     cfg: Option<SigConfig>,
     fw: &Firmware,
@@ -424,17 +451,23 @@ pub fn unsigned_warning(
     } else {
         return None;
     };
+    let PairKey {
+        module: m,
+        version: v,
+        kernel: k,
+    } = pair;
     Some(format!(
-        "{what} is NOT SIGNED and {why}: it will not load after the reboot. Let dkms sign it (its key is /var/lib/dkms/mok.key; install openssl and mokutil), enrol the key (mokutil --import {DKMS_MOK_PUB}, reboot, enrol in MokManager), then rebuild it"
+        "{m}/{v} for {k} is NOT SIGNED and {why}: it will not load after the reboot. Let dkms sign it (with openssl installed it signs with /var/lib/dkms/mok.key), enrol the key (mokutil --import {DKMS_MOK_PUB}, reboot, enrol in MokManager), then run: dkms build --force -m {m} -v {v} -k {k} && dkms install --force -m {m} -v {v} -k {k}"
     ))
 }
 
 /// The warning for a module signed with dkms's key while that key is not
 /// enrolled (or only queued for enrolment).
-pub fn key_warning(what: &str, signed: Option<bool>, fw: &Firmware) -> Option<String> {
+pub fn key_warning(pair: PairKey<'_>, signed: Option<bool>, fw: &Firmware) -> Option<String> {
     if signed != Some(true) || fw.key_enrolled != Some(false) {
         return None;
     }
+    let what = format!("{}/{} for {}", pair.module, pair.version, pair.kernel);
     Some(if fw.key_pending {
         format!("{what} is signed with dkms's key {DKMS_MOK_PUB}, which is waiting to be enrolled: confirm it in MokManager at the next boot")
     } else {
@@ -607,6 +640,19 @@ mod tests {
         assert_eq!(efi_secure_boot(&root), Some(false));
     }
 
+    fn key() -> PairKey<'static> {
+        use crate::name::{ModuleName, ModuleVersion};
+        use std::sync::LazyLock;
+        static M: LazyLock<ModuleName> = LazyLock::new(|| ModuleName::new("m").unwrap());
+        static V: LazyLock<ModuleVersion> = LazyLock::new(|| ModuleVersion::new("1").unwrap());
+        static K: LazyLock<KernelRelease> = LazyLock::new(|| KernelRelease::new("k").unwrap());
+        PairKey {
+            module: &M,
+            version: &V,
+            kernel: &K,
+        }
+    }
+
     #[test]
     fn warnings_name_the_fix() {
         let on = Firmware {
@@ -618,9 +664,13 @@ mod tests {
             sig: true,
             force: false,
         });
-        let w = unsigned_warning("m/1 for K", Some(false), cfg, &on).unwrap();
-        assert!(w.contains("NOT SIGNED and Secure Boot is on"), "{w}");
-        let w = key_warning("m/1 for K", Some(true), &on).unwrap();
+        let w = unsigned_warning(key(), Some(false), cfg, &on).unwrap();
+        assert!(
+            w.starts_with("m/1 for k is NOT SIGNED and Secure Boot is on"),
+            "{w}"
+        );
+        assert!(w.ends_with("then run: dkms build --force -m m -v 1 -k k && dkms install --force -m m -v 1 -k k"), "{w}");
+        let w = key_warning(key(), Some(true), &on).unwrap();
         assert!(
             w.contains("run mokutil --import /var/lib/dkms/mok.pub"),
             "{w}"
@@ -629,14 +679,14 @@ mod tests {
             secure_boot: Some(false),
             ..Firmware::default()
         };
-        assert_eq!(unsigned_warning("m/1 for K", Some(false), cfg, &off), None);
+        assert_eq!(unsigned_warning(key(), Some(false), cfg, &off), None);
         let forced = Some(SigConfig {
             sig: true,
             force: true,
         });
-        let w = unsigned_warning("m/1 for K", Some(false), forced, &off).unwrap();
+        let w = unsigned_warning(key(), Some(false), forced, &off).unwrap();
         assert!(w.contains("enforces"), "{w}");
-        assert_eq!(unsigned_warning("m/1 for K", None, cfg, &on), None);
-        assert_eq!(key_warning("m/1 for K", Some(true), &off), None);
+        assert_eq!(unsigned_warning(key(), None, cfg, &on), None);
+        assert_eq!(key_warning(key(), Some(true), &off), None);
     }
 }

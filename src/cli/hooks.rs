@@ -63,6 +63,7 @@ pub(super) fn motd(root: &Root) -> i32 {
     for l in report::motd_lines(
         &state.failures().map(|f| f.failed).unwrap_or_default(),
         &state.queue().map(|q| q.pending).unwrap_or_default(),
+        &state.findings(),
     ) {
         out(&l);
     }

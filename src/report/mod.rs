@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::name::Keyed;
 use crate::plan::{Assessment, Cause, Plan};
 use crate::rebuild::{Outcome, PairResult};
-use crate::state::{Failure, QueuedPair};
+use crate::state::{Failure, Finding, Problem, QueuedPair};
 
 pub mod json;
 
@@ -207,7 +207,7 @@ pub fn status_lines(
 
 /// The login notice: a line per failed or still queued pair, nothing when
 /// all is well.
-pub fn motd_lines(failed: &[Failure], queued: &[QueuedPair]) -> Vec<String> {
+pub fn motd_lines(failed: &[Failure], queued: &[QueuedPair], found: &[Finding]) -> Vec<String> {
     let mut out: Vec<String> = failed
         .iter()
         .map(|f| {
@@ -235,6 +235,21 @@ pub fn motd_lines(failed: &[Failure], queued: &[QueuedPair]) -> Vec<String> {
                 )
             }),
     );
+    out.extend(found.iter().map(|f| {
+        let what = match f.problem {
+            Problem::Broken => "is built for another kernel and will not load; run: dkms-hook sync",
+            Problem::Unsigned => {
+                "is NOT SIGNED and will not load after the reboot; see: dkms-hook status"
+            }
+            Problem::KeyNotEnrolled => {
+                "is signed with a key that is not enrolled; see: dkms-hook status"
+            }
+        };
+        format!(
+            "{PREFIX} {}/{} for {} {what}",
+            f.module, f.version, f.kernel
+        )
+    }));
     out
 }
 

@@ -229,3 +229,20 @@ fn failures_reach_the_journal_at_priority_warning() {
     let e = stderr(&out);
     assert!(e.contains("FAILED") && !e.contains("<4>"), "{e}");
 }
+
+/// Issue 15.5: the login notice names a module that will not load, from
+/// the findings the last run kept (it reads no module file itself).
+#[test]
+fn the_login_notice_names_a_module_that_will_not_load() {
+    let f = signing_kernel("enabled");
+    f.run(&["post-invoke"]);
+    let out = f.run(&["motd"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("dkms-hook: acpi-call/1.2.2 for {K} is NOT SIGNED and will not load after the reboot; see: dkms-hook status\n")
+    );
+    // Secure Boot turned off, the next run finds nothing: the notice is gone.
+    f.write("fake-mokutil/sb", "disabled");
+    f.run(&["sync"]);
+    assert_eq!(f.run(&["motd"]).stdout, b"");
+}
