@@ -67,7 +67,8 @@ kernel whose build tree those packages feed, and rebuilds each dkms module built
     after_long_help = "\
 Files:
   /etc/dkms/dkms-hook.conf   configuration; every key is listed, commented, at its default
-  /var/lib/dkms-hook/        state: dpkg.log cursor, queue, failures, backups/, logs/, builds/ (running builds), lock
+  /var/lib/dkms-hook/        state: dpkg.log cursor, queue, failures, findings (for the login notice), counters, backups/, logs/, builds/ (running builds), lock
+  /var/lib/prometheus/node-exporter/dkms_hook.prom   the node_exporter textfile (when that directory exists)
   /var/lib/dkms-hook/preflight/   preflight's kept make.logs and, while it runs, its scratch layers
   /var/log/dkms-hook.log     one line per rebuild, skip or failure
   /etc/apt/apt.conf.d/80dkms-hook, /etc/dpkg/dpkg.cfg.d/dkms-hook, /etc/kernel/*.d/dkms-hook   the hooks
@@ -107,15 +108,18 @@ pub enum Command {
     /// cursor and rebuild stale pairs. Always exits 0.
     PostInvoke,
     /// Show every installed kernel × dkms module: fresh, stale, failed,
-    /// missing, no-headers, excluded. Exits 0 when all is well, 1 when
-    /// something needs attention (stale, failed, missing, no-headers, or an
-    /// excluded pair whose old module is still installed), 2 when the
-    /// system could not be read: usable by monitoring. The `--json` object
-    /// is a stable contract (configuration management facts): fields may be
-    /// added, never renamed or removed.
+    /// missing, no-headers, excluded, broken (the installed module's
+    /// vermagic names another kernel), and whether each module is signed
+    /// and will load with Secure Boot. Exits 0 when all is well, 1 when
+    /// something needs attention (stale, failed, missing, no-headers,
+    /// broken, a module that will not load after the reboot, or an excluded
+    /// pair whose old module is still installed), 2 when the system could
+    /// not be read: usable by monitoring. The `--json` object is a stable
+    /// contract (configuration management facts): fields may be added,
+    /// never renamed or removed.
     Status(StatusArgs),
     /// Rebuild every pair that `status` finds stale (also those that went
-    /// stale before dkms-hook was installed).
+    /// stale before dkms-hook was installed) or broken.
     Sync(JsonArg),
     /// Rebuild the pairs whose last rebuild failed.
     Retry(JsonArg),
@@ -149,8 +153,10 @@ pub enum Command {
     /// kernel. Always exits 0: it never fails the boot.
     Boot,
     /// The login notice (/etc/update-motd.d/90-dkms-hook): one line per pair
-    /// whose rebuild failed or is still queued, from dkms-hook's state alone
-    /// (a few file reads); nothing when all is well. Always exits 0.
+    /// whose rebuild failed, that is still queued, broken, or will not load
+    /// after the reboot (unsigned under Secure Boot, or signed with a key
+    /// not enrolled), from dkms-hook's state alone (a few file reads);
+    /// nothing when all is well. Always exits 0.
     Motd,
     /// Create the state directory and start the dpkg.log cursor at the end (postinst).
     #[command(hide = true)]

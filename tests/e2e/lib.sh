@@ -523,6 +523,23 @@ ko() {  # ko MODULE_FILE KERNEL -> host path of the installed module
 mtime() { stat -c %Y "$1" 2>/dev/null || echo missing; }
 # vermagic_is HOSTPATH K: the module's vermagic (modinfo in the root) is for K.
 vermagic_is() { in_root modinfo -F vermagic "${1#"$E2E_ROOT"}" | grep -q "^$2 "; }
+# signed_agrees JSON MODULE KERNEL FILE: `status --json` (in JSON) says of
+# the pair what kmod's modinfo says of its installed FILE: signed exactly
+# when modinfo finds a signer, and the same signer. Prints what it saw.
+signed_agrees() {
+    local signer
+    signer="$(in_root modinfo -F signer "${4#"$E2E_ROOT"}" 2>/dev/null || true)"
+    /usr/bin/python3 - "$1" "$2" "$3" "$signer" <<'PY'
+import json, sys
+doc, module, kernel, signer = json.load(open(sys.argv[1])), *sys.argv[2:5]
+rows = [p for p in doc["pairs"] if p["module"] == module and p["kernel"] == kernel]
+row = rows[0] if rows else {}
+print("    | status --json: signed=%s signer=%s key_enrolled=%s; modinfo signer=%r"
+      % (row.get("signed"), row.get("signer"), row.get("key_enrolled"), signer))
+ok = row.get("signed") == bool(signer) and (not signer or row.get("signer") == signer)
+sys.exit(0 if ok else 1)
+PY
+}
 sha() { sha256sum "$1" 2>/dev/null | cut -d' ' -f1; }
 installed() {  # installed MODULE KERNEL: dkms status says installed
     in_root dkms status -m "$1" -k "$2" 2>/dev/null | grep -q ': installed'

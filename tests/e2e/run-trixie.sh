@@ -96,6 +96,12 @@ for k in "${FED[@]}"; do
     check "$k: …and so is dkms's built copy (mtime ${B_BEFORE[$k]} → $(mtime "$(built_ko "$k")"))" \
         test "$(mtime "$(built_ko "$k")")" -gt "${B_BEFORE[$k]}"
     check "$k: dkms status says installed" installed acpi-call "$k"
+    check "$k: the rebuilt module's vermagic is for $k" vermagic_is "$(acpi_ko "$k")" "$k"
+done
+sj="$(out)"; in_root dkms-hook status --json > "$sj" 2>/dev/null || true
+for k in "${FED[@]}"; do
+    check "$k: status --json: the signature of acpi_call.ko.xz as modinfo reads it" \
+        signed_agrees "$sj" acpi-call "$k" "$(acpi_ko "$k")"
 done
 check "no dkms-hook failure" lacks "$o" "dkms-hook: FAILED"
 for k in "${OTHER[@]}"; do

@@ -86,6 +86,8 @@ motd="$(out)"; in_root /etc/update-motd.d/90-dkms-hook > "$motd" 2>&1 || true
 sed 's/^/    | /' "$motd"
 check "the login notice names the failed pair" contains "$motd" "dkms-hook: e2e-failmod/1.0 for $OLD failed to rebuild"
 check "dkms-hook status shows acpi-call fresh for $OLD" grep -qE "^acpi-call/[^ ]+ +$OLD +fresh" "$st"
+sj="$(out)"; in_root dkms-hook status --json > "$sj" 2>/dev/null || true
+check "status --json: acpi-call's signature for $OLD as modinfo reads it" signed_agrees "$sj" acpi-call "$OLD" "$ACPI_OLD"
 rm -f "$E2E_ROOT/etc/e2e-failmod-break"
 verdict
 
