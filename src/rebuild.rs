@@ -7,6 +7,13 @@
 //! is ever run on a working pair without a backup that puts it back
 //! byte-identical. Modules run in parallel (`jobs`); the kernels of one module
 //! run in sequence because they share `/var/lib/dkms/M/V/build`.
+//!
+//! dkms installs with `--no-depmod`: `install --force` runs depmod twice
+//! (uninstall, install), and the queue runs it once per pair. Once every
+//! pair is done, each kernel is *settled* once: `depmod -a K`, then
+//! `update-initramfs -u -k K` where a rebuilt module is in the initramfs. A
+//! pair leaves the queue only when its kernel is settled, so a run killed
+//! before that settles it next time.
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
@@ -17,6 +24,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::config::Config;
 use crate::dkms::{built_names, built_time, installed_copies, walk, DKMS_TREE, INSTALL_DIRS};
+use crate::kernel::KernelRelease;
 use crate::name::Keyed;
 use crate::root::{open_regular, CAP_SMALL};
 use crate::state::{at_secs, BuildNote, Failure, QueuedPair, State, STATE_DIR};
@@ -27,6 +35,9 @@ use crate::Error;
 pub const DKMS: &str = "dkms";
 /// `DKMS_HOOK_UPDATE_INITRAMFS` names a stand-in (tests, `--root`).
 pub const UPDATE_INITRAMFS: &str = "update-initramfs";
+/// Rebuilds `modules.dep` of one kernel; `DKMS_HOOK_DEPMOD` names a
+/// stand-in (tests, `--root`).
+pub const DEPMOD: &str = "depmod";
 /// Reads a module's vermagic and signer (`.ko`, `.ko.xz`, `.ko.zst` alike).
 pub const MODINFO: &str = "modinfo";
 /// Copies trees with modes, links and times intact.
@@ -45,7 +56,6 @@ const EXIT_NO_HEADERS: i32 = 21;
 pub enum Outcome {
     Rebuilt {
         seconds: f64,
-        initramfs: bool,
     },
     /// The pair was found already rebuilt (a killed run got that far).
     AlreadyDone,
@@ -61,6 +71,17 @@ pub enum Outcome {
         restored: bool,
         backup: Option<PathBuf>,
     },
+}
+
+/// What settling one kernel did, after all its pairs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settled {
+    pub kernel: KernelRelease,
+    /// `depmod -a K` succeeded: its pairs left the queue.
+    pub depmod: bool,
+    pub initramfs: bool,
+    /// Warnings: a depmod or update-initramfs that failed or was skipped.
+    pub notes: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -83,6 +104,8 @@ pub struct Tools {
     pub modinfo: Option<OsString>,
     /// `DKMS_HOOK_MOKUTIL`: a stand-in for mokutil (tests, `--root`).
     pub mokutil: Option<OsString>,
+    /// `DKMS_HOOK_DEPMOD`: a stand-in for depmod (tests, `--root`).
+    pub depmod: Option<OsString>,
 }
 
 pub struct Executor<'a> {
@@ -90,6 +113,7 @@ pub struct Executor<'a> {
     pub config: &'a Config,
     dkms: OsString,
     update_initramfs: Option<OsString>,
+    depmod: Option<OsString>,
     modinfo: OsString,
     mokutil: Option<OsString>,
     /// Secure Boot and the MOK list, asked once, when a module first needs it.
@@ -130,6 +154,7 @@ impl<'a> Executor<'a> {
             update_initramfs: tools
                 .update_initramfs
                 .or_else(|| host.then(|| UPDATE_INITRAMFS.into())),
+            depmod: tools.depmod.or_else(|| host.then(|| DEPMOD.into())),
             modinfo: tools.modinfo.unwrap_or_else(|| MODINFO.into()),
             mokutil: Firmware::mokutil(state.root(), tools.mokutil),
             firmware: OnceLock::new(),
@@ -138,12 +163,14 @@ impl<'a> Executor<'a> {
     }
 
     /// Run the whole queue. `started` sees each pair as it starts (with its
-    /// number and the total), `report` as it ends; the queue and failures
-    /// are saved after every pair.
+    /// number and the total), `report` as it ends, `settled` each kernel
+    /// once all pairs are done; the queue and failures are saved after every
+    /// pair and every kernel.
     pub fn run_queue(
         &self,
         started: &(dyn Fn(&QueuedPair, usize, usize) + Sync),
         report: &(dyn Fn(&PairResult) + Sync),
+        settled: &(dyn Fn(&Settled) + Sync),
     ) -> Result<Vec<PairResult>, Error> {
         let queue = Mutex::new(self.state.queue()?);
         let failures = Mutex::new(self.state.failures()?);
@@ -194,7 +221,100 @@ impl<'a> Executor<'a> {
         if let Some(e) = save_error.into_inner().map_err(poisoned)? {
             return Err(e);
         }
-        results.into_inner().map_err(poisoned)
+        let results = results.into_inner().map_err(poisoned)?;
+        self.settle_all(&queue, &results, settled)?;
+        Ok(results)
+    }
+
+    /// Settle every kernel that got a new module (or a killed run's one),
+    /// `jobs` at a time, and let its pairs leave the queue.
+    fn settle_all(
+        &self,
+        queue: &Mutex<crate::state::Queue>,
+        results: &[PairResult],
+        settled: &(dyn Fn(&Settled) + Sync),
+    ) -> Result<(), Error> {
+        let mut kernels: Vec<(&KernelRelease, Vec<&QueuedPair>)> = Vec::new();
+        for r in results {
+            if !matches!(r.outcome, Outcome::Rebuilt { .. } | Outcome::AlreadyDone) {
+                continue;
+            }
+            match kernels.iter_mut().find(|(k, _)| *k == &r.pair.kernel) {
+                Some((_, pairs)) => pairs.push(&r.pair),
+                None => kernels.push((&r.pair.kernel, vec![&r.pair])),
+            }
+        }
+        let next = Mutex::new(kernels.into_iter());
+        let save_error: Mutex<Option<Error>> = Mutex::new(None);
+        std::thread::scope(|s| {
+            for _ in 0..self.config.jobs.max(1) {
+                s.spawn(|| loop {
+                    let Some((kernel, pairs)) = next.lock().ok().and_then(|mut n| n.next()) else {
+                        return;
+                    };
+                    let done = self.settle(kernel, &pairs);
+                    settled(&done);
+                    if !done.depmod {
+                        continue; // they stay queued: the next run settles them
+                    }
+                    let saved = queue.lock().map_err(poisoned).and_then(|mut q| {
+                        q.pending
+                            .retain(|x| !pairs.iter().any(|p| p.key() == x.key()));
+                        self.state.save_queue(&q)
+                    });
+                    if let (Err(e), Ok(mut se)) = (saved, save_error.lock()) {
+                        se.get_or_insert(e);
+                    }
+                });
+            }
+        });
+        match save_error.into_inner().map_err(poisoned)? {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// `depmod -a K` once, then `update-initramfs -u -k K` once when one of
+    /// the pairs' modules is in the initramfs.
+    fn settle(&self, kernel: &KernelRelease, pairs: &[&QueuedPair]) -> Settled {
+        let mut done = Settled {
+            kernel: kernel.clone(),
+            depmod: false,
+            initramfs: false,
+            notes: Vec::new(),
+        };
+        match &self.depmod {
+            Some(tool) => {
+                let mut args = vec![OsStr::new("-a"), OsStr::new(kernel.as_str())];
+                // As dkms does: the kernel's symbols, where the image has them.
+                let map = format!("/boot/System.map-{kernel}");
+                let map_host = self.state.root().resolve(&map).ok();
+                if let Some(m) = &map_host {
+                    args.extend([OsStr::new("-F"), m.as_os_str()]);
+                }
+                match self.run(tool, &args, None, None) {
+                    Ran::Exit(0) => done.depmod = true,
+                    Ran::Exit(s) => done.notes.push(format!(
+                        "depmod -a {kernel} exited {s}: its rebuilt modules stay queued and the next run tries again"
+                    )),
+                    Ran::TimedOut => done
+                        .notes
+                        .push(format!("depmod -a {kernel} timed out and was killed")),
+                    Ran::SpawnFailed(e) => done.notes.push(e),
+                }
+            }
+            None => {
+                // Under --root the host's depmod would not act on the root.
+                done.depmod = true;
+                done.notes.push(format!(
+                    "modules.dep of {kernel} was not updated: under --root, depmod would act on the host (name a stand-in with DKMS_HOOK_DEPMOD)"
+                ));
+            }
+        }
+        if self.config.initramfs && pairs.iter().any(|p| self.in_initramfs(p)) {
+            done.initramfs = self.refresh_initramfs(kernel, &mut done.notes);
+        }
+        done
     }
 
     /// Record or clear the pair's failure, and drop it from the queue, except
@@ -237,7 +357,9 @@ impl<'a> Executor<'a> {
         }
         self.state.save_failures(&f)?;
         drop(f);
-        if keep_queued {
+        // Rebuilt pairs leave the queue once their kernel is settled.
+        let settle_first = matches!(r.outcome, Outcome::Rebuilt { .. } | Outcome::AlreadyDone);
+        if keep_queued || settle_first {
             return Ok(());
         }
         let mut q = queue.lock().map_err(poisoned)?;
@@ -401,7 +523,11 @@ impl<'a> Executor<'a> {
             Ran::SpawnFailed(e) => return failed(None, e, None),
         }
         // 4. Install over the working module (dkms copies, then depmod).
-        match self.dkms(p, &["install", "--force"], self.run_log(p, true)) {
+        match self.dkms(
+            p,
+            &["install", "--force", "--no-depmod"],
+            self.run_log(p, true),
+        ) {
             Ran::Exit(0) => {}
             Ran::Exit(s) => return failed(Some(s), format!("dkms install exited {s}"), None),
             Ran::TimedOut => return failed(None, "dkms install timed out".into(), None),
@@ -464,14 +590,12 @@ impl<'a> Executor<'a> {
                 inroot.display()
             ));
         }
-        let initramfs = self.config.initramfs && self.refresh_initramfs(p, notes);
         if backup.is_some() {
             // The new module is in place: the old one is no longer needed.
             let _ = self.state.remove_backup(p);
         }
         Ok(Outcome::Rebuilt {
             seconds: started.elapsed().as_secs_f64(),
-            initramfs,
         })
     }
 
@@ -738,7 +862,10 @@ impl<'a> Executor<'a> {
 
     /// `update-initramfs -u -k K` when the module is part of the initramfs:
     /// dkms.conf says `REMAKE_INITRD=yes`, or initramfs-tools lists it.
-    fn refresh_initramfs(&self, p: &QueuedPair, notes: &mut Vec<String>) -> bool {
+    /// The pair's module goes into the initramfs: dkms.conf says
+    /// `REMAKE_INITRD=yes` or `/etc/initramfs-tools/modules` lists it (and
+    /// the kernel has an initramfs).
+    fn in_initramfs(&self, p: &QueuedPair) -> bool {
         let root = self.state.root();
         if !root.exists(format!("/boot/initrd.img-{}", p.kernel)) {
             return false;
@@ -756,31 +883,30 @@ impl<'a> Executor<'a> {
         let listed = text("/etc/initramfs-tools/modules".into())
             .lines()
             .any(|l| l.split_whitespace().next() == Some(p.module.as_str()));
-        if !(remake || listed) {
-            return false;
-        }
+        remake || listed
+    }
+
+    fn refresh_initramfs(&self, kernel: &KernelRelease, notes: &mut Vec<String>) -> bool {
         let Some(tool) = &self.update_initramfs else {
             notes.push(format!(
-                "the initramfs of {} was not refreshed: under --root, update-initramfs would act on the host (name a stand-in with DKMS_HOOK_UPDATE_INITRAMFS)",
-                p.kernel
+                "the initramfs of {kernel} was not refreshed: under --root, update-initramfs would act on the host (name a stand-in with DKMS_HOOK_UPDATE_INITRAMFS)"
             ));
             return false;
         };
         let args = [
             OsStr::new("-u"),
             OsStr::new("-k"),
-            OsStr::new(p.kernel.as_str()),
+            OsStr::new(kernel.as_str()),
         ];
         match self.run(tool, &args, None, None) {
             Ran::Exit(0) => true,
             Ran::Exit(s) => {
-                notes.push(format!("update-initramfs -u -k {} exited {s}", p.kernel));
+                notes.push(format!("update-initramfs -u -k {kernel} exited {s}"));
                 false
             }
             Ran::TimedOut => {
                 notes.push(format!(
-                    "update-initramfs -u -k {} timed out and was killed",
-                    p.kernel
+                    "update-initramfs -u -k {kernel} timed out and was killed"
                 ));
                 false
             }

@@ -50,6 +50,7 @@ impl Env {
                     .filter(|v| !v.is_empty()),
                 modinfo: std::env::var_os("DKMS_HOOK_MODINFO").filter(|v| !v.is_empty()),
                 mokutil: std::env::var_os("DKMS_HOOK_MOKUTIL").filter(|v| !v.is_empty()),
+                depmod: std::env::var_os("DKMS_HOOK_DEPMOD").filter(|v| !v.is_empty()),
             },
         }
     }
@@ -80,6 +81,7 @@ Environment:
   DKMS_HOOK_DKMS     the dkms program to run (a stand-in, for tests; needed under --root)
   DKMS_HOOK_UPDATE_INITRAMFS  the update-initramfs program to run (under --root it is skipped unless named)
   DKMS_HOOK_MODINFO  the modinfo program that reads a module's vermagic and signer (a stand-in, for tests)
+  DKMS_HOOK_DEPMOD   the depmod program run once per kernel after its rebuilds (under --root it is skipped unless named)
   DKMS_HOOK_MOKUTIL  the mokutil program asked about Secure Boot and dkms's key (a stand-in; under --root it is not run unless named)
 
 Exit status:

@@ -18,7 +18,7 @@ use crate::apt::warned;
 use crate::config::Config;
 use crate::inventory::Inventory;
 use crate::plan::{PairState, Plan};
-use crate::rebuild::{Executor, Outcome, PairResult, Tools};
+use crate::rebuild::{Executor, Outcome, PairResult, Settled, Tools};
 use crate::report::{self, printable, PREFIX};
 use crate::root::Root;
 use crate::state::{QueuedPair, State};
@@ -222,7 +222,7 @@ fn execute(
             ));
         }
     };
-    let results = exec.run_queue(&started, &|r| {
+    let ended = |r: &PairResult| {
         let line = report::result_line(r);
         state.log_line(&line);
         let is_failure = matches!(r.outcome, Outcome::Failed { .. });
@@ -231,13 +231,19 @@ fn execute(
         } else if print && !quiet {
             err(&format!("{PREFIX} {line}"));
         }
-        for n in &r.notes {
-            state.log_line(&format!("warning: {n}"));
-            if print {
-                warn(&format!("{PREFIX} warning: {n}"));
+        say_notes(state, &r.notes, print);
+    };
+    let settled = |k: &Settled| {
+        if k.initramfs {
+            let line = format!("{}: initramfs refreshed", k.kernel);
+            state.log_line(&line);
+            if print && !quiet {
+                err(&format!("{PREFIX} {line}"));
             }
         }
-    })?;
+        say_notes(state, &k.notes, print);
+    };
+    let results = exec.run_queue(&started, &ended, &settled)?;
     let failed = results
         .iter()
         .any(|r| matches!(r.outcome, Outcome::Failed { .. }));
@@ -267,6 +273,16 @@ fn replay(root: &Root, env: &Env, a: &ReplayArgs) -> anyhow::Result<i32> {
         out(&format!("{PREFIX} nothing to rebuild"));
     }
     Ok(code)
+}
+
+/// Warnings of a pair or a kernel: to the log, and to apt's output.
+fn say_notes(state: &State, notes: &[String], print: bool) {
+    for n in notes {
+        state.log_line(&format!("warning: {n}"));
+        if print {
+            warn(&format!("{PREFIX} warning: {n}"));
+        }
+    }
 }
 
 /// Count the run and write node_exporter's textfile (best effort: fleet

@@ -101,15 +101,9 @@ pub fn result_line(r: &PairResult) -> String {
     let p = &r.pair;
     let what = format!("{}/{} for {}", p.module, p.version, p.kernel);
     match &r.outcome {
-        Outcome::Rebuilt { seconds, initramfs } => format!(
-            "rebuilt {what} ({}) in {seconds:.1} s{}",
-            causes(&p.because),
-            if *initramfs {
-                "; initramfs refreshed"
-            } else {
-                ""
-            }
-        ),
+        Outcome::Rebuilt { seconds } => {
+            format!("rebuilt {what} ({}) in {seconds:.1} s", causes(&p.because))
+        }
         Outcome::AlreadyDone => format!("{what} was already rebuilt"),
         Outcome::Skipped { status } => format!(
             "skipped {what}: dkms exited {status} ({})",

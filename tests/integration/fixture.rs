@@ -301,6 +301,10 @@ impl Fixture {
                 Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/integration/fake-modinfo"),
             )
             .env(
+                "DKMS_HOOK_DEPMOD",
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/integration/fake-depmod"),
+            )
+            .env(
                 "DKMS_HOOK_MOKUTIL",
                 Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/integration/fake-mokutil"),
             )

@@ -494,11 +494,9 @@ fn a_dkms_that_prints_100_mb_does_not_grow_the_hook() {
     );
 }
 
-/// Three modules on two kernels, all stale; the hook is SIGKILLed (with its
-/// process group) at 50 pseudo-random points. Between runs every installed
-/// module is present; at the end every pair is rebuilt, none installed twice.
-#[test]
-fn sigkill_at_50_points_loses_nothing_and_installs_nothing_twice() {
+/// Three modules on two kernels, all stale: the next post-invoke rebuilds
+/// six pairs.
+fn three_modules_stale() -> Fixture {
     let (f, second) = before_second_transaction();
     for m in ["mod-b", "mod-c"] {
         for k in ["6.1.0-50-amd64", "6.1.0-56-amd64"] {
@@ -512,6 +510,101 @@ fn sigkill_at_50_points_loses_nothing_and_installs_nothing_twice() {
     );
     f.run(&["post-invoke"]);
     append(&f, "var/log/dpkg.log", &second);
+    f
+}
+
+/// Issue 16.3: dkms installs without depmod; each kernel gets one depmod
+/// after its last pair, and one update-initramfs after that, however many
+/// of its modules are in the initramfs.
+#[test]
+fn depmod_and_update_initramfs_run_once_per_kernel() {
+    let f = three_modules_stale();
+    f.write("boot/initrd.img-6.1.0-50-amd64", "initrd");
+    f.write("etc/initramfs-tools/modules", "mod-b\nmod-c\n");
+    let calls = f.path("initramfs-calls.log");
+    f.write(
+        "bin-stubs/update-initramfs",
+        format!("#!/bin/sh\necho \"$@\" >> {}\n", calls.display()),
+    );
+    std::fs::set_permissions(
+        f.path("bin-stubs/update-initramfs"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let out = f
+        .cmd(&["post-invoke"])
+        .env(
+            "DKMS_HOOK_UPDATE_INITRAMFS",
+            f.path("bin-stubs/update-initramfs"),
+        )
+        .output()
+        .unwrap();
+    let e = stderr(&out);
+    assert_eq!(e.matches("dkms-hook: rebuilt ").count(), 6, "{e}");
+    let mut depmod: Vec<String> = String::from_utf8(f.read("depmod-calls.log"))
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    depmod.sort();
+    assert_eq!(depmod, ["-a 6.1.0-50-amd64", "-a 6.1.0-56-amd64"]);
+    assert_eq!(
+        std::fs::read_to_string(&calls).unwrap(),
+        "-u -k 6.1.0-50-amd64\n"
+    );
+    assert!(
+        e.contains("dkms-hook: 6.1.0-50-amd64: initramfs refreshed"),
+        "{e}"
+    );
+    // The depmod line comes after the kernel's last rebuild line.
+    let last = e.rfind("rebuilt ").unwrap();
+    assert!(e.find("initramfs refreshed").unwrap() > last, "{e}");
+}
+
+/// A run killed after its installs but before depmod leaves the pairs
+/// queued; the next run finds them rebuilt and settles their kernel.
+#[test]
+fn a_run_killed_before_depmod_is_settled_by_the_next() {
+    let f = Fixture::pending();
+    f.fake_dkms("depmod-sleep", "30");
+    let mut child = f.cmd(&["post-invoke"]).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !f.dkms_calls().iter().any(|c| c.starts_with("install")) {
+        assert!(Instant::now() < deadline, "install never ran");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let q = String::from_utf8(f.read("var/lib/dkms-hook/queue.json")).unwrap();
+    assert!(q.contains("6.1.0-50-amd64"), "still queued: {q}");
+    std::fs::remove_file(f.path("fake-dkms/depmod-sleep")).unwrap();
+    let installs = f.dkms_calls().len();
+    let out = f.run(&["post-invoke"]);
+    assert!(
+        stderr(&out).contains("was already rebuilt"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        f.dkms_calls().len(),
+        installs,
+        "nothing built or installed again"
+    );
+    assert_eq!(
+        String::from_utf8(f.read("depmod-calls.log")).unwrap(),
+        "-a 6.1.0-50-amd64\n"
+    );
+    let q = String::from_utf8(f.read("var/lib/dkms-hook/queue.json")).unwrap();
+    assert!(!q.contains("6.1.0-50-amd64"), "{q}");
+}
+
+/// Three modules on two kernels, all stale; the hook is SIGKILLed (with its
+/// process group) at 50 pseudo-random points. Between runs every installed
+/// module is present; at the end every pair is rebuilt, none installed twice.
+#[test]
+fn sigkill_at_50_points_loses_nothing_and_installs_nothing_twice() {
+    let f = three_modules_stale();
     f.fake_dkms("sleep", "0.05");
     let installed: Vec<String> = ["acpi_call", "mod_b", "mod_c"]
         .iter()
