@@ -206,7 +206,8 @@ impl Firmware {
     /// not asked).
     pub fn read(root: &Root, mokutil: Option<&OsStr>) -> Firmware {
         let mut fw = Firmware {
-            secure_boot: mokutil.and_then(|m| sb_state(&ask(root, m, &["--sb-state"])?)),
+            secure_boot: mokutil
+                .and_then(|m| sb_state(&ask(root, m, &[OsStr::new("--sb-state")])?)),
             ..Firmware::default()
         };
         if fw.secure_boot.is_none() {
@@ -234,19 +235,28 @@ impl Firmware {
     }
 }
 
-/// mokutil's answer (stdout and stderr), `None` when it cannot run.
-fn ask(root: &Root, mokutil: &OsStr, args: &[impl AsRef<OsStr>]) -> Option<String> {
-    let args: Vec<&OsStr> = args.iter().map(AsRef::as_ref).collect();
-    let out = duct::cmd(mokutil, args)
+/// What a read-only tool prints on stdout, and whether it exited 0; `None`
+/// when it cannot run.
+fn answer(root: &Root, program: &OsStr, args: &[&OsStr]) -> Option<(bool, String)> {
+    let out = duct::cmd(program, args)
         .env("DKMS_HOOK_ROOT", root.dir())
         .stdin_null()
-        .stderr_to_stdout()
+        .stderr_null()
         .stdout_capture()
         .unchecked()
         .run()
-        .map_err(|e| log::debug!("cannot run {}: {e}", mokutil.to_string_lossy()))
+        .map_err(|e| log::debug!("cannot run {}: {e}", program.to_string_lossy()))
         .ok()?;
-    Some(String::from_utf8_lossy(&out.stdout).into_owned())
+    Some((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    ))
+}
+
+/// mokutil's answer, whatever its exit status (`--test-key` exits 1 for an
+/// enrolled key).
+fn ask(root: &Root, mokutil: &OsStr, args: &[&OsStr]) -> Option<String> {
+    answer(root, mokutil, args).map(|(_, text)| text)
 }
 
 fn sb_state(answer: &str) -> Option<bool> {
@@ -418,17 +428,9 @@ fn check_pair(root: &Root, pair: &Pair) -> Option<Check> {
 /// is given, so it also runs under `--root`.
 pub fn modinfo_field(root: &Root, modinfo: &OsStr, file: &Path, field: &str) -> Option<String> {
     let args = [OsStr::new("-F"), OsStr::new(field), file.as_os_str()];
-    let out = duct::cmd(modinfo, args)
-        .env("DKMS_HOOK_ROOT", root.dir())
-        .stdin_null()
-        .stderr_null()
-        .stdout_capture()
-        .unchecked()
-        .run()
-        .map_err(|e| log::debug!("cannot run {}: {e}", modinfo.to_string_lossy()))
-        .ok()?;
-    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    (out.status.success() && !text.is_empty()).then_some(text)
+    let (ok, text) = answer(root, modinfo, &args)?;
+    let text = text.trim();
+    (ok && !text.is_empty()).then(|| text.to_string())
 }
 
 /// The warning for an unsigned module where signatures are enforced: it

@@ -568,21 +568,8 @@ fn a_hanging_update_initramfs_is_killed() {
     f.write("boot/initrd.img-6.1.0-50-amd64", "initrd");
     f.write("etc/initramfs-tools/modules", "acpi-call\n");
     f.write("etc/dkms/dkms-hook.conf", "build_timeout=1\n");
-    f.write("bin-stubs/update-initramfs", "#!/bin/sh\nsleep 600\n");
-    std::fs::set_permissions(
-        f.path("bin-stubs/update-initramfs"),
-        std::fs::Permissions::from_mode(0o755),
-    )
-    .unwrap();
     let started = Instant::now();
-    let out = f
-        .cmd(&["post-invoke"])
-        .env(
-            "DKMS_HOOK_UPDATE_INITRAMFS",
-            f.path("bin-stubs/update-initramfs"),
-        )
-        .output()
-        .unwrap();
+    let out = f.run_with_update_initramfs(&["post-invoke"], "#!/bin/sh\nsleep 600\n");
     assert!(started.elapsed() < Duration::from_secs(30));
     let e = stderr(&out);
     assert!(

@@ -288,26 +288,19 @@ impl Fixture {
     /// recording dkms stand-in.
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_dkms-hook"));
+        let here = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/integration");
+        for (var, stand_in) in [
+            ("DKMS_HOOK_DKMS", "fake-dkms"),
+            ("DKMS_HOOK_MODINFO", "fake-modinfo"),
+            ("DKMS_HOOK_DEPMOD", "fake-depmod"),
+            ("DKMS_HOOK_MOKUTIL", "fake-mokutil"),
+        ] {
+            c.env(var, here.join(stand_in));
+        }
         c.arg("--root")
             .arg(self.dir.path())
             .args(args)
             .env("TZ", "UTC")
-            .env(
-                "DKMS_HOOK_DKMS",
-                Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/integration/fake-dkms"),
-            )
-            .env(
-                "DKMS_HOOK_MODINFO",
-                Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/integration/fake-modinfo"),
-            )
-            .env(
-                "DKMS_HOOK_DEPMOD",
-                Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/integration/fake-depmod"),
-            )
-            .env(
-                "DKMS_HOOK_MOKUTIL",
-                Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/integration/fake-mokutil"),
-            )
             .env_remove("DKMS_HOOK_ROOT")
             .env_remove("DKMS_HOOK_SUSPEND")
             .env_remove("DKMS_HOOK_LOG");
@@ -316,6 +309,19 @@ impl Fixture {
 
     pub fn run(&self, args: &[&str]) -> Output {
         self.cmd(args).output().unwrap()
+    }
+
+    /// [`Fixture::run`] with a shell script as update-initramfs (named, as
+    /// under `--root` it must be). [`RECORD_INITRAMFS`] records the calls.
+    pub fn run_with_update_initramfs(&self, args: &[&str], script: &str) -> Output {
+        use std::os::unix::fs::PermissionsExt;
+        let stub = self.path("bin-stubs/update-initramfs");
+        self.write("bin-stubs/update-initramfs", script);
+        fs::set_permissions(&stub, fs::Permissions::from_mode(0o755)).unwrap();
+        self.cmd(args)
+            .env("DKMS_HOOK_UPDATE_INITRAMFS", stub)
+            .output()
+            .unwrap()
     }
 
     /// A shell named `apt` stands in for apt: the hooks are its children, as
@@ -455,35 +461,30 @@ pub fn assert_says(out: &Output, code: i32, text: &str) {
 
 /// `module/version @ kernel` of each rebuild in a JSON plan.
 pub fn rebuilds(plan: &serde_json::Value) -> Vec<String> {
-    plan["rebuilds"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            format!(
-                "{}/{} @ {}",
-                r["module"].as_str().unwrap(),
-                r["version"].as_str().unwrap(),
-                r["kernel"].as_str().unwrap()
-            )
-        })
-        .collect()
+    pair_labels(&plan["rebuilds"], None)
 }
 
 /// `module/version @ kernel: reason` of each skipped pair.
 pub fn skipped(plan: &serde_json::Value) -> Vec<String> {
-    plan["skipped"]
-        .as_array()
+    pair_labels(&plan["skipped"], Some("reason"))
+}
+
+fn pair_labels(list: &serde_json::Value, extra: Option<&str>) -> Vec<String> {
+    let text = |r: &serde_json::Value, k: &str| r[k].as_str().unwrap().to_string();
+    list.as_array()
         .unwrap()
         .iter()
         .map(|r| {
-            format!(
-                "{}/{} @ {}: {}",
-                r["module"].as_str().unwrap(),
-                r["version"].as_str().unwrap(),
-                r["kernel"].as_str().unwrap(),
-                r["reason"].as_str().unwrap()
-            )
+            let label = format!(
+                "{}/{} @ {}",
+                text(r, "module"),
+                text(r, "version"),
+                text(r, "kernel")
+            );
+            match extra {
+                Some(k) => format!("{label}: {}", text(r, k)),
+                None => label,
+            }
         })
         .collect()
 }
@@ -506,6 +507,10 @@ pub fn limit_address_space(cmd: &mut Command, bytes: u64) {
 }
 
 /// Give the child `fd` as descriptor 3, as apt passes its hook socket.
+/// An update-initramfs that records its arguments in `initramfs-calls.log`.
+pub const RECORD_INITRAMFS: &str =
+    "#!/bin/sh\necho \"$@\" >> \"$DKMS_HOOK_ROOT/initramfs-calls.log\"\n";
+
 /// Runs `cmd` with `input` on its stdin; stdout and stderr are captured.
 pub fn feed(mut cmd: Command, input: impl AsRef<[u8]>) -> Output {
     use std::io::Write;

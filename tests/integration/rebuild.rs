@@ -4,7 +4,7 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use crate::fixture::{assert_rebuilt, assert_says, Fixture};
+use crate::fixture::{assert_rebuilt, assert_says, Fixture, RECORD_INITRAMFS};
 
 const OLD_KO: &str = "usr/lib/modules/6.1.0-50-amd64/updates/dkms/acpi_call.ko";
 const NEW_KO: &str = "usr/lib/modules/6.1.0-56-amd64/updates/dkms/acpi_call.ko";
@@ -522,23 +522,7 @@ fn depmod_and_update_initramfs_run_once_per_kernel() {
     f.write("boot/initrd.img-6.1.0-50-amd64", "initrd");
     f.write("etc/initramfs-tools/modules", "mod-b\nmod-c\n");
     let calls = f.path("initramfs-calls.log");
-    f.write(
-        "bin-stubs/update-initramfs",
-        format!("#!/bin/sh\necho \"$@\" >> {}\n", calls.display()),
-    );
-    std::fs::set_permissions(
-        f.path("bin-stubs/update-initramfs"),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
-    let out = f
-        .cmd(&["post-invoke"])
-        .env(
-            "DKMS_HOOK_UPDATE_INITRAMFS",
-            f.path("bin-stubs/update-initramfs"),
-        )
-        .output()
-        .unwrap();
+    let out = f.run_with_update_initramfs(&["post-invoke"], RECORD_INITRAMFS);
     let e = stderr(&out);
     assert_eq!(e.matches("dkms-hook: rebuilt ").count(), 6, "{e}");
     let mut depmod: Vec<String> = String::from_utf8(f.read("depmod-calls.log"))
@@ -689,23 +673,8 @@ fn a_module_in_the_initramfs_gets_it_refreshed() {
     // A recording update-initramfs, named as under --root it must be.
     let f = setup();
     let calls = f.path("initramfs-calls.log");
-    f.write(
-        "bin-stubs/update-initramfs",
-        format!("#!/bin/sh\necho \"$@\" >> {}\n", calls.display()),
-    );
-    std::fs::set_permissions(
-        f.path("bin-stubs/update-initramfs"),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
-    let out = f
-        .cmd(&["replay", f.path("var/log/dpkg.log").to_str().unwrap()])
-        .env(
-            "DKMS_HOOK_UPDATE_INITRAMFS",
-            f.path("bin-stubs/update-initramfs"),
-        )
-        .output()
-        .unwrap();
+    let log = f.path("var/log/dpkg.log");
+    let out = f.run_with_update_initramfs(&["replay", log.to_str().unwrap()], RECORD_INITRAMFS);
     assert!(
         stderr(&out).contains("initramfs refreshed"),
         "{}",
