@@ -64,6 +64,6 @@ printf '| replay --dry-run of a %d MB log | %s s (%.0f MB/s), wc -l: %s s; peak 
 if [ $short = no ]; then bash "$here/dkms-status.sh" "$bin" || true; fi
 # 7. The rebuild itself against a naive dkms loop, on a real root (root, e2e
 # base cached; one round in the smoke run).
-if [ $short = yes ]; then bash "$here/rebuild.sh" "$bin" 1; else bash "$here/rebuild.sh" "$bin" 3 || true; fi
+if [ $short = yes ]; then bash "$here/rebuild.sh" "$bin" 1; else bash "$here/rebuild.sh" "$bin" 3 --kernel-tree || true; fi
 # 8. Preflight's overhead over a plain dkms build (full run, a built .deb).
 if [ $short = no ] && [ -n "${DKMS_HOOK_DEB:-}" ]; then bash "$here/preflight.sh" || true; fi
