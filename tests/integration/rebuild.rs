@@ -545,6 +545,26 @@ fn depmod_and_update_initramfs_run_once_per_kernel() {
     assert!(e.find("initramfs refreshed").unwrap() > last, "{e}");
 }
 
+/// Under `--root` the host's depmod is never run: without a stand-in the
+/// kernel is settled with a warning (its pairs leave the queue).
+#[test]
+fn under_root_depmod_runs_only_as_a_named_stand_in() {
+    let f = Fixture::pending();
+    let out = f
+        .cmd(&["post-invoke"])
+        .env_remove("DKMS_HOOK_DEPMOD")
+        .output()
+        .unwrap();
+    assert_says(
+        &out,
+        0,
+        "warning: modules.dep of 6.1.0-50-amd64 was not updated: under --root, depmod would act on the host",
+    );
+    assert!(!f.path("depmod-calls.log").exists());
+    let q = String::from_utf8(f.read("var/lib/dkms-hook/queue.json")).unwrap();
+    assert!(!q.contains("6.1.0-50-amd64"), "{q}");
+}
+
 /// A run killed after its installs but before depmod leaves the pairs
 /// queued; the next run finds them rebuilt and settles their kernel.
 #[test]
