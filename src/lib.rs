@@ -11,14 +11,18 @@
 //!    packages from dpkg's file lists ([`dpkg`]), dkms pairs ([`dkms`]), all
 //!    read through one [`root::Root`] → [`inventory::Inventory`].
 //! 3. **The decision**: [`plan::plan`], a pure function → [`plan::Plan`]
-//!    (rebuilds, skips, warnings); [`plan::assess`] for `status`.
+//!    (rebuilds, skips, warnings); [`plan::assess`] for `status`, with
+//!    [`verify::judge`] adding what the installed module files say
+//!    (`broken`, signatures, Secure Boot).
 //! 4. **The queue**: [`intake`] persists the plan's rebuilds as
 //!    [`state::QueuedPair`]s before the dpkg.log cursor moves ([`state`],
 //!    through the no-follow [`state_dir`]).
-//! 5. **The work**: [`rebuild::Executor`] runs the safe rebuild per pair →
-//!    [`rebuild::PairResult`].
+//! 5. **The work**: [`rebuild::Executor`] runs the safe rebuild per pair
+//!    (checked by [`verify`]) → [`rebuild::PairResult`], then settles each
+//!    kernel once (depmod, initramfs) → [`rebuild::Settled`].
 //! 6. **What the admin sees**: [`report`] renders lines and JSON; [`cli`] is
-//!    the one place that prints and chooses exit statuses.
+//!    the one place that prints and chooses exit statuses; [`metrics`] keeps
+//!    the node_exporter textfile and the login notice's findings.
 //!
 //! Names read anywhere become the checked types of [`name`] first.
 

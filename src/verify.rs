@@ -312,7 +312,7 @@ impl Check {
 /// installs (`kernel/` is the kernel's own, thousands of files).
 const STATUS_DIRS: &[&str] = &["updates", "extra"];
 
-/// What `status`, `sync`, boot and the textfile add to [`plan::assess`]:
+/// What `status`, `sync`, boot and the textfile add to [`crate::plan::assess`]:
 /// each installed pair's module file is read; a vermagic naming another
 /// kernel makes a fresh or stale pair `broken` (it would not load). Signers
 /// come from `modinfo` and the firmware from `mokutil` (see [`Firmware`]).
