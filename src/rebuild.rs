@@ -186,41 +186,29 @@ impl<'a> Executor<'a> {
         }
         let total: usize = modules.iter().map(Vec::len).sum();
         let count = std::sync::atomic::AtomicUsize::new(0);
-        let next = Mutex::new(modules.into_iter());
         let results = Mutex::new(Vec::new());
-        let save_error: Mutex<Option<Error>> = Mutex::new(None);
-        std::thread::scope(|s| {
-            for _ in 0..self.config.jobs.max(1) {
-                s.spawn(|| loop {
-                    let Some(group) = next.lock().ok().and_then(|mut n| n.next()) else {
-                        return;
-                    };
-                    for pair in group {
-                        let n = count.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
-                        started(&pair, n, total);
-                        let mut notes = Vec::new();
-                        let outcome = self.rebuild(&pair, &mut notes);
-                        let r = PairResult {
-                            pair: pair.clone(),
-                            outcome,
-                            notes,
-                        };
-                        report(&r);
-                        if let Err(e) = self.finish(&queue, &failures, &r) {
-                            if let Ok(mut se) = save_error.lock() {
-                                se.get_or_insert(e);
-                            }
-                        }
-                        if let Ok(mut v) = results.lock() {
-                            v.push(r);
-                        }
-                    }
-                });
+        in_parallel(self.config.jobs, modules, |group| {
+            let mut saved = Ok(());
+            for pair in group {
+                let n = count.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                started(&pair, n, total);
+                let mut notes = Vec::new();
+                let outcome = self.rebuild(&pair, &mut notes);
+                let r = PairResult {
+                    pair: pair.clone(),
+                    outcome,
+                    notes,
+                };
+                report(&r);
+                if let Err(e) = self.finish(&queue, &failures, &r) {
+                    saved = saved.and(Err(e));
+                }
+                if let Ok(mut v) = results.lock() {
+                    v.push(r);
+                }
             }
-        });
-        if let Some(e) = save_error.into_inner().map_err(poisoned)? {
-            return Err(e);
-        }
+            saved
+        })?;
         let results = results.into_inner().map_err(poisoned)?;
         self.settle_all(&queue, &results, settled)?;
         Ok(results)
@@ -244,34 +232,17 @@ impl<'a> Executor<'a> {
                 None => kernels.push((&r.pair.kernel, vec![&r.pair])),
             }
         }
-        let next = Mutex::new(kernels.into_iter());
-        let save_error: Mutex<Option<Error>> = Mutex::new(None);
-        std::thread::scope(|s| {
-            for _ in 0..self.config.jobs.max(1) {
-                s.spawn(|| loop {
-                    let Some((kernel, pairs)) = next.lock().ok().and_then(|mut n| n.next()) else {
-                        return;
-                    };
-                    let done = self.settle(kernel, &pairs);
-                    settled(&done);
-                    if !done.depmod {
-                        continue; // they stay queued: the next run settles them
-                    }
-                    let saved = queue.lock().map_err(poisoned).and_then(|mut q| {
-                        q.pending
-                            .retain(|x| !pairs.iter().any(|p| p.key() == x.key()));
-                        self.state.save_queue(&q)
-                    });
-                    if let (Err(e), Ok(mut se)) = (saved, save_error.lock()) {
-                        se.get_or_insert(e);
-                    }
-                });
+        in_parallel(self.config.jobs, kernels, |(kernel, pairs)| {
+            let done = self.settle(kernel, &pairs);
+            settled(&done);
+            if !done.depmod {
+                return Ok(()); // they stay queued: the next run settles them
             }
-        });
-        match save_error.into_inner().map_err(poisoned)? {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
+            let mut q = queue.lock().map_err(poisoned)?;
+            q.pending
+                .retain(|x| !pairs.iter().any(|p| p.key() == x.key()));
+            self.state.save_queue(&q)
+        })
     }
 
     /// `depmod -a K` once, then `update-initramfs -u -k K` once when one of
@@ -916,6 +887,33 @@ impl<'a> Executor<'a> {
             }
         }
     }
+}
+
+/// Runs `work` on each item, `jobs` threads at a time; every item is
+/// worked on, and the first error is returned at the end.
+fn in_parallel<T: Send>(
+    jobs: usize,
+    items: Vec<T>,
+    work: impl Fn(T) -> Result<(), Error> + Sync,
+) -> Result<(), Error> {
+    let next = Mutex::new(items.into_iter());
+    let first_error: Mutex<Option<Error>> = Mutex::new(None);
+    std::thread::scope(|s| {
+        for _ in 0..jobs.max(1) {
+            s.spawn(|| loop {
+                let Some(item) = next.lock().ok().and_then(|mut n| n.next()) else {
+                    return;
+                };
+                if let (Err(e), Ok(mut first)) = (work(item), first_error.lock()) {
+                    first.get_or_insert(e);
+                }
+            });
+        }
+    });
+    first_error
+        .into_inner()
+        .map_err(poisoned)?
+        .map_or(Ok(()), Err)
 }
 
 fn poisoned<T>(_: T) -> Error {
