@@ -125,7 +125,9 @@ pub fn queue_from_dpkg_log(root: &Root, state: &State, cfg: &Config) -> Result<P
         return Ok(Plan::default());
     }
     let changes = set.finish();
-    let plan = plan_changes(root, &changes, cfg)?;
+    let inv = Inventory::for_changes(root, &changes)?;
+    let mut plan = plan::plan(&changes, &inv, cfg);
+    plan.warnings.splice(0..0, inv.warnings);
     enqueue(state, &plan)?;
     // Only now, with the queue safe on disk, move past these changes.
     if let Some((path, offset)) = end {
@@ -133,6 +135,14 @@ pub fn queue_from_dpkg_log(root: &Root, state: &State, cfg: &Config) -> Result<P
             c.offset = offset;
             c.fingerprint = state::fingerprint(&path, offset).unwrap_or(0);
             state.save_cursor(&c)?;
+        }
+    }
+    // dpkg changed packages: bring the file-list cache up to date for the
+    // users' `status` (reading only the lists that changed). Root only: a
+    // user's run never writes it.
+    if read > 0 && rustix::process::geteuid().is_root() {
+        if let Err(e) = crate::kernel::refresh_list_cache(root, &inv.kernels) {
+            log::debug!("file-list cache not refreshed: {e}");
         }
     }
     Ok(plan)
