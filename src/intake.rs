@@ -138,10 +138,10 @@ pub fn queue_from_dpkg_log(root: &Root, state: &State, cfg: &Config) -> Result<P
         }
     }
     // dpkg changed packages: bring the file-list cache up to date for the
-    // users' `status` (reading only the lists that changed). Root only: a
-    // user's run never writes it.
+    // users' `status` (looking at the changed packages' lists only). Root
+    // only: a user's run never writes it.
     if read > 0 && rustix::process::geteuid().is_root() {
-        if let Err(e) = crate::kernel::refresh_list_cache(root, &inv.kernels) {
+        if let Err(e) = crate::kernel::refresh_list_cache(root, &inv.kernels, &changes) {
             log::debug!("file-list cache not refreshed: {e}");
         }
     }

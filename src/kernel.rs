@@ -374,11 +374,73 @@ pub fn find_inputs_cached(
     Ok(inputs_of(root, kernels, candidates, &found))
 }
 
-/// Refresh the file-list cache after dpkg changed packages (post-invoke and
-/// boot, as root): only the lists that changed are read.
-pub fn refresh_list_cache(root: &Root, kernels: &[Kernel]) -> Result<(), Error> {
-    let lists = dpkg::all_lists(root)?;
-    find_inputs_cached(root, kernels, &lists, CacheUse::Refresh).map(drop)
+/// Bring the file-list cache up to date after dpkg changed the packages of
+/// `changed` (post-invoke and boot, as root): dpkg rewrote or removed just
+/// their lists, so only those are stat'ed, and read if they differ from
+/// their entries. Stat'ing every list instead cost post-invoke 6.5 ms on
+/// 2,000 packages. Without a usable cache (none yet, or a kernel came or
+/// went) every list is read once. What this misses (a list changed behind
+/// dpkg's back) costs nothing but time: every reader stats every list.
+pub fn refresh_list_cache(
+    root: &Root,
+    kernels: &[Kernel],
+    changed: &[crate::change::Change],
+) -> Result<(), Error> {
+    let Some(mut cache) = list_cache::load(root, kernels) else {
+        let lists = dpkg::all_lists(root)?;
+        return find_inputs_cached(root, kernels, &lists, CacheUse::Refresh).map(drop);
+    };
+    let info = root
+        .resolve(dpkg::INFO_DIR)
+        .map_err(|e| Error::io(Path::new(dpkg::INFO_DIR), e))?;
+    let mut candidates = Vec::new();
+    let mut gone = Vec::new();
+    for c in changed {
+        let arch = c.architecture.as_deref().filter(|a| dpkg::valid_arch(a));
+        for a in [arch, None] {
+            let name = match a {
+                Some(a) => format!("{}:{a}.list", c.package),
+                None => format!("{}.list", c.package),
+            };
+            let path = info.join(&name);
+            if std::fs::symlink_metadata(&path).is_ok() {
+                candidates.push((c.package.clone(), a.map(str::to_string), path));
+            } else {
+                gone.push(name);
+            }
+        }
+    }
+    candidates.sort();
+    candidates.dedup();
+    let names: Vec<&str> = candidates
+        .iter()
+        .map(|c| list_name(&c.2).unwrap_or_default())
+        .collect();
+    let found = scan_lists(kernels, &candidates, Some(&cache.lookup(&names)), true)?;
+    let mut upserts = Vec::new();
+    let mut keep = vec![false; names.len()];
+    for f in &found {
+        keep[f.index] = true;
+        if let (false, Some(meta)) = (f.hit, f.meta) {
+            upserts.push(list_cache::Entry {
+                name: names[f.index].to_string(),
+                meta,
+                roles: f.roles.clone(),
+            });
+        }
+    }
+    // Lists that are gone, or are no regular files any more.
+    let removed: Vec<&str> = names
+        .iter()
+        .zip(&keep)
+        .filter(|(_, k)| !**k)
+        .map(|(n, _)| *n)
+        .chain(gone.iter().map(String::as_str))
+        .collect();
+    if cache.update(upserts, &removed) {
+        list_cache::save(root, &cache)?;
+    }
+    Ok(())
 }
 
 fn list_name(path: &Path) -> Option<&str> {

@@ -146,6 +146,39 @@ impl ListCache {
         }
     }
 
+    /// Replace or add the entries `upserts` and drop those named in
+    /// `removed`, keeping `dpkg::all_lists`'s order. Whether anything
+    /// changed.
+    pub fn update(&mut self, upserts: Vec<Entry>, removed: &[&str]) -> bool {
+        let before = self.entries.len();
+        self.entries.retain(|e| !removed.contains(&e.name.as_str()));
+        let mut changed = self.entries.len() != before;
+        let index: HashMap<String, usize> = self
+            .entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.name.clone(), i))
+            .collect();
+        for u in upserts {
+            match index.get(&u.name) {
+                Some(&i) if self.entries[i] == u => {}
+                Some(&i) => {
+                    self.entries[i] = u;
+                    changed = true;
+                }
+                None => {
+                    self.entries.push(u);
+                    changed = true;
+                }
+            }
+        }
+        if changed {
+            self.entries
+                .sort_by(|a, b| order_key(&a.name).cmp(&order_key(&b.name)));
+        }
+        changed
+    }
+
     pub fn len(&self) -> usize {
         self.entries.len()
     }
@@ -214,6 +247,16 @@ impl ListCache {
             return Err("a list is named twice".into());
         }
         Ok(ListCache { trees, entries })
+    }
+}
+
+/// Where a list's file name sorts in `dpkg::all_lists`: by package, then
+/// architecture (none first).
+fn order_key(name: &str) -> (&str, Option<&str>, &str) {
+    let stem = name.strip_suffix(".list").unwrap_or(name);
+    match stem.split_once(':') {
+        Some((p, a)) => (p, Some(a), name),
+        None => (stem, None, name),
     }
 }
 
@@ -395,6 +438,34 @@ mod tests {
         assert!(removed
             .get(0, "libfoo1:amd64.list", &Meta { ino: 13, ..m })
             .is_some());
+    }
+
+    #[test]
+    fn updates_keep_the_order_of_the_listing() {
+        let mut c = sample();
+        let m = c.entries[0].meta;
+        let e = |name: &str| Entry {
+            name: name.into(),
+            meta: m,
+            roles: vec![],
+        };
+        assert!(!c.update(vec![c.entries[0].clone()], &[]));
+        assert!(c.update(
+            vec![e("a.list"), e("libfoo1.list"), e("zz:i386.list")],
+            &["linux-kbuild-6.1.list"]
+        ));
+        let names: Vec<&str> = c.entries.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "a.list",
+                "libfoo1.list",
+                "libfoo1:amd64.list",
+                "zz:i386.list"
+            ]
+        );
+        assert!(c.lookup(&names).same_listing());
+        assert!(!c.update(vec![], &["gone.list"]));
     }
 
     #[test]

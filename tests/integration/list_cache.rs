@@ -193,3 +193,35 @@ fn post_invoke_as_root_refreshes_the_cache() {
         );
     }
 }
+
+/// After dpkg changed packages, post-invoke looks at their lists only: the
+/// cache then holds what the lists say, and every list is a hit again.
+#[test]
+fn the_changed_packages_lists_are_refreshed() {
+    use dkms_hook::change::Change;
+    use dkms_hook::dpkg::PackageName;
+    let f = Fixture::sample();
+    let root = Root::new(f.dir.path());
+    write_cache(&f);
+    std::fs::write(f.path("var/lib/dpkg/info/linux-kbuild-6.1.list"), "/.\n").unwrap();
+    std::fs::remove_file(f.path("var/lib/dpkg/info/hello.list")).unwrap();
+    let changed: Vec<Change> = ["linux-kbuild-6.1", "hello"]
+        .iter()
+        .map(|p| {
+            Change::planned(
+                PackageName::new(p).unwrap(),
+                Some("amd64".into()),
+                None,
+                None,
+            )
+        })
+        .collect();
+    let kernels = Inventory::full_with(&root, CacheUse::Read).unwrap().kernels;
+    dkms_hook::kernel::refresh_list_cache(&root, &kernels, &changed).unwrap();
+    let o = agrees_with_the_lists(&f);
+    assert!(
+        stderr(&o).contains("11 of 11 lists from the cache"),
+        "{}",
+        stderr(&o)
+    );
+}
