@@ -257,6 +257,7 @@ fn parse_lines(
 /// lines of a real log are `status`, `configure` and `trigproc` lines of
 /// packages with nothing pending. Anything unusual (NUL bytes, a short line,
 /// an unknown action) is left to [`parse_dpkg_line`].
+#[inline]
 fn skippable(line: &[u8], set: &ChangeSet) -> bool {
     // "YYYY-MM-DD HH:MM:SS " is 20 bytes; the action follows.
     if line.first() == Some(&0) {
@@ -289,18 +290,38 @@ fn skippable(line: &[u8], set: &ChangeSet) -> bool {
     let args = &args[from..];
     // Most names are rejected on their first eight bytes, gathered without
     // searching the line for the word's end.
-    let mut head = [0u8; 8];
-    for (d, &c) in head.iter_mut().zip(args) {
-        if c == b' ' || c == b':' {
-            break;
-        }
-        *d = c;
-    }
-    if !set.may_want_prefix(u64::from_le_bytes(head)) {
+    if !set.may_want_prefix(name_head(args)) {
         return true;
     }
     let pkg = &args[..args.iter().position(|&c| c == b' ').unwrap_or(args.len())];
     !set.may_want(pkg)
+}
+
+/// The first eight bytes of `args` up to the first space or colon, as
+/// [`ChangeSet::may_want_prefix`] takes them: zero-padded, little-endian.
+/// Branch-free on a whole word: a byte loop here cost a tenth of a replay.
+fn name_head(args: &[u8]) -> u64 {
+    let Some(word) = args.first_chunk::<8>() else {
+        let mut head = [0u8; 8];
+        for (d, &c) in head.iter_mut().zip(args) {
+            if c == b' ' || c == b':' {
+                break;
+            }
+            *d = c;
+        }
+        return u64::from_le_bytes(head);
+    };
+    const LOW: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+    let w = u64::from_le_bytes(*word);
+    // High bit of each byte of `zero(x)`: that byte of x is zero (exact, no
+    // carries between bytes).
+    let zero = |x: u64| !(((x & LOW).wrapping_add(LOW)) | x | LOW);
+    let stops = zero(w ^ 0x2020_2020_2020_2020) | zero(w ^ 0x3a3a_3a3a_3a3a_3a3a);
+    // Keep the bytes below the first stop.
+    match stops.trailing_zeros() {
+        64 => w,
+        bit => w & ((1u64 << (bit - 7)) - 1),
+    }
 }
 
 /// The offsets of the newlines in `buf`, found 64 bytes at a time as a bit
@@ -903,5 +924,40 @@ End-Date: 2026-11-23  20:57:41\n",
             line("status installed libfoo:amd64 1.0").as_bytes(),
             &set
         ));
+    }
+
+    #[test]
+    fn name_heads_stop_at_space_or_colon() {
+        let slow = |args: &[u8]| {
+            let mut head = [0u8; 8];
+            for (d, &c) in head.iter_mut().zip(args) {
+                if c == b' ' || c == b':' {
+                    break;
+                }
+                *d = c;
+            }
+            u64::from_le_bytes(head)
+        };
+        for args in [
+            &b"linux-kbuild-6.1:amd64 1 2"[..],
+            b"gcc-12:amd64 1 2",
+            b"ok 1 2",
+            b"ok",
+            b"",
+            b":x",
+            b" x",
+            b"abcdefgh",
+            b"abcdefg:",
+            b"abcdefghij",
+            b"\xff\xa0\xba\x80 x",
+            b"\0\0\0\0\0\0\0\0\0",
+        ] {
+            assert_eq!(
+                name_head(args),
+                slow(args),
+                "{:?}",
+                String::from_utf8_lossy(args)
+            );
+        }
     }
 }
