@@ -23,15 +23,22 @@ bench() { # name, command...
     hyperfine -N "${runs[@]}" --export-json "$work/h.json" "$@" >/dev/null 2>&1 || hyperfine -N "${runs[@]}" "$@"
     printf '| %s | %s ms |\n' "$name" "$(median "$work/h.json")"
 }
-pair() { # name, command, reference command: both in one hyperfine run (the
-    # machine is noisy), medians and their ratio.
-    local name=$1
-    hyperfine -N "${runs[@]}" --export-json "$work/h.json" "$2" "$3" >/dev/null 2>&1 || hyperfine -N "${runs[@]}" "$2" "$3"
-    python3 - "$work/h.json" "$name" <<'PY'
-import json, sys
-r = json.load(open(sys.argv[1]))["results"]
-a, b = (x["median"] * 1000 for x in r)
-print("| %s | %.1f ms vs %.1f ms: %.2f× |" % (sys.argv[2], a, b, a / b))
+pair() { # name, command, reference command: run alternately (the machine is
+    # noisy, and hyperfine would time one after the other), medians and ratio.
+    python3 - "$1" "$2" "$3" "${runs[1]}" <<'PY'
+import shlex, statistics, subprocess, sys, time
+name, a, b, n = sys.argv[1], shlex.split(sys.argv[2]), shlex.split(sys.argv[3]), int(sys.argv[4])
+def once(cmd):
+    t = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    return (time.perf_counter() - t) * 1000
+for _ in range(2):
+    once(a); once(b)
+ta, tb = [], []
+for _ in range(n):
+    ta.append(once(a)); tb.append(once(b))
+ma, mb = statistics.median(ta), statistics.median(tb)
+print("| %s | %.1f ms vs %.1f ms: %.2f× |" % (name, ma, mb, ma / mb))
 PY
 }
 gen() { python3 "$here/gen.py" "$@"; }
