@@ -857,10 +857,13 @@ End-Date: 2026-11-23  20:57:41\n",
 
     #[test]
     fn the_fast_loop_handles_damage_at_buffer_boundaries() {
-        let crlf: Vec<u8> = UPGRADE
-            .split(|&c| c == b'\n')
-            .flat_map(|l| l.iter().copied().chain(*b"\r\n"))
-            .collect();
+        let mut crlf = Vec::new();
+        for &c in UPGRADE {
+            if c == b'\n' {
+                crlf.push(b'\r');
+            }
+            crlf.push(c);
+        }
         let truncated = &UPGRADE[..UPGRADE.len() - 1];
         let mut nuls = b"\0\0\0\0".to_vec();
         nuls.extend_from_slice(UPGRADE);

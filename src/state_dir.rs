@@ -40,22 +40,6 @@ enum Found {
     File(OwnedFd),
 }
 
-/// Read at most `cap` bytes of an open file; more is an error.
-fn read_capped(path: &Path, fd: OwnedFd, cap: u64) -> Result<Vec<u8>, Error> {
-    let mut data = Vec::new();
-    File::from(fd)
-        .take(cap + 1)
-        .read_to_end(&mut data)
-        .map_err(|e| Error::io(path, e))?;
-    if data.len() as u64 > cap {
-        return Err(Error::Unreadable {
-            path: path.to_path_buf(),
-            why: format!("larger than {cap} bytes"),
-        });
-    }
-    Ok(data)
-}
-
 fn is_link_or_wrong_type(e: rustix::io::Errno) -> bool {
     // ELOOP: O_NOFOLLOW met a link; ENOTDIR: O_DIRECTORY met a file or link;
     // ENXIO: a FIFO/socket opened non-blocking for writing.
@@ -224,7 +208,9 @@ impl Dir {
                 self.set_aside(name, "not a regular file")?;
                 Ok(None)
             }
-            Found::File(fd) => read_capped(&self.path.join(name), fd, cap).map(Some),
+            Found::File(fd) => {
+                crate::root::read_capped(&self.path.join(name), File::from(fd), cap).map(Some)
+            }
         }
     }
 
@@ -239,7 +225,7 @@ impl Dir {
                 path,
                 why: "not a regular file".into(),
             }),
-            Found::File(fd) => read_capped(&path, fd, cap).map(Some),
+            Found::File(fd) => crate::root::read_capped(&path, File::from(fd), cap).map(Some),
         }
     }
 

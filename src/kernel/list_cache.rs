@@ -490,7 +490,7 @@ mod tests {
         let head = body.lines().take(2).collect::<Vec<_>>().join("\n") + "\n";
         let mut flipped = good.clone();
         flipped[40] ^= 1;
-        let bad: Vec<Vec<u8>> = vec![
+        let bad = vec![
             Vec::new(),
             b"\0\0\0\0".to_vec(),
             good[..good.len() - 1].to_vec(),
@@ -498,19 +498,26 @@ mod tests {
             flipped,
             b"\xff\xfe".to_vec(),
             forged("dkms-hook file-lists cache 2\ntrees 1\n"),
-            forged(&format!("{head}l ../../etc/shadow.list 1 2 3 4\n")),
-            forged(&format!("{head}l a/b.list 1 2 3 4\n")),
-            forged(&format!("{head}l x.list 1 2 3 4 5\n")),
-            forged(&format!("{head}l x.list 99999999999999999999999 2 3 4\n")),
-            forged(&format!("{head}l x.list 1 -2 3 4\n")),
-            forged(&format!("{head}l x.list 1 2 3 1000000000\n")),
-            forged(&format!("{head}l x.list 1 2 3 4 6.1.0-99-amd64=headers\n")),
-            forged(&format!("{head}l x.list 1 2 3 4 6.1.0-10-amd64=root\n")),
-            forged(&format!("{head}l x.list 1 2 3 4 ../x=headers\n")),
-            forged(&format!("{head}l x.list 1 2 3 4\nl x.list 1 2 3 4\n")),
-            forged(&format!("{head}l notalist 1 2 3 4\n")),
-            forged(&format!("{head}rm -rf /\n")),
         ];
+        let forged_entries = [
+            "l ../../etc/shadow.list 1 2 3 4",
+            "l a/b.list 1 2 3 4",
+            "l x.list 1 2 3 4 5",
+            "l x.list 99999999999999999999999 2 3 4",
+            "l x.list 1 -2 3 4",
+            "l x.list 1 2 3 1000000000",
+            "l x.list 1 2 3 4 6.1.0-99-amd64=headers",
+            "l x.list 1 2 3 4 6.1.0-10-amd64=root",
+            "l x.list 1 2 3 4 ../x=headers",
+            "l x.list 1 2 3 4\nl x.list 1 2 3 4",
+            "l notalist 1 2 3 4",
+            "rm -rf /",
+        ];
+        let bad = bad.into_iter().chain(
+            forged_entries
+                .iter()
+                .map(|e| forged(&format!("{head}{e}\n"))),
+        );
         for b in bad {
             assert!(
                 ListCache::parse(&b, &kernels()).is_err(),
