@@ -13,6 +13,7 @@ use crate::change::{Change, ChangeSet};
 use crate::config::Config;
 use crate::dpkg_log;
 use crate::inventory::Inventory;
+use crate::kernel::CacheUse;
 use crate::name::Keyed;
 use crate::plan::{self, Plan, Rebuild};
 use crate::root::Root;
@@ -161,7 +162,9 @@ pub fn read_logs(root: &Root, logs: &[impl AsRef<Path>]) -> Result<Vec<Change>, 
         .map(|m| m.len())
         .sum();
     let mut set = if size > FILTER_ABOVE {
-        ChangeSet::only(Inventory::full(root)?.package_names())
+        // A replay only reads the file-list cache, even as root: it writes
+        // nothing of the state.
+        ChangeSet::only(Inventory::full_with(root, CacheUse::Read)?.package_names())
     } else {
         ChangeSet::new()
     };

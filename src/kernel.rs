@@ -320,7 +320,7 @@ pub fn find_inputs(
 /// How [`find_inputs_cached`] uses the file-list cache ([`list_cache`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CacheUse {
-    /// Use a valid cache, write nothing: runs as a user, and `status`.
+    /// Use a valid cache, write nothing: runs as a user, and replays.
     Read,
     /// Also write the cache back when it changed: root runs.
     Refresh,

@@ -179,14 +179,6 @@ impl ListCache {
         changed
     }
 
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
     /// The file's bytes.
     pub fn to_bytes(&self) -> Vec<u8> {
         use std::fmt::Write;
