@@ -23,6 +23,24 @@ bench() { # name, command...
     hyperfine -N "${runs[@]}" --export-json "$work/h.json" "$@" >/dev/null 2>&1 || hyperfine -N "${runs[@]}" "$@"
     printf '| %s | %s ms |\n' "$name" "$(median "$work/h.json")"
 }
+pair() { # name, command, reference command: run alternately (the machine is
+    # noisy, and hyperfine would time one after the other), medians and ratio.
+    python3 - "$1" "$2" "$3" "${runs[1]}" <<'PY'
+import shlex, statistics, subprocess, sys, time
+name, a, b, n = sys.argv[1], shlex.split(sys.argv[2]), shlex.split(sys.argv[3]), int(sys.argv[4])
+def once(cmd):
+    t = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    return (time.perf_counter() - t) * 1000
+for _ in range(2):
+    once(a); once(b)
+ta, tb = [], []
+for _ in range(n):
+    ta.append(once(a)); tb.append(once(b))
+ma, mb = statistics.median(ta), statistics.median(tb)
+print("| %s | %.1f ms vs %.1f ms: %.2f× |" % (name, ma, mb, ma / mb))
+PY
+}
 gen() { python3 "$here/gen.py" "$@"; }
 
 echo "| measurement | median |"
@@ -41,25 +59,34 @@ bench "post-invoke after an unrelated 500-package transaction ($(wc -l < "$r/var
 # 3. One kbuild upgrade, 4 kernels × 5 modules: reading, inventory and plan.
 r=$work/kb; gen "$r" --kernels 4 --modules 5 --packages 2000 --log-bytes 0 --kbuild-tx
 bench "plan for one kbuild upgrade, 4 kernels × 5 modules (replay --dry-run)" "$bin --root $r replay --dry-run $r/var/log/dpkg.log.tx"
-# 4. status: 8 kernels × 6 modules, 6,000 packages.
+# 4. status: 8 kernels × 6 modules, 6,000 packages; without the file-list
+# cache (as root this run writes it), then from it, against merely reading
+# every list once.
 r=$work/st; gen "$r" --kernels 8 --modules 6 --packages 6000 --log-bytes 0
-bench "status, 8 kernels × 6 modules, 6,000 packages" "$bin --root $r status"
-# 5. replay throughput on a mostly unrelated log, against wc -l; peak memory.
+cache=$r/var/lib/dkms-hook/file-lists.cache
+bench "status, 8 kernels × 6 modules, 6,000 packages, no file-list cache" \
+    --prepare "rm -f $cache" "$bin --root $r status"
+"$bin" --root "$r" status > /dev/null
+if [ -f "$cache" ]; then
+    pair "status from the file-list cache vs \`cat\` of every \`.list\`" \
+        "$bin --root $r status" "sh -c 'cat $r/var/lib/dpkg/info/*.list > /dev/null'"
+else
+    echo "| status from the file-list cache | not measured: only root writes the cache |"
+fi
+# 5. replay throughput on a mostly unrelated log, against wc -l (both in one
+# hyperfine run); peak memory of one replay.
 r=$work/big; gen "$r" --kernels 4 --modules 5 --packages 200 --log-bytes "$huge"
 log=$r/var/log/dpkg.log; cat "$log" > /dev/null
-wc_t=$(python3 -c 'import subprocess,sys,time; t=time.monotonic(); subprocess.run(["wc","-l",sys.argv[1]],stdout=subprocess.DEVNULL); print("%.2f" % (time.monotonic()-t))' "$log")
-rss=$(python3 - "$bin" "$r" "$log" <<'PY'
-import resource, subprocess, sys, time
-t = time.monotonic()
+mb=$(( $(stat -c %s "$log") >> 20 ))
+pair "\`replay --dry-run\` of a $mb MB log vs \`wc -l\` (time ratio; throughput is its inverse)" \
+    "$bin --root $r replay --dry-run $log" "wc -l $log"
+peak=$(python3 - "$bin" "$r" "$log" <<'PY'
+import resource, subprocess, sys
 subprocess.run([sys.argv[1], "--root", sys.argv[2], "replay", "--dry-run", sys.argv[3]], check=True, stdout=subprocess.DEVNULL)
-print("%.2f %d" % (time.monotonic() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024))
+print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024)
 PY
 )
-read -r secs peak <<< "$rss"
-set -- "$secs" "$peak"
-mb=$(( $(stat -c %s "$log") >> 20 ))
-printf '| replay --dry-run of a %d MB log | %s s (%.0f MB/s), wc -l: %s s; peak RSS %s MB |\n' \
-    "$mb" "$1" "$(python3 -c "print($mb/max($1,0.001))")" "$wc_t" "$2"
+echo "| peak RSS of that replay | $peak MB |"
 # 6. Against dkms itself on a real system (full run, root, e2e base cached).
 if [ $short = no ]; then bash "$here/dkms-status.sh" "$bin" || true; fi
 # 7. The rebuild itself against a naive dkms loop, on a real root (root, e2e

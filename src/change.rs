@@ -135,6 +135,21 @@ pub struct ChangeSet {
     entries: Vec<(Box<[u8]>, Entry)>,
     /// Package names worth recording; `None` records all.
     only: Option<HashSet<Box<[u8]>>>,
+    /// The first eight bytes (zero-padded) of every name in `only` and of
+    /// every [`ALWAYS`] prefix: [`ChangeSet::may_want`] rejects most names
+    /// with a scan of a few integers instead of a hash.
+    prefixes: Vec<u64>,
+    /// How many entries have an unpack waiting for its status line: while
+    /// none has, every `status` line can be skipped unread.
+    pending: usize,
+}
+
+/// A name's first eight bytes as an integer, zero-padded.
+fn prefix8(name: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    let n = name.len().min(8);
+    b[..n].copy_from_slice(&name[..n]);
+    u64::from_le_bytes(b)
 }
 
 /// Names that always pass a filter: kernel images and headers, whose
@@ -151,14 +166,54 @@ impl ChangeSet {
     /// can matter instead of every upgrade of every library: folding was
     /// two thirds of the time of replaying a 256 MB log.
     pub fn only(names: impl IntoIterator<Item = String>) -> ChangeSet {
-        let only = names
+        let only: HashSet<Box<[u8]>> = names
             .into_iter()
             .map(|n| n.into_bytes().into_boxed_slice())
             .collect();
+        let mut prefixes: Vec<u64> = only
+            .iter()
+            .map(|n| prefix8(n))
+            .chain(ALWAYS.iter().map(|p| prefix8(p)))
+            .collect();
+        prefixes.sort_unstable();
+        prefixes.dedup();
         ChangeSet {
             only: Some(only),
+            prefixes,
             ..ChangeSet::default()
         }
+    }
+
+    /// Whether only some packages are recorded ([`ChangeSet::only`]).
+    pub fn is_filtered(&self) -> bool {
+        self.only.is_some()
+    }
+
+    /// A cheap first test for [`ChangeSet::wants`]: `false` only when `key`
+    /// is certainly not wanted. Every wanted name and every [`ALWAYS`]
+    /// prefix is at least as long as its stored prefix, so a name whose
+    /// first eight bytes match none of them cannot be wanted.
+    pub fn may_want(&self, key: &[u8]) -> bool {
+        if self.only.is_none() {
+            return true;
+        }
+        let name = key.split(|&c| c == b':').next().unwrap_or(key);
+        self.may_want_prefix(prefix8(name)) && self.wants(key)
+    }
+
+    /// [`ChangeSet::may_want`] on a name's first eight bytes (up to `:`,
+    /// zero-padded): `false` only when no name with that start is wanted.
+    #[inline]
+    pub fn may_want_prefix(&self, head: u64) -> bool {
+        // A few dozen integers: a straight scan (vector compares, no
+        // branches to mispredict) beats a binary search.
+        self.only.is_none() || self.prefixes.contains(&head)
+    }
+
+    /// Whether some entry has an unpack waiting for its `status unpacked`
+    /// line.
+    pub fn any_pending(&self) -> bool {
+        self.pending > 0
     }
 
     /// Whether events of `key` (`name[:arch]`) are recorded.
@@ -173,6 +228,7 @@ impl ChangeSet {
         for (_, e) in &mut self.entries {
             e.pending = None;
         }
+        self.pending = 0;
     }
 
     /// Whether `key` has an unpack waiting for its `status unpacked` line; lets
@@ -183,8 +239,8 @@ impl ChangeSet {
             .is_some_and(|&i| self.entries[i].1.pending.is_some())
     }
 
-    fn entry(&mut self, key: &[u8]) -> &mut Entry {
-        let i = match self.index.get(key) {
+    fn entry(&mut self, key: &[u8]) -> usize {
+        match self.index.get(key) {
             Some(&i) => i,
             None => {
                 let i = self.entries.len();
@@ -192,13 +248,23 @@ impl ChangeSet {
                 self.index.insert(key.into(), i);
                 i
             }
-        };
-        &mut self.entries[i].1
+        }
     }
 
     /// Record one event. `key` is `name[:arch]` exactly as in the log.
     pub fn record(&mut self, key: &[u8], at: Stamp, event: Event<'_>) {
-        let e = self.entry(key);
+        let i = self.entry(key);
+        let e = &mut self.entries[i].1;
+        let was_pending = e.pending.is_some();
+        Self::fold(e, at, event);
+        match (was_pending, e.pending.is_some()) {
+            (false, true) => self.pending += 1,
+            (true, false) => self.pending = self.pending.saturating_sub(1),
+            _ => {}
+        }
+    }
+
+    fn fold(e: &mut Entry, at: Stamp, event: Event<'_>) {
         let old_of = |o: Option<&str>| o.map(str::to_string);
         match event {
             Event::Unpacking { old, new } => {

@@ -13,6 +13,7 @@ use crate::change::{Change, ChangeSet};
 use crate::config::Config;
 use crate::dpkg_log;
 use crate::inventory::Inventory;
+use crate::kernel::CacheUse;
 use crate::name::Keyed;
 use crate::plan::{self, PairState, Plan, Rebuild};
 use crate::rebuild::Tools;
@@ -126,7 +127,9 @@ pub fn queue_from_dpkg_log(root: &Root, state: &State, cfg: &Config) -> Result<P
         return Ok(Plan::default());
     }
     let changes = set.finish();
-    let plan = plan_changes(root, &changes, cfg)?;
+    let inv = Inventory::for_changes(root, &changes)?;
+    let mut plan = plan::plan(&changes, &inv, cfg);
+    plan.warnings.splice(0..0, inv.warnings);
     enqueue(state, &plan)?;
     // Only now, with the queue safe on disk, move past these changes.
     if let Some((path, offset)) = end {
@@ -134,6 +137,14 @@ pub fn queue_from_dpkg_log(root: &Root, state: &State, cfg: &Config) -> Result<P
             c.offset = offset;
             c.fingerprint = state::fingerprint(&path, offset).unwrap_or(0);
             state.save_cursor(&c)?;
+        }
+    }
+    // dpkg changed packages: bring the file-list cache up to date for the
+    // users' `status` (looking at the changed packages' lists only). Root
+    // only: a user's run never writes it.
+    if read > 0 && rustix::process::geteuid().is_root() {
+        if let Err(e) = crate::kernel::refresh_list_cache(root, &inv.kernels, &changes) {
+            log::debug!("file-list cache not refreshed: {e}");
         }
     }
     Ok(plan)
@@ -152,7 +163,9 @@ pub fn read_logs(root: &Root, logs: &[impl AsRef<Path>]) -> Result<Vec<Change>, 
         .map(|m| m.len())
         .sum();
     let mut set = if size > FILTER_ABOVE {
-        ChangeSet::only(Inventory::full(root)?.package_names())
+        // A replay only reads the file-list cache, even as root: it writes
+        // nothing of the state.
+        ChangeSet::only(Inventory::full_with(root, CacheUse::Read)?.package_names())
     } else {
         ChangeSet::new()
     };

@@ -9,7 +9,7 @@ use jiff::tz::TimeZone;
 use crate::change::Change;
 use crate::dkms::{self, Pair};
 use crate::dpkg::{self, Installed, PackageName};
-use crate::kernel::{self, Input, Kernel, KernelRelease};
+use crate::kernel::{self, CacheUse, Input, Kernel, KernelRelease};
 use crate::root::{Root, CAP_SMALL};
 use crate::Error;
 
@@ -105,12 +105,24 @@ impl Inventory {
         Ok(inv)
     }
 
-    /// Every input of every kernel, from all file lists: for `status`.
+    /// Every input of every kernel, from all file lists (through their
+    /// cache): for `status` and `sync`. A run as root writes the cache back
+    /// when it changed; a run as a user only reads it.
     pub fn full(root: &Root) -> Result<Inventory, Error> {
+        let cache_use = if rustix::process::geteuid().is_root() {
+            CacheUse::Refresh
+        } else {
+            CacheUse::Read
+        };
+        Inventory::full_with(root, cache_use)
+    }
+
+    /// [`Inventory::full`] with the use of the file-list cache chosen.
+    pub fn full_with(root: &Root, cache_use: CacheUse) -> Result<Inventory, Error> {
         let mut inv = Inventory::base(root);
         // Without dpkg's file lists nothing can be judged: an error.
         let lists = dpkg::all_lists(root)?;
-        inv.inputs = kernel::find_inputs(root, &inv.kernels, &lists)?;
+        inv.inputs = kernel::find_inputs_cached(root, &inv.kernels, &lists, cache_use)?;
         let wanted: HashSet<String> = inv.package_names().into_iter().collect();
         inv.read_status(root, |n| wanted.contains(n));
         kernel::guess_missing_inputs(&inv.kernels, &mut inv.inputs, &inv.installed);

@@ -63,9 +63,13 @@ pub fn open_regular(path: &Path) -> Result<File, Error> {
 
 /// Read a whole regular file of at most `cap` bytes (see [`open_regular`]).
 pub fn read_regular(path: &Path, cap: u64) -> Result<Vec<u8>, Error> {
-    let f = open_regular(path)?;
+    read_capped(path, open_regular(path)?, cap)
+}
+
+/// Read all of `r` (the file at `path`), refusing more than `cap` bytes.
+pub fn read_capped(path: &Path, r: impl Read, cap: u64) -> Result<Vec<u8>, Error> {
     let mut data = Vec::new();
-    f.take(cap + 1)
+    r.take(cap + 1)
         .read_to_end(&mut data)
         .map_err(|e| Error::io(path, e))?;
     if data.len() as u64 > cap {

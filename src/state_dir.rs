@@ -32,6 +32,14 @@ fn errno(path: &Path, e: rustix::io::Errno) -> Error {
     Error::io(path, e.into())
 }
 
+/// What [`Dir::open_file`] found.
+enum Found {
+    Missing,
+    Link,
+    NotFile,
+    File(OwnedFd),
+}
+
 fn is_link_or_wrong_type(e: rustix::io::Errno) -> bool {
     // ELOOP: O_NOFOLLOW met a link; ENOTDIR: O_DIRECTORY met a file or link;
     // ENXIO: a FIFO/socket opened non-blocking for writing.
@@ -80,6 +88,30 @@ impl Dir {
             }
         }
         Ok(top)
+    }
+
+    /// Open the state directory at `path` for reading only: nothing is
+    /// created, renamed or set aside (a run as a user must not write). `None`
+    /// when it is missing, a link, or not trusted: owned by neither root nor
+    /// us, or writable by others (what such a directory holds could have
+    /// been planted by anyone).
+    pub fn open_existing(path: &Path) -> Option<Dir> {
+        let fd = rustix::fs::open(
+            path,
+            OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .ok()?;
+        let st = rustix::fs::fstat(&fd).ok()?;
+        let me = rustix::process::geteuid().as_raw();
+        if (st.st_uid != 0 && st.st_uid != me) || st.st_mode & 0o022 != 0 {
+            log::debug!("{}: not trusted for reading", path.display());
+            return None;
+        }
+        Some(Dir {
+            fd,
+            path: path.to_path_buf(),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -166,6 +198,40 @@ impl Dir {
     /// Read the regular file `name` (at most `cap` bytes). `None` if it does
     /// not exist; a link or other non-file is set aside and counts as missing.
     pub fn read(&self, name: &str, cap: u64) -> Result<Option<Vec<u8>>, Error> {
+        match self.open_file(name)? {
+            Found::Missing => Ok(None),
+            Found::Link => {
+                self.set_aside(name, "a symbolic link")?;
+                Ok(None)
+            }
+            Found::NotFile => {
+                self.set_aside(name, "not a regular file")?;
+                Ok(None)
+            }
+            Found::File(fd) => {
+                crate::root::read_capped(&self.path.join(name), File::from(fd), cap).map(Some)
+            }
+        }
+    }
+
+    /// Read the regular file `name` (at most `cap` bytes) without changing
+    /// anything: `Ok(None)` if it does not exist, an error for a link, a
+    /// non-file or a file over `cap`.
+    pub fn read_only(&self, name: &str, cap: u64) -> Result<Option<Vec<u8>>, Error> {
+        let path = self.path.join(name);
+        match self.open_file(name)? {
+            Found::Missing => Ok(None),
+            Found::Link | Found::NotFile => Err(Error::Unreadable {
+                path,
+                why: "not a regular file".into(),
+            }),
+            Found::File(fd) => crate::root::read_capped(&path, File::from(fd), cap).map(Some),
+        }
+    }
+
+    /// Open `name` for reading without following a link or blocking on a
+    /// FIFO, and say what it is.
+    fn open_file(&self, name: &str) -> Result<Found, Error> {
         let path = self.path.join(name);
         let fd = match rustix::fs::openat(
             &self.fd,
@@ -174,31 +240,18 @@ impl Dir {
             Mode::empty(),
         ) {
             Ok(fd) => fd,
-            Err(rustix::io::Errno::NOENT) => return Ok(None),
-            Err(e) if e == rustix::io::Errno::LOOP => {
-                self.set_aside(name, "a symbolic link")?;
-                return Ok(None);
-            }
+            Err(rustix::io::Errno::NOENT) => return Ok(Found::Missing),
+            Err(rustix::io::Errno::LOOP) => return Ok(Found::Link),
             Err(e) => return Err(errno(&path, e)),
         };
         let st = rustix::fs::fstat(&fd).map_err(|e| errno(&path, e))?;
-        if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
-            drop(fd);
-            self.set_aside(name, "not a regular file")?;
-            return Ok(None);
-        }
-        let mut data = Vec::new();
-        File::from(fd)
-            .take(cap + 1)
-            .read_to_end(&mut data)
-            .map_err(|e| Error::io(&path, e))?;
-        if data.len() as u64 > cap {
-            return Err(Error::Unreadable {
-                path,
-                why: format!("larger than {cap} bytes"),
-            });
-        }
-        Ok(Some(data))
+        Ok(
+            if FileType::from_raw_mode(st.st_mode) == FileType::RegularFile {
+                Found::File(fd)
+            } else {
+                Found::NotFile
+            },
+        )
     }
 
     /// Create `name` (0644) for writing; `append` keeps what is there. A link
@@ -410,5 +463,25 @@ mod tests {
         d.remove_tree("logs.aside").unwrap();
         assert_eq!(std::fs::read_to_string(victim.join("f")).unwrap(), "keep");
         assert_eq!(std::fs::read(d.path().join("file")).unwrap(), b"new");
+    }
+
+    #[test]
+    fn reading_only_changes_nothing() {
+        let t = tempfile::tempdir().unwrap();
+        let d = Dir::open_top(&t.path().join("state")).unwrap();
+        d.write_atomic("f", b"data").unwrap();
+        symlink(t.path().join("elsewhere"), d.path().join("link")).unwrap();
+        let r = Dir::open_existing(d.path()).unwrap();
+        assert_eq!(r.read_only("f", 10).unwrap().unwrap(), b"data");
+        assert!(r.read_only("f", 3).is_err());
+        assert!(r.read_only("missing", 10).unwrap().is_none());
+        assert!(r.read_only("link", 10).is_err());
+        assert_eq!(d.names(), ["f", "link"]);
+        // Missing, a link, or writable by others: not opened at all.
+        assert!(Dir::open_existing(&t.path().join("none")).is_none());
+        symlink(d.path(), t.path().join("state-link")).unwrap();
+        assert!(Dir::open_existing(&t.path().join("state-link")).is_none());
+        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(Dir::open_existing(d.path()).is_none());
     }
 }

@@ -65,7 +65,7 @@ impl Write for Duplex<'_> {
 /// not change the outcome.
 pub fn check_log(data: &[u8], only: &[&str]) {
     use dkms_hook::change::ChangeSet;
-    use dkms_hook::dpkg_log::{parse_complete_lines, parse_reader};
+    use dkms_hook::dpkg_log::{parse_complete_lines, parse_reader, parse_reader_with, Scan};
 
     let new_set = || {
         if only.is_empty() {
@@ -87,6 +87,14 @@ pub fn check_log(data: &[u8], only: &[&str]) {
         let ca = a.finish();
         let cb = b.finish();
         assert_eq!(ca, cb, "parse_reader: chunking changed the changes");
+        // The fast loop (skipping lines that cannot matter) and the simple
+        // one give the same changes.
+        for scan in [Scan::Simple, Scan::Fast] {
+            let mut f = new_set();
+            let rf = parse_reader_with(small_bufread(data), &mut f, scan);
+            assert_eq!(rf.ok(), Some(*na), "{scan:?}: another byte count");
+            assert_eq!(f.finish(), ca, "{scan:?}: other changes");
+        }
     }
 
     // parse_complete_lines: the count ends just after a newline.

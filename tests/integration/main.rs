@@ -4,6 +4,7 @@ mod apt;
 mod attacks;
 mod bad_input;
 mod fixture;
+mod list_cache;
 mod messages;
 mod preflight;
 mod rebuild;
