@@ -12,6 +12,10 @@ use std::ffi::{OsStr, OsString};
 use std::io::{self, BufReader, Write};
 use std::path::{Path, PathBuf};
 
+mod facts_cache;
+
+pub use facts_cache::FactsCache;
+
 use crate::config::Config;
 use crate::dkms::{built_names, installed_copies, Pair};
 use crate::inventory::Inventory;
@@ -39,7 +43,7 @@ const EFI_DIR: &str = "/sys/firmware/efi";
 /// ~100 MB).
 const CAP_MODULE: u64 = 1 << 30;
 /// A vermagic longer than this is not one.
-const MAX_VERMAGIC: usize = 256;
+pub(crate) const MAX_VERMAGIC: usize = 256;
 
 /// What a module file says of itself.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -61,7 +65,12 @@ impl ModuleFacts {
 /// Read a module file (`.ko`, `.ko.xz`, `.ko.zst`, `.ko.gz`; host path), in
 /// one streaming pass, without following a link.
 pub fn inspect(file: &Path) -> Result<ModuleFacts, Error> {
-    let f = BufReader::with_capacity(64 << 10, open_regular(file)?);
+    read_facts(open_regular(file)?, file)
+}
+
+/// [`inspect`] of a file already opened (`file` names it and its kind).
+fn read_facts(f: std::fs::File, file: &Path) -> Result<ModuleFacts, Error> {
+    let f = BufReader::with_capacity(64 << 10, f);
     let mut scan = Scan::default();
     let name = file.to_string_lossy();
     let bad = |why: String| Error::Unreadable {
@@ -318,11 +327,12 @@ const STATUS_DIRS: &[&str] = &["updates", "extra"];
 /// come from `modinfo` and the firmware from `mokutil` (see [`Firmware`]).
 pub fn judge(root: &Root, rows: &mut [Assessment], modinfo: &OsStr, mokutil: Option<&OsStr>) {
     let mut fw = None;
+    let mut cache = FactsCache::load(root);
     for r in rows.iter_mut() {
         let Some(pair) = r.pair.as_ref().filter(|p| p.installed) else {
             continue;
         };
-        let Some(mut check) = check_pair(root, pair) else {
+        let Some(mut check) = check_pair(root, pair, &mut cache) else {
             continue;
         };
         if check.for_kernel(&r.kernel) == Some(false)
@@ -349,6 +359,7 @@ pub fn judge(root: &Root, rows: &mut [Assessment], modinfo: &OsStr, mokutil: Opt
         }
         r.check = Some(check);
     }
+    cache.save(root, rustix::process::geteuid().is_root());
 }
 
 /// [`plan::assess`](crate::plan::assess), then [`judge`] with the tools
@@ -406,16 +417,19 @@ pub fn findings(rows: &[Assessment]) -> Vec<Finding> {
         .collect()
 }
 
-fn check_pair(root: &Root, pair: &Pair) -> Option<Check> {
+fn check_pair(root: &Root, pair: &Pair, cache: &mut FactsCache) -> Option<Check> {
     let dir = root.resolve(pair.dir()).ok()?;
     let names = built_names(&dir);
     let file = installed_copies(root, &pair.kernel, &names, STATUS_DIRS)
         .into_iter()
         .next()?;
-    let facts = inspect(&file).map_err(|e| log::debug!("{e}")).ok()?;
     let inroot = file
         .strip_prefix(root.dir())
         .map_or(file.clone(), |r| Path::new("/").join(r));
+    let facts = cache
+        .facts(&file, &inroot.to_string_lossy())
+        .map_err(|e| log::debug!("{e}"))
+        .ok()?;
     Some(Check {
         file: inroot,
         facts,

@@ -23,6 +23,7 @@ fn security_md_names_only_existing_tests() {
         let parts: Vec<&str> = name.split("::").collect();
         let (file, test) = match parts[..] {
             [m, "tests", t] if t != "…" => (root.join(format!("src/{m}.rs")), t),
+            [m, sub, "tests", t] => (root.join(format!("src/{m}/{sub}.rs")), t),
             [m, t]
                 if m.chars().all(|c| c.is_ascii_lowercase() || c == '_')
                     && root.join(format!("tests/integration/{m}.rs")).exists() =>

@@ -249,3 +249,24 @@ fn the_login_notice_names_a_module_that_will_not_load() {
     f.run(&["sync"]);
     assert_eq!(f.run(&["motd"]).stdout, b"");
 }
+
+/// Issue 16: a module file is read again only when it changed; `status`
+/// answers the same from the module-facts cache (written as root only).
+#[test]
+fn status_answers_the_same_from_the_module_facts_cache() {
+    let f = signed_with_dkms_key("enabled");
+    f.run(&["post-invoke"]);
+    let cache = f.path("var/lib/dkms-hook/module-facts.json");
+    let root = rustix::process::geteuid().is_root();
+    assert_eq!(cache.exists(), root, "written by runs as root only");
+    let from_cache = f.run(&["status", "--json"]).stdout;
+    let _ = std::fs::remove_file(&cache);
+    let read = f.run(&["status", "--json"]).stdout;
+    assert_eq!(
+        String::from_utf8_lossy(&from_cache),
+        String::from_utf8_lossy(&read)
+    );
+    // A changed module is read again: its new vermagic shows.
+    f.write(KO, module("6.1.0-99-amd64", true));
+    assert_eq!(f.status_row(K)["state"], "broken");
+}

@@ -1,0 +1,237 @@
+//! A cache of what installed module files say (vermagic, signature), keyed
+//! by each file's in-root path and its (inode, size, mtime): `status`, the
+//! textfile and the login notice's findings read a module again only when
+//! it changed, not 100 MB of `nvidia.ko.xz` per kernel each time.
+//!
+//! `/var/lib/dkms-hook/module-facts.json`, written atomically through the
+//! no-follow state directory by runs as root only; read by every run as
+//! untrusted input: capped, each record checked (an absolute in-root path
+//! without `..`, a short printable vermagic), a bad record dropped, a bad
+//! file ignored with one debug line. Records of files not looked at in a
+//! run are kept while their file exists, at most [`MAX_RECORDS`].
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::{read_facts, ModuleFacts, MAX_VERMAGIC};
+use crate::root::{open_regular, Root, CAP_STATE};
+use crate::state::State;
+use crate::state_dir::Dir;
+use crate::Error;
+
+/// The cache's file name in the state directory.
+pub const FILE: &str = "module-facts.json";
+const VERSION: u32 = 1;
+const MAX_RECORDS: usize = 4096;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Record {
+    path: String,
+    ino: u64,
+    size: u64,
+    mtime_secs: i64,
+    mtime_nanos: u32,
+    vermagic: Option<String>,
+    signed: bool,
+}
+
+impl Record {
+    fn is_sane(&self) -> bool {
+        let path_ok = self.path.starts_with('/')
+            && self.path.len() < 4096
+            && !self.path.split('/').any(|c| c == "..")
+            && !self.path.chars().any(char::is_control);
+        let vermagic_ok = self
+            .vermagic
+            .as_ref()
+            .is_none_or(|v| v.len() <= MAX_VERMAGIC && !v.chars().any(char::is_control));
+        path_ok && vermagic_ok && self.mtime_nanos < 1_000_000_000
+    }
+
+    fn same_file(&self, st: &rustix::fs::Stat) -> bool {
+        self.ino == st.st_ino
+            && i64::try_from(self.size) == Ok(st.st_size)
+            && self.mtime_secs == st.st_mtime
+            && u64::from(self.mtime_nanos) == st.st_mtime_nsec
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct OnDisk {
+    version: u32,
+    files: Vec<serde_json::Value>,
+}
+
+/// The facts known, and whether this run added any.
+#[derive(Debug, Default)]
+pub struct FactsCache {
+    records: HashMap<String, Record>,
+    changed: bool,
+}
+
+impl FactsCache {
+    /// The cache of this root; empty when there is none or it is unusable.
+    /// Changes nothing on disk.
+    pub fn load(root: &Root) -> FactsCache {
+        let state = State::new(root);
+        let Some(dir) = Dir::open_existing(state.dir()) else {
+            return FactsCache::default();
+        };
+        let data = match dir.read_only(FILE, CAP_STATE) {
+            Ok(Some(d)) => d,
+            Ok(None) => return FactsCache::default(),
+            Err(e) => {
+                log::debug!("{e}; module files are read instead");
+                return FactsCache::default();
+            }
+        };
+        FactsCache::parse(&data).unwrap_or_else(|why| {
+            log::debug!("{}: ignored: {why}", dir.path().join(FILE).display());
+            FactsCache::default()
+        })
+    }
+
+    fn parse(data: &[u8]) -> Result<FactsCache, String> {
+        let disk: OnDisk = serde_json::from_slice(data).map_err(|e| e.to_string())?;
+        if disk.version != VERSION {
+            return Err(format!("version {}", disk.version));
+        }
+        let records = disk
+            .files
+            .into_iter()
+            .take(MAX_RECORDS)
+            .filter_map(|v| serde_json::from_value::<Record>(v).ok())
+            .filter(Record::is_sane)
+            .map(|r| (r.path.clone(), r))
+            .collect();
+        Ok(FactsCache {
+            records,
+            changed: false,
+        })
+    }
+
+    /// What the module file at `host` (in-root `inroot`) says: from the
+    /// cache when it is the same file, else read (see [`super::inspect`]).
+    pub fn facts(&mut self, host: &Path, inroot: &str) -> Result<ModuleFacts, Error> {
+        let f = open_regular(host)?;
+        let st = rustix::fs::fstat(&f).map_err(|e| Error::io(host, e.into()))?;
+        if let Some(r) = self.records.get(inroot).filter(|r| r.same_file(&st)) {
+            return Ok(ModuleFacts {
+                vermagic: r.vermagic.clone(),
+                signed: r.signed,
+            });
+        }
+        let facts = read_facts(f, host)?;
+        let record = Record {
+            path: inroot.to_string(),
+            ino: st.st_ino,
+            size: u64::try_from(st.st_size).unwrap_or_default(),
+            mtime_secs: st.st_mtime,
+            mtime_nanos: u32::try_from(st.st_mtime_nsec).unwrap_or_default(),
+            vermagic: facts.vermagic.clone(),
+            signed: facts.signed,
+        };
+        if record.is_sane() {
+            self.records.insert(inroot.to_string(), record);
+            self.changed = true;
+        }
+        Ok(facts)
+    }
+
+    /// Write the cache when this run learnt something and may write
+    /// (root); records of files that are gone are dropped. A cache that
+    /// cannot be written only costs the next run time.
+    pub fn save(&self, root: &Root, may_write: bool) {
+        if !self.changed || !may_write {
+            return;
+        }
+        let mut files: Vec<&Record> = self
+            .records
+            .values()
+            .filter(|r| root.exists(&r.path))
+            .collect();
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        files.truncate(MAX_RECORDS);
+        let disk = serde_json::json!({ "version": VERSION, "files": files });
+        let written = State::new(root)
+            .open()
+            .and_then(|d| d.write_atomic(FILE, disk.to_string().as_bytes()));
+        if let Err(e) = written {
+            log::debug!("{e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setup() -> (tempfile::TempDir, Root, std::path::PathBuf) {
+        let t = tempfile::tempdir().unwrap();
+        let root = Root::new(t.path());
+        let dir = t.path().join("usr/lib/modules/K/updates/dkms");
+        std::fs::create_dir_all(&dir).unwrap();
+        let ko = dir.join("m.ko");
+        std::fs::write(&ko, b"x\0vermagic=K SMP \0~Module signature appended~\n").unwrap();
+        (t, root, ko)
+    }
+
+    const INROOT: &str = "/usr/lib/modules/K/updates/dkms/m.ko";
+
+    #[test]
+    fn the_same_file_is_not_read_again_a_changed_one_is() {
+        let (_t, root, ko) = setup();
+        let mut c = FactsCache::load(&root);
+        let first = c.facts(&ko, INROOT).unwrap();
+        assert_eq!(first.release(), Some("K"));
+        assert!(first.signed);
+        c.save(&root, true);
+        // Same inode, size and mtime, other bytes: the cache answers.
+        let mtime = std::fs::metadata(&ko).unwrap().modified().unwrap();
+        std::fs::write(&ko, b"x\0vermagic=J SMP \0~Module signature appended~\n").unwrap();
+        let f = std::fs::File::options().write(true).open(&ko).unwrap();
+        f.set_modified(mtime).unwrap();
+        let mut c = FactsCache::load(&root);
+        assert_eq!(c.facts(&ko, INROOT).unwrap().release(), Some("K"));
+        assert!(!c.changed);
+        // A new mtime: read again.
+        f.set_modified(mtime + std::time::Duration::from_secs(1))
+            .unwrap();
+        assert_eq!(c.facts(&ko, INROOT).unwrap().release(), Some("J"));
+        assert!(c.changed);
+    }
+
+    #[test]
+    fn a_run_that_may_not_write_writes_nothing() {
+        let (t, root, ko) = setup();
+        let mut c = FactsCache::load(&root);
+        c.facts(&ko, INROOT).unwrap();
+        c.save(&root, false);
+        assert!(!t.path().join("var/lib/dkms-hook").exists());
+    }
+
+    #[test]
+    fn corrupt_and_hostile_caches_are_ignored() {
+        for bad in [
+            &b"{garbage"[..],
+            br#"{"version": 99, "files": []}"#,
+            br#"{"version": 1, "files": [{"path": "relative.ko", "ino": 1, "size": 1, "mtime_secs": 0, "mtime_nanos": 0, "vermagic": null, "signed": true}]}"#,
+            br#"{"version": 1, "files": [{"path": "/a/../../etc/x.ko", "ino": 1, "size": 1, "mtime_secs": 0, "mtime_nanos": 0, "vermagic": null, "signed": true}]}"#,
+            br#"{"version": 1, "files": [{"path": "/m.ko", "ino": 1, "size": 1, "mtime_secs": 0, "mtime_nanos": 2000000000, "vermagic": null, "signed": true}]}"#,
+            br#"{"version": 1, "files": [{"path": "/m.ko", "ino": -1}]}"#,
+        ] {
+            let c = FactsCache::parse(bad).unwrap_or_default();
+            assert!(c.records.is_empty(), "{}", String::from_utf8_lossy(bad));
+        }
+        let long = format!(
+            r#"{{"version": 1, "files": [{{"path": "/m.ko", "ino": 1, "size": 1, "mtime_secs": 0, "mtime_nanos": 0, "vermagic": "{}", "signed": true}}]}}"#,
+            "v".repeat(MAX_VERMAGIC + 1)
+        );
+        assert!(FactsCache::parse(long.as_bytes())
+            .unwrap()
+            .records
+            .is_empty());
+    }
+}
