@@ -99,16 +99,20 @@ pub fn installed_copies(
     names: &[OsString],
     subdirs: &[&str],
 ) -> Vec<PathBuf> {
+    let mut all = installed_files(root, kernel, subdirs);
+    all.retain(|f| f.file_name().is_some_and(|n| names.iter().any(|x| x == n)));
+    all
+}
+
+/// Host paths of every regular file below `/lib/modules/K/D` for each `D`
+/// of `subdirs`, in that order; links are not followed.
+pub fn installed_files(root: &Root, kernel: &KernelRelease, subdirs: &[&str]) -> Vec<PathBuf> {
     let Ok(kdir) = root.resolve(Path::new(MODULES_DIR).join(kernel.as_str())) else {
         return Vec::new();
     };
     let mut out = Vec::new();
     for sub in subdirs {
-        walk(&kdir.join(sub), &mut |f| {
-            if f.file_name().is_some_and(|n| names.iter().any(|x| x == n)) {
-                out.push(f.to_path_buf());
-            }
-        });
+        walk(&kdir.join(sub), &mut |f| out.push(f.to_path_buf()));
     }
     out
 }

@@ -490,7 +490,17 @@ impl State {
             .unwrap_or_default()
     }
 
+    /// Save the findings, unless they are those saved already (`status`
+    /// as root calls this every time: no write, no fsync, when nothing
+    /// changed).
     pub fn save_findings(&self, found: &[Finding]) -> Result<(), Error> {
+        let same = |a: &Finding, b: &Finding| {
+            crate::name::Keyed::key(a) == crate::name::Keyed::key(b) && a.problem == b.problem
+        };
+        let saved = self.findings();
+        if saved.len() == found.len() && saved.iter().zip(found).all(|(a, b)| same(a, b)) {
+            return Ok(());
+        }
         let f = Findings {
             version: STATE_VERSION,
             found,
@@ -735,7 +745,7 @@ pub fn log_span(cursor: Option<&Cursor>, log: &Path) -> LogSpan {
     LogSpan::Files(vec![(log.to_path_buf(), 0)])
 }
 
-crate::name::keyed!(QueuedPair, Failure);
+crate::name::keyed!(QueuedPair, Failure, Finding);
 
 #[cfg(test)]
 mod tests {

@@ -8,6 +8,7 @@
 //! Under `--root` mokutil, which asks the host's firmware, runs only when a
 //! stand-in is named; the EFI variable is read inside the root.
 
+use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::io::{self, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -17,7 +18,7 @@ mod facts_cache;
 pub use facts_cache::FactsCache;
 
 use crate::config::Config;
-use crate::dkms::{built_names, installed_copies, Pair};
+use crate::dkms::{built_names, installed_files, Pair};
 use crate::inventory::Inventory;
 use crate::kernel::{KernelRelease, MODULES_DIR};
 use crate::name::{Keyed, PairKey};
@@ -328,11 +329,16 @@ const STATUS_DIRS: &[&str] = &["updates", "extra"];
 pub fn judge(root: &Root, rows: &mut [Assessment], modinfo: &OsStr, mokutil: Option<&OsStr>) {
     let mut fw = None;
     let mut cache = FactsCache::load(root);
+    // Each kernel's installed files, listed once for all its pairs.
+    let mut installed: HashMap<KernelRelease, Vec<PathBuf>> = HashMap::new();
     for r in rows.iter_mut() {
         let Some(pair) = r.pair.as_ref().filter(|p| p.installed) else {
             continue;
         };
-        let Some(mut check) = check_pair(root, pair, &mut cache) else {
+        let files = installed
+            .entry(pair.kernel.clone())
+            .or_insert_with(|| installed_files(root, &pair.kernel, STATUS_DIRS));
+        let Some(mut check) = check_pair(root, pair, files, &mut cache) else {
             continue;
         };
         if check.for_kernel(&r.kernel) == Some(false)
@@ -417,12 +423,20 @@ pub fn findings(rows: &[Assessment]) -> Vec<Finding> {
         .collect()
 }
 
-fn check_pair(root: &Root, pair: &Pair, cache: &mut FactsCache) -> Option<Check> {
+/// The pair's installed module among its kernel's `installed` files (the
+/// first of the names dkms built), judged.
+fn check_pair(
+    root: &Root,
+    pair: &Pair,
+    installed: &[PathBuf],
+    cache: &mut FactsCache,
+) -> Option<Check> {
     let dir = root.resolve(pair.dir()).ok()?;
     let names = built_names(&dir);
-    let file = installed_copies(root, &pair.kernel, &names, STATUS_DIRS)
-        .into_iter()
-        .next()?;
+    let file = installed
+        .iter()
+        .find(|f| f.file_name().is_some_and(|n| names.iter().any(|x| x == n)))?
+        .clone();
     let inroot = file
         .strip_prefix(root.dir())
         .map_or(file.clone(), |r| Path::new("/").join(r));
