@@ -22,11 +22,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
+mod backup;
+mod settle;
+
 use crate::config::Config;
-use crate::dkms::{built_names, built_time, installed_copies, walk, DKMS_TREE, INSTALL_DIRS};
+use crate::dkms::{built_names, built_time, installed_copies, DKMS_TREE, INSTALL_DIRS};
 use crate::kernel::KernelRelease;
 use crate::name::Keyed;
-use crate::root::{open_regular, CAP_SMALL};
+use crate::root::open_regular;
 use crate::state::{at_secs, BuildNote, Failure, QueuedPair, State, STATE_DIR};
 use crate::verify::{self, Firmware};
 use crate::Error;
@@ -212,80 +215,6 @@ impl<'a> Executor<'a> {
         let results = results.into_inner().map_err(poisoned)?;
         self.settle_all(&queue, &results, settled)?;
         Ok(results)
-    }
-
-    /// Settle every kernel that got a new module (or a killed run's one),
-    /// `jobs` at a time, and let its pairs leave the queue.
-    fn settle_all(
-        &self,
-        queue: &Mutex<crate::state::Queue>,
-        results: &[PairResult],
-        settled: &(dyn Fn(&Settled) + Sync),
-    ) -> Result<(), Error> {
-        let mut kernels: Vec<(&KernelRelease, Vec<&QueuedPair>)> = Vec::new();
-        for r in results {
-            if !matches!(r.outcome, Outcome::Rebuilt { .. } | Outcome::AlreadyDone) {
-                continue;
-            }
-            match kernels.iter_mut().find(|(k, _)| *k == &r.pair.kernel) {
-                Some((_, pairs)) => pairs.push(&r.pair),
-                None => kernels.push((&r.pair.kernel, vec![&r.pair])),
-            }
-        }
-        in_parallel(self.config.jobs, kernels, |(kernel, pairs)| {
-            let done = self.settle(kernel, &pairs);
-            settled(&done);
-            if !done.depmod {
-                return Ok(()); // they stay queued: the next run settles them
-            }
-            let mut q = queue.lock().map_err(poisoned)?;
-            q.pending
-                .retain(|x| !pairs.iter().any(|p| p.key() == x.key()));
-            self.state.save_queue(&q)
-        })
-    }
-
-    /// `depmod -a K` once, then `update-initramfs -u -k K` once when one of
-    /// the pairs' modules is in the initramfs.
-    fn settle(&self, kernel: &KernelRelease, pairs: &[&QueuedPair]) -> Settled {
-        let mut done = Settled {
-            kernel: kernel.clone(),
-            depmod: false,
-            initramfs: false,
-            notes: Vec::new(),
-        };
-        match &self.depmod {
-            Some(tool) => {
-                let mut args = vec![OsStr::new("-a"), OsStr::new(kernel.as_str())];
-                // As dkms does: the kernel's symbols, where the image has them.
-                let map = format!("/boot/System.map-{kernel}");
-                let map_host = self.state.root().resolve(&map).ok();
-                if let Some(m) = &map_host {
-                    args.extend([OsStr::new("-F"), m.as_os_str()]);
-                }
-                match self.run(tool, &args, None, None) {
-                    Ran::Exit(0) => done.depmod = true,
-                    Ran::Exit(s) => done.notes.push(format!(
-                        "depmod -a {kernel} exited {s}: its rebuilt modules stay queued and the next run tries again"
-                    )),
-                    Ran::TimedOut => done
-                        .notes
-                        .push(format!("depmod -a {kernel} timed out and was killed")),
-                    Ran::SpawnFailed(e) => done.notes.push(e),
-                }
-            }
-            None => {
-                // Under --root the host's depmod would not act on the root.
-                done.depmod = true;
-                done.notes.push(format!(
-                    "modules.dep of {kernel} was not updated: under --root, depmod would act on the host (name a stand-in with DKMS_HOOK_DEPMOD)"
-                ));
-            }
-        }
-        if self.config.initramfs && pairs.iter().any(|p| self.in_initramfs(p)) {
-            done.initramfs = self.refresh_initramfs(kernel, &mut done.notes);
-        }
-        done
     }
 
     /// Record or clear the pair's failure, and drop it from the queue, except
@@ -598,102 +527,6 @@ impl<'a> Executor<'a> {
         out
     }
 
-    /// Copy the dkms directory and every installed copy into the pair's
-    /// backup, then mark it complete. Returns the backup's host path.
-    fn back_up(&self, p: &QueuedPair, dir: &Path) -> Result<PathBuf, Error> {
-        self.state.remove_backup(p)?;
-        let b = self
-            .state
-            .backup(p, true)?
-            .ok_or_else(|| Error::Refused("backup directory missing".into()))?;
-        self.copy(dir, &b.path().join("tree"))?;
-        let saved_installed = b.path().join("installed");
-        for f in self.installed_modules(p, &built_names(dir)) {
-            let rel = f.strip_prefix(self.state.root().dir()).unwrap_or(&f);
-            self.copy(&f, &saved_installed.join(rel))?;
-        }
-        b.write_atomic(COMPLETE, b"")?;
-        Ok(b.path().to_path_buf())
-    }
-
-    /// Put the backup back: the dkms directory (so `dkms status` says
-    /// installed again) and every installed copy that changed or vanished.
-    /// Every step's error is returned: a restore that did not happen is
-    /// never reported as one.
-    fn restore(&self, backup: &Path, dir: &Path, p: &QueuedPair) -> Result<(), Error> {
-        let saved_tree = backup.join("tree");
-        if saved_tree.is_dir() {
-            remove_tree(dir)?;
-            self.copy(&saved_tree, dir)?;
-        }
-        let saved_installed = backup.join("installed");
-        let mut result = Ok(());
-        walk(&saved_installed, &mut |f| {
-            if result.is_err() {
-                return;
-            }
-            let rel = f.strip_prefix(&saved_installed).unwrap_or(f);
-            let live = match self.state.root().inside(Path::new("/").join(rel)) {
-                Ok(l) => l,
-                Err(e) => {
-                    result = Err(Error::io(rel, e));
-                    return;
-                }
-            };
-            if std::fs::read(&live).ok() != std::fs::read(f).ok() {
-                log::debug!("restoring {}", live.display());
-                result = self.copy(f, &live);
-            }
-        });
-        result?;
-        // A `kernel-K-ARCH` link lost by dkms would hide the pair.
-        let link = dir
-            .parent()
-            .and_then(Path::parent)
-            .and_then(Path::parent)
-            .map(|m| m.join(format!("kernel-{}-{}", p.kernel, p.arch)));
-        if let Some(link) = link {
-            if std::fs::symlink_metadata(&link).is_err() {
-                let target = format!("{}/{}/{}", p.version, p.kernel, p.arch);
-                std::os::unix::fs::symlink(target, &link).map_err(|e| Error::io(&link, e))?;
-            }
-        }
-        Ok(())
-    }
-
-    pub(crate) fn copy(&self, from: &Path, to: &Path) -> Result<(), Error> {
-        // dkms 3.0.10's `build --force` removes /var/lib/dkms/M/V/K as well
-        // as K/ARCH: a restore must recreate the parents (found by the
-        // real-system tests).
-        if let Some(parent) = to.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
-        }
-        let out = self.state.logs().and_then(|l| l.create("cp.log", false));
-        let args = [
-            OsStr::new("-a"),
-            OsStr::new("-T"),
-            from.as_os_str(),
-            to.as_os_str(),
-        ];
-        match self.run(OsStr::new(CP), &args, out.ok(), None) {
-            Ran::Exit(0) => Ok(()),
-            Ran::Exit(s) => {
-                let msg = self
-                    .state
-                    .logs()
-                    .and_then(|l| l.read("cp.log", 4096))
-                    .ok()
-                    .flatten()
-                    .map(|t| String::from_utf8_lossy(&t).trim().to_string())
-                    .filter(|t| !t.is_empty())
-                    .unwrap_or_else(|| format!("cp exited {s}"));
-                Err(Error::io(to, std::io::Error::other(msg)))
-            }
-            Ran::TimedOut => Err(Error::io(to, std::io::Error::other("cp timed out"))),
-            Ran::SpawnFailed(e) => Err(Error::io(to, std::io::Error::other(e))),
-        }
-    }
-
     /// The pair's dkms run log in `logs/`, truncated for a new attempt or
     /// appended to.
     fn run_log(&self, p: &QueuedPair, append: bool) -> Option<File> {
@@ -830,63 +663,6 @@ impl<'a> Executor<'a> {
             Err(e) => done(Ran::SpawnFailed(e.to_string())),
         }
     }
-
-    /// `update-initramfs -u -k K` when the module is part of the initramfs:
-    /// dkms.conf says `REMAKE_INITRD=yes`, or initramfs-tools lists it.
-    /// The pair's module goes into the initramfs: dkms.conf says
-    /// `REMAKE_INITRD=yes` or `/etc/initramfs-tools/modules` lists it (and
-    /// the kernel has an initramfs).
-    fn in_initramfs(&self, p: &QueuedPair) -> bool {
-        let root = self.state.root();
-        if !root.exists(format!("/boot/initrd.img-{}", p.kernel)) {
-            return false;
-        }
-        let text = |path: String| {
-            root.read(&path, CAP_SMALL)
-                .map(|b| String::from_utf8_lossy(&b).into_owned())
-                .unwrap_or_default()
-        };
-        let conf = text(format!("/usr/src/{}-{}/dkms.conf", p.module, p.version));
-        let remake = conf.lines().any(|l| {
-            let l = l.trim().replace(['"', '\''], "");
-            l.eq_ignore_ascii_case("REMAKE_INITRD=yes")
-        });
-        let listed = text("/etc/initramfs-tools/modules".into())
-            .lines()
-            .any(|l| l.split_whitespace().next() == Some(p.module.as_str()));
-        remake || listed
-    }
-
-    fn refresh_initramfs(&self, kernel: &KernelRelease, notes: &mut Vec<String>) -> bool {
-        let Some(tool) = &self.update_initramfs else {
-            notes.push(format!(
-                "the initramfs of {kernel} was not refreshed: under --root, update-initramfs would act on the host (name a stand-in with DKMS_HOOK_UPDATE_INITRAMFS)"
-            ));
-            return false;
-        };
-        let args = [
-            OsStr::new("-u"),
-            OsStr::new("-k"),
-            OsStr::new(kernel.as_str()),
-        ];
-        match self.run(tool, &args, None, None) {
-            Ran::Exit(0) => true,
-            Ran::Exit(s) => {
-                notes.push(format!("update-initramfs -u -k {kernel} exited {s}"));
-                false
-            }
-            Ran::TimedOut => {
-                notes.push(format!(
-                    "update-initramfs -u -k {kernel} timed out and was killed"
-                ));
-                false
-            }
-            Ran::SpawnFailed(e) => {
-                notes.push(e);
-                false
-            }
-        }
-    }
 }
 
 /// Runs `work` on each item, `jobs` threads at a time; every item is
@@ -918,12 +694,4 @@ fn in_parallel<T: Send>(
 
 fn poisoned<T>(_: T) -> Error {
     Error::Refused("internal lock poisoned".into())
-}
-
-fn remove_tree(p: &Path) -> Result<(), Error> {
-    match std::fs::remove_dir_all(p) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(Error::io(p, e)),
-    }
 }

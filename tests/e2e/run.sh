@@ -58,6 +58,7 @@ verdict
 scenario "1+3: #1040401 fixed; a failing rebuild keeps the working module"
 echo "$OLD" > "$E2E_ROOT/etc/e2e-failmod-break"   # failmod fails for OLD only
 FAIL_SHA="$(sha "$FAIL_OLD")"
+DEP_BEFORE="$(mtime "$E2E_ROOT/lib/modules/$OLD/modules.dep")"
 sleep 1
 o="$(out)"
 RC=0; e2e_apt_offline install "$E2E_NEW_HEADERS=$E2E_NEW_VERSION" > "$o" 2>&1 || RC=$?
@@ -71,6 +72,9 @@ check "no dkms 'Consult …make.log' line reaches apt's output" lacks "$o" "Cons
 check "$OLD acpi_call.ko is new (mtime $M_BEFORE → $(mtime "$ACPI_OLD"))" test "$(mtime "$ACPI_OLD")" -gt "$M_BEFORE"
 check "dkms status: acpi-call installed for $OLD" installed acpi-call "$OLD"
 check "the rebuilt module's vermagic is for $OLD (dkms-hook checks it too)" vermagic_is "$ACPI_OLD" "$OLD"
+check "dkms installed with --no-depmod; dkms-hook ran depmod for $OLD (modules.dep is new)" \
+    test "$(mtime "$E2E_ROOT/lib/modules/$OLD/modules.dep")" -gt "$DEP_BEFORE"
+check "…and it lists the rebuilt module" grep -q 'updates/dkms/acpi_call.ko' "$E2E_ROOT/lib/modules/$OLD/modules.dep"
 check "$NEW got acpi-call from dkms itself" test -n "$(ko acpi_call "$NEW")"
 check "dkms-hook did not build $NEW again (fresh)" lacks "$o" "rebuilt acpi-call/$E2E_ACPI_CALL_UPSTREAM for $NEW"
 check "the failure is reported with its make.log" contains "$o" "dkms-hook: FAILED to rebuild e2e-failmod/1.0 for $OLD"
