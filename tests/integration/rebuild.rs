@@ -787,8 +787,6 @@ fn the_prometheus_textfile_parses_and_counts() {
         "prometheus_textfile=/var/lib/prom\n",
     );
     std::fs::create_dir_all(f.path("var/lib/prom")).unwrap();
-    f.fake_dkms("fail-acpi-call", "");
-    f.run(&["post-invoke"]);
     let parse = |f: &Fixture| -> serde_json::Value {
         let out = std::process::Command::new("/usr/bin/python3")
             .arg("-c")
@@ -798,7 +796,7 @@ fn the_prometheus_textfile_parses_and_counts() {
                  out = {}\n\
                  for fam in text_string_to_metric_families(open(sys.argv[1]).read()):\n\
                  \x20   for s in fam.samples:\n\
-                 \x20       key = s.name + ''.join(sorted('/%s=%s' % kv for kv in s.labels.items() if kv[0] in ('state',)))\n\
+                 \x20       key = s.name + ''.join(sorted('/%s=%s' % kv for kv in s.labels.items() if kv[0] in ('state', 'signed')))\n\
                  \x20       out[key] = out.get(key, 0) + s.value\n\
                  print(json.dumps(out))",
             )
@@ -812,6 +810,16 @@ fn the_prometheus_textfile_parses_and_counts() {
         );
         serde_json::from_slice(&out.stdout).unwrap()
     };
+    // Stale, before any rebuild: `status` as root writes the textfile too.
+    if rustix::process::geteuid().is_root() {
+        f.run(&["status"]);
+        let m = parse(&f);
+        assert_eq!(m["dkms_hook_pairs/state=stale"], 1.0, "{m}");
+        assert_eq!(m["dkms_hook_pairs/state=broken"], 0.0, "{m}");
+        assert_eq!(m["dkms_hook_running_kernel_ok"], 0.0, "{m}");
+    }
+    f.fake_dkms("fail-acpi-call", "");
+    f.run(&["post-invoke"]);
     let m = parse(&f);
     assert_eq!(m["dkms_hook_pairs/state=failed"], 1.0, "{m}");
     assert_eq!(m["dkms_hook_pairs/state=fresh"], 1.0, "{m}");
@@ -826,5 +834,15 @@ fn the_prometheus_textfile_parses_and_counts() {
     assert_eq!(m["dkms_hook_pairs/state=failed"], 0.0, "{m}");
     assert_eq!(m["dkms_hook_rebuilds_total"], 1.0, "{m}");
     assert_eq!(m["dkms_hook_rebuild_failures_total"], 1.0, "{m}");
+    // The rebuilt module is a module without a signature; the other
+    // kernel's is a placeholder file: nothing can be told.
+    assert_eq!(
+        m["dkms_hook_pair_info/signed=false/state=fresh"], 1.0,
+        "{m}"
+    );
+    assert_eq!(
+        m["dkms_hook_pair_info/signed=unknown/state=fresh"], 1.0,
+        "{m}"
+    );
     assert!(m["dkms_hook_last_run_timestamp_seconds"].as_f64().unwrap() > 1.7e9);
 }
