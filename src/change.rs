@@ -190,7 +190,7 @@ impl ChangeSet {
     }
 
     /// A cheap first test for [`ChangeSet::wants`]: `false` only when `key`
-    /// is certainly not wanted. Every wanted name and every [`ALWAYS`]
+    /// is certainly not wanted. Every wanted name and every `ALWAYS`
     /// prefix is at least as long as its stored prefix, so a name whose
     /// first eight bytes match none of them cannot be wanted.
     pub fn may_want(&self, key: &[u8]) -> bool {

@@ -73,10 +73,10 @@ pub fn read_files(paths: &[impl AsRef<Path>], set: &mut ChangeSet) -> Result<(),
 /// Which loop reads the lines of a dpkg.log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scan {
-    /// Every line is parsed by [`parse_dpkg_line`].
+    /// Every line is parsed by `parse_dpkg_line`.
     Simple,
     /// Lines that cannot change the [`ChangeSet`] are skipped after a look at
-    /// their action word (and package name): see [`skippable`]. Others go to
+    /// their action word (and package name): see `skippable`. Others go to
     /// the simple parser, so both give the same changes.
     Fast,
 }
@@ -253,10 +253,10 @@ fn parse_lines(
 
 /// Whether a dpkg.log line (with its line end) certainly leaves `set` as it
 /// is, judged from its action word and, for unpacks and removals, its
-/// package name: what [`parse_dpkg_line`] would skip after parsing it. Most
+/// package name: what `parse_dpkg_line` would skip after parsing it. Most
 /// lines of a real log are `status`, `configure` and `trigproc` lines of
 /// packages with nothing pending. Anything unusual (NUL bytes, a short line,
-/// an unknown action) is left to [`parse_dpkg_line`].
+/// an unknown action) is left to `parse_dpkg_line`.
 #[inline]
 fn skippable(line: &[u8], set: &ChangeSet) -> bool {
     // "YYYY-MM-DD HH:MM:SS " is 20 bytes; the action follows.

@@ -16,7 +16,6 @@ use crate::inventory::Inventory;
 use crate::kernel::CacheUse;
 use crate::name::Keyed;
 use crate::plan::{self, PairState, Plan, Rebuild};
-use crate::rebuild::Tools;
 use crate::root::Root;
 use crate::state::{self, Cursor, LogSpan, QueuedPair, State};
 use crate::Error;
@@ -25,10 +24,20 @@ pub const DPKG_LOG: &str = "/var/log/dpkg.log";
 
 /// Plan for `changes` on this root.
 pub fn plan_changes(root: &Root, changes: &[Change], cfg: &Config) -> Result<Plan, Error> {
-    let inv = Inventory::for_changes(root, changes)?;
+    plan_on_inventory(root, changes, cfg).map(|(p, _)| p)
+}
+
+/// [`plan_changes`], and the inventory it planned on (whose warnings are
+/// moved into the plan).
+fn plan_on_inventory(
+    root: &Root,
+    changes: &[Change],
+    cfg: &Config,
+) -> Result<(Plan, Inventory), Error> {
+    let mut inv = Inventory::for_changes(root, changes)?;
     let mut p = plan::plan(changes, &inv, cfg);
-    p.warnings.splice(0..0, inv.warnings);
-    Ok(p)
+    p.warnings.splice(0..0, std::mem::take(&mut inv.warnings));
+    Ok((p, inv))
 }
 
 /// Seconds since the epoch of the newest cause of a rebuild; "now" for a
@@ -127,9 +136,7 @@ pub fn queue_from_dpkg_log(root: &Root, state: &State, cfg: &Config) -> Result<P
         return Ok(Plan::default());
     }
     let changes = set.finish();
-    let inv = Inventory::for_changes(root, &changes)?;
-    let mut plan = plan::plan(&changes, &inv, cfg);
-    plan.warnings.splice(0..0, inv.warnings);
+    let (plan, inv) = plan_on_inventory(root, &changes, cfg)?;
     enqueue(state, &plan)?;
     // Only now, with the queue safe on disk, move past these changes.
     if let Some((path, offset)) = end {
@@ -176,13 +183,8 @@ pub fn read_logs(root: &Root, logs: &[impl AsRef<Path>]) -> Result<Vec<Change>, 
 /// Queue every pair the file system shows stale (also those that went stale
 /// before dkms-hook was installed) or broken: what `sync` rebuilds, and `boot` for the
 /// running kernel (an inventory of that kernel only).
-pub fn queue_stale(
-    state: &State,
-    inv: &Inventory,
-    cfg: &Config,
-    tools: &Tools,
-) -> Result<Plan, Error> {
-    let rows = crate::verify::assess(state.root(), inv, cfg, &[], tools);
+pub fn queue_stale(state: &State, inv: &Inventory, cfg: &Config) -> Result<Plan, Error> {
+    let rows = crate::verify::assess(state.root(), inv, cfg, &[], None);
     let p = Plan {
         rebuilds: rows
             .iter()

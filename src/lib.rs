@@ -12,7 +12,7 @@
 //!    read through one [`root::Root`] → [`inventory::Inventory`].
 //! 3. **The decision**: [`plan::plan`], a pure function → [`plan::Plan`]
 //!    (rebuilds, skips, warnings); [`plan::assess`] for `status`, with
-//!    [`verify::judge`] adding what the installed module files say
+//!    [`verify::assess`] adding what the installed module files say
 //!    (`broken`, signatures, Secure Boot).
 //! 4. **The queue**: [`intake`] persists the plan's rebuilds as
 //!    [`state::QueuedPair`]s before the dpkg.log cursor moves ([`state`],

@@ -206,7 +206,7 @@ pub fn after_run(
     let counters = count(state, results)?;
     let inv = crate::inventory::Inventory::full(state.root())?;
     let failed = state.failures()?.failed;
-    let rows = crate::verify::assess(state.root(), &inv, cfg, &failed, tools);
+    let rows = crate::verify::assess(state.root(), &inv, cfg, &failed, Some(tools));
     state.save_findings(&crate::verify::findings(&rows))?;
     write(
         state.root(),

@@ -411,7 +411,7 @@ pub enum PairState {
     /// for this kernel.
     Excluded,
     /// The installed module's vermagic names another kernel: it will not
-    /// load (set by [`crate::verify::judge`]).
+    /// load (set by [`crate::verify::assess`]).
     Broken,
 }
 
@@ -425,7 +425,7 @@ pub struct Assessment {
     /// The pair itself, when it exists.
     pub pair: Option<Pair>,
     pub because: Vec<Cause>,
-    /// What its installed module file says ([`crate::verify::judge`]).
+    /// What its installed module file says ([`crate::verify::assess`]).
     pub check: Option<crate::verify::Check>,
 }
 

@@ -322,15 +322,28 @@ impl Check {
 /// installs (`kernel/` is the kernel's own, thousands of files).
 const STATUS_DIRS: &[&str] = &["updates", "extra"];
 
-/// What `status`, `sync`, boot and the textfile add to [`crate::plan::assess`]:
-/// each installed pair's module file is read; a vermagic naming another
-/// kernel makes a fresh or stale pair `broken` (it would not load). Signers
-/// come from `modinfo` and the firmware from `mokutil` (see [`Firmware`]).
-pub fn judge(root: &Root, rows: &mut [Assessment], modinfo: &OsStr, mokutil: Option<&OsStr>) {
-    let mut fw = None;
+/// [`crate::plan::assess`], then what the module files say: each installed
+/// pair's module is read (through [`FactsCache`]); a vermagic naming another
+/// kernel makes a fresh or stale pair `broken` (it would not load). With
+/// `tools` (`status`, the textfile and the findings), also signers from
+/// `modinfo`, and Secure Boot and dkms's key from `mokutil` (see
+/// [`Firmware`]); without (`sync`, boot queueing stale and broken pairs),
+/// nothing is run.
+pub fn assess(
+    root: &Root,
+    inv: &Inventory,
+    cfg: &Config,
+    failed: &[Failure],
+    tools: Option<&Tools>,
+) -> Vec<Assessment> {
+    let mut rows = crate::plan::assess(inv, cfg, failed);
     let mut cache = FactsCache::load(root);
-    // Each kernel's installed files, listed once for all its pairs.
+    // Each kernel's installed files and config, read once for all its pairs.
     let mut installed: HashMap<KernelRelease, Vec<PathBuf>> = HashMap::new();
+    let mut configs: HashMap<KernelRelease, Option<SigConfig>> = HashMap::new();
+    let modinfo = tools.map(|t| t.modinfo.clone().unwrap_or_else(|| MODINFO.into()));
+    let mokutil = tools.and_then(|t| Firmware::mokutil(root, t.mokutil.clone()));
+    let mut fw = None;
     for r in rows.iter_mut() {
         let Some(pair) = r.pair.as_ref().filter(|p| p.installed) else {
             continue;
@@ -352,35 +365,22 @@ pub fn judge(root: &Root, rows: &mut [Assessment], modinfo: &OsStr, mokutil: Opt
                 check.facts.vermagic.as_deref().unwrap_or_default(),
             );
         }
-        if let Some(signed) = check.signed() {
-            let fw: &Firmware = fw.get_or_insert_with(|| Firmware::read(root, mokutil));
+        if let (Some(signed), Some(modinfo)) = (check.signed(), &modinfo) {
+            let fw: &Firmware = fw.get_or_insert_with(|| Firmware::read(root, mokutil.as_deref()));
             if signed {
                 let host = root.host(&check.file);
                 check.signer = modinfo_field(root, modinfo, &host, "signer");
                 check.key_enrolled = fw.key_enrolled;
                 check.key_warning = key_warning(r.key(), Some(true), fw);
             }
-            check.will_not_load =
-                unsigned_warning(r.key(), Some(signed), sig_config(root, &r.kernel), fw);
+            let cfg = *configs
+                .entry(r.kernel.clone())
+                .or_insert_with(|| sig_config(root, &r.kernel));
+            check.will_not_load = unsigned_warning(r.key(), Some(signed), cfg, fw);
         }
         r.check = Some(check);
     }
     cache.save(root, rustix::process::geteuid().is_root());
-}
-
-/// [`plan::assess`](crate::plan::assess), then [`judge`] with the tools
-/// the run was given.
-pub fn assess(
-    root: &Root,
-    inv: &Inventory,
-    cfg: &Config,
-    failed: &[Failure],
-    tools: &Tools,
-) -> Vec<Assessment> {
-    let mut rows = crate::plan::assess(inv, cfg, failed);
-    let modinfo = tools.modinfo.clone().unwrap_or_else(|| MODINFO.into());
-    let mokutil = Firmware::mokutil(root, tools.mokutil.clone());
-    judge(root, &mut rows, &modinfo, mokutil.as_deref());
     rows
 }
 

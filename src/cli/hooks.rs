@@ -43,8 +43,7 @@ fn catch_up(root: &Root, env: &Env, running_kernel: bool) -> i32 {
         let p = intake::queue_from_dpkg_log(root, &state, &cfg)?;
         warn_once(root, &p.warnings);
         if running_kernel {
-            let inv = Inventory::running_kernel_only(root)?;
-            intake::queue_stale(&state, &inv, &cfg, &env.tools)?;
+            intake::queue_stale(&state, &Inventory::running_kernel_only(root)?, &cfg)?;
         }
         if !state.queue()?.pending.is_empty() {
             execute(&state, &cfg, env, true)?;

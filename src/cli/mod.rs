@@ -301,7 +301,7 @@ fn status(root: &Root, env: &Env, a: &StatusArgs) -> anyhow::Result<i32> {
         warn(&format!("{PREFIX} {e}"));
         Default::default()
     });
-    let rows = verify::assess(root, &inv, &cfg, &failures.failed, &env.tools);
+    let rows = verify::assess(root, &inv, &cfg, &failures.failed, Some(&env.tools));
     let queued = state.queue().map(|q| q.pending).unwrap_or_default();
     if rustix::process::geteuid().is_root() {
         if let Err(e) = crate::metrics::from_status(&state, &cfg, &rows, inv.running.as_ref()) {
@@ -336,7 +336,7 @@ fn sync(root: &Root, env: &Env, json: bool) -> anyhow::Result<i32> {
     let state = State::new(root);
     let _lock = state.lock()?;
     let inv = Inventory::full(root)?;
-    let p = intake::queue_stale(&state, &inv, &cfg, &env.tools)?;
+    let p = intake::queue_stale(&state, &inv, &cfg)?;
     finish_run(&state, &cfg, env, &p, json)
 }
 

@@ -270,3 +270,16 @@ fn status_answers_the_same_from_the_module_facts_cache() {
     f.write(KO, module("6.1.0-99-amd64", true));
     assert_eq!(f.status_row(K)["state"], "broken");
 }
+
+/// Boot with nothing to do asks no firmware: queueing stale and broken
+/// pairs reads module files only (mokutil and modinfo are for `status`).
+#[test]
+fn boot_with_nothing_to_do_runs_no_mokutil() {
+    let f = signed_with_dkms_key("enabled");
+    f.run(&["post-invoke"]);
+    assert!(f.path("mokutil-calls.log").exists(), "post-invoke asked");
+    std::fs::remove_file(f.path("mokutil-calls.log")).unwrap();
+    let out = f.run(&["boot"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(!f.path("mokutil-calls.log").exists());
+}
