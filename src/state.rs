@@ -881,7 +881,20 @@ mod tests {
             time: 5,
         };
         s.save_findings(std::slice::from_ref(&good)).unwrap();
-        assert_eq!(s.findings(), vec![good]);
+        assert_eq!(s.findings(), vec![good.clone()]);
+        // The same findings again (a later time): the file is not rewritten.
+        use std::os::unix::fs::MetadataExt;
+        let ino = |s: &State| fs::metadata(s.dir().join("findings.json")).unwrap().ino();
+        let before = ino(&s);
+        let later = Finding {
+            time: 9,
+            ..good.clone()
+        };
+        s.save_findings(&[later]).unwrap();
+        assert_eq!(ino(&s), before, "an atomic write would be a new inode");
+        s.save_findings(&[]).unwrap();
+        assert_ne!(ino(&s), before);
+        s.save_findings(std::slice::from_ref(&good)).unwrap();
         let text = fs::read_to_string(s.dir().join("findings.json")).unwrap();
         let evil = text.replace("\"m\"", "\"../../x\"");
         fs::write(s.dir().join("findings.json"), evil).unwrap();
