@@ -88,7 +88,7 @@ e2e_log "chosen versions:"; sed 's/^/    /' "$E2E_ROOT$E2E_VERSIONS_FILE" >&2
 
 # --- pre-download everything the scenarios install -----------------------------
 # linux-headers-K pulls linux-image-K, -common and linux-kbuild-ABI.
-DEBS=(acpi-call-dkms)
+DEBS=(acpi-call-dkms v4l2loopback-dkms)
 for k in $FIRST_KERNELS $ADDED_KERNELS; do DEBS+=("linux-headers-$k"); done
 e2e_log "pre-downloading: ${DEBS[*]}"
 e2e_retry 3 in_root apt-get -y -q install -d --no-install-recommends "${DEBS[@]}"

@@ -8,7 +8,7 @@
 #
 # The root contains dkms + toolchain, apt lists, and pre-downloaded .debs for
 # the scenarios (old & new linux-headers/-common/linux-kbuild-6.1/
-# linux-compiler-gcc-12-x86, acpi-call-dkms), so that scenario runs work with
+# linux-compiler-gcc-12-x86, acpi-call-dkms, v4l2loopback-dkms), so that scenario runs work with
 # `apt-get --no-download`. Chosen versions: /root/e2e-versions.env in the root.
 set -euo pipefail
 # shellcheck source=lib.sh
@@ -104,13 +104,13 @@ e2e_log "chosen versions:"; sed 's/^/    /' "$E2E_ROOT$E2E_VERSIONS_FILE" >&2
 old_set=(linux-kbuild-6.1="$OLD_VERSION" "$OLD_COMMON=$OLD_VERSION" "$OLD_HEADERS=$OLD_VERSION" $OLD_COMPILER_PIN)
 # shellcheck disable=SC2206
 new_set=(linux-kbuild-6.1="$NEW_VERSION" "$NEW_COMMON=$NEW_VERSION" "$NEW_HEADERS=$NEW_VERSION" $NEW_COMPILER_PIN)
-e2e_log "pre-downloading: ${old_set[*]} acpi-call-dkms"
-e2e_retry 3 in_root apt-get -y -q install -d --no-install-recommends "${old_set[@]}" acpi-call-dkms
+e2e_log "pre-downloading: ${old_set[*]} acpi-call-dkms v4l2loopback-dkms"
+e2e_retry 3 in_root apt-get -y -q install -d --no-install-recommends "${old_set[@]}" acpi-call-dkms v4l2loopback-dkms
 e2e_log "pre-downloading: ${new_set[*]}"
 e2e_retry 3 in_root apt-get -y -q install -d --no-install-recommends "${new_set[@]}"
 
 # sanity: both sets must now resolve without network
-in_root apt-get -s -q --no-download install "${old_set[@]}" acpi-call-dkms >/dev/null
+in_root apt-get -s -q --no-download install "${old_set[@]}" acpi-call-dkms v4l2loopback-dkms >/dev/null
 in_root apt-get -s -q --no-download install "${new_set[@]}" >/dev/null
 find "$E2E_ROOT/var/cache/apt/archives" -maxdepth 1 -name '*.deb' -printf '    %s %f\n' | sort -k2 >&2
 
