@@ -227,93 +227,11 @@ fn installed_links(mdir: &Path, module: &ModuleName, warnings: &mut Vec<String>)
     out
 }
 
-/// What a module's `dkms.conf` says about the kernels it is for
-/// (`BUILD_EXCLUSIVE_KERNEL`, `_ARCH`, `_CONFIG`, as dkms 3.0 and 3.2 read
-/// them: the first two are bash `=~` patterns, unanchored; the last a list of
-/// `CONFIG_X` that must be set and `!CONFIG_X` that must not). dkms 3.1's
-/// `_KERNEL_MIN`/`_MAX` are not read: such a pair is still found excluded
-/// when dkms exits 77.
-#[derive(Debug, Clone, Default)]
-pub struct Exclusive {
-    kernel: Option<regex::Regex>,
-    arch: Option<regex::Regex>,
-    config: Vec<(bool, String)>,
-}
-
-impl Exclusive {
-    /// Read `/usr/src/M-V/dkms.conf`; anything unreadable excludes nothing.
-    pub fn read(root: &Root, module: &ModuleName, version: &ModuleVersion) -> Exclusive {
-        let path = format!("/usr/src/{module}-{version}/dkms.conf");
-        let Ok(text) = root.read(&path, crate::root::CAP_SMALL) else {
-            return Exclusive::default();
-        };
-        Exclusive::parse(&String::from_utf8_lossy(&text))
-    }
-
-    pub fn parse(text: &str) -> Exclusive {
-        let mut e = Exclusive::default();
-        for line in text.lines() {
-            let Some((key, value)) = line.trim().split_once('=') else {
-                continue;
-            };
-            let value = value.trim().trim_matches(|c| c == '"' || c == '\'');
-            let pattern = || {
-                regex::Regex::new(value)
-                    .map_err(|err| log::debug!("dkms.conf: {key}: {err}"))
-                    .ok()
-            };
-            match key.trim() {
-                "BUILD_EXCLUSIVE_KERNEL" => e.kernel = pattern(),
-                "BUILD_EXCLUSIVE_ARCH" => e.arch = pattern(),
-                "BUILD_EXCLUSIVE_CONFIG" => {
-                    e.config = value
-                        .split_whitespace()
-                        .map(|c| match c.strip_prefix('!') {
-                            Some(c) => (false, c.to_string()),
-                            None => (true, c.to_string()),
-                        })
-                        .collect()
-                }
-                _ => {}
-            }
-        }
-        e
-    }
-
-    /// Whether dkms would refuse to build for kernel `k` on `arch`, whose
-    /// `.config` answers `set(CONFIG_X)`.
-    pub fn excludes(
-        &self,
-        k: &KernelRelease,
-        arch: &str,
-        mut set: impl FnMut(&str) -> bool,
-    ) -> bool {
-        self.kernel
-            .as_ref()
-            .is_some_and(|r| !r.is_match(k.as_str()))
-            || self.arch.as_ref().is_some_and(|r| !r.is_match(arch))
-            || self.config.iter().any(|(want, c)| set(c) != *want)
-    }
-}
-
 crate::name::keyed!(Pair);
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn build_exclusive_is_read_as_dkms_does() {
-        let e = Exclusive::parse(
-            "PACKAGE_NAME=x\nBUILD_EXCLUSIVE_KERNEL=\"^6\\.1\\.\"\nBUILD_EXCLUSIVE_CONFIG=\"CONFIG_ACPI !CONFIG_X\"\n",
-        );
-        let k = |s| KernelRelease::new(s).unwrap();
-        let acpi = |c: &str| c == "CONFIG_ACPI";
-        assert!(!e.excludes(&k("6.1.0-50-amd64"), "x86_64", acpi));
-        assert!(e.excludes(&k("6.12.38+deb13-amd64"), "x86_64", acpi));
-        assert!(e.excludes(&k("6.1.0-50-amd64"), "x86_64", |_| false));
-        assert!(!Exclusive::parse("").excludes(&k("1"), "x", |_| false));
-    }
 
     #[test]
     fn scan_reads_pairs_and_links() {

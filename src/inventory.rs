@@ -8,6 +8,7 @@ use jiff::tz::TimeZone;
 
 use crate::change::Change;
 use crate::dkms::{self, Pair};
+use crate::dkms_conf::{self, Verdict};
 use crate::dpkg::{self, Installed, PackageName};
 use crate::kernel::{self, CacheUse, Input, Kernel, KernelRelease};
 use crate::root::{Root, CAP_SMALL};
@@ -24,20 +25,22 @@ pub struct Inventory {
     pub installed: HashMap<String, Vec<Installed>>,
     pub running: Option<KernelRelease>,
     pub tz: TimeZone,
-    /// (module, version, kernel) that the module's `BUILD_EXCLUSIVE_*`
-    /// settings keep dkms from building.
-    pub excluded: HashSet<(String, String, KernelRelease)>,
+    /// What dkms would do with each installed module version for each
+    /// kernel with headers ([`dkms_conf`]); a kernel without headers or
+    /// config has no entry.
+    pub verdicts: HashMap<(String, String, KernelRelease), Verdict>,
     pub warnings: Vec<String>,
 }
 
 impl Inventory {
-    /// Kernels and dkms pairs, without inputs.
-    fn base(root: &Root) -> Inventory {
+    /// Kernels and dkms pairs, without inputs; `cache_use` says whether
+    /// the dkms.conf verdicts learnt are written back.
+    fn base(root: &Root, cache_use: CacheUse) -> Inventory {
         let mut warnings = Vec::new();
         let kernels = kernel::scan(root, &mut warnings);
         let pairs = dkms::scan(root, &mut warnings);
         Inventory {
-            excluded: build_exclusive(root, &kernels, &pairs),
+            verdicts: verdicts(root, &kernels, &pairs, cache_use),
             kernels,
             pairs,
             inputs: BTreeMap::new(),
@@ -50,7 +53,7 @@ impl Inventory {
 
     /// What is needed to plan for `changes`: only their file lists are read.
     pub fn for_changes(root: &Root, changes: &[Change]) -> Result<Inventory, Error> {
-        let mut inv = Inventory::base(root);
+        let mut inv = Inventory::base(root, CacheUse::Read);
         if inv.pairs.is_empty() && !changes.iter().any(Change::is_removal) {
             return Ok(inv); // nothing built, nothing to warn about
         }
@@ -119,7 +122,7 @@ impl Inventory {
 
     /// [`Inventory::full`] with the use of the file-list cache chosen.
     pub fn full_with(root: &Root, cache_use: CacheUse) -> Result<Inventory, Error> {
-        let mut inv = Inventory::base(root);
+        let mut inv = Inventory::base(root, cache_use);
         // Without dpkg's file lists nothing can be judged: an error.
         let lists = dpkg::all_lists(root)?;
         inv.inputs = kernel::find_inputs_cached(root, &inv.kernels, &lists, cache_use)?;
@@ -134,7 +137,7 @@ impl Inventory {
     /// `/usr/lib/linux-kbuild-X.Y`): a handful of reads, for the boot-time
     /// catch-up, which must cost about what the no-op hook does.
     pub fn running_kernel_only(root: &Root) -> Result<Inventory, Error> {
-        let mut inv = Inventory::base(root);
+        let mut inv = Inventory::base(root, CacheUse::Read);
         let Some(k) = inv.running.clone().and_then(|r| inv.kernel(&r).cloned()) else {
             return Ok(inv);
         };
@@ -193,9 +196,15 @@ impl Inventory {
         self.kernels.iter().find(|x| &x.release == k)
     }
 
+    /// What dkms would do with `module/version` for `k`; `None` when `k`
+    /// has no headers (or no config) or the module's dkms.conf is unreadable.
+    pub fn verdict(&self, module: &str, version: &str, k: &KernelRelease) -> Option<&Verdict> {
+        self.verdicts
+            .get(&(module.to_string(), version.to_string(), k.clone()))
+    }
+
     pub fn is_excluded(&self, module: &str, version: &str, k: &KernelRelease) -> bool {
-        self.excluded
-            .contains(&(module.to_string(), version.to_string(), k.clone()))
+        self.verdict(module, version, k) == Some(&Verdict::Excluded)
     }
 
     /// The installed version of a package (any architecture).
@@ -207,44 +216,36 @@ impl Inventory {
     }
 }
 
-/// The pairs dkms would refuse to build: each installed module version's
-/// `dkms.conf`, against every kernel (its `.config` read only when asked).
-fn build_exclusive(
+/// What dkms would do with each installed module version for every kernel,
+/// decided as dkms decides ([`dkms_conf::Judge`], cached).
+fn verdicts(
     root: &Root,
     kernels: &[Kernel],
     pairs: &[Pair],
-) -> HashSet<(String, String, KernelRelease)> {
-    let mut out = HashSet::new();
+    cache_use: CacheUse,
+) -> HashMap<(String, String, KernelRelease), Verdict> {
+    let mut out = HashMap::new();
+    let mut judge = dkms_conf::Judge::new(root);
     let mut seen = HashSet::new();
-    let mut configs: HashMap<KernelRelease, String> = HashMap::new();
     for p in pairs.iter().filter(|p| p.installed) {
         if !seen.insert((p.module.clone(), p.version.clone())) {
             continue;
         }
-        let ex = dkms::Exclusive::read(root, &p.module, &p.version);
         for k in kernels {
-            // The kernel's .config (~250 kB) is read only for a module that
-            // names CONFIG_ options, and once per kernel.
-            let set = |name: &str| {
-                let config = configs.entry(k.release.clone()).or_insert_with(|| {
-                    k.tree
-                        .first()
-                        .and_then(|t| root.read(t.path.join(".config"), CAP_SMALL * 4).ok())
-                        .map(|b| String::from_utf8_lossy(&b).into_owned())
-                        .unwrap_or_default()
-                });
-                config
-                    .lines()
-                    .any(|l| l.strip_prefix(name).is_some_and(|v| v == "=y" || v == "=m"))
-            };
-            if ex.excludes(&k.release, p.arch.as_str(), set) {
-                out.insert((
-                    p.module.to_string(),
-                    p.version.to_string(),
-                    k.release.clone(),
-                ));
+            if let Some(v) = judge.verdict(&p.module, &p.version, k, &p.arch) {
+                out.insert(
+                    (
+                        p.module.to_string(),
+                        p.version.to_string(),
+                        k.release.clone(),
+                    ),
+                    v,
+                );
             }
         }
+    }
+    if cache_use == CacheUse::Refresh {
+        judge.save();
     }
     out
 }

@@ -34,6 +34,7 @@ pub mod change;
 pub mod cli;
 pub mod config;
 pub mod dkms;
+pub mod dkms_conf;
 pub mod dpkg;
 pub mod dpkg_log;
 pub mod intake;

@@ -30,6 +30,7 @@ const STATES: &[PairState] = &[
     PairState::Missing,
     PairState::NoHeaders,
     PairState::Excluded,
+    PairState::Undecided,
     PairState::Broken,
 ];
 
@@ -126,8 +127,10 @@ pub fn render(rows: &[Assessment], c: &Counters, running: Option<&KernelRelease>
     }
     let ok = running.is_some_and(|k| {
         rows.iter().filter(|r| &r.kernel == k).all(|r| {
-            matches!(r.state, PairState::Fresh | PairState::Excluded)
-                && r.check.as_ref().is_none_or(|c| c.will_not_load.is_none())
+            matches!(
+                r.state,
+                PairState::Fresh | PairState::Excluded | PairState::Undecided
+            ) && r.check.as_ref().is_none_or(|c| c.will_not_load.is_none())
         })
     });
     for (name, kind, help, value) in [

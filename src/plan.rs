@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::change::Change;
 use crate::config::{Config, KernelSelection};
 use crate::dkms::Pair;
+use crate::dkms_conf::Verdict;
 use crate::dpkg::PackageName;
 use crate::inventory::Inventory;
 use crate::kernel::{Input, Kernel, KernelRelease, Role};
@@ -408,8 +409,11 @@ pub enum PairState {
     Missing,
     NoHeaders,
     /// The module's `BUILD_EXCLUSIVE_*` settings keep dkms from building it
-    /// for this kernel.
+    /// for this kernel (never a finding: dkms is doing what it was told).
     Excluded,
+    /// Not built, and whether dkms would build it cannot be told here: its
+    /// dkms.conf is a script under `--root`, or its evaluation failed.
+    Undecided,
     /// The installed module's vermagic names another kernel: it will not
     /// load (set by [`crate::verify::assess`]).
     Broken,
@@ -468,11 +472,23 @@ pub fn assess(inv: &Inventory, cfg: &Config, failed: &[Failure]) -> Vec<Assessme
                 out.push(a);
                 continue;
             }
-            if inv.is_excluded(m.as_str(), v.as_str(), &k.release) {
-                a.state = PairState::Excluded;
-                a.why = "BUILD_EXCLUSIVE in its dkms.conf excludes this kernel".into();
-                out.push(a);
-                continue;
+            match inv.verdict(m.as_str(), v.as_str(), &k.release) {
+                Some(Verdict::Excluded) => {
+                    a.state = PairState::Excluded;
+                    a.why = "its dkms.conf (BUILD_EXCLUSIVE) excludes this kernel: dkms does not build it"
+                        .into();
+                    out.push(a);
+                    continue;
+                }
+                // Only a pair dkms has not built is in doubt; a built one is
+                // judged as usual below.
+                Some(Verdict::Undecided(why)) if pair.is_none() => {
+                    a.state = PairState::Undecided;
+                    a.why = format!("cannot tell whether dkms builds it here: {why}");
+                    out.push(a);
+                    continue;
+                }
+                _ => {}
             }
             let Some(pair) = pair else {
                 if !k.has_headers() {
@@ -645,7 +661,7 @@ mod tests {
             installed: installed_map,
             running: None,
             tz: TimeZone::UTC,
-            excluded: Default::default(),
+            verdicts: Default::default(),
             warnings: vec![],
         }
     }

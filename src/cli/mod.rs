@@ -312,8 +312,7 @@ fn status(root: &Root, env: &Env, a: &StatusArgs) -> anyhow::Result<i32> {
     warnings.extend(verify::warnings(&rows));
     let attention = rows.iter().any(|r| match r.state {
         _ if r.check.as_ref().is_some_and(|c| c.will_not_load.is_some()) => true,
-        PairState::Fresh => false,
-        PairState::Excluded => r.pair.as_ref().is_some_and(|p| p.installed),
+        PairState::Fresh | PairState::Excluded | PairState::Undecided => false,
         _ => true,
     });
     if a.json {

@@ -3,6 +3,7 @@
 mod apt;
 mod attacks;
 mod bad_input;
+mod dkms_conf;
 mod fixture;
 mod list_cache;
 mod messages;
