@@ -8,7 +8,8 @@
 //!    ([`dpkg_log`], folded per package by [`change`]), or what apt is about
 //!    to do ([`apt`]: the JSON hook and Pre-Install-Pkgs) → [`change::Change`].
 //! 2. **The machine**: kernels and their build trees ([`kernel`]), input
-//!    packages from dpkg's file lists ([`dpkg`]), dkms pairs ([`dkms`]), all
+//!    packages from dpkg's file lists ([`dpkg`]), dkms pairs ([`dkms`]) and what
+//!    their dkms.conf lets dkms build ([`dkms_conf`]), all
 //!    read through one [`root::Root`] → [`inventory::Inventory`].
 //! 3. **The decision**: [`plan::plan`], a pure function → [`plan::Plan`]
 //!    (rebuilds, skips, warnings); [`plan::assess`] for `status`, with

@@ -8,6 +8,8 @@
 # is INSTALL_TREE/K/build instead of /lib/modules/K/build.
 #
 #   oracle.sh DKMS M V K ARCH CONF [INSTALL_TREE]
+# The globals below are dkms's own, read by the functions evaluated here.
+# shellcheck disable=SC2034
 dkms_script=$1 module=$2 module_version=$3 kver=$4 karch=$5 conf_file=$6
 dkms_tree=/var/lib/dkms source_tree=/usr/src install_tree=/lib/modules current_os=Linux
 tmp_location=${TMPDIR:-/tmp}

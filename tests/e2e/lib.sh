@@ -556,3 +556,105 @@ before() {
     [[ -n "$a" && -n "$b" ]] && (( a < b ))
 }
 out() { mktemp "${E2E_OUT_DIR:-$E2E_TMP_BASE}/out.XXXXXX"; }
+
+# e2e_check_dkms_conf_corpus -- dkms.conf as dkms reads it (a scenario's
+# checks). Every *-dkms package of the root's archive (downloaded now; only
+# its dkms.conf is extracted) and the committed corpus become dkms modules
+# of the root, built for the first kernel with headers; dkms-hook's `status
+# --json` must call a pair `excluded` exactly where dkms's own read_conf
+# (tests/dkms-conf/oracle.sh, run on the root's /usr/sbin/dkms) sets
+# build_exclude, for every kernel with headers, and never `undecided`. The
+# same from the host with `--root` (nothing in the root executed): each
+# verdict is dkms's or `undecided`. Then tests/data/dkms-conf/expected.txt
+# is recorded again with the root's dkms and compared. Removes what it made.
+e2e_check_dkms_conf_corpus() {
+    local work=/root/dkms-conf-corpus repo="$E2E_DIR/../.."
+    rm -rf "${E2E_ROOT:?}$work"
+    mkdir -p "$E2E_ROOT$work/debs" "$E2E_ROOT$work/confs"
+    cp -a "$repo/tests/dkms-conf" "$repo/tests/data/dkms-conf" "$E2E_ROOT$work/"
+    local -a pkgs
+    mapfile -t pkgs < <(in_root apt-cache search --names-only -- '-dkms$' | awk '{ print $1 }' | sort)
+    e2e_log "dkms.conf corpus: ${#pkgs[@]} *-dkms packages in the archive"
+    e2e_retry 3 in_root sh -c 'cd "$1" && shift && apt-get -q download "$@"' _ "$work/debs" "${pkgs[@]}" >&2
+    local deb name conf
+    for deb in "$E2E_ROOT$work"/debs/*.deb; do
+        name="$(basename "$deb" .deb)"
+        mkdir -p "$E2E_ROOT$work/x/$name"
+        in_root sh -c 'dpkg-deb --fsys-tarfile "$1" | tar -x -C "$2" --wildcards "./usr/src/*/dkms.conf"' \
+            _ "${deb#"$E2E_ROOT"}" "$work/x/$name" 2>/dev/null || true
+        conf="$(find "$E2E_ROOT$work/x/$name/usr/src" -name dkms.conf -print -quit 2>/dev/null)"
+        [[ -n "$conf" ]] && mkdir -p "$E2E_ROOT$work/confs/$name" && cp "$conf" "$E2E_ROOT$work/confs/$name/"
+    done
+    cp -a "$E2E_ROOT$work"/dkms-conf/confs/. "$E2E_ROOT$work/confs/"
+    local -a kernels confs
+    mapfile -t kernels < <(cd "$E2E_ROOT/lib/modules" && for k in *; do [[ -e "$k/build/.config" ]] && echo "$k"; done)
+    mapfile -t confs < <(cd "$E2E_ROOT$work/confs" && ls)
+    check "dkms.conf corpus: ${#confs[@]} files (archive and committed)" test "${#confs[@]}" -gt 20
+    check "dkms.conf corpus: kernels with headers: ${kernels[*]}" test "${#kernels[@]}" -gt 0
+    # Each file becomes module corpus-N version 1, built for the first kernel.
+    local i=0 m
+    for name in "${confs[@]}"; do
+        i=$((i + 1)); m="corpus-$i"
+        mkdir -p "$E2E_ROOT/usr/src/$m-1" "$E2E_ROOT/var/lib/dkms/$m/1/${kernels[0]}/x86_64/module"
+        cp "$E2E_ROOT$work/confs/$name/dkms.conf" "$E2E_ROOT/usr/src/$m-1/dkms.conf"
+        ln -sfn "/usr/src/$m-1" "$E2E_ROOT/var/lib/dkms/$m/1/source"
+        : > "$E2E_ROOT/var/lib/dkms/$m/1/${kernels[0]}/x86_64/module/$m.ko"
+        ln -sfn "1/${kernels[0]}/x86_64" "$E2E_ROOT/var/lib/dkms/$m/kernel-${kernels[0]}-x86_64"
+    done
+    local oracle_out inside outside k want got_in got_out mismatches=0 undecided=0 excluded=0
+    oracle_out="$(out)" inside="$(out)" outside="$(out)"
+    i=0
+    for name in "${confs[@]}"; do
+        i=$((i + 1))
+        for k in "${kernels[@]}"; do
+            printf '%s %s %s %s\n' "corpus-$i" "$k" "$name" \
+                "$(in_root bash "$work/dkms-conf/oracle.sh" /usr/sbin/dkms "corpus-$i" 1 "$k" x86_64 "/usr/src/corpus-$i-1/dkms.conf")"
+        done
+    done > "$oracle_out"
+    in_root dkms-hook status --json > "$inside" 2>/dev/null || true
+    "$E2E_ROOT/usr/sbin/dkms-hook" --root "$E2E_ROOT" status --json > "$outside" 2>/dev/null || true
+    local verdicts
+    verdicts="$(out)"
+    /usr/bin/python3 - "$inside" "$outside" <<'PY' > "$verdicts"
+import json, sys
+for label, path in (("in", sys.argv[1]), ("out", sys.argv[2])):
+    for p in json.load(open(path))["pairs"]:
+        if p["module"].startswith("corpus-"):
+            print(label, p["module"], p["kernel"], p["state"])
+PY
+    while read -r m k name want; do
+        got_in="$(awk -v m="$m" -v k="$k" '$1 == "in" && $2 == m && $3 == k { print $4 }' "$verdicts")"
+        got_out="$(awk -v m="$m" -v k="$k" '$1 == "out" && $2 == m && $3 == k { print $4 }' "$verdicts")"
+        [[ "$want" == excluded ]] && excluded=$((excluded + 1))
+        [[ "$got_out" == undecided ]] && undecided=$((undecided + 1))
+        local w=0 i_ex=0 o_ex=0
+        [[ "$want" == excluded ]] && w=1
+        [[ "$got_in" == excluded ]] && i_ex=1
+        [[ "$got_out" == excluded ]] && o_ex=1
+        if (( w != i_ex )) || [[ -z "$got_in" || "$got_in" == undecided ]] \
+            || { [[ "$got_out" != undecided ]] && (( w != o_ex )); }; then
+            printf '    | MISMATCH %s %s: dkms %s, dkms-hook %s, with --root %s\n' "$name" "$k" "$want" "$got_in" "$got_out"
+            mismatches=$((mismatches + 1))
+        fi
+    done < "$oracle_out"
+    echo "    | $(wc -l < "$oracle_out") pairs, $excluded excluded by dkms; with --root $undecided undecided"
+    check "every pair: dkms-hook excludes exactly what dkms's read_conf excludes, in the root and with --root" \
+        test "$mismatches" == 0
+    # The committed verdicts, recorded again with this dkms.
+    local dv recorded
+    dv="$(in_root sh -c "sed -n 's/^ *echo \\\$\\{0,1\\}\"dkms-\\([0-9.]*\\)\"\$/\\1/p' /usr/sbin/dkms | head -n 1")"
+    recorded="$(out)"
+    in_root bash "$work/dkms-conf/record.sh" /usr/sbin/dkms > "$recorded"
+    if grep -q " $dv " "$repo/tests/data/dkms-conf/expected.txt"; then
+        check "tests/data/dkms-conf/expected.txt holds dkms $dv's own verdicts" \
+            cmp -s <(grep " $dv " "$repo/tests/data/dkms-conf/expected.txt") <(grep " $dv " "$recorded")
+    else
+        echo "  note  expected.txt has no lines for dkms $dv: record them with tests/dkms-conf/record.sh"
+    fi
+    i=0
+    for name in "${confs[@]}"; do
+        i=$((i + 1))
+        rm -rf "$E2E_ROOT/usr/src/corpus-$i-1" "$E2E_ROOT/var/lib/dkms/corpus-$i"
+    done
+    rm -rf "${E2E_ROOT:?}$work"
+}

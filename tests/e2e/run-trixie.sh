@@ -44,8 +44,11 @@ FED=("$E2E_NEW_KERNEL" "$E2E_NEW_KERNEL2")     # the kernels $E2E_KBUILD feeds
 OTHER=()                                       # and the one it does not
 [[ -z "$E2E_OLD_KERNEL" ]] || OTHER=("$E2E_OLD_KERNEL")
 e2e_log "first kernel: ${FIRST[*]}; added: ${ADDED[*]}; fed by $E2E_KBUILD: ${FED[*]}"
-e2e_apt_offline install acpi-call-dkms "${FIRST[@]/#/linux-headers-}" >&2
+# v4l2loopback's dkms.conf is a script: it sets BUILD_EXCLUSIVE_KERNEL only
+# when the kernel's config lacks CONFIG_VIDEO_DEV (the cloud flavour).
+e2e_apt_offline install acpi-call-dkms v4l2loopback-dkms "${FIRST[@]/#/linux-headers-}" >&2
 M="acpi-call/$(find "$E2E_ROOT/var/lib/dkms/acpi-call" -mindepth 1 -maxdepth 1 -type d -printf '%f\n' | head -n 1)"
+V4L2="v4l2loopback/$(find "$E2E_ROOT/var/lib/dkms/v4l2loopback" -mindepth 1 -maxdepth 1 -type d -printf '%f\n' | head -n 1)"
 for k in "${FIRST[@]}"; do
     [[ -n "$(acpi_ko "$k")" ]] || e2e_die "acpi-call was not built for $k"
 done
@@ -104,6 +107,18 @@ for k in "${FED[@]}"; do
         signed_agrees "$sj" acpi-call "$k" "$(acpi_ko "$k")"
 done
 check "no dkms-hook failure" lacks "$o" "dkms-hook: FAILED"
+st="$(out)"; in_root dkms-hook status > "$st" 2>&1 || true
+sed 's/^/    | /' "$st"
+for k in "${FED[@]}"; do
+    if [[ "$k" == *-cloud-amd64 ]]; then
+        check "$k: $V4L2 is excluded (no CONFIG_VIDEO_DEV), not rebuilt" grep -qE "^$V4L2 +$k +excluded" "$st"
+        check "$k: …and dkms-hook did not try it" lacks "$o" "$V4L2 for $k"
+    else
+        check "$k: $V4L2 (a dkms.conf that is a script) is rebuilt, once" \
+            once "$o" "dkms-hook: rebuilt $V4L2 for $k ($E2E_KBUILD $E2E_KBUILD_VERSION → $KV)"
+        check "$k: …and status shows it fresh" grep -qE "^$V4L2 +$k +fresh" "$st"
+    fi
+done
 for k in "${OTHER[@]}"; do
     check "$k (not fed by $E2E_KBUILD): no rebuild line" lacks "$o" "for $k"
     check "$k: its acpi_call.ko.xz untouched" test "$(mtime "$(acpi_ko "$k")")" == "${M_BEFORE[$k]}"
@@ -128,6 +143,10 @@ check "apt answered 'n': the warning comes before 'Continue? [Y/n]'" before "$o2
 check "nothing removed: linux-headers-$K still installed" \
     test "$(in_root dpkg-query -W -f '${db:Status-Abbrev}' "linux-headers-$K")" == "ii "
 check "$K: dkms status says installed" installed acpi-call "$K"
+verdict
+
+scenario "4: every dkms.conf of Debian 13 main, on amd64 and cloud-amd64: dkms-hook excludes what dkms excludes"
+e2e_check_dkms_conf_corpus
 verdict
 
 echo "e2e trixie: $((SECONDS - T0)) s for setup and scenarios (dkms $E2E_DKMS_VERSION, apt $E2E_APT_VERSION)"

@@ -8,7 +8,7 @@
 #
 # Without DKMS_HOOK_DEB the package is built with tests/package.sh. The base
 # root is cached (make-base.sh); a run uses two fresh roots:
-#   root A, dkms-hook installed before the upgrades: scenarios 4, 1, 3, 5, 6, 10, 9, 7
+#   root A, dkms-hook installed before the upgrades: scenarios 4, 1, 3, 5, 6, 10, 9, 11, 7
 #   root B, stock dkms first, dkms-hook later: scenarios 2 and 8
 # Prints PASS/FAIL per scenario and ends with "N passed, M failed".
 # When the Debian mirror cannot be reached: one "SKIPPED:" line, exit 0.
@@ -36,8 +36,12 @@ new_root
 install_dkms_hook
 e2e_add_failmod >&2
 in_root dkms install -m e2e-failmod -v 1.0 -k "$OLD" >&2
-ACPI_OLD="$(ko acpi_call "$OLD")" FAIL_OLD="$(ko e2e_failmod "$OLD")"
-[[ -n "$ACPI_OLD" && -n "$FAIL_OLD" ]] || e2e_die "modules were not built for $OLD"
+# v4l2loopback: its dkms.conf is a script (BUILD_EXCLUSIVE_KERNEL set inside
+# an `if` on the kernel's config); read as key=value it was never rebuilt.
+e2e_apt_offline install v4l2loopback-dkms >&2
+V4L2="v4l2loopback/$(find "$E2E_ROOT/var/lib/dkms/v4l2loopback" -mindepth 1 -maxdepth 1 -type d -printf '%f\n' | head -n 1)"
+ACPI_OLD="$(ko acpi_call "$OLD")" FAIL_OLD="$(ko e2e_failmod "$OLD")" V4L2_OLD="$(ko v4l2loopback "$OLD")"
+[[ -n "$ACPI_OLD" && -n "$FAIL_OLD" && -n "$V4L2_OLD" ]] || e2e_die "modules were not built for $OLD"
 
 scenario "4: apt -s and apt answered 'n' warn before the prompt and change nothing"
 KB_BEFORE="$(in_root dpkg-query -W -f '${Version}' linux-kbuild-6.1)"
@@ -57,7 +61,7 @@ verdict
 
 scenario "1+3: #1040401 fixed; a failing rebuild keeps the working module"
 echo "$OLD" > "$E2E_ROOT/etc/e2e-failmod-break"   # failmod fails for OLD only
-FAIL_SHA="$(sha "$FAIL_OLD")"
+FAIL_SHA="$(sha "$FAIL_OLD")" V4L2_BEFORE="$(mtime "$V4L2_OLD")"
 DEP_BEFORE="$(mtime "$E2E_ROOT/lib/modules/$OLD/modules.dep")"
 sleep 1
 o="$(out)"
@@ -90,6 +94,9 @@ motd="$(out)"; in_root /etc/update-motd.d/90-dkms-hook > "$motd" 2>&1 || true
 sed 's/^/    | /' "$motd"
 check "the login notice names the failed pair" contains "$motd" "dkms-hook: e2e-failmod/1.0 for $OLD failed to rebuild"
 check "dkms-hook status shows acpi-call fresh for $OLD" grep -qE "^acpi-call/[^ ]+ +$OLD +fresh" "$st"
+check "$V4L2 (a dkms.conf that is a script) is rebuilt for $OLD" contains "$o" "dkms-hook: rebuilt $V4L2 for $OLD (linux-kbuild-6.1"
+check "…its module is new" test "$(mtime "$V4L2_OLD")" -gt "$V4L2_BEFORE"
+check "…and dkms-hook status shows it fresh, not excluded" grep -qE "^$V4L2 +$OLD +fresh" "$st"
 sj="$(out)"; in_root dkms-hook status --json > "$sj" 2>/dev/null || true
 check "status --json: acpi-call's signature for $OLD as modinfo reads it" signed_agrees "$sj" acpi-call "$OLD" "$ACPI_OLD"
 rm -f "$E2E_ROOT/etc/e2e-failmod-break"
@@ -172,6 +179,17 @@ check "the warning names the removed headers" contains "$o" "dkms-hook: warning:
 check "…and says what really happens" contains "$o" "stay installed but can no longer be rebuilt for $OLD"
 check "dkms status: acpi-call still installed for $OLD" installed acpi-call "$OLD"
 check "the .ko stays" test -n "$(ko acpi_call "$OLD")"
+verdict
+
+scenario "11: every dkms.conf of Debian 12 main, on amd64 and cloud-amd64: dkms-hook excludes what dkms excludes"
+CLOUD="${NEW%-amd64}-cloud-amd64"
+RC=0; e2e_retry 3 in_root apt-get -y -q -o Dpkg::Use-Pty=0 install "linux-headers-$CLOUD=$E2E_NEW_VERSION" > "$(out)" 2>&1 || RC=$?
+check "linux-headers-$CLOUD installed (rc=$RC)" test "$RC" == 0
+st="$(out)"; in_root dkms-hook status > "$st" 2>&1 || true
+sed 's/^/    | /' "$st"
+check "$V4L2 is excluded for $CLOUD (no CONFIG_VIDEO_DEV there)" grep -qE "^$V4L2 +$CLOUD +excluded" "$st"
+check "…and fresh for $NEW" grep -qE "^$V4L2 +$NEW +fresh" "$st"
+e2e_check_dkms_conf_corpus
 verdict
 
 scenario "7: after apt remove dkms-hook (conffiles kept), apt still works"
