@@ -133,15 +133,18 @@ impl std::fmt::Display for DkmsVersion {
     }
 }
 
-/// Files to source, in order: in-root path and content.
-type Files = Vec<(String, Vec<u8>)>;
+/// A file to source: in-root path and content.
+type File = (String, Vec<u8>);
+/// Files to source, in order.
+type Files = Vec<File>;
 
-/// Everything one evaluation reads, as in-root paths and bytes.
+/// Everything a verdict depends on, read before the cache is asked.
 struct Inputs {
-    /// dkms.conf and the overrides that exist, in dkms's order.
-    files: Files,
-    kernel_source_dir: String,
-    kernel_config: String,
+    /// dkms.conf, then every override file dkms 3.x may source, in its
+    /// order, with its content when it exists.
+    files: Vec<(String, Option<Vec<u8>>)>,
+    /// `/lib/modules/K/build`.
+    build: String,
     /// What the verdict depends on, hashed: the cache key.
     key: u64,
 }
@@ -269,25 +272,38 @@ if [[ $build_exclude ]]; then echo excluded; else echo builds; fi
 /// Decides, caches and remembers verdicts for one run.
 pub struct Judge<'r> {
     root: &'r Root,
-    dkms: DkmsVersion,
+    /// The dkms script's identity (part of every cache key); its version
+    /// is read only when a verdict is not cached.
+    dkms_id: u64,
+    dkms: Option<DkmsVersion>,
     cache: ConfCache,
-    /// dkms.conf and overrides per module version, read once.
-    confs: HashMap<(ModuleName, ModuleVersion), Option<Files>>,
+    /// dkms.conf per module version, read once.
+    confs: HashMap<(ModuleName, ModuleVersion), Option<File>>,
 }
 
 impl<'r> Judge<'r> {
     pub fn new(root: &'r Root) -> Judge<'r> {
+        let mut h = std::hash::DefaultHasher::new();
+        identity(root, DKMS_SCRIPT).hash(&mut h);
         Judge {
             root,
-            dkms: DkmsVersion::of_root(root).unwrap_or(DkmsVersion::NEWEST),
+            dkms_id: h.finish(),
+            dkms: None,
             cache: ConfCache::load(root),
             confs: HashMap::new(),
         }
     }
 
+    fn dkms(&mut self) -> DkmsVersion {
+        let root = self.root;
+        *self
+            .dkms
+            .get_or_insert_with(|| DkmsVersion::of_root(root).unwrap_or(DkmsVersion::NEWEST))
+    }
+
     /// What dkms would do with `module/version` for `kernel` on `arch`.
-    /// `None` when the kernel has no headers or no config: then the pair
-    /// is `no-headers`, whatever its dkms.conf says (dkms cannot build).
+    /// `None` when the kernel has no headers or no config (then the pair
+    /// is `no-headers`, whatever its dkms.conf says), or no dkms.conf.
     pub fn verdict(
         &mut self,
         module: &ModuleName,
@@ -298,33 +314,38 @@ impl<'r> Judge<'r> {
         if !kernel.has_headers() {
             return None;
         }
-        let inputs = self.inputs(module, version, &kernel.release, arch)?;
+        let k = &kernel.release;
+        let inputs = self.inputs(module, version, k, arch)?;
         if let Some(v) = self.cache.get(inputs.key) {
             return Some(v);
         }
+        let dkms = self.dkms();
+        let kernel_config = dkms.kernel_config(self.root, &inputs.build);
+        let sourced = dkms.overrides(module.as_str(), version.as_str(), k.as_str(), arch.as_str());
+        let files: Files = inputs
+            .files
+            .into_iter()
+            .enumerate()
+            .filter(|(i, (path, _))| *i == 0 || sourced.contains(path))
+            .filter_map(|(_, (path, bytes))| Some((path, bytes?)))
+            .collect();
         let v = if self.root.is_host_root() {
-            let files: Vec<&str> = inputs.files.iter().map(|(p, _)| p.as_str()).collect();
+            let paths: Vec<&str> = files.iter().map(|(p, _)| p.as_str()).collect();
             evaluate_on_host(
-                self.dkms,
+                dkms,
                 module.as_str(),
                 version.as_str(),
-                kernel.release.as_str(),
+                k.as_str(),
                 arch.as_str(),
-                &inputs.kernel_source_dir,
-                &inputs.kernel_config,
-                &files,
+                &inputs.build,
+                &kernel_config,
+                &paths,
             )
         } else {
-            let config = self.root.read(&inputs.kernel_config, CAP_CONFIG).ok();
-            decide_static(
-                self.dkms,
-                &inputs.files,
-                &kernel.release,
-                arch.as_str(),
-                config.as_deref(),
-            )
+            let config = self.root.read(&kernel_config, CAP_CONFIG).ok();
+            decide_static(dkms, &files, k, arch.as_str(), config.as_deref())
         };
-        log::debug!("{module}/{version} @ {}: {v:?}", kernel.release);
+        log::debug!("{module}/{version} @ {k}: {v:?}");
         self.cache.put(inputs.key, v.clone());
         Some(v)
     }
@@ -345,61 +366,64 @@ impl<'r> Judge<'r> {
         a: &DkmsArch,
     ) -> Option<Inputs> {
         let root = self.root;
-        let dkms = self.dkms;
         let build = format!("{MODULES_DIR}/{k}/build");
-        let kernel_config = dkms.kernel_config(root, &build);
-        // Both config files: the dkms.conf of v4l2loopback sources `.config`
-        // whatever dkms takes as `kernel_config`.
-        let configs = [format!("{build}/.config"), kernel_config.clone()];
-        if !root.exists(&kernel_config) {
+        // Both config files: dkms 3.1.4+ reads auto.conf, older ones and
+        // v4l2loopback's dkms.conf `.config`.
+        let configs = [
+            format!("{build}/.config"),
+            format!("{build}/include/config/auto.conf"),
+        ];
+        if !configs.iter().any(|c| root.exists(c)) {
             return None;
         }
-        let main = self
+        let (path, bytes) = self
             .confs
             .entry((m.clone(), v.clone()))
             .or_insert_with(|| read_main_conf(root, m, v))
             .clone()?;
-        let mut files = main;
-        for o in dkms.overrides(m.as_str(), v.as_str(), k.as_str(), a.as_str()) {
-            if let Ok(bytes) = root.read(&o, CAP_SMALL) {
-                files.push((o, bytes));
-            }
+        let mut files = vec![(path, Some(bytes))];
+        for o in DkmsVersion::NEWEST.overrides(m.as_str(), v.as_str(), k.as_str(), a.as_str()) {
+            let bytes = root.read(&o, CAP_SMALL).ok();
+            files.push((o, bytes));
         }
         let mut h = std::hash::DefaultHasher::new();
-        (dkms, m.as_str(), v.as_str(), k.as_str(), a.as_str()).hash(&mut h);
+        (self.dkms_id, m.as_str(), v.as_str(), k.as_str(), a.as_str()).hash(&mut h);
         files.hash(&mut h);
         for c in &configs {
-            match root.resolve(c).and_then(std::fs::symlink_metadata) {
-                Ok(md) => (
-                    c,
-                    md.dev(),
-                    md.ino(),
-                    md.size(),
-                    md.mtime(),
-                    md.mtime_nsec(),
-                    md.ctime(),
-                    md.ctime_nsec(),
-                )
-                    .hash(&mut h),
-                Err(_) => (c, "absent").hash(&mut h),
-            }
+            (c, identity(root, c)).hash(&mut h);
         }
         Some(Inputs {
             files,
-            kernel_source_dir: build,
-            kernel_config,
+            build,
             key: h.finish(),
         })
     }
 }
 
+/// The stat fields a file cannot hide a change from: device, inode, size,
+/// mtime and ctime (a rewrite sets the ctime, which cannot be set back);
+/// `None` when it does not exist.
+type Identity = (u64, u64, u64, i64, i64, i64, i64);
+
+fn identity(root: &Root, path: &str) -> Option<Identity> {
+    let md = root
+        .resolve(path)
+        .and_then(std::fs::symlink_metadata)
+        .ok()?;
+    Some((
+        md.dev(),
+        md.ino(),
+        md.size(),
+        md.mtime(),
+        md.mtime_nsec(),
+        md.ctime(),
+        md.ctime_nsec(),
+    ))
+}
+
 /// dkms.conf as dkms finds it: `/var/lib/dkms/M/V/source/dkms.conf` (a link
 /// to `/usr/src/M-V`), else `/usr/src/M-V/dkms.conf`. `None`: unreadable.
-fn read_main_conf(
-    root: &Root,
-    m: &ModuleName,
-    v: &ModuleVersion,
-) -> Option<Vec<(String, Vec<u8>)>> {
+fn read_main_conf(root: &Root, m: &ModuleName, v: &ModuleVersion) -> Option<File> {
     let in_tree = format!("{DKMS_TREE}/{m}/{v}/source/dkms.conf");
     let in_src = format!("/usr/src/{m}-{v}/dkms.conf");
     [in_tree, in_src].into_iter().find_map(|p| {
@@ -407,7 +431,7 @@ fn read_main_conf(
             .read(&p, CAP_SMALL)
             .map_err(|e| log::debug!("dkms.conf: {e}"))
             .ok()?;
-        Some(vec![(p, bytes)])
+        Some((p, bytes))
     })
 }
 

@@ -225,6 +225,9 @@ fn verdicts(
     cache_use: CacheUse,
 ) -> HashMap<(String, String, KernelRelease), Verdict> {
     let mut out = HashMap::new();
+    if !pairs.iter().any(|p| p.installed) {
+        return out;
+    }
     let mut judge = dkms_conf::Judge::new(root);
     let mut seen = HashSet::new();
     for p in pairs.iter().filter(|p| p.installed) {
