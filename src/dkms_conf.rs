@@ -289,7 +289,13 @@ impl<'r> Judge<'r> {
             root,
             dkms_id: h.finish(),
             dkms: None,
-            cache: ConfCache::load(root),
+            // Under `--root` the static reading is cheap, and a cache in the
+            // inspected tree would be its word, not ours.
+            cache: if root.is_host_root() {
+                ConfCache::load(root)
+            } else {
+                ConfCache::default()
+            },
             confs: HashMap::new(),
         }
     }
@@ -353,7 +359,7 @@ impl<'r> Judge<'r> {
     /// Write what was learnt (root only: the runs that refresh caches; a
     /// cache that cannot be written costs the next run an evaluation).
     pub fn save(&self) {
-        if rustix::process::geteuid().is_root() {
+        if self.root.is_host_root() && rustix::process::geteuid().is_root() {
             self.cache.save(self.root);
         }
     }
@@ -993,4 +999,119 @@ pub fn decide_file(
     };
     let files = vec![(conf.display().to_string(), bytes)];
     Ok(decide_static(dkms, &files, kernel, arch, config.as_deref()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kernel(root: &Root, k: &str) -> (ModuleName, ModuleVersion, KernelRelease, DkmsArch) {
+        let dir = root.dir().join(format!("lib/modules/{k}/build"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(".config"), "CONFIG_DRM=m\n").unwrap();
+        let src = root.dir().join("usr/src/m-1");
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("dkms.conf"), "BUILD_EXCLUSIVE_CONFIG=CONFIG_DRM\n").unwrap();
+        (
+            ModuleName::new("m").unwrap(),
+            ModuleVersion::new("1").unwrap(),
+            KernelRelease::new(k).unwrap(),
+            DkmsArch::new("x86_64").unwrap(),
+        )
+    }
+
+    /// The cache key moves with what dkms reads: a kernel config rewritten
+    /// in place with the same size and its mtime put back (only the ctime
+    /// tells), dkms.conf, an override file.
+    #[test]
+    fn the_cache_key_cannot_be_fooled() {
+        let t = tempfile::tempdir().unwrap();
+        let root = Root::new(t.path());
+        let (m, v, k, a) = kernel(&root, "K");
+        let mut judge = Judge::new(&root);
+        let key = |j: &mut Judge| j.inputs(&m, &v, &k, &a).unwrap().key;
+        let first = key(&mut judge);
+        assert_eq!(key(&mut judge), first);
+        let config = t.path().join("lib/modules/K/build/.config");
+        let mtime = std::fs::metadata(&config).unwrap().modified().unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        std::fs::write(&config, "CONFIG_DRM=n\n").unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&config)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        let second = key(&mut judge);
+        assert_ne!(second, first, "a same-size rewrite with the old mtime");
+        std::fs::create_dir_all(t.path().join("etc/dkms")).unwrap();
+        std::fs::write(t.path().join("etc/dkms/m.conf"), "build_exclude=yes\n").unwrap();
+        assert_ne!(key(&mut judge), second, "an override file");
+    }
+
+    #[test]
+    fn damaged_and_hostile_caches_are_ignored() {
+        for bad in [
+            &b"{garbage"[..],
+            br#"{"version": 2, "verdicts": []}"#,
+            br#"{"version": 1, "verdicts": [{"key": 5}]}"#,
+        ] {
+            assert!(
+                ConfCache::parse(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let odd = br#"{"version": 1, "verdicts": [{"key": "zz", "verdict": "excluded"}, {"key": "01", "verdict": "undecided", "why": "a\u001b[31m"}, {"key": "02", "verdict": "builds"}]}"#;
+        let c = ConfCache::parse(odd).unwrap();
+        assert_eq!(c.records.len(), 1, "{:?}", c.records);
+        assert_eq!(c.records.get(&2), Some(&Verdict::Builds));
+    }
+
+    /// Under `--root` no cache is read or written: the tree's own would be
+    /// its word.
+    #[test]
+    fn under_root_no_cache_is_used() {
+        let t = tempfile::tempdir().unwrap();
+        let root = Root::new(t.path());
+        let (m, v, _, a) = kernel(&root, "K");
+        let state = t.path().join("var/lib/dkms-hook");
+        std::fs::create_dir_all(&state).unwrap();
+        let mut judge = Judge::new(&root);
+        let key = judge
+            .inputs(&m, &v, &KernelRelease::new("K").unwrap(), &a)
+            .unwrap()
+            .key;
+        let planted = format!(
+            r#"{{"version": 1, "verdicts": [{{"key": "{key:016x}", "verdict": "excluded"}}]}}"#
+        );
+        std::fs::write(state.join(CACHE_FILE), planted).unwrap();
+        let mut judge = Judge::new(&root);
+        let k = Kernel {
+            release: KernelRelease::new("K").unwrap(),
+            image: false,
+            build_link: None,
+            tree: vec![crate::kernel::TreeDir {
+                path: "/lib/modules/K/build".into(),
+                role: crate::kernel::Role::Headers,
+                also: vec![],
+            }],
+            compiler: None,
+        };
+        assert_eq!(judge.verdict(&m, &v, &k, &a), Some(Verdict::Builds));
+        judge.save();
+        assert!(std::fs::read(state.join(CACHE_FILE))
+            .unwrap()
+            .starts_with(b"{\"version\": 1"));
+    }
+
+    #[test]
+    fn ver_pads_numbers_as_dkms_does() {
+        assert_eq!(
+            ver("2.6.9-1cvs200409091247"),
+            "002.006.009-001cvs200409091247"
+        );
+        assert!(ver("6.1.0-57-amd64") < ver("6.1.0-60"));
+        assert!(ver("6.12.1") > ver("6.9.0"));
+    }
 }

@@ -544,6 +544,8 @@ sha() { sha256sum "$1" 2>/dev/null | cut -d' ' -f1; }
 installed() {  # installed MODULE KERNEL: dkms status says installed
     in_root dkms status -m "$1" -k "$2" 2>/dev/null | grep -q ': installed'
 }
+# state_is STATUS_FILE MODULE/VERSION KERNEL STATE: `dkms-hook status` says so.
+state_is() { [[ "$(awk -v p="$2" -v k="$3" '$1 == p && $2 == k { print $3 }' "$1")" == "$4" ]]; }
 contains() { grep -qF -- "$2" "$1"; }
 lacks() { ! grep -qF -- "$2" "$1"; }
 count() { grep -cF -- "$2" "$1" || true; }     # lines of file $1 holding $2
@@ -570,8 +572,9 @@ out() { mktemp "${E2E_OUT_DIR:-$E2E_TMP_BASE}/out.XXXXXX"; }
 e2e_check_dkms_conf_corpus() {
     local work=/root/dkms-conf-corpus repo="$E2E_DIR/../.."
     rm -rf "${E2E_ROOT:?}$work"
-    mkdir -p "$E2E_ROOT$work/debs" "$E2E_ROOT$work/confs"
-    cp -a "$repo/tests/dkms-conf" "$repo/tests/data/dkms-conf" "$E2E_ROOT$work/"
+    mkdir -p "$E2E_ROOT$work/debs" "$E2E_ROOT$work/confs" "$E2E_ROOT$work/tests/data"
+    cp -a "$repo/tests/dkms-conf" "$E2E_ROOT$work/tests/"
+    cp -a "$repo/tests/data/dkms-conf" "$E2E_ROOT$work/tests/data/"
     local -a pkgs
     mapfile -t pkgs < <(in_root apt-cache search --names-only -- '-dkms$' | awk '{ print $1 }' | sort)
     e2e_log "dkms.conf corpus: ${#pkgs[@]} *-dkms packages in the archive"
@@ -582,10 +585,10 @@ e2e_check_dkms_conf_corpus() {
         mkdir -p "$E2E_ROOT$work/x/$name"
         in_root sh -c 'dpkg-deb --fsys-tarfile "$1" | tar -x -C "$2" --wildcards "./usr/src/*/dkms.conf"' \
             _ "${deb#"$E2E_ROOT"}" "$work/x/$name" 2>/dev/null || true
-        conf="$(find "$E2E_ROOT$work/x/$name/usr/src" -name dkms.conf -print -quit 2>/dev/null)"
+        conf="$(find "$E2E_ROOT$work/x/$name/usr/src" -name dkms.conf -print -quit 2>/dev/null || true)"
         [[ -n "$conf" ]] && mkdir -p "$E2E_ROOT$work/confs/$name" && cp "$conf" "$E2E_ROOT$work/confs/$name/"
     done
-    cp -a "$E2E_ROOT$work"/dkms-conf/confs/. "$E2E_ROOT$work/confs/"
+    cp -a "$E2E_ROOT$work"/tests/data/dkms-conf/confs/. "$E2E_ROOT$work/confs/"
     local -a kernels confs
     mapfile -t kernels < <(cd "$E2E_ROOT/lib/modules" && for k in *; do [[ -e "$k/build/.config" ]] && echo "$k"; done)
     mapfile -t confs < <(cd "$E2E_ROOT$work/confs" && ls)
@@ -608,20 +611,21 @@ e2e_check_dkms_conf_corpus() {
         i=$((i + 1))
         for k in "${kernels[@]}"; do
             printf '%s %s %s %s\n' "corpus-$i" "$k" "$name" \
-                "$(in_root bash "$work/dkms-conf/oracle.sh" /usr/sbin/dkms "corpus-$i" 1 "$k" x86_64 "/usr/src/corpus-$i-1/dkms.conf")"
+                "$(in_root bash "$work/tests/dkms-conf/oracle.sh" /usr/sbin/dkms "corpus-$i" 1 "$k" x86_64 "/usr/src/corpus-$i-1/dkms.conf")"
         done
     done > "$oracle_out"
     in_root dkms-hook status --json > "$inside" 2>/dev/null || true
     "$E2E_ROOT/usr/sbin/dkms-hook" --root "$E2E_ROOT" status --json > "$outside" 2>/dev/null || true
     local verdicts
     verdicts="$(out)"
-    /usr/bin/python3 - "$inside" "$outside" <<'PY' > "$verdicts"
+    /usr/bin/python3 - "$inside" "$outside" <<'PY' > "$verdicts" || true
 import json, sys
 for label, path in (("in", sys.argv[1]), ("out", sys.argv[2])):
     for p in json.load(open(path))["pairs"]:
         if p["module"].startswith("corpus-"):
             print(label, p["module"], p["kernel"], p["state"])
 PY
+    [[ -s "$verdicts" ]] || echo "    | no verdicts: status --json printed nothing usable"
     while read -r m k name want; do
         got_in="$(awk -v m="$m" -v k="$k" '$1 == "in" && $2 == m && $3 == k { print $4 }' "$verdicts")"
         got_out="$(awk -v m="$m" -v k="$k" '$1 == "out" && $2 == m && $3 == k { print $4 }' "$verdicts")"
@@ -644,7 +648,7 @@ PY
     local dv recorded
     dv="$(in_root sh -c "sed -n 's/^ *echo \\\$\\{0,1\\}\"dkms-\\([0-9.]*\\)\"\$/\\1/p' /usr/sbin/dkms | head -n 1")"
     recorded="$(out)"
-    in_root bash "$work/dkms-conf/record.sh" /usr/sbin/dkms > "$recorded"
+    in_root bash "$work/tests/dkms-conf/record.sh" /usr/sbin/dkms > "$recorded"
     if grep -q " $dv " "$repo/tests/data/dkms-conf/expected.txt"; then
         check "tests/data/dkms-conf/expected.txt holds dkms $dv's own verdicts" \
             cmp -s <(grep " $dv " "$repo/tests/data/dkms-conf/expected.txt") <(grep " $dv " "$recorded")

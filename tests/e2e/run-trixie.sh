@@ -111,12 +111,12 @@ st="$(out)"; in_root dkms-hook status > "$st" 2>&1 || true
 sed 's/^/    | /' "$st"
 for k in "${FED[@]}"; do
     if [[ "$k" == *-cloud-amd64 ]]; then
-        check "$k: $V4L2 is excluded (no CONFIG_VIDEO_DEV), not rebuilt" grep -qE "^$V4L2 +$k +excluded" "$st"
+        check "$k: $V4L2 is excluded (no CONFIG_VIDEO_DEV), not rebuilt" state_is "$st" "$V4L2" "$k" excluded
         check "$k: …and dkms-hook did not try it" lacks "$o" "$V4L2 for $k"
     else
         check "$k: $V4L2 (a dkms.conf that is a script) is rebuilt, once" \
             once "$o" "dkms-hook: rebuilt $V4L2 for $k ($E2E_KBUILD $E2E_KBUILD_VERSION → $KV)"
-        check "$k: …and status shows it fresh" grep -qE "^$V4L2 +$k +fresh" "$st"
+        check "$k: …and status shows it fresh" state_is "$st" "$V4L2" "$k" fresh
     fi
 done
 for k in "${OTHER[@]}"; do
