@@ -74,6 +74,8 @@ for i in range(a.kernels):
             [f"{flav}/Makefile", f"{flav}/.config", f"{flav}/scripts", f"{flav}/tools", f"/lib/modules/{k}/build"] +
             [f"{flav}/include/generated/g{j}.h" for j in range(300)])
     w(f"{common}/Makefile", "VERSION = 6\n")
+    # A real config's size: what each module's dkms.conf is judged against.
+    w(f"{flav}/.config", "".join(f"CONFIG_OPTION_{j}=y\n" for j in range(8000)) + "CONFIG_DRM=m\n")
     w(f"{flav}/Makefile", f"include {common}/Makefile\n")
     link(f"{flav}/scripts", "../../lib/linux-kbuild-6.1/scripts")
     link(f"{flav}/tools", "../../lib/linux-kbuild-6.1/tools")
@@ -81,6 +83,13 @@ for i in range(a.kernels):
     link(f"/usr/lib/modules/{k}/source", common)
     for m in range(a.modules):
         mod = f"mod{m}"
+        # Plain assignments, and for one module a script (v4l2loopback's shape).
+        conf = (f'PACKAGE_NAME="{mod}"\nPACKAGE_VERSION="1.0"\nBUILT_MODULE_NAME[0]="{mod}"\n'
+                f'DEST_MODULE_LOCATION[0]="/updates/dkms"\nAUTOINSTALL="yes"\nBUILD_EXCLUSIVE_CONFIG="CONFIG_DRM"\n')
+        if m == 0:
+            conf += 'if [ -f $kernel_source_dir/.config ]; then . $kernel_source_dir/.config; fi\n'
+        w(f"/usr/src/{mod}-1.0/dkms.conf", conf)
+        link(f"/var/lib/dkms/{mod}/1.0/source", f"/usr/src/{mod}-1.0")
         d = f"/var/lib/dkms/{mod}/1.0/{k}/x86_64"
         w(f"{d}/module/{mod}.ko", "ko", T0 + 60)
         w(f"/usr/lib/modules/{k}/updates/dkms/{mod}.ko", "ko", T0 + 60)
