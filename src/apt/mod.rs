@@ -21,6 +21,7 @@ use serde::Serialize;
 use crate::change::Change;
 use crate::dpkg::PackageName;
 
+pub mod frontend;
 pub mod info_stream;
 pub mod json_hook;
 pub mod warned;
@@ -118,6 +119,45 @@ impl AptChange {
             new,
         ))
     }
+}
+
+/// The reinstalls apt's JSON hook does not announce: apt lists only
+/// packages it installs, upgrades or removes, and a reinstall keeps apt's
+/// "keep" mode. When the command line asks for reinstalls (see
+/// [`frontend::asks_reinstall`]), each search term that names an installed
+/// package (`P` or `P:ARCH`) not among `announced` is reinstalled at its
+/// installed version.
+pub fn unannounced_reinstalls(
+    terms: &[String],
+    announced: &[AptChange],
+    installed: &[crate::dpkg::Installed],
+) -> Vec<AptChange> {
+    let mut out: Vec<AptChange> = Vec::new();
+    for t in terms {
+        let (name, arch) = match t.split_once(':') {
+            Some((n, a)) => (n, Some(a)),
+            None => (t.as_str(), None),
+        };
+        if announced.iter().any(|c| c.package == name) || out.iter().any(|c| c.package == name) {
+            continue;
+        }
+        let Some(i) = installed.iter().find(|i| {
+            i.name.as_str() == name
+                && i.state == "installed"
+                && arch.is_none_or(|a| i.architecture.as_deref().is_none_or(|ia| ia == a))
+        }) else {
+            continue;
+        };
+        let v = i.version.to_string();
+        out.push(AptChange {
+            package: name.to_owned(),
+            architecture: i.architecture.clone().or_else(|| arch.map(str::to_owned)),
+            old: Some(v.clone()),
+            new: Some(v),
+            action: AptAction::Reinstall,
+        });
+    }
+    out
 }
 
 /// An fd apt names in the environment variable `var`. 0–2 are the standard
@@ -222,6 +262,46 @@ pub(crate) mod tests {
         };
         let json = serde_json::to_string(&c).expect("serialize");
         assert!(json.contains("\"action\":\"reinstall\""), "{json}");
+    }
+
+    #[test]
+    fn unannounced_reinstalls_are_installed_search_terms() {
+        let inst = |name: &str, state: &str| crate::dpkg::Installed {
+            name: PackageName::new(name).unwrap(),
+            architecture: Some("amd64".into()),
+            version: "6.1.192-2".parse().unwrap(),
+            state: state.into(),
+        };
+        let installed = [
+            inst("linux-kbuild-6.1", "installed"),
+            inst("hello", "installed"),
+            inst("gone", "config-files"),
+        ];
+        let announced = [hello_install()];
+        let terms: Vec<String> = [
+            "linux-kbuild-6.1:amd64",
+            "linux-kbuild-6.1",
+            "hello",
+            "gone",
+            "unknown",
+            "./x.deb",
+            "linux-kbuild-6.1:arm64",
+        ]
+        .map(String::from)
+        .to_vec();
+        let got = unannounced_reinstalls(&terms, &announced, &installed);
+        assert_eq!(
+            got,
+            [change(
+                "linux-kbuild-6.1",
+                Some("amd64"),
+                Some("6.1.192-2"),
+                Some("6.1.192-2"),
+                AptAction::Reinstall
+            )]
+        );
+        let wrong_arch = unannounced_reinstalls(&terms[6..], &[], &installed);
+        assert!(wrong_arch.is_empty(), "{wrong_arch:?}");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! says what really happened, one voice, warnings once per apt run and
 //! where they are due, status exit codes for monitoring.
 
-use crate::fixture::{rebuilds, stderr, Fixture};
+use crate::fixture::{rebuilds, stderr, Fixture, APT_POST_INVOKE};
 
 const K: &str = "6.1.0-50-amd64";
 
@@ -78,15 +78,16 @@ fn every_warning_has_one_prefix() {
 const HELLO: &str = r#"{"jsonrpc":"2.0","method":"org.debian.apt.hooks.hello","id":0,"params":{"versions":["0.1","0.2"]}}"#;
 const BYE: &str = r#"{"jsonrpc":"2.0","method":"org.debian.apt.hooks.bye","params":{}}"#;
 
-/// Regression (issue 12.4): the warning apt showed before its prompt is not
-/// shown again by the post-invoke of the same apt run.
+/// Regression (issues 12.4 and 20.1): the warning apt showed before its
+/// prompt is not shown again by the post-invoke of the same apt run, which
+/// apt runs from a forked child of itself.
 #[test]
 fn a_warning_is_printed_once_per_apt_run() {
     let f = Fixture::pending();
     let stats =         r#"{"jsonrpc":"2.0","method":"org.debian.apt.hooks.install.statistics","params":{"command":"install","packages":[{"id":1,"name":"linux-kbuild-6.1","architecture":"amd64","mode":"upgrade","versions":{"current":{"id":2,"version":"6.1.176-1","architecture":"amd64"},"install":{"id":3,"version":"6.1.192-2","architecture":"amd64"}}}]}}"#
     .to_string();
     let out = f.under_fake_apt(
-        r#""$HOOK" --root "$R" apt-json-hook; "$HOOK" --root "$R" post-invoke"#,
+        &format!(r#""$HOOK" --root "$R" apt-json-hook; {APT_POST_INVOKE}"#),
         &[HELLO.into(), stats, BYE.into()],
     );
     // The JSON hook spoke before the prompt, post-invoke did not repeat it.
@@ -101,6 +102,60 @@ fn a_warning_is_printed_once_per_apt_run() {
         "{out}"
     );
     assert!(out.contains("rebuilt acpi-call/1.2.2"), "{out}");
+}
+
+/// Regression (issue 20.1): under apt-get (no JSON hook) the warning
+/// Pre-Install-Pkgs printed before dpkg is not printed again by the
+/// post-invoke that apt-get runs from a forked child of itself.
+#[test]
+fn a_warning_before_dpkg_is_not_repeated_after_it_under_apt_get() {
+    let f = Fixture::pending();
+    f.write("etc/dkms/dkms-hook.conf", "preflight = off\n");
+    f.write(
+        "v3.txt",
+        "VERSION 3\nAPT::Architecture=amd64\n\nlinux-kbuild-6.1 6.1.176-1 amd64 same < 6.1.192-2 amd64 same /var/cache/apt/archives/k.deb\n",
+    );
+    let out = f.under_fake_apt(
+        &format!(r#""$HOOK" --root "$R" pre-install-pkgs < "$R/v3.txt"; {APT_POST_INVOKE}"#),
+        &[],
+    );
+    let warning = "warning: 6.1.0-50-amd64: linux-kbuild-6.1 6.1.192-2 is newer than linux-headers-6.1.0-50-amd64 6.1.176-1";
+    assert_eq!(out.matches(warning).count(), 1, "{out}");
+    let (before, after) = out.split_at(out.find("rebuilding acpi-call/1.2.2").expect(&out));
+    assert!(before.contains(warning), "said before dpkg:\n{out}");
+    assert!(after.contains("rebuilt acpi-call/1.2.2"), "{out}");
+}
+
+/// Regression (issue 20.2): after `DKMS_HOOK_SUSPEND=1 dpkg -i` of a new
+/// kbuild and `dkms-hook sync`, the next unrelated apt run reads that
+/// change from dpkg.log but rebuilds nothing, and so warns of nothing.
+#[test]
+fn a_run_that_rebuilds_nothing_repeats_no_kbuild_warning() {
+    let f = Fixture::pending();
+    let suspended = f
+        .cmd(&["post-invoke"])
+        .env("DKMS_HOOK_SUSPEND", "1")
+        .output()
+        .unwrap();
+    assert_eq!(stderr(&suspended), "");
+    let sync = f.run(&["sync"]);
+    assert!(
+        stderr(&sync).contains("rebuilt acpi-call/1.2.2 for 6.1.0-50-amd64"),
+        "{}",
+        stderr(&sync)
+    );
+    let mut log = f.read("var/log/dpkg.log");
+    log.extend_from_slice(
+        b"2026-12-01 09:00:00 startup archives unpack\n\
+          2026-12-01 09:00:00 upgrade hello:amd64 2.10-3 2.10-3\n\
+          2026-12-01 09:00:00 status unpacked hello:amd64 2.10-3\n\
+          2026-12-01 09:00:01 configure hello:amd64 2.10-3 2.10-3\n\
+          2026-12-01 09:00:01 status installed hello:amd64 2.10-3\n",
+    );
+    f.write("var/log/dpkg.log", log);
+    let out = f.run(&["post-invoke"]);
+    assert_eq!(stderr(&out), "", "nothing to rebuild, nothing to say");
+    assert_eq!(out.status.code(), Some(0));
 }
 
 /// Regression (issue 12.5): after the headers package is gone (and with it
