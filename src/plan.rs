@@ -496,11 +496,25 @@ pub fn assess(inv: &Inventory, cfg: &Config, failed: &[Failure]) -> Vec<Assessme
                     Some(p) => format!("headers missing; install {p}"),
                     None => "headers missing".into(),
                 };
-            } else if failure.is_some() {
+            } else if let Some(f) = failure {
                 a.state = PairState::Failed;
-                a.why =
-                    "the last rebuild failed; see dkms-hook status --json or run dkms-hook retry"
-                        .into();
+                // What to read and what to run, not another command to
+                // look it up with: the kept make.log (or dkms's output
+                // when the build left none), then the retry.
+                let log = if f.make_log.is_empty() {
+                    format!(
+                        "{}/logs/{}-{}-{}.dkms.log",
+                        crate::state::STATE_DIR,
+                        f.module,
+                        f.version,
+                        f.kernel
+                    )
+                } else {
+                    f.make_log.clone()
+                };
+                a.why = format!(
+                    "the last rebuild failed; see {log}; when the cause is fixed, run: dkms-hook retry"
+                );
             } else {
                 for i in inv.inputs.get(&k.release).into_iter().flatten() {
                     // The list's mtime has nanoseconds: a plain comparison.

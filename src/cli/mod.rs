@@ -324,7 +324,7 @@ fn status(root: &Root, env: &Env, a: &StatusArgs) -> anyhow::Result<i32> {
             &warnings,
         ));
     } else if !a.quiet {
-        for l in report::status_lines(&rows, &failures.failed, &queued, &warnings) {
+        for l in report::status_lines(&rows, &queued, &warnings) {
             out(&l);
         }
     }

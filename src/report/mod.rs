@@ -140,7 +140,6 @@ pub fn result_line(r: &PairResult) -> String {
 /// `status` for people: one aligned line per kernel × module.
 pub fn status_lines(
     rows: &[Assessment],
-    failed: &[Failure],
     queued: &[QueuedPair],
     warnings: &[String],
 ) -> Vec<String> {
@@ -173,11 +172,6 @@ pub fn status_lines(
                 line.push_str("  NOT SIGNED: will not load after the reboot");
             } else if c.key_enrolled == Some(false) {
                 line.push_str("  signed with a key that is not enrolled");
-            }
-        }
-        if let Some(f) = failed.iter().find(|f| f.key() == r.key()) {
-            if !f.make_log.is_empty() {
-                line.push_str(&format!(" (make.log: {})", f.make_log));
             }
         }
         out.push(line.trim_end().to_string());

@@ -271,3 +271,31 @@ fn an_error_cause_is_printed_once() {
     let e = stderr(&out);
     assert_eq!(e.matches("No such file or directory").count(), 1, "{e}");
 }
+
+/// Regression (issue 20.5): `status`'s failed row sent the reader to
+/// `status --json`, the command being read. It names the kept make.log and
+/// the command to run.
+#[test]
+fn a_failed_row_names_its_make_log_and_the_command() {
+    let f = Fixture::pending();
+    f.fake_dkms("fail-acpi-call", "");
+    let out = f.run(&["post-invoke"]);
+    assert!(
+        stderr(&out).contains("FAILED to rebuild acpi-call/1.2.2"),
+        "{}",
+        stderr(&out)
+    );
+    let status = String::from_utf8(f.run(&["status"]).stdout).unwrap();
+    let row = status
+        .lines()
+        .find(|l| l.contains(K))
+        .unwrap_or_else(|| panic!("{status}"));
+    assert_eq!(
+        row.split_whitespace().collect::<Vec<_>>().join(" "),
+        "acpi-call/1.2.2 6.1.0-50-amd64 failed the last rebuild failed; see /var/lib/dkms-hook/logs/acpi-call-1.2.2-6.1.0-50-amd64.make.log; when the cause is fixed, run: dkms-hook retry",
+        "{status}"
+    );
+    assert!(f
+        .path("var/lib/dkms-hook/logs/acpi-call-1.2.2-6.1.0-50-amd64.make.log")
+        .is_file());
+}
