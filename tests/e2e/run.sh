@@ -77,6 +77,8 @@ check "dkms installed with --no-depmod; dkms-hook ran depmod for $OLD (modules.d
 check "…and it lists the rebuilt module" grep -q 'updates/dkms/acpi_call.ko' "$E2E_ROOT/lib/modules/$OLD/modules.dep"
 check "$NEW got acpi-call from dkms itself" test -n "$(ko acpi_call "$NEW")"
 check "dkms-hook did not build $NEW again (fresh)" lacks "$o" "rebuilt acpi-call/$E2E_ACPI_CALL_UPSTREAM for $NEW"
+check "the kbuild warning is printed once in this apt run (before dpkg, not again after)" \
+    once "$o" "is newer than $E2E_OLD_HEADERS"
 check "the failure is reported with its make.log" contains "$o" "dkms-hook: FAILED to rebuild e2e-failmod/1.0 for $OLD"
 check "…naming the kept make.log" contains "$o" "see /var/lib/dkms-hook/logs/e2e-failmod-1.0-$OLD.make.log"
 check "the kept make.log holds the compiler's error" grep -q 'deliberately broken' "$E2E_ROOT/var/lib/dkms-hook/logs/e2e-failmod-1.0-$OLD.make.log"
@@ -153,6 +155,8 @@ o="$(out)"
 RC=0; e2e_apt_offline install "linux-kbuild-6.1=$POISON_V" > "$o" 2>&1 || RC=$?
 grep -F 'dkms-hook' "$o" | sed 's/^/    | /' || true
 check "preflight=block: apt-get fails (rc=$RC)" test "$RC" != 0
+check "…and apt's error line names the hook script plainly" \
+    contains "$o" "E: Sub-process /etc/dkms/dkms-hook-preflight returned an error code (100)"
 check "…and linux-kbuild-6.1 keeps $KB_NOW" test "$(in_root dpkg-query -W -f '${Version}' linux-kbuild-6.1)" == "$KB_NOW"
 rm -f "$E2E_ROOT/etc/dkms/dkms-hook.conf"
 o="$(out)"
@@ -177,6 +181,7 @@ verdict
 scenario "7: after apt remove dkms-hook (conffiles kept), apt still works"
 e2e_apt_offline remove dkms-hook >&2
 check "the conffiles stay" test -f "$E2E_ROOT/etc/apt/apt.conf.d/80dkms-hook"
+check "…the Pre-Install-Pkgs script too" test -x "$E2E_ROOT/etc/dkms/dkms-hook-preflight"
 mkdir -p "$E2E_ROOT/root/tiny/DEBIAN"
 printf 'Package: e2e-tiny\nVersion: 1.0\nArchitecture: all\nMaintainer: e2e <e2e@example.org>\nDescription: tiny package\n' \
     > "$E2E_ROOT/root/tiny/DEBIAN/control"
