@@ -111,7 +111,8 @@ fn run() -> i32 {
     let hook = is_hook_invocation();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
-        Err(e) if hook => {
+        // `CMD --help` is no error: the help is printed, as for any command.
+        Err(e) if hook && e.use_stderr() => {
             let text = e.to_string();
             err(&format!(
                 "{PREFIX} {}",

@@ -299,3 +299,76 @@ fn a_failed_row_names_its_make_log_and_the_command() {
         .path("var/lib/dkms-hook/logs/acpi-call-1.2.2-6.1.0-50-amd64.make.log")
         .is_file());
 }
+
+/// Regression (issue 20.8): `dkms-hook --help` listed each command with
+/// its whole paragraph (status's ran to nine lines). The list has one short
+/// line per command; the paragraph is in `help CMD`, `CMD --help` and the
+/// man page.
+#[test]
+fn help_lists_each_command_in_one_short_line() {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_dkms-hook"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let help = run(&["--help"]);
+    let list: Vec<&str> = help
+        .lines()
+        .skip_while(|l| *l != "Commands:")
+        .skip(1)
+        .take_while(|l| !l.is_empty())
+        .collect();
+    let names: Vec<&str> = list
+        .iter()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| *n != "help")
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "replay",
+            "post-invoke",
+            "status",
+            "sync",
+            "retry",
+            "preflight",
+            "apt-json-hook",
+            "pre-install-pkgs",
+            "kernel-hook",
+            "boot",
+            "motd"
+        ],
+        "{help}"
+    );
+    let man = run(&["man"]);
+    for (line, name) in list.iter().zip(&names) {
+        assert!(line.chars().count() <= 80, "longer than 80 columns: {line}");
+        let about = line.trim_start().trim_start_matches(name).trim();
+        assert!(!about.contains(". "), "one sentence: {line}");
+        // The paragraph: after the about line in `help CMD` and `CMD --help`.
+        let long = run(&["help", name]);
+        assert_eq!(long, run(&[name, "--help"]), "{name}");
+        let mut paragraphs = long.split("\n\n");
+        assert_eq!(
+            paragraphs.next(),
+            Some(format!("{about}.").as_str()),
+            "{long}"
+        );
+        let paragraph = paragraphs.next().unwrap_or_default();
+        assert!(
+            paragraph.len() > about.len() && !paragraph.starts_with("Usage:"),
+            "{name} has no paragraph:\n{long}"
+        );
+        // The man page keeps it (roff escapes each '-').
+        let first_words: String = paragraph.split(' ').take(4).collect::<Vec<_>>().join(" ");
+        assert!(
+            man.contains(&first_words.replace('-', "\\-")),
+            "{name}: {first_words:?} not in the man page"
+        );
+    }
+    assert!(run(&["help", "status"])
+        .contains("Exits 0 when all is well, 1 when something needs attention"));
+}
