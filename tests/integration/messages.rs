@@ -372,3 +372,81 @@ fn help_lists_each_command_in_one_short_line() {
     assert!(run(&["help", "status"])
         .contains("Exits 0 when all is well, 1 when something needs attention"));
 }
+
+/// Regression (issue 20.9): `bash examples/demo.sh` showed only a dry-run
+/// plan. It shows the whole job on the sample system (status stale, the
+/// hook rebuilding, status fresh) in a throwaway copy, without root, and
+/// prints what the README says it prints.
+#[test]
+fn the_demo_shows_the_whole_job_as_the_readme_says() {
+    use std::os::unix::fs::PermissionsExt;
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let tmp = tempfile::tempdir().unwrap();
+    // What the demo uses, copied where any user can read it: as root (make
+    // check) the demo runs as nobody, since it must need no root.
+    let copy = tmp.path().join("repo");
+    for dir in ["examples", "tests/integration"] {
+        std::fs::create_dir_all(copy.join(dir)).unwrap();
+        let ok = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(repo.join(dir).join("."))
+            .arg(copy.join(dir))
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+    let bin = copy.join("dkms-hook");
+    std::fs::copy(env!("CARGO_BIN_EXE_dkms-hook"), &bin).unwrap();
+    let scratch = tmp.path().join("tmp");
+    std::fs::create_dir(&scratch).unwrap();
+    for p in [tmp.path(), &scratch] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    }
+    let mut cmd = if rustix::process::geteuid().is_root() {
+        let mut c = std::process::Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "bash"]);
+        c
+    } else {
+        std::process::Command::new("bash")
+    };
+    let out = cmd
+        .arg(copy.join("examples/demo.sh"))
+        .env("DKMS_HOOK_BIN", &bin)
+        .env("TMPDIR", &scratch)
+        .env("HOME", "/nonexistent")
+        .current_dir(&scratch)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}{}", stderr(&out));
+    // Seconds vary from run to run.
+    let seconds = |t: &str| {
+        t.lines()
+            .map(|l| match l.rsplit_once(") in ") {
+                Some((head, tail)) if tail.ends_with(" s") => format!("{head}) in N s"),
+                _ => l.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let readme = std::fs::read_to_string(repo.join("README.md")).unwrap();
+    let shown = readme
+        .split("```\n$ bash examples/demo.sh\n")
+        .nth(1)
+        .and_then(|r| r.split("\n```").next())
+        .expect("README shows the demo's output");
+    assert_eq!(
+        seconds(text.trim()),
+        seconds(shown.trim()),
+        "README and demo differ"
+    );
+    for want in [
+        "acpi-call/1.2.2  6.1.0-50-amd64  stale",
+        "dkms-hook: rebuilt acpi-call/1.2.2 for 6.1.0-50-amd64 (linux-kbuild-6.1 6.1.176-1 → 6.1.192-2)",
+        "acpi-call/1.2.2  6.1.0-50-amd64  fresh",
+    ] {
+        assert!(text.contains(want), "{want}:\n{text}");
+    }
+    // The throwaway copy is gone.
+    assert_eq!(std::fs::read_dir(&scratch).unwrap().count(), 0);
+}
