@@ -5,7 +5,9 @@
 //!   protocol `VERSION 2` and `VERSION 3`), on stdin or `APT_HOOK_INFO_FD`;
 //! * [`json_hook`]: the JSON-RPC hook socket of `AptCli::Hooks::Install` and
 //!   `Upgrade` (protocol `0.1` and `0.2`), named by `APT_HOOK_SOCKET`;
-//! * [`warned`]: which warnings one apt run has already shown.
+//! * [`frontend`]: the apt process a hook runs under (the key of one apt
+//!   run) and what its command line asks for;
+//! * [`warned`]: which lines one apt run has already shown.
 //!
 //! Both channels are reduced to a list of [`AptChange`], turned into the
 //! planner's [`Change`]s by [`AptChange::to_change`]. Library code: nothing
