@@ -123,12 +123,25 @@ impl AptChange {
     }
 }
 
+/// The package a search term of apt's command line names: `P`, `P:ARCH`,
+/// `P=VERSION`, `P:ARCH=VERSION` or `P/RELEASE` → (P, ARCH, VERSION).
+pub fn search_term_package(term: &str) -> (&str, Option<&str>, Option<&str>) {
+    let (name, version) = match term.split_once('=') {
+        Some((n, v)) => (n, Some(v)),
+        None => (term.split('/').next().unwrap_or(term), None),
+    };
+    match name.split_once(':') {
+        Some((n, a)) => (n, Some(a), version),
+        None => (name, None, version),
+    }
+}
+
 /// The reinstalls apt's JSON hook does not announce: apt lists only
 /// packages it installs, upgrades or removes, and a reinstall keeps apt's
 /// "keep" mode. When the command line asks for reinstalls (see
 /// [`frontend::asks_reinstall`]), each search term that names an installed
-/// package (`P` or `P:ARCH`) not among `announced` is reinstalled at its
-/// installed version.
+/// package (see [`search_term_package`]; a version, if given, the installed
+/// one) not among `announced` is reinstalled at its installed version.
 pub fn unannounced_reinstalls(
     terms: &[String],
     announced: &[AptChange],
@@ -136,10 +149,7 @@ pub fn unannounced_reinstalls(
 ) -> Vec<AptChange> {
     let mut out: Vec<AptChange> = Vec::new();
     for t in terms {
-        let (name, arch) = match t.split_once(':') {
-            Some((n, a)) => (n, Some(a)),
-            None => (t.as_str(), None),
-        };
+        let (name, arch, version) = search_term_package(t);
         if announced.iter().any(|c| c.package == name) || out.iter().any(|c| c.package == name) {
             continue;
         }
@@ -151,6 +161,9 @@ pub fn unannounced_reinstalls(
             continue;
         };
         let v = i.version.to_string();
+        if version.is_some_and(|want| want != v) {
+            continue; // another version: apt lists that change itself
+        }
         out.push(AptChange {
             package: name.to_owned(),
             architecture: i.architecture.clone().or_else(|| arch.map(str::to_owned)),
@@ -304,6 +317,18 @@ pub(crate) mod tests {
         );
         let wrong_arch = unannounced_reinstalls(&terms[6..], &[], &installed);
         assert!(wrong_arch.is_empty(), "{wrong_arch:?}");
+        // The forms apt takes: P=VERSION (the installed one), P/RELEASE.
+        for t in [
+            "linux-kbuild-6.1=6.1.192-2",
+            "linux-kbuild-6.1:amd64=6.1.192-2",
+            "linux-kbuild-6.1/bookworm",
+        ] {
+            let got = unannounced_reinstalls(&[t.to_string()], &[], &installed);
+            assert_eq!(got.len(), 1, "{t}: {got:?}");
+            assert_eq!(got[0].new.as_deref(), Some("6.1.192-2"), "{t}");
+        }
+        let other = unannounced_reinstalls(&["linux-kbuild-6.1=6.1.200-1".into()], &[], &installed);
+        assert!(other.is_empty(), "{other:?}");
     }
 
     #[test]

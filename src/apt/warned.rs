@@ -17,8 +17,8 @@ fn marker(root: &Root) -> Option<PathBuf> {
     Some(dir.join(format!("warned-{pid}-{start}")))
 }
 
-/// The lines (warnings, notices) already printed in this apt run (empty outside apt, or
-/// when nothing was said yet).
+/// The lines (warnings, notices) already printed in this apt run (empty
+/// outside apt, or when nothing was said yet).
 pub fn said(root: &Root) -> Vec<String> {
     let Some(m) = marker(root) else {
         return Vec::new();
@@ -35,7 +35,7 @@ pub fn said(root: &Root) -> Vec<String> {
 
 /// Note that this apt run has been told these lines (best effort: outside
 /// apt there is nothing to note).
-pub fn note_said(root: &Root, warnings: &[String]) {
+pub fn note_said(root: &Root, lines: &[String]) {
     let Some(m) = marker(root) else { return };
     let Some(dir) = m.parent() else { return };
     // Markers of finished runs are dropped on the way.
@@ -52,8 +52,8 @@ pub fn note_said(root: &Root, warnings: &[String]) {
         }
     }
     let mut all = said(root);
-    for w in warnings {
-        // One line per warning: a newline inside one is escaped.
+    for w in lines {
+        // One line per line said: a newline inside one is escaped.
         let w = w.replace('\n', " ");
         if !all.contains(&w) {
             all.push(w);
@@ -69,12 +69,12 @@ pub fn note_said(root: &Root, warnings: &[String]) {
 }
 
 /// The lines not yet said in this apt run, noted as said now.
-pub fn unsaid(root: &Root, warnings: &[String]) -> Vec<String> {
-    if warnings.is_empty() {
+pub fn unsaid(root: &Root, lines: &[String]) -> Vec<String> {
+    if lines.is_empty() {
         return Vec::new();
     }
     let before = said(root);
-    let new: Vec<String> = warnings
+    let new: Vec<String> = lines
         .iter()
         .filter(|w| !before.contains(&w.replace('\n', " ")))
         .cloned()

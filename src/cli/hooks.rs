@@ -125,7 +125,7 @@ fn reinstalls(root: &Root, session: &apt::JsonHookSession) -> Vec<AptChange> {
     let names: Vec<&str> = session
         .search_terms
         .iter()
-        .map(|t| t.split(':').next().unwrap_or_default())
+        .map(|t| apt::search_term_package(t).0)
         .collect();
     let installed = crate::dpkg::read_status(root, |n| names.contains(&n)).unwrap_or_else(|e| {
         log::debug!("{e}");

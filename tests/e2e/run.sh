@@ -39,7 +39,7 @@ in_root dkms install -m e2e-failmod -v 1.0 -k "$OLD" >&2
 ACPI_OLD="$(ko acpi_call "$OLD")" FAIL_OLD="$(ko e2e_failmod "$OLD")"
 [[ -n "$ACPI_OLD" && -n "$FAIL_OLD" ]] || e2e_die "modules were not built for $OLD"
 
-scenario "4: apt -s and apt answered 'n' warn before the prompt and change nothing"
+scenario "4: apt -s and apt answered 'n' warn before the prompt (reinstalls too) and change nothing"
 KB_BEFORE="$(in_root dpkg-query -W -f '${Version}' linux-kbuild-6.1)"
 M_BEFORE="$(mtime "$ACPI_OLD")"
 o="$(out)"
@@ -48,6 +48,11 @@ sed 's/^/    | /' "$o" | grep -F 'dkms-hook' || true
 check "apt -s exits 0" test "$RC" == 0
 check "apt -s shows the in-place change of $OLD" contains "$o" "dkms-hook: this upgrade changes the build tree of $OLD in place (linux-kbuild-6.1 $E2E_OLD_VERSION → $E2E_NEW_VERSION)"
 check "…and names the module to be rebuilt" contains "$o" "dkms-hook will rebuild acpi-call/"
+o3="$(out)"
+RC=0; in_root apt -s -o Dpkg::Use-Pty=0 --no-download install --reinstall "linux-kbuild-6.1=$E2E_OLD_VERSION" > "$o3" 2>&1 || RC=$?
+sed 's/^/    | /' "$o3" | grep -F 'dkms-hook' || true
+check "apt -s install --reinstall: the reinstall, which apt does not list to JSON hooks, is said (rc=$RC)" \
+    contains "$o3" "dkms-hook: this reinstall rewrites the build tree of $OLD in place (linux-kbuild-6.1 $E2E_OLD_VERSION reinstalled)"
 o2="$(out)"
 RC=0; echo n | in_root apt -o Dpkg::Use-Pty=0 --no-download install "$E2E_NEW_HEADERS=$E2E_NEW_VERSION" > "$o2" 2>&1 || RC=$?
 check "apt answered 'n': the warning comes before the prompt" before "$o2" "dkms-hook: this upgrade changes the build tree of $OLD" "Do you want to continue?"

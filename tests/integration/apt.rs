@@ -296,6 +296,18 @@ fn a_reinstall_is_forecast_before_the_prompt() {
     );
     assert_eq!(both.matches(notice).count(), 1, "said once:\n{both}");
     assert_eq!(both.matches("is newer than").count(), 1, "{both}");
+    // With a newer candidate, `--reinstall P` would upgrade: a reinstall of
+    // the installed version names it (`P=VERSION`).
+    let pinned = f.under_fake_apt_with_args(
+        r#""$HOOK" --root "$R" apt-json-hook"#,
+        &[
+            HELLO.to_string(),
+            statistics_for("install", &["linux-kbuild-6.1=6.1.192-2"], &[]),
+            BYE.to_string(),
+        ],
+        &["install", "--reinstall", "linux-kbuild-6.1=6.1.192-2"],
+    );
+    assert!(pinned.contains(notice), "{pinned}");
     // Without --reinstall apt reinstalls nothing: nothing to say.
     let plain = f.under_fake_apt_with_args(
         r#""$HOOK" --root "$R" apt-json-hook"#,
