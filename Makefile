@@ -46,6 +46,7 @@ install: build
 	install -D -m 0644 $(GENDIR)/dkms-hook.bash $(DESTDIR)$(BASHCOMPDIR)/dkms-hook
 	install -D -m 0644 etc/dkms-hook.conf $(DESTDIR)$(SYSCONFDIR)/dkms/dkms-hook.conf
 	install -D -m 0644 apt.conf.d/80dkms-hook $(DESTDIR)$(SYSCONFDIR)/apt/apt.conf.d/80dkms-hook
+	install -D -m 0755 hooks/dkms-hook-preflight $(DESTDIR)$(SYSCONFDIR)/dkms/dkms-hook-preflight
 	install -D -m 0644 systemd/dkms-hook.service $(DESTDIR)$(SYSTEMDUNITDIR)/dkms-hook.service
 	install -D -m 0644 hooks/dpkg.cfg.d-dkms-hook $(DESTDIR)$(SYSCONFDIR)/dpkg/dpkg.cfg.d/dkms-hook
 	install -D -m 0755 hooks/update-motd $(DESTDIR)$(SYSCONFDIR)/update-motd.d/90-dkms-hook

@@ -181,7 +181,7 @@ pub fn plan(changes: &[Change], inv: &Inventory, cfg: &Config) -> Plan {
             }));
             continue;
         }
-        skew_warning(k, &hits, inv, &mut out.warnings);
+        let rebuilds_before = out.rebuilds.len();
         for p in pairs {
             let reason = if !p.installed {
                 Some(SkipReason::NotInstalled)
@@ -229,6 +229,12 @@ pub fn plan(changes: &[Change], inv: &Inventory, cfg: &Config) -> Plan {
                 });
             }
         }
+        // The skew matters to the rebuilds of this run; a kernel whose
+        // modules were rebuilt since (by `sync`, after a suspended run) has
+        // nothing to be warned about.
+        if out.rebuilds.len() > rebuilds_before {
+            skew_warning(k, &hits, inv, &mut out.warnings);
+        }
     }
     // Pairs of kernels that are gone, when the log shows their removal.
     for p in &inv.pairs {
@@ -250,7 +256,8 @@ pub fn plan(changes: &[Change], inv: &Inventory, cfg: &Config) -> Plan {
 }
 
 /// A kbuild newer than the kernel's own headers: the combination that broke
-/// module builds in the seed report of #1040401.
+/// module builds in the seed report of #1040401. Said for a kernel whose
+/// modules this plan rebuilds.
 fn skew_warning(k: &Kernel, hits: &[(&Change, Role)], inv: &Inventory, warnings: &mut Vec<String>) {
     let Some(headers) = k.headers_package_guess() else {
         return;
@@ -314,13 +321,10 @@ pub fn forecast(changes: &[Change], inv: &Inventory, cfg: &Config) -> Plan {
         });
         // dkms 3.0.10 and 3.2 both keep the modules when only the headers
         // go (checked on Debian 12 and 13); removing the image removes them.
+        // A kernel with headers and modules but no image (build hosts,
+        // containers) keeps them too, so it is warned about alike.
         let mods = modules(Some(&k.release));
-        if removed(headers.as_str())
-            && k.has_headers()
-            && k.image
-            && !image_goes
-            && !mods.is_empty()
-        {
+        if removed(headers.as_str()) && k.has_headers() && !image_goes && !mods.is_empty() {
             p.warnings.push(format!(
                 "{}: removing {headers} leaves this kernel without headers: its dkms modules ({}) stay installed but can no longer be rebuilt for {}",
                 k.release,
@@ -508,11 +512,25 @@ pub fn assess(inv: &Inventory, cfg: &Config, failed: &[Failure]) -> Vec<Assessme
                     Some(p) => format!("headers missing; install {p}"),
                     None => "headers missing".into(),
                 };
-            } else if failure.is_some() {
+            } else if let Some(f) = failure {
                 a.state = PairState::Failed;
-                a.why =
-                    "the last rebuild failed; see dkms-hook status --json or run dkms-hook retry"
-                        .into();
+                // What to read and what to run, not another command to
+                // look it up with: the kept make.log (or dkms's output
+                // when the build left none), then the retry.
+                let log = if f.make_log.is_empty() {
+                    format!(
+                        "{}/logs/{}-{}-{}.dkms.log",
+                        crate::state::STATE_DIR,
+                        f.module,
+                        f.version,
+                        f.kernel
+                    )
+                } else {
+                    f.make_log.clone()
+                };
+                a.why = format!(
+                    "the last rebuild failed; see {log}; when the cause is fixed, run: dkms-hook retry"
+                );
             } else {
                 for i in inv.inputs.get(&k.release).into_iter().flatten() {
                     // The list's mtime has nanoseconds: a plain comparison.
@@ -845,6 +863,46 @@ mod tests {
             "a pair without a built module is stale"
         );
         assert_eq!(s, ["acpi-call/1.0 @ 6.1.0-56-amd64 not-installed"]);
+    }
+
+    /// Regression (issue 20.2): a change every pair was rebuilt after (by
+    /// `sync`, while the hooks were suspended) rebuilds nothing, so the
+    /// kbuild's skew is no warning of this run.
+    #[test]
+    fn a_skew_is_not_warned_when_nothing_is_rebuilt() {
+        let mut inv = bookworm();
+        for p in &mut inv.pairs {
+            p.built = Some(at("2026-11-24T09:00:00"));
+        }
+        let changes = vec![change(
+            "linux-kbuild-6.1",
+            Some("6.1.176-1"),
+            Some("6.1.192-2"),
+            "2026-11-23T20:57:37",
+        )];
+        let p = plan(&changes, &inv, &Config::default());
+        assert!(p.rebuilds.is_empty(), "{:?}", p.rebuilds);
+        assert_eq!(p.warnings, Vec::<String>::new());
+    }
+
+    /// Regression (issue 20.7): headers about to be removed from a kernel
+    /// with modules but no image (a build host, a container) are warned
+    /// about before the prompt, as after the removal.
+    #[test]
+    fn removing_headers_warns_before_the_prompt_without_an_image() {
+        let mut inv = bookworm();
+        inv.kernels[0].image = false;
+        let changes = vec![Change::planned(
+            pkg("linux-headers-6.1.0-50-amd64"),
+            Some("amd64".into()),
+            Some("6.1.176-1".parse().unwrap()),
+            None,
+        )];
+        let p = forecast(&changes, &inv, &Config::default());
+        assert_eq!(
+            p.warnings,
+            ["6.1.0-50-amd64: removing linux-headers-6.1.0-50-amd64 leaves this kernel without headers: its dkms modules (acpi-call/1.0) stay installed but can no longer be rebuilt for 6.1.0-50-amd64"]
+        );
     }
 
     #[test]

@@ -1,9 +1,10 @@
 #!/bin/bash
 # Tests of the files installed into hook directories: the three kernel hooks,
-# the dpkg.cfg.d post-invoke line and each command string of apt.conf.d.
-# Each is run from a temporary directory with /usr/sbin/dkms-hook rewritten to
-# a recording stub (or to a missing path). No root, apt or dpkg run needed
-# beyond apt-config, which parses apt.conf.d/80dkms-hook as apt does.
+# the dpkg.cfg.d post-invoke line, each command string of apt.conf.d and the
+# Pre-Install-Pkgs script it names. Each is run from a temporary directory
+# with /usr/sbin/dkms-hook rewritten to a recording stub (or to a missing
+# path). No root, apt or dpkg run needed beyond apt-config, which parses
+# apt.conf.d/80dkms-hook as apt does.
 #   tests/hooks.sh        # prints "N passed, M failed" last; non-zero on failure
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
@@ -13,6 +14,7 @@ source tests/lib.sh
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 BIN=/usr/sbin/dkms-hook
+PRE=/etc/dkms/dkms-hook-preflight  # the Pre-Install-Pkgs script (Makefile)
 stub=$tmp/present/dkms-hook       # records its argv, prints to stderr
 missing=$tmp/missing/dkms-hook    # never exists
 calls=$tmp/calls
@@ -21,16 +23,19 @@ cat > "$stub" <<STUB
 #!/bin/sh
 { printf 'call'; for a in "\$@"; do printf ' [%s]' "\$a"; done
   printf ' suspend=%s\n' "\${DKMS_HOOK_SUSPEND:-}"; } >> "$calls"
+# STUB_STDIN=FILE: keep what arrives on stdin (apt's info stream).
+if [ -n "\${STUB_STDIN:-}" ]; then cat > "\$STUB_STDIN"; fi
 echo "stub-stderr" >&2
 exit "\${STUB_EXIT:-0}"
 STUB
 chmod 0755 "$stub"
 
-# rewrite FILE TARGET: copy of FILE with the binary path replaced by TARGET.
+# rewrite FILE TARGET [SCRIPT]: copy of FILE with the binary path replaced
+# by TARGET (and the Pre-Install-Pkgs script's path by SCRIPT).
 rewrite() {
     local out
     out=$tmp/out/$(basename "$1").$(basename "$(dirname "$2")")
-    sed "s#$BIN#$2#g" "$1" > "$out"
+    sed "s#$BIN#$2#g; s#$PRE#${3:-$PRE}#g" "$1" > "$out"
     chmod --reference="$1" "$out"
     echo "$out"
 }
@@ -75,13 +80,21 @@ cmd_present+=("$(dpkg_line "$(rewrite "$f" "$stub")")")
 cmd_missing+=("$(dpkg_line "$(rewrite "$f" "$missing")")")
 expect_args+=("call [post-invoke]")
 
+# The Pre-Install-Pkgs script, run by apt through apt.conf.d's line.
+f=hooks/dkms-hook-preflight
+check "$f: executable, #!/bin/sh, sh -n" \
+    bash -c "[ -x '$f' ] && head -n1 '$f' | grep -qx '#!/bin/sh' && sh -n '$f'"
+check "Makefile installs $f as $PRE (0755)" \
+    grep -qF "install -D -m 0755 $f \$(DESTDIR)\$(SYSCONFDIR)/${PRE#/etc/}" Makefile
+pre_present=$(rewrite "$f" "$stub") pre_missing=$(rewrite "$f" "$missing")
+
 # apt.conf.d: let apt-config parse the file; keep the entries that name the
-# (rewritten) binary, which excludes the host's own configuration.
+# (rewritten) binary or script, which excludes the host's own configuration.
 f=apt.conf.d/80dkms-hook
-apt_dump() { apt-config -c "$1" dump --no-empty --format '%f=%v%n' | grep -F "$2"; }
+apt_dump() { apt-config -c "$1" dump --no-empty --format '%f=%v%n' | grep -F "$tmp/"; }
 apt_value() { sed -n "s#^$2::=##p" <<< "$1"; }
-dump_present=$(apt_dump "$(rewrite "$f" "$stub")" "$stub")
-dump_missing=$(apt_dump "$(rewrite "$f" "$missing")" "$missing")
+dump_present=$(apt_dump "$(rewrite "$f" "$stub" "$pre_present")")
+dump_missing=$(apt_dump "$(rewrite "$f" "$missing" "$pre_missing")")
 declare -A apt_expect=(
     [DPkg::Post-Invoke]="call [post-invoke]"
     [AptCli::Hooks::Install]="call [apt-json-hook]"
@@ -96,11 +109,16 @@ for key in DPkg::Post-Invoke AptCli::Hooks::Install AptCli::Hooks::Upgrade DPkg:
     if [ "$key" = DPkg::Pre-Install-Pkgs ]; then kinds+=(preinst); else kinds+=(apt); fi
     cmd_present+=("$p") cmd_missing+=("$m") expect_args+=("${apt_expect[$key]}")
 done
-# apt keys the protocol version on the first word of the command.
+# apt keys the protocol version on the first word of the command, and shows
+# the whole command in its error line when the hook stops it (issue 20.6):
+# the command is the script's path alone.
 pre=$(apt_value "$dump_present" DPkg::Pre-Install-Pkgs)
-check "$f: Pre-Install-Pkgs starts with the binary path" test "${pre%% *}" = "$stub"
-check "$f: Version 3 keyed on the binary path" \
-    grep -qxF "DPkg::Tools::Options::$stub::Version=3" <<< "$dump_present"
+check "$f: Pre-Install-Pkgs is $PRE alone (apt's error line names it plainly)" \
+    test "$pre" = "$pre_present"
+check "$f: Version 3 keyed on the script's path" \
+    grep -qxF "DPkg::Tools::Options::$pre_present::Version=3" <<< "$dump_present"
+check "$f: no other Pre-Install-Pkgs option of ours" \
+    test "$(grep -c '^DPkg::Tools::Options::' <<< "$dump_present")" = 1
 
 # --- Run every command in every situation.
 # run CMD [ENV...]: run CMD with sh -c (or execute a kernel hook) with env
@@ -131,10 +149,18 @@ for i in "${!names[@]}"; do
 
     run "$cp" "${base[@]}" STUB_EXIT=1
     check "$n: failing binary: exit 0" test "$rc" = 0
+    run "$cp" "${base[@]}" STUB_EXIT=2
+    check "$n: binary exits 2: exit 0" test "$rc" = 0
     run "$cp" "${base[@]}" STUB_EXIT=100
     if [ "$k" = preinst ]; then
         # preflight = block: the one status that stops apt.
-        check "$n: exit 100 (preflight = block) stops apt" test "$rc" != 0
+        check "$n: exit 100 (preflight = block) stops apt with 100" test "$rc" = 100
+        check "$n: exit 100: the binary's message reaches apt's output" grep -q stub-stderr <<< "$out"
+        # apt's info stream: stdin (or the fd in APT_HOOK_INFO_FD) reaches the binary.
+        : > "$calls"
+        printf 'VERSION 3\n\n' | env "${base[@]}" STUB_STDIN="$tmp/stdin" sh -c "$cp" > /dev/null 2>&1
+        check "$n: apt's info stream on stdin reaches the binary" \
+            test "$(cat "$tmp/stdin" 2>/dev/null)" = "VERSION 3"
     else
         check "$n: exit 100: still exit 0" test "$rc" = 0
     fi

@@ -48,7 +48,7 @@ contents=$(dpkg-deb -c "$deb" | awk '{print $1, $NF}')
 has() { grep -qxF -- "$1 ./${2#/}" <<< "$contents"; }
 for f in /usr/sbin/dkms-hook /etc/kernel/header_postinst.d/dkms-hook \
          /etc/kernel/postinst.d/dkms-hook /etc/kernel/prerm.d/dkms-hook \
-         /etc/update-motd.d/90-dkms-hook; do
+         /etc/update-motd.d/90-dkms-hook /etc/dkms/dkms-hook-preflight; do
     check "contains $f (0755)" has -rwxr-xr-x "$f"
 done
 for f in /usr/share/man/man8/dkms-hook.8.gz \
@@ -63,7 +63,8 @@ conffiles=$(dpkg-deb -I "$deb" conffiles 2>/dev/null)
 for f in /etc/dkms/dkms-hook.conf /etc/apt/apt.conf.d/80dkms-hook \
          /etc/dpkg/dpkg.cfg.d/dkms-hook /etc/kernel/header_postinst.d/dkms-hook \
          /etc/kernel/postinst.d/dkms-hook /etc/kernel/prerm.d/dkms-hook \
-         /etc/logrotate.d/dkms-hook /etc/update-motd.d/90-dkms-hook; do
+         /etc/logrotate.d/dkms-hook /etc/update-motd.d/90-dkms-hook \
+         /etc/dkms/dkms-hook-preflight; do
     check "conffile $f" grep -qxF "$f" <<< "$conffiles"
 done
 
@@ -78,6 +79,13 @@ check "postrm purges /var/lib/dkms-hook" \
 x=$tmp/x; dpkg-deb -x "$deb" "$x"
 check "man page is section 8" bash -c "zcat '$x/usr/share/man/man8/dkms-hook.8.gz' | grep -q '^\.TH [^ ]* 8'"
 check "packaged binary runs (--version)" "$x/usr/sbin/dkms-hook" --version
+# apt.conf.d's Pre-Install-Pkgs is one packaged script, by path alone, with
+# the protocol version keyed on it (as apt-config reads the packaged file).
+aptconf=$(apt-config -c "$x/etc/apt/apt.conf.d/80dkms-hook" dump --no-empty --format '%f=%v%n')
+pre=$(sed -n 's#^DPkg::Pre-Install-Pkgs::=##p' <<< "$aptconf" | grep -F dkms-hook)
+check "Pre-Install-Pkgs names a packaged executable, alone ($pre)" \
+    test -n "$pre" -a "${pre%% *}" = "$pre" -a -x "$x$pre"
+check "…with Version 3 keyed on it" grep -qxF "DPkg::Tools::Options::$pre::Version=3" <<< "$aptconf"
 unit=$(find "$x/lib/systemd/system" "$x/usr/lib/systemd/system" -name dkms-hook.service 2>/dev/null | head -n1)
 check "contains the systemd unit dkms-hook.service" test -n "$unit"
 # Verified with ExecStart pointing into the unpacked package.

@@ -55,6 +55,9 @@ pub struct JsonHookSession {
     pub command: Option<String>,
     /// Packages from `params.packages` whose mode changes something.
     pub changes: Vec<AptChange>,
+    /// `params.search-terms`: the words of apt's command line after the
+    /// command (package names, patterns, files).
+    pub search_terms: Vec<String>,
     pub saw_bye: bool,
 }
 
@@ -257,6 +260,16 @@ fn handle_message<W: Write>(
                 .and_then(Value::as_str)
                 .map(str::to_owned);
             session.changes = changes_from_params(params);
+            session.search_terms = params
+                .and_then(|p| p.get("search-terms"))
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(Value::as_str)
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default();
             // apt documents these may become calls; answering keeps apt
             // from waiting on us forever if that happens.
             if let Some(id) = id {

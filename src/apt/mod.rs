@@ -5,7 +5,9 @@
 //!   protocol `VERSION 2` and `VERSION 3`), on stdin or `APT_HOOK_INFO_FD`;
 //! * [`json_hook`]: the JSON-RPC hook socket of `AptCli::Hooks::Install` and
 //!   `Upgrade` (protocol `0.1` and `0.2`), named by `APT_HOOK_SOCKET`;
-//! * [`warned`]: which warnings one apt run has already shown.
+//! * [`frontend`]: the apt process a hook runs under (the key of one apt
+//!   run) and what its command line asks for;
+//! * [`warned`]: which lines one apt run has already shown.
 //!
 //! Both channels are reduced to a list of [`AptChange`], turned into the
 //! planner's [`Change`]s by [`AptChange::to_change`]. Library code: nothing
@@ -21,6 +23,7 @@ use serde::Serialize;
 use crate::change::Change;
 use crate::dpkg::PackageName;
 
+pub mod frontend;
 pub mod info_stream;
 pub mod json_hook;
 pub mod warned;
@@ -118,6 +121,58 @@ impl AptChange {
             new,
         ))
     }
+}
+
+/// The package a search term of apt's command line names: `P`, `P:ARCH`,
+/// `P=VERSION`, `P:ARCH=VERSION` or `P/RELEASE` → (P, ARCH, VERSION).
+pub fn search_term_package(term: &str) -> (&str, Option<&str>, Option<&str>) {
+    let (name, version) = match term.split_once('=') {
+        Some((n, v)) => (n, Some(v)),
+        None => (term.split('/').next().unwrap_or(term), None),
+    };
+    match name.split_once(':') {
+        Some((n, a)) => (n, Some(a), version),
+        None => (name, None, version),
+    }
+}
+
+/// The reinstalls apt's JSON hook does not announce: apt lists only
+/// packages it installs, upgrades or removes, and a reinstall keeps apt's
+/// "keep" mode. When the command line asks for reinstalls (see
+/// [`frontend::asks_reinstall`]), each search term that names an installed
+/// package (see [`search_term_package`]; a version, if given, the installed
+/// one) not among `announced` is reinstalled at its installed version.
+pub fn unannounced_reinstalls(
+    terms: &[String],
+    announced: &[AptChange],
+    installed: &[crate::dpkg::Installed],
+) -> Vec<AptChange> {
+    let mut out: Vec<AptChange> = Vec::new();
+    for t in terms {
+        let (name, arch, version) = search_term_package(t);
+        if announced.iter().any(|c| c.package == name) || out.iter().any(|c| c.package == name) {
+            continue;
+        }
+        let Some(i) = installed.iter().find(|i| {
+            i.name.as_str() == name
+                && i.state == "installed"
+                && arch.is_none_or(|a| i.architecture.as_deref().is_none_or(|ia| ia == a))
+        }) else {
+            continue;
+        };
+        let v = i.version.to_string();
+        if version.is_some_and(|want| want != v) {
+            continue; // another version: apt lists that change itself
+        }
+        out.push(AptChange {
+            package: name.to_owned(),
+            architecture: i.architecture.clone().or_else(|| arch.map(str::to_owned)),
+            old: Some(v.clone()),
+            new: Some(v),
+            action: AptAction::Reinstall,
+        });
+    }
+    out
 }
 
 /// An fd apt names in the environment variable `var`. 0–2 are the standard
@@ -222,6 +277,58 @@ pub(crate) mod tests {
         };
         let json = serde_json::to_string(&c).expect("serialize");
         assert!(json.contains("\"action\":\"reinstall\""), "{json}");
+    }
+
+    #[test]
+    fn unannounced_reinstalls_are_installed_search_terms() {
+        let inst = |name: &str, state: &str| crate::dpkg::Installed {
+            name: PackageName::new(name).unwrap(),
+            architecture: Some("amd64".into()),
+            version: "6.1.192-2".parse().unwrap(),
+            state: state.into(),
+        };
+        let installed = [
+            inst("linux-kbuild-6.1", "installed"),
+            inst("hello", "installed"),
+            inst("gone", "config-files"),
+        ];
+        let announced = [hello_install()];
+        let terms: Vec<String> = [
+            "linux-kbuild-6.1:amd64",
+            "linux-kbuild-6.1",
+            "hello",
+            "gone",
+            "unknown",
+            "./x.deb",
+            "linux-kbuild-6.1:arm64",
+        ]
+        .map(String::from)
+        .to_vec();
+        let got = unannounced_reinstalls(&terms, &announced, &installed);
+        assert_eq!(
+            got,
+            [change(
+                "linux-kbuild-6.1",
+                Some("amd64"),
+                Some("6.1.192-2"),
+                Some("6.1.192-2"),
+                AptAction::Reinstall
+            )]
+        );
+        let wrong_arch = unannounced_reinstalls(&terms[6..], &[], &installed);
+        assert!(wrong_arch.is_empty(), "{wrong_arch:?}");
+        // The forms apt takes: P=VERSION (the installed one), P/RELEASE.
+        for t in [
+            "linux-kbuild-6.1=6.1.192-2",
+            "linux-kbuild-6.1:amd64=6.1.192-2",
+            "linux-kbuild-6.1/bookworm",
+        ] {
+            let got = unannounced_reinstalls(&[t.to_string()], &[], &installed);
+            assert_eq!(got.len(), 1, "{t}: {got:?}");
+            assert_eq!(got[0].new.as_deref(), Some("6.1.192-2"), "{t}");
+        }
+        let other = unannounced_reinstalls(&["linux-kbuild-6.1=6.1.200-1".into()], &[], &installed);
+        assert!(other.is_empty(), "{other:?}");
     }
 
     #[test]

@@ -1,46 +1,24 @@
 //! What one apt run has been told already: a marker in `/run/dkms-hook/`,
-//! keyed by the apt process (pid and start time, so a recycled pid is not
-//! mistaken for the same run), listing the warnings shown. The JSON hook
-//! writes it before the prompt; Pre-Install-Pkgs then keeps quiet, and
-//! post-invoke and the kernel hooks skip what was said.
+//! keyed by the apt run ([`super::frontend::run`]: pid and start time, so a
+//! recycled pid is not mistaken for the same run), listing the lines shown.
+//! The JSON hook writes it before the prompt; Pre-Install-Pkgs then says
+//! only what the JSON hook could not, and post-invoke and the kernel hooks
+//! skip the warnings already said.
 
 use std::path::PathBuf;
 
 use crate::root::Root;
 
 pub const RUN_DIR: &str = "/run/dkms-hook";
-/// Frontends whose hooks we may both serve in one run.
-const FRONTENDS: &[&str] = &["apt", "apt-get", "aptitude"];
-
-/// (pid, start time) of the nearest apt ancestor of this process.
-fn apt_ancestor() -> Option<(u32, u64)> {
-    let mut pid = std::process::id();
-    for _ in 0..16 {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // "pid (comm) state ppid … starttime(22nd)"; comm may hold spaces.
-        let open = stat.find('(')?;
-        let close = stat.rfind(')')?;
-        let comm = &stat[open + 1..close];
-        let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
-        if FRONTENDS.contains(&comm) {
-            return Some((pid, fields.get(19)?.parse().ok()?));
-        }
-        pid = fields.get(1)?.parse().ok()?;
-        if pid <= 1 {
-            return None;
-        }
-    }
-    None
-}
 
 fn marker(root: &Root) -> Option<PathBuf> {
-    let (pid, start) = apt_ancestor()?;
+    let (pid, start) = super::frontend::run()?;
     let dir = root.inside(RUN_DIR).ok()?;
     Some(dir.join(format!("warned-{pid}-{start}")))
 }
 
-/// The warnings already printed in this apt run (empty outside apt, or
-/// when nothing was said yet).
+/// The lines (warnings, notices) already printed in this apt run (empty
+/// outside apt, or when nothing was said yet).
 pub fn said(root: &Root) -> Vec<String> {
     let Some(m) = marker(root) else {
         return Vec::new();
@@ -55,9 +33,9 @@ pub fn said(root: &Root) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Note that this apt run has been warned, and with which warnings (best
-/// effort: outside apt there is nothing to note).
-pub fn note_said(root: &Root, warnings: &[String]) {
+/// Note that this apt run has been told these lines (best effort: outside
+/// apt there is nothing to note).
+pub fn note_said(root: &Root, lines: &[String]) {
     let Some(m) = marker(root) else { return };
     let Some(dir) = m.parent() else { return };
     // Markers of finished runs are dropped on the way.
@@ -74,8 +52,8 @@ pub fn note_said(root: &Root, warnings: &[String]) {
         }
     }
     let mut all = said(root);
-    for w in warnings {
-        // One line per warning: a newline inside one is escaped.
+    for w in lines {
+        // One line per line said: a newline inside one is escaped.
         let w = w.replace('\n', " ");
         if !all.contains(&w) {
             all.push(w);
@@ -90,18 +68,13 @@ pub fn note_said(root: &Root, warnings: &[String]) {
     }
 }
 
-/// Whether the JSON hook already spoke for this apt run.
-pub fn already_warned(root: &Root) -> bool {
-    marker(root).is_some_and(|m| m.exists())
-}
-
-/// The warnings not yet said in this apt run, noted as said now.
-pub fn unsaid(root: &Root, warnings: &[String]) -> Vec<String> {
-    if warnings.is_empty() {
+/// The lines not yet said in this apt run, noted as said now.
+pub fn unsaid(root: &Root, lines: &[String]) -> Vec<String> {
+    if lines.is_empty() {
         return Vec::new();
     }
     let before = said(root);
-    let new: Vec<String> = warnings
+    let new: Vec<String> = lines
         .iter()
         .filter(|w| !before.contains(&w.replace('\n', " ")))
         .cloned()

@@ -72,7 +72,7 @@ Files:
   /var/lib/prometheus/node-exporter/dkms_hook.prom   the node_exporter textfile (when that directory exists)
   /var/lib/dkms-hook/preflight/   preflight's kept make.logs and, while it runs, its scratch layers
   /var/log/dkms-hook.log     one line per rebuild, skip or failure
-  /etc/apt/apt.conf.d/80dkms-hook, /etc/dpkg/dpkg.cfg.d/dkms-hook, /etc/kernel/*.d/dkms-hook   the hooks
+  /etc/apt/apt.conf.d/80dkms-hook, /etc/dkms/dkms-hook-preflight (apt's Pre-Install-Pkgs), /etc/dpkg/dpkg.cfg.d/dkms-hook, /etc/kernel/*.d/dkms-hook   the hooks
 
 Environment:
   DKMS_HOOK_ROOT     like --root
@@ -105,41 +105,74 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Rebuild what the changes in the given dpkg logs made stale.
+    ///
+    /// Reads dpkg.log files (plain, rotated or gzip'd, in any order) or apt's
+    /// history.log, plans as the hook does and rebuilds each stale pair the
+    /// safe way; with --dry-run it only shows the plan. Exits 1 when a
+    /// rebuild failed, 2 when a log cannot be read as one.
     Replay(ReplayArgs),
+    /// The apt and dpkg hook: rebuild what dpkg just made stale.
+    ///
     /// apt's DPkg::Post-Invoke and dpkg's post-invoke: read dpkg.log from the
-    /// cursor and rebuild stale pairs. Always exits 0.
+    /// cursor and rebuild the stale pairs, with a line when each starts and
+    /// one when it ends. Always exits 0.
     PostInvoke,
-    /// Show every installed kernel × dkms module: fresh, stale, failed,
-    /// missing, no-headers, excluded, broken (the installed module's
+    /// Show each kernel × dkms module and whether it is current.
+    ///
+    /// One row per installed kernel × dkms module: fresh, stale, failed,
+    /// missing, no-headers, excluded (its dkms.conf, evaluated as dkms
+    /// evaluates it, keeps dkms from building it), undecided (under --root,
+    /// a dkms.conf that is a script), broken (the installed module's
     /// vermagic names another kernel), and whether each module is signed
     /// and will load with Secure Boot. Exits 0 when all is well, 1 when
     /// something needs attention (stale, failed, missing, no-headers,
-    /// broken, a module that will not load after the reboot, or an excluded
-    /// pair whose old module is still installed), 2 when the system could
-    /// not be read: usable by monitoring. The `--json` object is a stable
+    /// broken, a module that will not load after the reboot; never excluded
+    /// or undecided), 2 when the system could not be read: usable by
+    /// monitoring. The `--json` object is a stable
     /// contract (configuration management facts): fields may be added,
     /// never renamed or removed.
     Status(StatusArgs),
-    /// Rebuild every pair that `status` finds stale (also those that went
-    /// stale before dkms-hook was installed) or broken.
+    /// Rebuild every pair that `status` finds stale or broken.
+    ///
+    /// Also the pairs that went stale before dkms-hook was installed. Exits 1
+    /// when a rebuild failed.
     Sync(JsonArg),
     /// Rebuild the pairs whose last rebuild failed.
+    ///
+    /// Run it once the cause (shown in the make.log that `status` names) is
+    /// fixed. Exits 1 when a rebuild failed again.
     Retry(JsonArg),
-    /// Test-build, before anything is unpacked, every dkms module the given
+    /// Test-build what an upgrade would make stale; changes nothing.
+    ///
+    /// Before anything is unpacked, every dkms module that the given
     /// packages (or, without any, what `apt-get upgrade` would install) make
-    /// stale, against the build tree as it will be: in a private mount
-    /// namespace over overlayfs, so nothing on the system changes. Exits 0
+    /// stale is built against the build tree as it will be, in a private
+    /// mount namespace over overlayfs, so nothing on the system changes. Exits 0
     /// when every pair builds (or is excluded), 1 when one fails, 2 when
     /// preflight cannot run here. It builds; it does not load the module.
     Preflight(PreflightArgs),
-    /// apt's JSON hook (AptCli::Hooks::Install, ::Upgrade): warn before the
-    /// prompt which kernels and modules the upgrade touches. Always exits 0.
+    /// apt's JSON hook: say before the prompt what will be rebuilt.
+    ///
+    /// AptCli::Hooks::Install and ::Upgrade: say before the prompt which
+    /// kernels' build trees the upgrade changes in place and which modules
+    /// will be rebuilt, and of other risks (headers removed, a new kernel
+    /// without headers). Reinstalls, which apt does not list to the hook,
+    /// are read from apt's command line. Always exits 0.
     AptJsonHook(JsonArg),
-    /// apt's DPkg::Pre-Install-Pkgs (Version 3) for frontends without JSON
-    /// hooks; quiet if the JSON hook already spoke for this apt run. Always exits 0.
+    /// apt's Pre-Install-Pkgs hook: warn, test-build before dpkg.
+    ///
+    /// Run by /etc/dkms/dkms-hook-preflight as DPkg::Pre-Install-Pkgs
+    /// (Version 3), after the download and before dpkg unpacks anything:
+    /// says what the JSON hook of the same apt run did not (everything, for
+    /// frontends without JSON hooks), then test-builds the affected modules
+    /// against the downloaded packages (the preflight setting). Exits 0, or
+    /// 100 with preflight = block when a module would not build.
     PreInstallPkgs(JsonArg),
-    /// /etc/kernel/{header_postinst,postinst,prerm}.d: record the event, warn
-    /// about a kernel without headers or modules, forget a removed kernel. Always exits 0.
+    /// Kernel hooks: warn of kernels lacking headers or modules.
+    ///
+    /// Run from /etc/kernel/{header_postinst,postinst,prerm}.d: record the
+    /// event, warn about a kernel without headers or modules, forget a
+    /// removed kernel. Always exits 0.
     KernelHook {
         /// Which /etc/kernel directory ran it.
         #[arg(value_enum)]
@@ -149,16 +182,20 @@ pub enum Command {
         /// The kernel image (postinst, prerm).
         image: Option<PathBuf>,
     },
-    /// At boot (dkms-hook.service): finish what an interrupted run left (the
+    /// At boot: finish interrupted work, rebuild for this kernel.
+    ///
+    /// Run by dkms-hook.service: finish what an interrupted run left (the
     /// queue, a backup to restore, a leftover build), take in what dpkg.log
     /// holds since the last run, and rebuild the stale pairs of the running
     /// kernel. Always exits 0: it never fails the boot.
     Boot,
-    /// The login notice (/etc/update-motd.d/90-dkms-hook): one line per pair
-    /// whose rebuild failed, that is still queued, broken, or will not load
-    /// after the reboot (unsigned under Secure Boot, or signed with a key
-    /// not enrolled), from dkms-hook's state alone (a few file reads);
-    /// nothing when all is well. Always exits 0.
+    /// The login notice: pairs that failed, wait or will not load.
+    ///
+    /// Run from /etc/update-motd.d/90-dkms-hook: one line per pair whose rebuild
+    /// failed, that is still queued, broken, or will not load after the
+    /// reboot (unsigned under Secure Boot, or signed with a key not
+    /// enrolled), from dkms-hook's state alone (a few file reads); nothing
+    /// when all is well. Always exits 0.
     Motd,
     /// Create the state directory and start the dpkg.log cursor at the end (postinst).
     #[command(hide = true)]

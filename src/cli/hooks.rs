@@ -70,7 +70,7 @@ pub(super) fn motd(root: &Root) -> i32 {
 }
 
 /// Print the forecast for apt's planned changes (empty output when there is
-/// nothing to say), and note its warnings as said for this apt run.
+/// nothing to say): each line not yet said in this apt run, noted as said.
 pub(super) fn print_forecast(root: &Root, changes: &[AptChange], json: bool) {
     let cfg = load_config(root);
     let planned: Vec<Change> = changes.iter().filter_map(AptChange::to_change).collect();
@@ -78,14 +78,18 @@ pub(super) fn print_forecast(root: &Root, changes: &[AptChange], json: bool) {
         return;
     };
     let p = plan::forecast(&planned, &inv, &cfg);
+    let notices = report::forecast_notices(&p, cfg.preflight);
     if json {
         out_json(&report::json::plan(&p));
-    } else {
-        for l in report::forecast_lines(&p, cfg.preflight) {
-            out(&l);
-        }
+        warned::note_said(root, &[notices, p.warnings].concat());
+        return;
     }
-    warned::note_said(root, &p.warnings);
+    for l in warned::unsaid(root, &notices) {
+        out(&l);
+    }
+    for w in warned::unsaid(root, &p.warnings) {
+        out(&format!("{PREFIX} warning: {w}"));
+    }
 }
 
 pub(super) fn apt_json_hook(root: &Root, env: &Env, json: bool) -> i32 {
@@ -99,13 +103,35 @@ pub(super) fn apt_json_hook(root: &Root, env: &Env, json: bool) -> i32 {
     let stream = std::os::unix::net::UnixStream::from(fd);
     match apt::serve_json_hook(stream) {
         Ok(session) if session.should_warn() => {
-            print_forecast(root, &session.changes, json);
+            let mut changes = session.changes.clone();
+            changes.extend(reinstalls(root, &session));
+            print_forecast(root, &changes, json);
         }
         Ok(_) => {}
         Err(e @ apt::AptHookError::TooLarge(_)) => warn(&format!("{PREFIX} {e}")),
         Err(e) => log::debug!("apt JSON hook: {e}"),
     }
     0
+}
+
+/// The reinstalls the JSON hook's package list leaves out, when apt was
+/// asked for them (`apt reinstall P`, `apt install --reinstall P`).
+fn reinstalls(root: &Root, session: &apt::JsonHookSession) -> Vec<AptChange> {
+    if session.search_terms.is_empty()
+        || !(session.command.as_deref() == Some("reinstall") || apt::frontend::asks_reinstall())
+    {
+        return Vec::new();
+    }
+    let names: Vec<&str> = session
+        .search_terms
+        .iter()
+        .map(|t| apt::search_term_package(t).0)
+        .collect();
+    let installed = crate::dpkg::read_status(root, |n| names.contains(&n)).unwrap_or_else(|e| {
+        log::debug!("{e}");
+        Vec::new()
+    });
+    apt::unannounced_reinstalls(&session.search_terms, &session.changes, &installed)
 }
 
 pub(super) fn pre_install_pkgs(root: &Root, env: &Env, json: bool) -> i32 {
@@ -118,11 +144,9 @@ pub(super) fn pre_install_pkgs(root: &Root, env: &Env, json: bool) -> i32 {
     };
     match parsed {
         Ok(p) => {
-            if warned::already_warned(root) {
-                log::debug!("the JSON hook already warned ({} changes)", p.changes.len());
-            } else {
-                print_forecast(root, &p.changes, json);
-            }
+            // After the JSON hook of the same apt run, only what it could
+            // not say (a reinstall it was not told of) is new here.
+            print_forecast(root, &p.changes, json);
             return preflight::in_apt(root, &p);
         }
         Err(e) => err(&format!("{PREFIX} Pre-Install-Pkgs: {e}")),

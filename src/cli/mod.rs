@@ -111,7 +111,8 @@ fn run() -> i32 {
     let hook = is_hook_invocation();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
-        Err(e) if hook => {
+        // `CMD --help` is no error: the help is printed, as for any command.
+        Err(e) if hook && e.use_stderr() => {
             let text = e.to_string();
             err(&format!(
                 "{PREFIX} {}",
@@ -323,7 +324,7 @@ fn status(root: &Root, env: &Env, a: &StatusArgs) -> anyhow::Result<i32> {
             &warnings,
         ));
     } else if !a.quiet {
-        for l in report::status_lines(&rows, &failures.failed, &queued, &warnings) {
+        for l in report::status_lines(&rows, &queued, &warnings) {
             out(&l);
         }
     }

@@ -88,7 +88,6 @@ pub fn plan_lines(p: &Plan, verb: &str) -> Vec<String> {
             s.reason.as_str()
         ));
     }
-    out.extend(p.warnings.iter().map(|w| format!("{PREFIX} warning: {w}")));
     out
 }
 
@@ -141,7 +140,6 @@ pub fn result_line(r: &PairResult) -> String {
 /// `status` for people: one aligned line per kernel × module.
 pub fn status_lines(
     rows: &[Assessment],
-    failed: &[Failure],
     queued: &[QueuedPair],
     warnings: &[String],
 ) -> Vec<String> {
@@ -174,11 +172,6 @@ pub fn status_lines(
                 line.push_str("  NOT SIGNED: will not load after the reboot");
             } else if c.key_enrolled == Some(false) {
                 line.push_str("  signed with a key that is not enrolled");
-            }
-        }
-        if let Some(f) = failed.iter().find(|f| f.key() == r.key()) {
-            if !f.make_log.is_empty() {
-                line.push_str(&format!(" (make.log: {})", f.make_log));
             }
         }
         out.push(line.trim_end().to_string());
@@ -247,8 +240,28 @@ pub fn motd_lines(failed: &[Failure], queued: &[QueuedPair], found: &[Finding]) 
     out
 }
 
-/// Before apt's prompt: what the upgrade changes and risks, in a few lines.
-pub fn forecast_lines(p: &Plan, preflight: crate::config::PreflightMode) -> Vec<String> {
+/// What the planned changes do to a build tree, in apt's words: "this
+/// upgrade changes", "this downgrade changes", "this reinstall rewrites"; a
+/// mix of them is "this transaction changes".
+fn what_it_does(because: &[Cause]) -> &'static str {
+    let kind = |c: &Cause| match (&c.old, &c.new) {
+        (Some(o), Some(n)) if n > o => "this upgrade changes",
+        (Some(o), Some(n)) if n < o => "this downgrade changes",
+        (Some(_), Some(_)) => "this reinstall rewrites",
+        (None, Some(_)) => "this installation changes",
+        (_, None) => "this removal changes",
+    };
+    let mut kinds = because.iter().map(kind);
+    match kinds.next() {
+        Some(first) if kinds.all(|k| k == first) => first,
+        _ => "this transaction changes",
+    }
+}
+
+/// Before apt's prompt: one line per kernel whose build tree the transaction
+/// changes in place, with the modules to be rebuilt (the plan's warnings
+/// are said apart from these).
+pub fn forecast_notices(p: &Plan, preflight: crate::config::PreflightMode) -> Vec<String> {
     let mut by_kernel: Vec<(&str, Vec<&crate::plan::Rebuild>)> = Vec::new();
     for r in &p.rebuilds {
         match by_kernel
@@ -266,7 +279,8 @@ pub fn forecast_lines(p: &Plan, preflight: crate::config::PreflightMode) -> Vec<
             .map(|r| format!("{}/{}", r.pair.module, r.pair.version))
             .collect();
         out.push(format!(
-            "{PREFIX} this upgrade changes the build tree of {k} in place ({}); dkms-hook will rebuild {} for it after dpkg finishes{}",
+            "{PREFIX} {} the build tree of {k} in place ({}); dkms-hook will rebuild {} for it after dpkg finishes{}",
+            what_it_does(&rs[0].because),
             causes(&rs[0].because),
             mods.join(", "),
             match preflight {
@@ -276,6 +290,5 @@ pub fn forecast_lines(p: &Plan, preflight: crate::config::PreflightMode) -> Vec<
             }
         ));
     }
-    out.extend(p.warnings.iter().map(|w| format!("{PREFIX} warning: {w}")));
     out
 }

@@ -43,7 +43,7 @@ V4L2="v4l2loopback/$(find "$E2E_ROOT/var/lib/dkms/v4l2loopback" -mindepth 1 -max
 ACPI_OLD="$(ko acpi_call "$OLD")" FAIL_OLD="$(ko e2e_failmod "$OLD")" V4L2_OLD="$(ko v4l2loopback "$OLD")"
 [[ -n "$ACPI_OLD" && -n "$FAIL_OLD" && -n "$V4L2_OLD" ]] || e2e_die "modules were not built for $OLD"
 
-scenario "4: apt -s and apt answered 'n' warn before the prompt and change nothing"
+scenario "4: apt -s and apt answered 'n' warn before the prompt (reinstalls too) and change nothing"
 KB_BEFORE="$(in_root dpkg-query -W -f '${Version}' linux-kbuild-6.1)"
 M_BEFORE="$(mtime "$ACPI_OLD")"
 o="$(out)"
@@ -52,6 +52,11 @@ sed 's/^/    | /' "$o" | grep -F 'dkms-hook' || true
 check "apt -s exits 0" test "$RC" == 0
 check "apt -s shows the in-place change of $OLD" contains "$o" "dkms-hook: this upgrade changes the build tree of $OLD in place (linux-kbuild-6.1 $E2E_OLD_VERSION → $E2E_NEW_VERSION)"
 check "…and names the module to be rebuilt" contains "$o" "dkms-hook will rebuild acpi-call/"
+o3="$(out)"
+RC=0; in_root apt -s -o Dpkg::Use-Pty=0 --no-download install --reinstall "linux-kbuild-6.1=$E2E_OLD_VERSION" > "$o3" 2>&1 || RC=$?
+sed 's/^/    | /' "$o3" | grep -F 'dkms-hook' || true
+check "apt -s install --reinstall: the reinstall, which apt does not list to JSON hooks, is said (rc=$RC)" \
+    contains "$o3" "dkms-hook: this reinstall rewrites the build tree of $OLD in place (linux-kbuild-6.1 $E2E_OLD_VERSION reinstalled)"
 o2="$(out)"
 RC=0; echo n | in_root apt -o Dpkg::Use-Pty=0 --no-download install "$E2E_NEW_HEADERS=$E2E_NEW_VERSION" > "$o2" 2>&1 || RC=$?
 check "apt answered 'n': the warning comes before the prompt" before "$o2" "dkms-hook: this upgrade changes the build tree of $OLD" "Do you want to continue?"
@@ -81,6 +86,8 @@ check "dkms installed with --no-depmod; dkms-hook ran depmod for $OLD (modules.d
 check "…and it lists the rebuilt module" grep -q 'updates/dkms/acpi_call.ko' "$E2E_ROOT/lib/modules/$OLD/modules.dep"
 check "$NEW got acpi-call from dkms itself" test -n "$(ko acpi_call "$NEW")"
 check "dkms-hook did not build $NEW again (fresh)" lacks "$o" "rebuilt acpi-call/$E2E_ACPI_CALL_UPSTREAM for $NEW"
+check "the kbuild warning is printed once in this apt run (before dpkg, not again after)" \
+    once "$o" "is newer than $E2E_OLD_HEADERS"
 check "the failure is reported with its make.log" contains "$o" "dkms-hook: FAILED to rebuild e2e-failmod/1.0 for $OLD"
 check "…naming the kept make.log" contains "$o" "see /var/lib/dkms-hook/logs/e2e-failmod-1.0-$OLD.make.log"
 check "the kept make.log holds the compiler's error" grep -q 'deliberately broken' "$E2E_ROOT/var/lib/dkms-hook/logs/e2e-failmod-1.0-$OLD.make.log"
@@ -160,6 +167,8 @@ o="$(out)"
 RC=0; e2e_apt_offline install "linux-kbuild-6.1=$POISON_V" > "$o" 2>&1 || RC=$?
 grep -F 'dkms-hook' "$o" | sed 's/^/    | /' || true
 check "preflight=block: apt-get fails (rc=$RC)" test "$RC" != 0
+check "…and apt's error line names the hook script plainly" \
+    contains "$o" "E: Sub-process /etc/dkms/dkms-hook-preflight returned an error code (100)"
 check "…and linux-kbuild-6.1 keeps $KB_NOW" test "$(in_root dpkg-query -W -f '${Version}' linux-kbuild-6.1)" == "$KB_NOW"
 rm -f "$E2E_ROOT/etc/dkms/dkms-hook.conf"
 o="$(out)"
@@ -198,6 +207,7 @@ verdict
 scenario "7: after apt remove dkms-hook (conffiles kept), apt still works"
 e2e_apt_offline remove dkms-hook >&2
 check "the conffiles stay" test -f "$E2E_ROOT/etc/apt/apt.conf.d/80dkms-hook"
+check "…the Pre-Install-Pkgs script too" test -x "$E2E_ROOT/etc/dkms/dkms-hook-preflight"
 mkdir -p "$E2E_ROOT/root/tiny/DEBIAN"
 printf 'Package: e2e-tiny\nVersion: 1.0\nArchitecture: all\nMaintainer: e2e <e2e@example.org>\nDescription: tiny package\n' \
     > "$E2E_ROOT/root/tiny/DEBIAN/control"

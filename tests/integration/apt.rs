@@ -254,3 +254,159 @@ fn pre_install_pkgs_is_quiet_after_the_json_hook_of_the_same_apt_run() {
         "{out}"
     );
 }
+
+/// A statistics message (protocol 0.2) for `apt COMMAND TERMS…` whose
+/// package list is `packages`.
+fn statistics_for(command: &str, terms: &[&str], packages: &[String]) -> String {
+    let terms: Vec<String> = terms.iter().map(|t| format!("\"{t}\"")).collect();
+    format!(
+        r#"{{"jsonrpc":"2.0","method":"org.debian.apt.hooks.install.statistics","params":{{"command":"{command}","search-terms":[{}],"unknown-packages":[],"packages":[{}]}}}}"#,
+        terms.join(","),
+        packages.join(",")
+    )
+}
+
+const KBUILD_REINSTALL_V3: &str = "VERSION 3\nAPT::Architecture=amd64\n\nlinux-kbuild-6.1 6.1.192-2 amd64 same = 6.1.192-2 amd64 same /var/cache/apt/archives/linux-kbuild-6.1_6.1.192-2_amd64.deb\n";
+
+/// Regression (issue 20.3): apt's JSON hook does not list a reinstall (it
+/// keeps apt's "keep" mode), so `apt install --reinstall linux-kbuild-6.1`
+/// got no notice before the prompt, then a preflight and a full rebuild.
+/// The hook reads `--reinstall` from apt's command line; Pre-Install-Pkgs,
+/// which is told of the reinstall, does not say it again.
+#[test]
+fn a_reinstall_is_forecast_before_the_prompt() {
+    let f = Fixture::sample();
+    f.write("etc/dkms/dkms-hook.conf", "preflight = off\n");
+    f.write("v3.txt", KBUILD_REINSTALL_V3);
+    let stats = statistics_for("install", &["linux-kbuild-6.1"], &[]);
+    let notice = "build tree of 6.1.0-50-amd64 in place (linux-kbuild-6.1 6.1.192-2 reinstalled)";
+    let json_only = f.under_fake_apt_with_args(
+        r#""$HOOK" --root "$R" apt-json-hook"#,
+        &[HELLO.to_string(), stats.clone(), BYE.to_string()],
+        &["install", "--reinstall", "linux-kbuild-6.1"],
+    );
+    assert!(
+        json_only.contains(notice),
+        "the JSON hook says it:\n{json_only}"
+    );
+    let both = f.under_fake_apt_with_args(
+        r#""$HOOK" --root "$R" apt-json-hook; "$HOOK" --root "$R" pre-install-pkgs < "$R/v3.txt""#,
+        &[HELLO.to_string(), stats.clone(), BYE.to_string()],
+        &["install", "--reinstall", "linux-kbuild-6.1"],
+    );
+    assert_eq!(both.matches(notice).count(), 1, "said once:\n{both}");
+    assert_eq!(both.matches("is newer than").count(), 1, "{both}");
+    // With a newer candidate, `--reinstall P` would upgrade: a reinstall of
+    // the installed version names it (`P=VERSION`).
+    let pinned = f.under_fake_apt_with_args(
+        r#""$HOOK" --root "$R" apt-json-hook"#,
+        &[
+            HELLO.to_string(),
+            statistics_for("install", &["linux-kbuild-6.1=6.1.192-2"], &[]),
+            BYE.to_string(),
+        ],
+        &["install", "--reinstall", "linux-kbuild-6.1=6.1.192-2"],
+    );
+    assert!(pinned.contains(notice), "{pinned}");
+    // Without --reinstall apt reinstalls nothing: nothing to say.
+    let plain = f.under_fake_apt_with_args(
+        r#""$HOOK" --root "$R" apt-json-hook"#,
+        &[HELLO.to_string(), stats, BYE.to_string()],
+        &["install", "linux-kbuild-6.1"],
+    );
+    assert_eq!(plain, "");
+    // apt's own reinstall command names itself in the message.
+    let msgs = [
+        HELLO.to_string(),
+        statistics_for("reinstall", &["linux-kbuild-6.1:amd64"], &[]),
+        BYE.to_string(),
+    ];
+    let (_, out, code) = json_session(&f, &msgs);
+    assert_eq!(code, Some(0));
+    assert!(out.contains(notice), "{out}");
+}
+
+/// Regression (issue 20.3): when the JSON hook could not tell (a reinstall
+/// asked for in apt's configuration), Pre-Install-Pkgs of the same apt run
+/// says it before dpkg, where it used to keep quiet because the JSON hook
+/// had run.
+#[test]
+fn pre_install_pkgs_says_what_the_json_hook_could_not() {
+    let f = Fixture::sample();
+    f.write("etc/dkms/dkms-hook.conf", "preflight = off\n");
+    f.write("v3.txt", KBUILD_REINSTALL_V3);
+    let out = f.under_fake_apt_with_args(
+        r#""$HOOK" --root "$R" apt-json-hook; "$HOOK" --root "$R" pre-install-pkgs < "$R/v3.txt""#,
+        &[
+            HELLO.to_string(),
+            statistics_for("install", &["linux-kbuild-6.1"], &[]),
+            BYE.to_string(),
+        ],
+        &[
+            "-o",
+            "APT::Get::ReInstall=true",
+            "install",
+            "linux-kbuild-6.1",
+        ],
+    );
+    assert_eq!(
+        out.matches(
+            "build tree of 6.1.0-50-amd64 in place (linux-kbuild-6.1 6.1.192-2 reinstalled)"
+        )
+        .count(),
+        1,
+        "{out}"
+    );
+}
+
+/// Regression (issue 20.4): a downgrade was announced as "this upgrade
+/// changes the build tree"; each kind of change is called what it is.
+#[test]
+fn a_downgrade_is_announced_as_a_downgrade() {
+    let f = Fixture::sample();
+    let msgs = [
+        HELLO.to_string(),
+        statistics(&[package(
+            "linux-kbuild-6.1",
+            "downgrade",
+            Some("6.1.192-2"),
+            Some("6.1.176-1"),
+        )]),
+        BYE.to_string(),
+    ];
+    let (_, out, _) = json_session(&f, &msgs);
+    assert!(
+        out.starts_with("dkms-hook: this downgrade changes the build tree of 6.1.0-50-amd64 in place (linux-kbuild-6.1 6.1.192-2 → 6.1.176-1, downgraded); dkms-hook will rebuild acpi-call/1.2.2"),
+        "{out}"
+    );
+    assert!(!out.contains("upgrade changes"), "{out}");
+    let msgs = [
+        HELLO.to_string(),
+        statistics_for("reinstall", &["linux-kbuild-6.1"], &[]),
+        BYE.to_string(),
+    ];
+    let (_, out, _) = json_session(&f, &msgs);
+    assert!(
+        out.starts_with("dkms-hook: this reinstall rewrites the build tree of 6.1.0-50-amd64 in place (linux-kbuild-6.1 6.1.192-2 reinstalled)"),
+        "{out}"
+    );
+}
+
+/// Regression (issue 20.7): on a system with headers and modules but no
+/// kernel image (a build host, a container, a debootstrap root), removing
+/// the headers was warned about only after the removal.
+#[test]
+fn pre_install_pkgs_warns_when_headers_go_on_a_system_without_an_image() {
+    let f = Fixture::sample();
+    assert!(!f.path("boot/vmlinuz-6.1.0-50-amd64").exists());
+    let (out, code) = pre_install(
+        &f,
+        &["linux-headers-6.1.0-50-amd64 6.1.176-1 amd64 none > - - none **REMOVE**"],
+        &[],
+    );
+    assert_eq!(code, Some(0));
+    assert_eq!(
+        out.trim(),
+        "dkms-hook: warning: 6.1.0-50-amd64: removing linux-headers-6.1.0-50-amd64 leaves this kernel without headers: its dkms modules (acpi-call/1.2.2) stay installed but can no longer be rebuilt for 6.1.0-50-amd64"
+    );
+}

@@ -325,8 +325,20 @@ impl Fixture {
     }
 
     /// A shell named `apt` stands in for apt: the hooks are its children, as
-    /// in a real apt run. Returns stdout and stderr together.
+    /// in a real apt run (run `post-invoke` as [`APT_POST_INVOKE`] does).
+    /// Returns stdout and stderr together.
     pub fn under_fake_apt(&self, script: &str, json_messages: &[String]) -> String {
+        self.under_fake_apt_with_args(script, json_messages, &[])
+    }
+
+    /// [`Fixture::under_fake_apt`] with more words on the stand-in apt's
+    /// command line (`/proc/PID/cmdline`), such as `--reinstall`.
+    pub fn under_fake_apt_with_args(
+        &self,
+        script: &str,
+        json_messages: &[String],
+        args: &[&str],
+    ) -> String {
         use std::io::Write;
         use std::os::fd::AsRawFd;
         let apt_bin = self.path("fake-apt/apt");
@@ -336,6 +348,7 @@ impl Fixture {
         let mut cmd = std::process::Command::new(&apt_bin);
         cmd.arg("-c")
             .arg(format!("exec 2>&1; {script}"))
+            .args(args)
             .env("HOOK", env!("CARGO_BIN_EXE_dkms-hook"))
             .env(
                 "DKMS_HOOK_DKMS",
@@ -435,6 +448,12 @@ impl Fixture {
         serde_json::from_slice(&out.stdout).unwrap()
     }
 }
+
+/// How apt runs `DPkg::Post-Invoke` (apt-pkg's `RunScripts`): from a forked
+/// child of itself (also named apt) through `system()`, for the scripts of
+/// [`Fixture::under_fake_apt`]. The JSON hooks and Pre-Install-Pkgs run
+/// from apt itself.
+pub const APT_POST_INVOKE: &str = r#"( sh -c '"$HOOK" --root "$R" post-invoke; :'; : )"#;
 
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()

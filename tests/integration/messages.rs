@@ -2,7 +2,7 @@
 //! says what really happened, one voice, warnings once per apt run and
 //! where they are due, status exit codes for monitoring.
 
-use crate::fixture::{rebuilds, stderr, Fixture};
+use crate::fixture::{rebuilds, stderr, Fixture, APT_POST_INVOKE};
 
 const K: &str = "6.1.0-50-amd64";
 
@@ -78,15 +78,16 @@ fn every_warning_has_one_prefix() {
 const HELLO: &str = r#"{"jsonrpc":"2.0","method":"org.debian.apt.hooks.hello","id":0,"params":{"versions":["0.1","0.2"]}}"#;
 const BYE: &str = r#"{"jsonrpc":"2.0","method":"org.debian.apt.hooks.bye","params":{}}"#;
 
-/// Regression (issue 12.4): the warning apt showed before its prompt is not
-/// shown again by the post-invoke of the same apt run.
+/// Regression (issues 12.4 and 20.1): the warning apt showed before its
+/// prompt is not shown again by the post-invoke of the same apt run, which
+/// apt runs from a forked child of itself.
 #[test]
 fn a_warning_is_printed_once_per_apt_run() {
     let f = Fixture::pending();
     let stats =         r#"{"jsonrpc":"2.0","method":"org.debian.apt.hooks.install.statistics","params":{"command":"install","packages":[{"id":1,"name":"linux-kbuild-6.1","architecture":"amd64","mode":"upgrade","versions":{"current":{"id":2,"version":"6.1.176-1","architecture":"amd64"},"install":{"id":3,"version":"6.1.192-2","architecture":"amd64"}}}]}}"#
     .to_string();
     let out = f.under_fake_apt(
-        r#""$HOOK" --root "$R" apt-json-hook; "$HOOK" --root "$R" post-invoke"#,
+        &format!(r#""$HOOK" --root "$R" apt-json-hook; {APT_POST_INVOKE}"#),
         &[HELLO.into(), stats, BYE.into()],
     );
     // The JSON hook spoke before the prompt, post-invoke did not repeat it.
@@ -101,6 +102,60 @@ fn a_warning_is_printed_once_per_apt_run() {
         "{out}"
     );
     assert!(out.contains("rebuilt acpi-call/1.2.2"), "{out}");
+}
+
+/// Regression (issue 20.1): under apt-get (no JSON hook) the warning
+/// Pre-Install-Pkgs printed before dpkg is not printed again by the
+/// post-invoke that apt-get runs from a forked child of itself.
+#[test]
+fn a_warning_before_dpkg_is_not_repeated_after_it_under_apt_get() {
+    let f = Fixture::pending();
+    f.write("etc/dkms/dkms-hook.conf", "preflight = off\n");
+    f.write(
+        "v3.txt",
+        "VERSION 3\nAPT::Architecture=amd64\n\nlinux-kbuild-6.1 6.1.176-1 amd64 same < 6.1.192-2 amd64 same /var/cache/apt/archives/k.deb\n",
+    );
+    let out = f.under_fake_apt(
+        &format!(r#""$HOOK" --root "$R" pre-install-pkgs < "$R/v3.txt"; {APT_POST_INVOKE}"#),
+        &[],
+    );
+    let warning = "warning: 6.1.0-50-amd64: linux-kbuild-6.1 6.1.192-2 is newer than linux-headers-6.1.0-50-amd64 6.1.176-1";
+    assert_eq!(out.matches(warning).count(), 1, "{out}");
+    let (before, after) = out.split_at(out.find("rebuilding acpi-call/1.2.2").expect(&out));
+    assert!(before.contains(warning), "said before dpkg:\n{out}");
+    assert!(after.contains("rebuilt acpi-call/1.2.2"), "{out}");
+}
+
+/// Regression (issue 20.2): after `DKMS_HOOK_SUSPEND=1 dpkg -i` of a new
+/// kbuild and `dkms-hook sync`, the next unrelated apt run reads that
+/// change from dpkg.log but rebuilds nothing, and so warns of nothing.
+#[test]
+fn a_run_that_rebuilds_nothing_repeats_no_kbuild_warning() {
+    let f = Fixture::pending();
+    let suspended = f
+        .cmd(&["post-invoke"])
+        .env("DKMS_HOOK_SUSPEND", "1")
+        .output()
+        .unwrap();
+    assert_eq!(stderr(&suspended), "");
+    let sync = f.run(&["sync"]);
+    assert!(
+        stderr(&sync).contains("rebuilt acpi-call/1.2.2 for 6.1.0-50-amd64"),
+        "{}",
+        stderr(&sync)
+    );
+    let mut log = f.read("var/log/dpkg.log");
+    log.extend_from_slice(
+        b"2026-12-01 09:00:00 startup archives unpack\n\
+          2026-12-01 09:00:00 upgrade hello:amd64 2.10-3 2.10-3\n\
+          2026-12-01 09:00:00 status unpacked hello:amd64 2.10-3\n\
+          2026-12-01 09:00:01 configure hello:amd64 2.10-3 2.10-3\n\
+          2026-12-01 09:00:01 status installed hello:amd64 2.10-3\n",
+    );
+    f.write("var/log/dpkg.log", log);
+    let out = f.run(&["post-invoke"]);
+    assert_eq!(stderr(&out), "", "nothing to rebuild, nothing to say");
+    assert_eq!(out.status.code(), Some(0));
 }
 
 /// Regression (issue 12.5): after the headers package is gone (and with it
@@ -215,4 +270,183 @@ fn an_error_cause_is_printed_once() {
     let out = f.run(&["replay", "--dry-run", "/nonexistent/dpkg.log"]);
     let e = stderr(&out);
     assert_eq!(e.matches("No such file or directory").count(), 1, "{e}");
+}
+
+/// Regression (issue 20.5): `status`'s failed row sent the reader to
+/// `status --json`, the command being read. It names the kept make.log and
+/// the command to run.
+#[test]
+fn a_failed_row_names_its_make_log_and_the_command() {
+    let f = Fixture::pending();
+    f.fake_dkms("fail-acpi-call", "");
+    let out = f.run(&["post-invoke"]);
+    assert!(
+        stderr(&out).contains("FAILED to rebuild acpi-call/1.2.2"),
+        "{}",
+        stderr(&out)
+    );
+    let status = String::from_utf8(f.run(&["status"]).stdout).unwrap();
+    let row = status
+        .lines()
+        .find(|l| l.contains(K))
+        .unwrap_or_else(|| panic!("{status}"));
+    assert_eq!(
+        row.split_whitespace().collect::<Vec<_>>().join(" "),
+        "acpi-call/1.2.2 6.1.0-50-amd64 failed the last rebuild failed; see /var/lib/dkms-hook/logs/acpi-call-1.2.2-6.1.0-50-amd64.make.log; when the cause is fixed, run: dkms-hook retry",
+        "{status}"
+    );
+    assert!(f
+        .path("var/lib/dkms-hook/logs/acpi-call-1.2.2-6.1.0-50-amd64.make.log")
+        .is_file());
+}
+
+/// Regression (issue 20.8): `dkms-hook --help` listed each command with
+/// its whole paragraph (status's ran to nine lines). The list has one short
+/// line per command; the paragraph is in `help CMD`, `CMD --help` and the
+/// man page.
+#[test]
+fn help_lists_each_command_in_one_short_line() {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_dkms-hook"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let help = run(&["--help"]);
+    let list: Vec<&str> = help
+        .lines()
+        .skip_while(|l| *l != "Commands:")
+        .skip(1)
+        .take_while(|l| !l.is_empty())
+        .collect();
+    let names: Vec<&str> = list
+        .iter()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| *n != "help")
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "replay",
+            "post-invoke",
+            "status",
+            "sync",
+            "retry",
+            "preflight",
+            "apt-json-hook",
+            "pre-install-pkgs",
+            "kernel-hook",
+            "boot",
+            "motd"
+        ],
+        "{help}"
+    );
+    let man = run(&["man"]);
+    for (line, name) in list.iter().zip(&names) {
+        assert!(line.chars().count() <= 80, "longer than 80 columns: {line}");
+        let about = line.trim_start().trim_start_matches(name).trim();
+        assert!(!about.contains(". "), "one sentence: {line}");
+        // The paragraph: after the about line in `help CMD` and `CMD --help`.
+        let long = run(&["help", name]);
+        assert_eq!(long, run(&[name, "--help"]), "{name}");
+        let mut paragraphs = long.split("\n\n");
+        assert_eq!(
+            paragraphs.next(),
+            Some(format!("{about}.").as_str()),
+            "{long}"
+        );
+        let paragraph = paragraphs.next().unwrap_or_default();
+        assert!(
+            paragraph.len() > about.len() && !paragraph.starts_with("Usage:"),
+            "{name} has no paragraph:\n{long}"
+        );
+        // The man page keeps it (roff escapes each '-').
+        let first_words: String = paragraph.split(' ').take(4).collect::<Vec<_>>().join(" ");
+        assert!(
+            man.contains(&first_words.replace('-', "\\-")),
+            "{name}: {first_words:?} not in the man page"
+        );
+    }
+    assert!(run(&["help", "status"])
+        .contains("Exits 0 when all is well, 1 when something needs attention"));
+}
+
+/// Regression (issue 20.9): `bash examples/demo.sh` showed only a dry-run
+/// plan. It shows the whole job on the sample system (status stale, the
+/// hook rebuilding, status fresh) in a throwaway copy, without root, and
+/// prints what the README says it prints.
+#[test]
+fn the_demo_shows_the_whole_job_as_the_readme_says() {
+    use std::os::unix::fs::PermissionsExt;
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let tmp = tempfile::tempdir().unwrap();
+    // What the demo uses, copied where any user can read it: as root (make
+    // check) the demo runs as nobody, since it must need no root.
+    let copy = tmp.path().join("repo");
+    for dir in ["examples", "tests/integration"] {
+        std::fs::create_dir_all(copy.join(dir)).unwrap();
+        let ok = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(repo.join(dir).join("."))
+            .arg(copy.join(dir))
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+    let bin = copy.join("dkms-hook");
+    std::fs::copy(env!("CARGO_BIN_EXE_dkms-hook"), &bin).unwrap();
+    let scratch = tmp.path().join("tmp");
+    std::fs::create_dir(&scratch).unwrap();
+    for p in [tmp.path(), &scratch] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    }
+    let mut cmd = if rustix::process::geteuid().is_root() {
+        let mut c = std::process::Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "bash"]);
+        c
+    } else {
+        std::process::Command::new("bash")
+    };
+    let out = cmd
+        .arg(copy.join("examples/demo.sh"))
+        .env("DKMS_HOOK_BIN", &bin)
+        .env("TMPDIR", &scratch)
+        .env("HOME", "/nonexistent")
+        .current_dir(&scratch)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}{}", stderr(&out));
+    // Seconds vary from run to run.
+    let seconds = |t: &str| {
+        t.lines()
+            .map(|l| match l.rsplit_once(") in ") {
+                Some((head, tail)) if tail.ends_with(" s") => format!("{head}) in N s"),
+                _ => l.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let readme = std::fs::read_to_string(repo.join("README.md")).unwrap();
+    let shown = readme
+        .split("```\n$ bash examples/demo.sh\n")
+        .nth(1)
+        .and_then(|r| r.split("\n```").next())
+        .expect("README shows the demo's output");
+    assert_eq!(
+        seconds(text.trim()),
+        seconds(shown.trim()),
+        "README and demo differ"
+    );
+    for want in [
+        "acpi-call/1.2.2  6.1.0-50-amd64  stale",
+        "dkms-hook: rebuilt acpi-call/1.2.2 for 6.1.0-50-amd64 (linux-kbuild-6.1 6.1.176-1 → 6.1.192-2)",
+        "acpi-call/1.2.2  6.1.0-50-amd64  fresh",
+    ] {
+        assert!(text.contains(want), "{want}:\n{text}");
+    }
+    // The throwaway copy is gone.
+    assert_eq!(std::fs::read_dir(&scratch).unwrap().count(), 0);
 }

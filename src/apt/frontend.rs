@@ -1,0 +1,215 @@
+//! The apt process a hook runs under: which one it is (pid and start time,
+//! the key of one apt run) and what its command line asks for. Read from
+//! the host's `/proc`; outside apt there is none.
+//!
+//! apt runs its hooks from different processes of one run: the JSON hooks
+//! and `Pre-Install-Pkgs` from apt itself (fork, exec `sh -c`), but
+//! `DPkg::Post-Invoke` from a forked child of apt that calls `system()`
+//! (apt-pkg's `RunScripts`). That child is also named `apt`, so the run is
+//! the outermost of the `apt` processes in a row, not the nearest.
+
+/// Frontends whose hooks we may serve in one run.
+const FRONTENDS: &[&str] = &["apt", "apt-get", "aptitude"];
+
+/// How far up the process tree to look (hook → sh → apt child → apt).
+const MAX_DEPTH: usize = 16;
+
+/// What one `/proc/PID/stat` says about its process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Stat {
+    comm: String,
+    ppid: u32,
+    start: u64,
+}
+
+/// Parse `/proc/PID/stat`: "pid (comm) state ppid … starttime(22nd)";
+/// comm may hold spaces and parentheses, so it ends at the last `)`.
+fn parse_stat(stat: &str) -> Option<Stat> {
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let comm = stat.get(open + 1..close)?.to_string();
+    let fields: Vec<&str> = stat.get(close + 2..)?.split_whitespace().collect();
+    Some(Stat {
+        comm,
+        ppid: fields.get(1)?.parse().ok()?,
+        start: fields.get(19)?.parse().ok()?,
+    })
+}
+
+/// The (pid, start time) of the apt run above `pid`, with `stat` reading a
+/// process's `/proc/PID/stat`: the first frontend process going up, then
+/// up through its parents as long as they are the same frontend (forks of
+/// it).
+fn run_of(pid: u32, stat: impl Fn(u32) -> Option<String>) -> Option<(u32, u64)> {
+    let mut pid = pid;
+    let mut found: Option<(u32, Stat)> = None;
+    for _ in 0..MAX_DEPTH {
+        let Some(s) = stat(pid).as_deref().and_then(parse_stat) else {
+            break;
+        };
+        match &found {
+            Some((_, f)) if s.comm != f.comm => break,
+            Some(_) => found = Some((pid, s.clone())),
+            None if FRONTENDS.contains(&s.comm.as_str()) => found = Some((pid, s.clone())),
+            None => {}
+        }
+        if s.ppid <= 1 {
+            break;
+        }
+        pid = s.ppid;
+    }
+    found.map(|(pid, s)| (pid, s.start))
+}
+
+fn proc_stat(pid: u32) -> Option<String> {
+    crate::root::read_regular(
+        std::path::Path::new(&format!("/proc/{pid}/stat")),
+        crate::root::CAP_SMALL,
+    )
+    .ok()
+    .map(|b| String::from_utf8_lossy(&b).into_owned())
+}
+
+/// (pid, start time) of the apt run this process belongs to; `None`
+/// outside apt.
+pub fn run() -> Option<(u32, u64)> {
+    run_of(std::process::id(), proc_stat)
+}
+
+/// Whether the apt run's command line asks for reinstalls (`--reinstall`,
+/// or apt's `reinstall` command). apt's JSON hooks do not list a reinstall
+/// among the packages (it keeps apt's "keep" mode), so the hook learns of it
+/// here.
+pub fn asks_reinstall() -> bool {
+    let Some((pid, _)) = run() else {
+        return false;
+    };
+    crate::root::read_regular(
+        std::path::Path::new(&format!("/proc/{pid}/cmdline")),
+        crate::root::CAP_SMALL,
+    )
+    .is_ok_and(|b| cmdline_asks_reinstall(&b))
+}
+
+/// `/proc/PID/cmdline` (NUL-separated) of apt asks for reinstalls: the
+/// option `--reinstall` anywhere, or `reinstall` as the command (the
+/// first word after the program that is not an option).
+fn cmdline_asks_reinstall(cmdline: &[u8]) -> bool {
+    let mut words = cmdline.split(|&b| b == 0).skip(1);
+    let mut command_seen = false;
+    let mut takes_value = false;
+    for w in words.by_ref() {
+        if w == b"--reinstall" {
+            return true;
+        }
+        if takes_value {
+            takes_value = false;
+            continue;
+        }
+        // apt's options with a separate value (-o X=Y, -c FILE, -t REL).
+        if matches!(w, b"-o" | b"-c" | b"-t" | b"--option" | b"--config-file") {
+            takes_value = true;
+            continue;
+        }
+        if !command_seen && !w.starts_with(b"-") && !w.is_empty() {
+            command_seen = true;
+            if w == b"reinstall" {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    /// A process table: pid → (comm, ppid, start time).
+    fn table(rows: &[(u32, &str, u32, u64)]) -> impl Fn(u32) -> Option<String> {
+        let map: HashMap<u32, String> = rows
+            .iter()
+            .map(|&(pid, comm, ppid, start)| {
+                let mut fields = vec!["S".to_string(), ppid.to_string()];
+                fields.extend((0..17).map(|i| i.to_string()));
+                fields.push(start.to_string());
+                fields.push("0".into());
+                (pid, format!("{pid} ({comm}) {}", fields.join(" ")))
+            })
+            .collect();
+        move |pid| map.get(&pid).cloned()
+    }
+
+    #[test]
+    fn stat_lines_parse_with_odd_names() {
+        let s =
+            parse_stat("42 (a b) c)) S 7 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 999 0").unwrap();
+        assert_eq!((s.comm.as_str(), s.ppid, s.start), ("a b) c)", 7, 999));
+        assert_eq!(parse_stat("42 (x) S"), None);
+        assert_eq!(parse_stat("garbage"), None);
+    }
+
+    /// Regression (issue 20.1): apt runs DPkg::Post-Invoke from a forked
+    /// child of itself, also named apt: the run is the outer apt, the one
+    /// that ran the JSON hook and Pre-Install-Pkgs.
+    #[test]
+    fn post_invoke_under_apts_forked_child_belongs_to_the_same_run() {
+        let procs = table(&[
+            (1, "systemd", 0, 1),
+            (100, "bash", 1, 50),
+            (200, "apt", 100, 60),
+            // JSON hook, Pre-Install-Pkgs: sh -c from apt itself.
+            (300, "sh", 200, 70),
+            (301, "dkms-hook", 300, 71),
+            // Post-Invoke: apt's fork, system(), sh -c.
+            (400, "apt", 200, 80),
+            (401, "sh", 400, 81),
+            (402, "dkms-hook", 401, 82),
+        ]);
+        assert_eq!(run_of(301, &procs), Some((200, 60)));
+        assert_eq!(run_of(402, &procs), Some((200, 60)));
+    }
+
+    #[test]
+    fn no_frontend_no_run_and_another_frontend_is_another_run() {
+        let procs = table(&[
+            (1, "systemd", 0, 1),
+            (100, "bash", 1, 50),
+            (101, "dkms-hook", 100, 51),
+            // apt-get run from an apt hook: the inner run is its own.
+            (200, "apt", 100, 60),
+            (201, "apt-get", 200, 61),
+            (202, "sh", 201, 62),
+            (203, "dkms-hook", 202, 63),
+        ]);
+        assert_eq!(run_of(101, &procs), None);
+        assert_eq!(run_of(203, &procs), Some((201, 61)));
+        // A process table that loops ends at MAX_DEPTH.
+        let looped = table(&[(5, "apt", 6, 1), (6, "apt", 5, 2)]);
+        assert!(run_of(5, &looped).is_some());
+    }
+
+    #[test]
+    fn reinstall_is_read_from_apts_command_line() {
+        let yes: &[&[u8]] = &[
+            b"apt\0install\0--reinstall\0linux-kbuild-6.1\0",
+            b"apt-get\0--reinstall\0install\0linux-kbuild-6.1\0",
+            b"apt\0reinstall\0linux-kbuild-6.1\0",
+            b"apt\0-o\0Debug::X=1\0reinstall\0p\0",
+        ];
+        for c in yes {
+            assert!(cmdline_asks_reinstall(c), "{}", String::from_utf8_lossy(c));
+        }
+        let no: &[&[u8]] = &[
+            b"apt\0install\0linux-kbuild-6.1\0",
+            b"apt\0install\0reinstall\0",
+            b"apt\0-o\0reinstall\0install\0x\0",
+            b"",
+            b"\0\0\0",
+        ];
+        for c in no {
+            assert!(!cmdline_asks_reinstall(c), "{}", String::from_utf8_lossy(c));
+        }
+    }
+}
