@@ -594,15 +594,17 @@ e2e_check_dkms_conf_corpus() {
     mapfile -t confs < <(cd "$E2E_ROOT$work/confs" && ls)
     check "dkms.conf corpus: ${#confs[@]} files (archive and committed)" test "${#confs[@]}" -gt 20
     check "dkms.conf corpus: kernels with headers: ${kernels[*]}" test "${#kernels[@]}" -gt 0
-    # Each file becomes module corpus-N version 1, built for the first kernel.
-    local i=0 m
+    # Each file becomes module corpus-N version 1, installed for a kernel
+    # that is gone (so every real kernel is judged by its dkms.conf alone:
+    # excluded, missing, or under --root undecided).
+    local i=0 m gone=0.0.0-corpus-gone
     for name in "${confs[@]}"; do
         i=$((i + 1)); m="corpus-$i"
-        mkdir -p "$E2E_ROOT/usr/src/$m-1" "$E2E_ROOT/var/lib/dkms/$m/1/${kernels[0]}/x86_64/module"
+        mkdir -p "$E2E_ROOT/usr/src/$m-1" "$E2E_ROOT/var/lib/dkms/$m/1/$gone/x86_64/module"
         cp "$E2E_ROOT$work/confs/$name/dkms.conf" "$E2E_ROOT/usr/src/$m-1/dkms.conf"
         ln -sfn "/usr/src/$m-1" "$E2E_ROOT/var/lib/dkms/$m/1/source"
-        : > "$E2E_ROOT/var/lib/dkms/$m/1/${kernels[0]}/x86_64/module/$m.ko"
-        ln -sfn "1/${kernels[0]}/x86_64" "$E2E_ROOT/var/lib/dkms/$m/kernel-${kernels[0]}-x86_64"
+        : > "$E2E_ROOT/var/lib/dkms/$m/1/$gone/x86_64/module/$m.ko"
+        ln -sfn "1/$gone/x86_64" "$E2E_ROOT/var/lib/dkms/$m/kernel-$gone-x86_64"
     done
     local oracle_out inside outside k want got_in got_out mismatches=0 undecided=0 excluded=0
     oracle_out="$(out)" inside="$(out)" outside="$(out)"
