@@ -25,6 +25,8 @@ use crate::Error;
 pub const FILE: &str = "module-facts.json";
 const VERSION: u32 = 1;
 const MAX_RECORDS: usize = 4096;
+/// A refusal's reason longer than this is not one of ours.
+const MAX_REFUSAL: usize = 512;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Record {
@@ -35,6 +37,10 @@ struct Record {
     mtime_nanos: u32,
     vermagic: Option<String>,
     signed: bool,
+    /// Why the file was not read to its end (a bomb, a corrupt stream): a
+    /// refused file costs one read, not one per run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    refused: Option<String>,
 }
 
 impl Record {
@@ -47,7 +53,11 @@ impl Record {
             .vermagic
             .as_ref()
             .is_none_or(|v| v.len() <= MAX_VERMAGIC && !v.chars().any(char::is_control));
-        path_ok && vermagic_ok && self.mtime_nanos < 1_000_000_000
+        let refused_ok = self
+            .refused
+            .as_ref()
+            .is_none_or(|v| v.len() <= MAX_REFUSAL && !v.chars().any(char::is_control));
+        path_ok && vermagic_ok && refused_ok && self.mtime_nanos < 1_000_000_000
     }
 
     fn same_file(&self, st: &rustix::fs::Stat) -> bool {
@@ -69,6 +79,8 @@ struct OnDisk {
 pub struct FactsCache {
     records: HashMap<String, Record>,
     changed: bool,
+    /// Module files read (not answered from the cache) by this run.
+    reads: usize,
 }
 
 impl FactsCache {
@@ -108,36 +120,57 @@ impl FactsCache {
             .collect();
         Ok(FactsCache {
             records,
-            changed: false,
+            ..FactsCache::default()
         })
     }
 
     /// What the module file at `host` (in-root `inroot`) says: from the
     /// cache when it is the same file, else read (see [`super::inspect`]).
+    /// A file whose content was refused ([`Error::Unreadable`]) is refused
+    /// again from the cache.
     pub fn facts(&mut self, host: &Path, inroot: &str) -> Result<ModuleFacts, Error> {
         let f = open_regular(host)?;
         let st = rustix::fs::fstat(&f).map_err(|e| Error::io(host, e.into()))?;
         if let Some(r) = self.records.get(inroot).filter(|r| r.same_file(&st)) {
-            return Ok(ModuleFacts {
-                vermagic: r.vermagic.clone(),
-                signed: r.signed,
-            });
+            return match &r.refused {
+                Some(why) => Err(Error::Unreadable {
+                    path: host.to_path_buf(),
+                    why: why.clone(),
+                }),
+                None => Ok(ModuleFacts {
+                    vermagic: r.vermagic.clone(),
+                    signed: r.signed,
+                }),
+            };
         }
-        let facts = read_facts(f, host)?;
+        self.reads += 1;
+        let result = read_facts(f, host);
+        let (facts, refused) = match &result {
+            Ok(facts) => (facts.clone(), None),
+            Err(Error::Unreadable { why, .. }) => (ModuleFacts::default(), Some(why.clone())),
+            // A failed read says nothing of the content: not remembered.
+            Err(_) => return result,
+        };
         let record = Record {
             path: inroot.to_string(),
             ino: st.st_ino,
             size: u64::try_from(st.st_size).unwrap_or_default(),
             mtime_secs: st.st_mtime,
             mtime_nanos: u32::try_from(st.st_mtime_nsec).unwrap_or_default(),
-            vermagic: facts.vermagic.clone(),
+            vermagic: facts.vermagic,
             signed: facts.signed,
+            refused,
         };
         if record.is_sane() {
             self.records.insert(inroot.to_string(), record);
             self.changed = true;
         }
-        Ok(facts)
+        result
+    }
+
+    /// How many module files this cache had to read.
+    pub fn reads(&self) -> usize {
+        self.reads
     }
 
     /// Write the cache when this run learnt something and may write
@@ -201,6 +234,36 @@ mod tests {
             .unwrap();
         assert_eq!(c.facts(&ko, INROOT).unwrap().release(), Some("J"));
         assert!(c.changed);
+    }
+
+    /// A bomb is refused once: the refusal is remembered with the file's
+    /// key, and the next run refuses it again without reading it.
+    #[test]
+    fn a_refused_module_costs_one_read() {
+        let (t, root, _) = setup();
+        let inroot = "/usr/lib/modules/K/updates/dkms/bomb.ko.zst";
+        let bomb = t.path().join(inroot.trim_start_matches('/'));
+        let zstd_bomb = crate::verify::module_file::tests::zstd_bomb;
+        std::fs::write(&bomb, zstd_bomb(30, 24 * 1024)).unwrap();
+        let mut c = FactsCache::load(&root);
+        let e = c.facts(&bomb, inroot).unwrap_err();
+        assert!(
+            e.to_string()
+                .ends_with("refused: zstd: decoding needs 1024 MiB of memory, more than 128 MiB"),
+            "{e}"
+        );
+        assert_eq!(c.reads(), 1);
+        c.save(&root, true);
+        let mut c = FactsCache::load(&root);
+        assert_eq!(
+            c.facts(&bomb, inroot).unwrap_err().to_string(),
+            e.to_string()
+        );
+        assert_eq!(c.reads(), 0, "answered from the cache");
+        // Rewritten: read again.
+        std::fs::write(&bomb, zstd_bomb(20, 4)).unwrap();
+        assert_eq!(c.facts(&bomb, inroot).unwrap().vermagic, None);
+        assert_eq!(c.reads(), 1);
     }
 
     #[test]
