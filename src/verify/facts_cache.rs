@@ -18,7 +18,6 @@ use serde::{Deserialize, Serialize};
 use super::{read_facts, ModuleFacts, MAX_VERMAGIC};
 use crate::root::{open_regular, Root, CAP_STATE};
 use crate::state::State;
-use crate::state_dir::Dir;
 use crate::Error;
 
 /// The cache's file name in the state directory.
@@ -87,8 +86,7 @@ impl FactsCache {
     /// The cache of this root; empty when there is none or it is unusable.
     /// Changes nothing on disk.
     pub fn load(root: &Root) -> FactsCache {
-        let state = State::new(root);
-        let Some(dir) = Dir::open_existing(state.dir()) else {
+        let Some(dir) = State::new(root).open_existing() else {
             return FactsCache::default();
         };
         let data = match dir.read_only(FILE, CAP_STATE) {

@@ -666,3 +666,59 @@ fn a_fifo_as_dpkg_log_does_not_hang_the_hook() {
     };
     assert_eq!(status.code(), Some(0));
 }
+
+/// Issue 22: `--root DIR` with `DIR/var -> /var`. Inside the root that link
+/// is a loop, and `State::new` and the dpkg.log intake fell back to the
+/// host path `DIR/var/…`, which the kernel resolves to the host's /var: a
+/// `--root` run read the host's dpkg.log and moved the host's cursor. Here
+/// the "host" is a temp dir H: `DIR/var -> H/var`, and inside the root
+/// `H/var -> /var`, so the in-root walk loops as with `var -> /var`. No
+/// command may touch H.
+#[test]
+fn a_root_whose_var_loops_to_the_host_is_refused_not_followed() {
+    let host = outside();
+    let h = host.path();
+    std::fs::create_dir_all(h.join("var/log")).unwrap();
+    std::fs::create_dir_all(h.join("var/lib")).unwrap();
+    let f = Fixture::sample();
+    let log = f.read("var/log/dpkg.log");
+    std::fs::write(h.join("var/log/dpkg.log"), &log).unwrap();
+    std::fs::remove_dir_all(f.path("var")).unwrap();
+    f.link("var", h.join("var").to_str().unwrap());
+    f.link(h.join("var").to_str().unwrap(), "/var");
+    let before = tree(h);
+    for args in [
+        &["post-invoke"][..],
+        &["boot"],
+        &["kernel-hook", "prerm", K],
+        &["init"],
+        &["status"],
+        &["sync"],
+    ] {
+        let out = f.run(args);
+        let e = stderr(&out);
+        assert!(
+            e.contains("cannot be resolved inside the root")
+                || e.contains("too many levels of symbolic links"),
+            "{args:?}: {e}"
+        );
+        assert_eq!(tree(h), before, "{args:?} touched the host");
+    }
+}
+
+/// Every path below `dir` with its size and mtime.
+fn tree(dir: &std::path::Path) -> Vec<(std::path::PathBuf, u64, std::time::SystemTime)> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let m = e.metadata().unwrap();
+            if m.is_dir() {
+                todo.push(e.path());
+            }
+            out.push((e.path(), m.len(), m.modified().unwrap()));
+        }
+    }
+    out.sort();
+    out
+}
