@@ -722,3 +722,66 @@ fn tree(dir: &std::path::Path) -> Vec<(std::path::PathBuf, u64, std::time::Syste
     out.sort();
     out
 }
+
+/// Issue 22: the node_exporter textfile directory redirected by its owner.
+/// Debian's `/var/lib/prometheus` belongs to user prometheus, who replaced
+/// `node-exporter/` with a link to `/etc/logrotate.d`; the next root run
+/// created a root-owned `/etc/logrotate.d/dkms_hook.prom`. Now the link is
+/// refused, and so are a directory of that user's own in its place and a
+/// directory on the way that others can write; Debian's own layout (root's
+/// `node-exporter/` inside prometheus's directory) is written.
+#[test]
+fn a_textfile_directory_swapped_by_its_owner_is_refused() {
+    let f = Fixture::pending();
+    let is_root = rustix::process::geteuid().is_root();
+    let chown = |p: &str, uid: u32| {
+        rustix::fs::chown(f.path(p), Some(rustix::fs::Uid::from_raw(uid)), None).unwrap();
+    };
+    std::fs::create_dir_all(f.path("etc/logrotate.d")).unwrap();
+    std::fs::create_dir_all(f.path("var/lib/prometheus")).unwrap();
+    if is_root {
+        chown("var/lib/prometheus", 65534);
+    }
+    f.link("var/lib/prometheus/node-exporter", "/etc/logrotate.d");
+    let planted = f.path("etc/logrotate.d/dkms_hook.prom");
+    let out = f.run(&["post-invoke"]);
+    let e = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{e}");
+    assert!(e.contains("rebuilt acpi-call/1.2.2"), "{e}");
+    assert!(
+        e.contains("var/lib/prometheus/node-exporter: refused: a symbolic link or not a directory: not followed"),
+        "{e}"
+    );
+    assert!(!planted.exists(), "written through the link");
+    if !is_root {
+        return; // `status` writes the textfile only as root; chown needs root
+    }
+    let status = |f: &Fixture| stderr(&f.run(&["status"]));
+    assert!(status(&f).contains("not followed"));
+    assert!(!planted.exists());
+    // A directory of the owner's own in its place.
+    std::fs::remove_file(f.path("var/lib/prometheus/node-exporter")).unwrap();
+    std::fs::create_dir(f.path("var/lib/prometheus/node-exporter")).unwrap();
+    chown("var/lib/prometheus/node-exporter", 65534);
+    let e = status(&f);
+    assert!(
+        e.contains("node-exporter: refused: owned by uid 65534, not root: not used"),
+        "{e}"
+    );
+    let prom = f.path("var/lib/prometheus/node-exporter/dkms_hook.prom");
+    assert!(!prom.exists());
+    // Debian's layout: written.
+    chown("var/lib/prometheus/node-exporter", 0);
+    let e = status(&f);
+    assert!(!e.contains("metrics"), "{e}");
+    assert!(prom.exists());
+    std::fs::remove_file(&prom).unwrap();
+    // A directory on the way that anyone can write.
+    std::fs::set_permissions(f.path("var/lib"), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let e = status(&f);
+    assert!(
+        e.contains("(mode 0777) lets others replace it: not used"),
+        "{e}"
+    );
+    assert!(!prom.exists());
+}
