@@ -277,10 +277,14 @@ impl Scan {
     }
 
     fn finish(self) -> ModuleFacts {
+        // A real vermagic is short printable text; anything else (invalid
+        // UTF-8 grew past MAX_VERMAGIC when made lossy: found by fuzzing)
+        // is none.
         let vermagic = self
             .vermagic
             .filter(|_| self.done)
-            .map(|v| String::from_utf8_lossy(&v).into_owned());
+            .and_then(|v| String::from_utf8(v).ok())
+            .filter(|v| !v.chars().any(char::is_control));
         ModuleFacts {
             signed: vermagic.is_some() && self.tail.ends_with(SIGNATURE_MAGIC),
             vermagic,
@@ -392,6 +396,17 @@ pub(crate) mod tests {
 
     fn read(bytes: &[u8], kind: Compression, limits: Limits) -> Result<ModuleFacts, Refusal> {
         read_module(io::BufReader::with_capacity(4096, bytes), kind, limits)
+    }
+
+    /// Found by the fuzz target: 200 invalid UTF-8 bytes made a 600-byte
+    /// "vermagic" once made lossy.
+    #[test]
+    fn a_vermagic_that_is_no_text_is_none() {
+        for value in [&[0xff; 200][..], b"6.1.0-50-amd64\x1b[2J SMP"] {
+            let m = [&b"vermagic="[..], value, b"\0"].concat();
+            let facts = read(&m, Compression::None, Limits::MODULE).unwrap();
+            assert_eq!(facts.vermagic, None, "{value:?}");
+        }
     }
 
     #[test]
