@@ -339,3 +339,26 @@ fn module_bombs_are_refused_in_bounded_memory_and_remembered() {
     }
     assert_eq!(status(), w, "the same from the cache");
 }
+
+/// Issue 22: `module-facts.json` was keyed by inode, size and mtime. A
+/// module rewritten in place to name another kernel (same size), its mtime
+/// put back as `touch -d` does, stayed `fresh` from the cache; without the
+/// cache it is `broken`. The ctime, which cannot be set back, tells.
+#[test]
+fn a_module_rewritten_with_its_mtime_put_back_is_not_taken_from_the_cache() {
+    let f = Fixture::sample();
+    f.run(&["sync"]);
+    f.write(KO, module(K, false));
+    assert_eq!(f.status_row(K)["state"], "fresh");
+    let cache = f.path("var/lib/dkms-hook/module-facts.json");
+    assert_eq!(cache.exists(), rustix::process::geteuid().is_root());
+    let before = std::fs::metadata(f.path(KO)).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let other = module("6.1.0-99-amd64", false);
+    assert_eq!(other.len() as u64, before.len());
+    std::fs::write(f.path(KO), &other).unwrap();
+    crate::fixture::set_mtime(&f.path(KO), before.modified().unwrap());
+    let row = f.status_row(K);
+    assert_eq!(row["state"], "broken", "{row}");
+    assert_eq!(f.run(&["status", "--quiet"]).status.code(), Some(1));
+}
