@@ -785,3 +785,62 @@ fn a_textfile_directory_swapped_by_its_owner_is_refused() {
     );
     assert!(!prom.exists());
 }
+
+/// Issue 22: `dkms-hook --root o5 kernel-hook bogus` (a relative `--root`)
+/// exited 2: the value of `--root` was taken for the command's name, so the
+/// hook's argument error failed run-parts. Bad global options (a root that
+/// does not exist, relative or not, in `--root`, `--root=` or
+/// `DKMS_HOOK_ROOT`) are one line and exit 0 for every hook, and create
+/// nothing; for a command people run they are a usage error (2).
+#[test]
+fn bad_global_options_never_fail_a_hook() {
+    let cwd = tempfile::tempdir().unwrap();
+    let run = |args: &[&str], env_root: Option<&str>| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_dkms-hook"));
+        c.args(args)
+            .current_dir(cwd.path())
+            .env_remove("DKMS_HOOK_ROOT")
+            .env_remove("DKMS_HOOK_SUSPEND")
+            .env("DKMS_HOOK_DKMS", "/bin/false")
+            .stdin(Stdio::null());
+        if let Some(r) = env_root {
+            c.env("DKMS_HOOK_ROOT", r);
+        }
+        c.output().unwrap()
+    };
+    for (args, env_root) in [
+        (&["--root", "o5", "kernel-hook", "bogus"][..], None),
+        (&["--root=o5", "kernel-hook", "bogus"], None),
+        (&["-v", "--root", "o5", "apt-json-hook", "--bogus"], None),
+        (&["--root", "o5", "kernel-hook", "postinst", K], None),
+        (&["--root", "o5", "post-invoke"], None),
+        (&["--root", "/nonexistent/root", "boot"], None),
+        (&["--root", "", "motd"], None),
+        (&["--bogus-global", "post-invoke"], None),
+        (&["pre-install-pkgs"], Some("o5")),
+        (&["kernel-hook", "prerm", K], Some("/nonexistent/root")),
+    ] {
+        let out = run(args, env_root);
+        let e = stderr(&out);
+        assert_eq!(out.status.code(), Some(0), "{args:?} {env_root:?}: {e}");
+        assert_eq!(e.lines().count(), 1, "{args:?} {env_root:?}: {e}");
+    }
+    let out = run(&["--root", "o5", "status"], None);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out),
+        "dkms-hook: --root o5: No such file or directory (os error 2)\n"
+    );
+    assert_eq!(
+        std::fs::read_dir(cwd.path()).unwrap().count(),
+        0,
+        "nothing is created for a root that does not exist"
+    );
+    // A relative root that exists is taken from the current directory.
+    let f = Fixture::sample();
+    std::os::unix::fs::symlink(f.dir.path(), cwd.path().join("fx")).unwrap();
+    let out = run(&["--root", "fx", "status", "--json"], None);
+    assert!(matches!(out.status.code(), Some(0 | 1)), "{}", stderr(&out));
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(st["pairs"].as_array().unwrap().len(), 2, "{st}");
+}
