@@ -27,6 +27,9 @@ fuzz_target!(|input: &[u8]| {
     }
     match (&a, &b) {
         (Ok(x), Ok(y)) => assert_eq!(x, y, "chunking changed the facts"),
+        // A stream both corrupt and over the cap stops at whichever the
+        // decoder meets first, which depends on how much it was given.
+        (Err(Refusal::TooLarge { .. }), Err(_)) | (Err(_), Err(Refusal::TooLarge { .. })) => {}
         (Err(x), Err(y)) => assert_eq!(
             std::mem::discriminant(x),
             std::mem::discriminant(y),

@@ -18,7 +18,7 @@
 //! window is 32 KiB. A refusal is remembered by [`super::FactsCache`].
 
 use std::fmt;
-use std::io::{self, BufRead, Write};
+use std::io::{self, BufRead, Read, Write};
 use std::path::Path;
 
 /// The most decompressed bytes read of one module. The largest real
@@ -33,6 +33,8 @@ pub const MAX_VERMAGIC: usize = 256;
 pub(crate) const SIGNATURE_MAGIC: &[u8] = b"~Module signature appended~\n";
 const KEY: &[u8] = b"vermagic=";
 const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+/// Magic, descriptor, window descriptor, dictionary id, content size.
+const ZSTD_MAX_HEADER: usize = 4 + 1 + 1 + 4 + 8;
 
 /// How much one module may cost.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,7 +109,10 @@ impl Refusal {
 impl fmt::Display for Refusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Refusal::TooLarge { cap } => write!(f, "larger than {} MiB decompressed", cap >> 20),
+            Refusal::TooLarge { cap } if cap % (1 << 20) == 0 => {
+                write!(f, "larger than {} MiB decompressed", cap >> 20)
+            }
+            Refusal::TooLarge { cap } => write!(f, "larger than {cap} bytes decompressed"),
             Refusal::TooMuchMemory {
                 format,
                 needs: Some(n),
@@ -168,7 +173,12 @@ pub fn read_module(
             )
         }
         Compression::Zstd => {
-            if let Some(window) = zstd_window(r.fill_buf().map_err(Refusal::Io)?) {
+            // The header is read whole whatever the buffer holds (a short
+            // read left the window unchecked: found by fuzzing), then put
+            // back in front of the rest.
+            let mut head = [0u8; ZSTD_MAX_HEADER];
+            let n = read_up_to(&mut r, &mut head).map_err(Refusal::Io)?;
+            if let Some(window) = zstd_window(&head[..n]) {
                 if window > limits.memory {
                     return Err(Refusal::TooMuchMemory {
                         format,
@@ -177,6 +187,7 @@ pub fn read_module(
                     });
                 }
             }
+            let r = io::Cursor::new(&head[..n]).chain(r);
             let mut d =
                 ruzstd::decoding::StreamingDecoder::new(r).map_err(|e| corrupt(format, e))?;
             io::copy(&mut d, &mut scan)
@@ -206,6 +217,20 @@ fn corrupt(format: &'static str, e: impl fmt::Display) -> Refusal {
         format,
         msg: e.to_string(),
     }
+}
+
+/// Fill `buf` as far as `r` goes.
+fn read_up_to(r: &mut impl io::Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
 }
 
 /// The window a zstd frame asks for (RFC 8878 §3.1.1.1), from the start of
@@ -485,6 +510,18 @@ pub(crate) mod tests {
             Err(Refusal::TooMuchMemory { .. })
         ));
         assert!(read(&single, Compression::Zstd, Limits::MODULE).is_ok());
+    }
+
+    /// Found by the fuzz target: with a read buffer of a few bytes the
+    /// header was not seen whole and the window went unchecked.
+    #[test]
+    fn the_zstd_window_is_checked_whatever_the_read_buffer() {
+        let bomb = zstd_bomb(30, 4);
+        for cap in [1, 2, 5, 13, 4096] {
+            let r = io::BufReader::with_capacity(cap, &bomb[..]);
+            let e = read_module(r, Compression::Zstd, Limits::MODULE).unwrap_err();
+            assert!(matches!(e, Refusal::TooMuchMemory { .. }), "{cap}: {e}");
+        }
     }
 
     /// liblzma refuses a dictionary over the memory limit from the header.
