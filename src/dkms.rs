@@ -107,12 +107,13 @@ pub fn installed_copies(
 /// Host paths of every regular file below `/lib/modules/K/D` for each `D`
 /// of `subdirs`, in that order; links are not followed.
 pub fn installed_files(root: &Root, kernel: &KernelRelease, subdirs: &[&str]) -> Vec<PathBuf> {
-    let Ok(kdir) = root.resolve(Path::new(MODULES_DIR).join(kernel.as_str())) else {
-        return Vec::new();
-    };
+    let kdir = Path::new(MODULES_DIR).join(kernel.as_str());
     let mut out = Vec::new();
     for sub in subdirs {
-        walk(&kdir.join(sub), &mut |f| out.push(f.to_path_buf()));
+        // Each resolved inside the root: `updates -> /etc` is the root's.
+        if let Ok(dir) = root.resolve(kdir.join(sub)) {
+            walk(&dir, &mut |f| out.push(f.to_path_buf()));
+        }
     }
     out
 }
@@ -232,6 +233,23 @@ crate::name::keyed!(Pair);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `updates -> /H` (an absolute link) is the root's `/H`, never the
+    /// host's (issue 22).
+    #[test]
+    fn installed_files_stay_inside_the_root() {
+        let host = tempfile::tempdir().unwrap();
+        std::fs::write(host.path().join("evil.ko"), "x").unwrap();
+        let t = tempfile::tempdir().unwrap();
+        let kdir = t.path().join("lib/modules/K");
+        std::fs::create_dir_all(kdir.join("extra")).unwrap();
+        std::fs::write(kdir.join("extra/m.ko"), "m").unwrap();
+        std::os::unix::fs::symlink(host.path(), kdir.join("updates")).unwrap();
+        let root = Root::new(t.path());
+        let k = KernelRelease::new("K").unwrap();
+        let files = installed_files(&root, &k, &["updates", "extra"]);
+        assert_eq!(files, vec![kdir.join("extra/m.ko")]);
+    }
 
     #[test]
     fn scan_reads_pairs_and_links() {

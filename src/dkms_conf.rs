@@ -33,7 +33,6 @@ use crate::kernel::{Kernel, KernelRelease, MODULES_DIR};
 use crate::name::{DkmsArch, ModuleName, ModuleVersion};
 use crate::root::{read_capped, Root, CAP_SMALL, CAP_STATE};
 use crate::state::State;
-use crate::state_dir::Dir;
 
 /// The program that evaluates a `dkms.conf`, as dkms does.
 pub const BASH: &str = "/bin/bash";
@@ -897,8 +896,7 @@ struct CacheRecord {
 
 impl ConfCache {
     fn load(root: &Root) -> ConfCache {
-        let state = State::new(root);
-        let Some(dir) = Dir::open_existing(state.dir()) else {
+        let Some(dir) = State::new(root).open_existing() else {
             return ConfCache::default();
         };
         match dir.read_only(CACHE_FILE, CAP_STATE) {

@@ -83,9 +83,11 @@ pub fn enqueue(state: &State, plan: &Plan) -> Result<(), Error> {
 
 /// Read dpkg.log from the cursor, plan, enqueue, then advance the cursor.
 pub fn queue_from_dpkg_log(root: &Root, state: &State, cfg: &Config) -> Result<Plan, Error> {
+    // Never a fallback to a path the host would resolve: under `--root` a
+    // `var -> /var` link would read the host's log and move its cursor.
     let log = root
-        .resolve(DPKG_LOG)
-        .unwrap_or_else(|_| root.host(DPKG_LOG));
+        .inside(DPKG_LOG)
+        .map_err(|e| Error::io(Path::new(DPKG_LOG), e))?;
     let cursor = match state.cursor() {
         Ok(c) => c,
         Err(e @ (Error::StateTooNew { .. } | Error::UnsafeStateDir { .. })) => return Err(e),

@@ -5,8 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -15,6 +14,7 @@ use crate::plan::{Assessment, PairState};
 use crate::rebuild::{Outcome, PairResult, Tools};
 use crate::root::{Root, CAP_STATE};
 use crate::state::State;
+use crate::state_dir::Dir;
 use crate::verify::Check;
 use crate::Error;
 
@@ -169,33 +169,23 @@ pub fn render(rows: &[Assessment], c: &Counters, running: Option<&KernelRelease>
 
 /// Write the textfile atomically where the config says (nothing with
 /// `off`, or with `auto` when node_exporter's directory does not exist).
+/// The directory is opened through [`Dir::open_trusted`]: as root, a link
+/// on the way or a directory another user could swap is refused (the
+/// directory's owner could otherwise make root write into any directory).
 pub fn write(root: &Root, where_: &Textfile, content: &str) -> Result<(), Error> {
-    let dir = match where_ {
+    let (dir, must_exist) = match where_ {
         Textfile::Off => return Ok(()),
-        Textfile::Auto => match root.resolve(TEXTFILE_DIR) {
-            Ok(d) if d.is_dir() => d,
-            _ => return Ok(()),
-        },
-        Textfile::Dir(d) => root.inside(d).map_err(|e| Error::io(d, e))?,
+        Textfile::Auto => (Path::new(TEXTFILE_DIR), false),
+        Textfile::Dir(d) => (d.as_path(), true),
     };
-    let tmp = dir.join(format!(".{TEXTFILE}.{}", std::process::id()));
-    let target = dir.join(TEXTFILE);
-    let r = (|| -> std::io::Result<()> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .custom_flags(crate::root::NOFOLLOW_NONBLOCK)
-            .open(&tmp)?;
-        f.write_all(content.as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &target)
-    })();
-    r.map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        Error::io(&target, e)
-    })
+    match Dir::open_trusted(root.dir(), dir)? {
+        Some(d) => d.write_atomic(TEXTFILE, content.as_bytes()),
+        None if must_exist => Err(Error::io(
+            dir,
+            std::io::Error::from(std::io::ErrorKind::NotFound),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// After a run: count its results, judge every pair again and keep what

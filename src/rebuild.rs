@@ -301,13 +301,15 @@ impl<'a> Executor<'a> {
         }
         let names = built_names(dkms_dir);
         let installed = self.installed_modules(p, &names);
+        // Compared as streams; a file over the cap or unreadable is no
+        // proof of anything: not done (the backup then refuses it).
         !names.is_empty()
             && names.iter().all(|n| {
-                let bytes = std::fs::read(module_dir.join(n)).ok();
+                let built = module_dir.join(n);
                 installed
                     .iter()
                     .filter(|i| i.file_name() == Some(n))
-                    .any(|c| bytes.is_some() && std::fs::read(c).ok() == bytes)
+                    .any(|c| backup::same_bytes(&built, c).unwrap_or(false))
             })
     }
 

@@ -196,8 +196,13 @@ fn valid_entries<T: Entry>(value: &serde_json::Value, list: &str, path: &Path) -
 /// The state directory of one root.
 #[derive(Debug, Clone)]
 pub struct State {
-    /// Host path, resolved inside the root.
+    /// Host path, resolved inside the root; empty when it cannot be
+    /// (`unresolved` says why).
     path: PathBuf,
+    /// Why the state directory has no path inside the root (a link loop
+    /// such as `var -> /var`): every use of it is then this error, never a
+    /// fallback to a path the host would resolve.
+    unresolved: Option<String>,
     root: Root,
 }
 
@@ -269,17 +274,31 @@ impl BuildNote {
 
 impl State {
     pub fn new(root: &Root) -> State {
+        let (path, unresolved) = match root.inside(STATE_DIR) {
+            Ok(p) => (p, None),
+            Err(e) => (PathBuf::new(), Some(e.to_string())),
+        };
         State {
-            path: root
-                .inside(STATE_DIR)
-                .unwrap_or_else(|_| root.host(STATE_DIR)),
+            path,
+            unresolved,
             root: root.clone(),
         }
     }
 
-    /// Host path of the state directory, for messages.
+    /// Host path of the state directory (empty when it has none inside
+    /// the root: opening it then fails).
     pub fn dir(&self) -> &Path {
         &self.path
+    }
+
+    /// The state directory, opened for reading only (see
+    /// [`Dir::open_existing`]); `None` also when it has no path inside the
+    /// root.
+    pub fn open_existing(&self) -> Option<Dir> {
+        if self.unresolved.is_some() {
+            return None;
+        }
+        Dir::open_existing(&self.path)
     }
 
     pub fn root(&self) -> &Root {
@@ -288,6 +307,12 @@ impl State {
 
     /// The state directory, opened and checked (created if missing).
     pub fn open(&self) -> Result<Dir, Error> {
+        if let Some(why) = &self.unresolved {
+            return Err(Error::UnsafeStateDir {
+                path: self.root.host(STATE_DIR),
+                why: format!("cannot be resolved inside the root: {why}"),
+            });
+        }
         Dir::open_top(&self.path)
     }
 

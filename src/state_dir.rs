@@ -90,6 +90,100 @@ impl Dir {
         Ok(top)
     }
 
+    /// Open the existing directory `path` (in-root, absolute) of the root
+    /// at host path `root`, to write files into as root, the way sshd's
+    /// `safe_path` and systemd's `chase(CHASE_SAFE)` do it: every component
+    /// from the root down is opened relative to its parent's fd with
+    /// `O_NOFOLLOW` (a link anywhere is refused, never followed); no
+    /// directory on the way may be writable by group or others unless it
+    /// is sticky and the entry is root's or ours (else anyone could swap
+    /// the entry); and `path` itself must belong to root or to us and be
+    /// writable by nobody else. A directory on the way may belong to
+    /// another user (Debian's `/var/lib/prometheus` belongs to prometheus):
+    /// that user can rename entries within it, but cannot move a directory
+    /// of root's in from elsewhere (that needs write permission on its old
+    /// parent and on the directory itself), and a link or a directory of
+    /// its own there is refused. `Ok(None)` when a component is missing.
+    pub fn open_trusted(root: &Path, path: &Path) -> Result<Option<Dir>, Error> {
+        let me = rustix::process::geteuid().as_raw();
+        let ours = |st: &rustix::fs::Stat| st.st_uid == 0 || st.st_uid == me;
+        let open_dir = |at: &OwnedFd, name: &str, host: &Path| {
+            rustix::fs::openat(
+                at,
+                name,
+                OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::RDONLY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map(Some)
+            .or_else(|e| match e {
+                rustix::io::Errno::NOENT => Ok(None),
+                e if is_link_or_wrong_type(e) => Err(Error::Unreadable {
+                    path: host.to_path_buf(),
+                    why: "a symbolic link or not a directory: not followed".into(),
+                }),
+                e => Err(errno(host, e)),
+            })
+        };
+        let mut fd = rustix::fs::open(
+            root,
+            OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| errno(root, e))?;
+        let mut st = rustix::fs::fstat(&fd).map_err(|e| errno(root, e))?;
+        let mut host = root.to_path_buf();
+        for c in path.components() {
+            let name = match c {
+                std::path::Component::RootDir => continue,
+                std::path::Component::Normal(n) => n.to_str().ok_or_else(|| Error::Unreadable {
+                    path: path.to_path_buf(),
+                    why: "not UTF-8".into(),
+                })?,
+                _ => {
+                    return Err(Error::Unreadable {
+                        path: path.to_path_buf(),
+                        why: "not a plain absolute path".into(),
+                    })
+                }
+            };
+            let parent = host.clone();
+            host.push(name);
+            let Some(child) = open_dir(&fd, name, &host)? else {
+                return Ok(None);
+            };
+            let cst = rustix::fs::fstat(&child).map_err(|e| errno(&host, e))?;
+            let sticky = st.st_mode & 0o1000 != 0;
+            if st.st_mode & 0o022 != 0 && !(sticky && ours(&cst)) {
+                return Err(Error::Unreadable {
+                    path: host,
+                    why: format!(
+                        "{} (mode {:04o}) lets others replace it: not used",
+                        parent.display(),
+                        st.st_mode & 0o7777
+                    ),
+                });
+            }
+            fd = child;
+            st = cst;
+        }
+        if !ours(&st) {
+            return Err(Error::Unreadable {
+                path: host,
+                why: format!("owned by uid {}, not root: not used", st.st_uid),
+            });
+        }
+        if st.st_mode & 0o022 != 0 {
+            return Err(Error::Unreadable {
+                path: host,
+                why: format!(
+                    "mode {:04o} lets others write to it: not used",
+                    st.st_mode & 0o7777
+                ),
+            });
+        }
+        Ok(Some(Dir { fd, path: host }))
+    }
+
     /// Open the state directory at `path` for reading only: nothing is
     /// created, renamed or set aside (a run as a user must not write). `None`
     /// when it is missing, a link, or not trusted: owned by neither root nor

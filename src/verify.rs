@@ -10,12 +10,16 @@
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
-use std::io::{self, BufReader, Write};
+use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
 mod facts_cache;
+pub mod module_file;
 
 pub use facts_cache::FactsCache;
+use module_file::read_module;
+pub(crate) use module_file::MAX_VERMAGIC;
+pub use module_file::{Compression, Limits, ModuleFacts, Refusal};
 
 use crate::config::Config;
 use crate::dkms::{built_names, installed_files, Pair};
@@ -33,141 +37,38 @@ use crate::Error;
 pub const MOKUTIL: &str = "mokutil";
 /// dkms's signing certificate on Debian (dkms 3.0 and 3.2).
 pub const DKMS_MOK_PUB: &str = "/var/lib/dkms/mok.pub";
-/// The trailer `scripts/sign-file` appends after the signature.
-const SIGNATURE_MAGIC: &[u8] = b"~Module signature appended~\n";
 /// `SecureBoot` in the EFI global variable namespace: 4 bytes of
 /// attributes, then 1 when Secure Boot is on.
 const EFI_SECURE_BOOT: &str =
     "/sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-e398b6ce5aa4";
 const EFI_DIR: &str = "/sys/firmware/efi";
-/// Decompressed bytes read at most (the largest modules, nvidia's, are
-/// ~100 MB).
-const CAP_MODULE: u64 = 1 << 30;
-/// A vermagic longer than this is not one.
-pub(crate) const MAX_VERMAGIC: usize = 256;
-
-/// What a module file says of itself.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct ModuleFacts {
-    /// The `vermagic=` of its `.modinfo`; `None` when there is none (not a
-    /// module).
-    pub vermagic: Option<String>,
-    /// It ends in the signature trailer.
-    pub signed: bool,
-}
-
-impl ModuleFacts {
-    /// The kernel release the module was built for.
-    pub fn release(&self) -> Option<&str> {
-        self.vermagic.as_deref()?.split_whitespace().next()
-    }
-}
 
 /// Read a module file (`.ko`, `.ko.xz`, `.ko.zst`, `.ko.gz`; host path), in
-/// one streaming pass, without following a link.
+/// one streaming pass within [`Limits::MODULE`], without following a link.
 pub fn inspect(file: &Path) -> Result<ModuleFacts, Error> {
     read_facts(open_regular(file)?, file)
 }
 
-/// [`inspect`] of a file already opened (`file` names it and its kind).
+/// [`inspect`] of a file already opened (`file` names it and its kind). A
+/// refusal of its content is [`Error::Unreadable`]; a failed read is
+/// [`Error::Io`].
 fn read_facts(f: std::fs::File, file: &Path) -> Result<ModuleFacts, Error> {
-    let f = BufReader::with_capacity(64 << 10, f);
-    let mut scan = Scan::default();
-    let name = file.to_string_lossy();
-    let bad = |why: String| Error::Unreadable {
-        path: file.to_path_buf(),
-        why,
+    let kind = Compression::of(file);
+    let limits = Limits::MODULE;
+    let refused = |r: Refusal| match r {
+        Refusal::Io(e) => Error::io(file, e),
+        r => Error::Unreadable {
+            path: file.to_path_buf(),
+            why: r.to_string(),
+        },
     };
-    if name.ends_with(".xz") {
-        let mut f = f;
-        lzma_rs::xz_decompress(&mut f, &mut scan).map_err(|e| bad(format!("xz: {e}")))?;
-    } else if name.ends_with(".zst") {
-        let mut d =
-            ruzstd::decoding::StreamingDecoder::new(f).map_err(|e| bad(format!("zstd: {e}")))?;
-        io::copy(&mut d, &mut scan).map_err(|e| bad(format!("zstd: {e}")))?;
-    } else if name.ends_with(".gz") {
-        io::copy(&mut flate2::read::GzDecoder::new(f), &mut scan)
-            .map_err(|e| bad(format!("gzip: {e}")))?;
-    } else {
-        let mut f = f;
-        io::copy(&mut f, &mut scan).map_err(|e| Error::io(file, e))?;
+    // A plain module larger than the cap is refused unread (a sparse 4 GiB
+    // `.ko` costs nothing).
+    let size = f.metadata().map_err(|e| Error::io(file, e))?.len();
+    if kind == Compression::None && size > limits.output {
+        return Err(refused(Refusal::TooLarge { cap: limits.output }));
     }
-    Ok(scan.finish())
-}
-
-/// A `Write` sink that finds `vermagic=…\0` across chunk borders and keeps
-/// the last bytes for the trailer, so nothing is held in memory.
-#[derive(Default)]
-struct Scan {
-    seen: u64,
-    /// The end of the previous chunk while searching (a key cut in two).
-    carry: Vec<u8>,
-    /// `Some` from the key on; complete once `done`.
-    vermagic: Option<Vec<u8>>,
-    done: bool,
-    tail: Vec<u8>,
-}
-
-const KEY: &[u8] = b"vermagic=";
-
-impl Scan {
-    fn take_value(&mut self, bytes: &[u8]) {
-        let v = self.vermagic.get_or_insert_with(Vec::new);
-        match memchr::memchr(0, bytes) {
-            Some(end) => {
-                v.extend_from_slice(&bytes[..end]);
-                self.done = true;
-            }
-            None => v.extend_from_slice(bytes),
-        }
-        if v.len() > MAX_VERMAGIC {
-            self.vermagic = None;
-            self.done = true;
-        }
-    }
-
-    fn finish(self) -> ModuleFacts {
-        let vermagic = self
-            .vermagic
-            .filter(|_| self.done)
-            .map(|v| String::from_utf8_lossy(&v).into_owned());
-        ModuleFacts {
-            signed: vermagic.is_some() && self.tail.ends_with(SIGNATURE_MAGIC),
-            vermagic,
-        }
-    }
-}
-
-impl Write for Scan {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.seen += buf.len() as u64;
-        if self.seen > CAP_MODULE {
-            return Err(io::Error::other(format!("larger than {CAP_MODULE} bytes")));
-        }
-        if !self.done {
-            if self.vermagic.is_some() {
-                self.take_value(buf);
-            } else {
-                let mut hay = std::mem::take(&mut self.carry);
-                hay.extend_from_slice(buf);
-                match memchr::memmem::find(&hay, KEY) {
-                    Some(i) => self.take_value(&hay[i + KEY.len()..]),
-                    None => {
-                        let keep = hay.len().saturating_sub(KEY.len() - 1);
-                        self.carry = hay.split_off(keep);
-                    }
-                }
-            }
-        }
-        self.tail.extend_from_slice(buf);
-        let extra = self.tail.len().saturating_sub(SIGNATURE_MAGIC.len());
-        self.tail.drain(..extra);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
+    read_module(BufReader::with_capacity(64 << 10, f), kind, limits).map_err(refused)
 }
 
 /// What the kernel's configuration says about module signatures.
@@ -304,6 +205,9 @@ pub struct Check {
     pub will_not_load: Option<String>,
     /// What to do about dkms's key, when it is not enrolled.
     pub key_warning: Option<String>,
+    /// Why the file was not read (over a cap, corrupt): nothing is known
+    /// of it.
+    pub refused: Option<String>,
 }
 
 impl Check {
@@ -384,14 +288,21 @@ pub fn assess(
     rows
 }
 
-/// The warnings of judged rows: each module that will not load, and the
-/// unenrolled key once.
+/// The warnings of judged rows: each module that was refused unread, each
+/// that will not load, and the unenrolled key once.
 pub fn warnings(rows: &[Assessment]) -> Vec<String> {
     let checks = rows.iter().filter_map(|r| r.check.as_ref());
     let mut out: Vec<String> = checks
         .clone()
-        .filter_map(|c| c.will_not_load.clone())
+        .filter_map(|c| {
+            let why = c.refused.as_ref()?;
+            Some(format!(
+                "the installed module {} was not read ({why}): its vermagic and signature are unknown",
+                c.file.display()
+            ))
+        })
         .collect();
+    out.extend(checks.clone().filter_map(|c| c.will_not_load.clone()));
     out.extend(checks.filter_map(|c| c.key_warning.clone()).take(1));
     out
 }
@@ -440,13 +351,18 @@ fn check_pair(
     let inroot = file
         .strip_prefix(root.dir())
         .map_or(file.clone(), |r| Path::new("/").join(r));
-    let facts = cache
-        .facts(&file, &inroot.to_string_lossy())
-        .map_err(|e| log::debug!("{e}"))
-        .ok()?;
+    let (facts, refused) = match cache.facts(&file, &inroot.to_string_lossy()) {
+        Ok(facts) => (facts, None),
+        Err(Error::Unreadable { why, .. }) => (ModuleFacts::default(), Some(why)),
+        Err(e) => {
+            log::debug!("{e}");
+            return None;
+        }
+    };
     Some(Check {
         file: inroot,
         facts,
+        refused,
         ..Check::default()
     })
 }
@@ -514,43 +430,13 @@ pub fn key_warning(pair: PairKey<'_>, signed: Option<bool>, fw: &Firmware) -> Op
 mod tests {
     use super::*;
 
-    /// A stand-in module: a `.modinfo`-like string table, optionally the
-    /// signature trailer.
-    pub(crate) fn module_bytes(release: &str, signed: bool) -> Vec<u8> {
-        let mut m = b"\x7fELF\x02\x01\x01\0padding".repeat(1000);
-        m.extend_from_slice(b"license=GPL\0");
-        m.extend_from_slice(
-            format!("vermagic={release} SMP preempt mod_unload modversions \0").as_bytes(),
-        );
-        m.extend_from_slice(&[0x55; 5000]);
-        if signed {
-            m.extend_from_slice(&[0x30; 600]);
-            m.extend_from_slice(b"\0\0\x02\0\0\0\0\0\0\0\x02\x58");
-            m.extend_from_slice(SIGNATURE_MAGIC);
-        }
-        m
-    }
+    use module_file::tests::{gz, module_bytes, xz, zst};
+    use module_file::SIGNATURE_MAGIC;
 
     fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
         let p = dir.join(name);
         std::fs::write(&p, bytes).unwrap();
         p
-    }
-
-    fn xz(bytes: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
-        lzma_rs::xz_compress(&mut &bytes[..], &mut out).unwrap();
-        out
-    }
-
-    fn zst(bytes: &[u8]) -> Vec<u8> {
-        ruzstd::encoding::compress_to_vec(bytes, ruzstd::encoding::CompressionLevel::Fastest)
-    }
-
-    fn gz(bytes: &[u8]) -> Vec<u8> {
-        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        e.write_all(bytes).unwrap();
-        e.finish().unwrap()
     }
 
     #[test]
@@ -572,23 +458,6 @@ mod tests {
     }
 
     #[test]
-    fn the_key_and_the_value_cut_across_writes() {
-        let m = module_bytes("6.12.57+deb13-amd64", true);
-        let at = memchr::memmem::find(&m, KEY).unwrap();
-        for cut in [at + 3, at + KEY.len() + 4, m.len() - 7] {
-            let mut s = Scan::default();
-            for chunk in [&m[..cut], &m[cut..]] {
-                for piece in chunk.chunks(5) {
-                    s.write_all(piece).unwrap();
-                }
-            }
-            let facts = s.finish();
-            assert_eq!(facts.release(), Some("6.12.57+deb13-amd64"), "cut at {cut}");
-            assert!(facts.signed);
-        }
-    }
-
-    #[test]
     fn garbage_is_no_module_and_not_a_panic() {
         let d = tempfile::tempdir().unwrap();
         for (name, bytes) in [
@@ -596,7 +465,7 @@ mod tests {
             ("b.ko.xz", b"not xz at all".to_vec()),
             ("c.ko.zst", vec![0x28, 0xb5, 0x2f, 0xfd, 0xff]),
             ("d.ko.gz", vec![0x1f, 0x8b, 0, 0]),
-            ("e.ko", [KEY, &[b'x'; 400]].concat()),
+            ("e.ko", [&b"vermagic="[..], &[b'x'; 400]].concat()),
         ] {
             let p = write(d.path(), name, &bytes);
             if let Ok(facts) = inspect(&p) {

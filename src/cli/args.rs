@@ -92,7 +92,7 @@ Exit status:
   3 the work could not be done: lock, state directory or another file unusable"
 )]
 pub struct Cli {
-    /// Operate on the system below DIR instead of / (absolute symlinks resolve inside it).
+    /// Operate on the system below DIR instead of / (absolute symlinks resolve inside it); DIR must be an existing directory.
     #[arg(long, global = true, value_name = "DIR", env = "DKMS_HOOK_ROOT")]
     pub root: Option<PathBuf>,
     /// Print debug messages (or set DKMS_HOOK_LOG, env_logger syntax).

@@ -1,8 +1,9 @@
 //! The command line's dispatch to the library: the one place that prints
 //! and turns errors into exit statuses. The definitions are in [`args`].
 
+use std::ffi::OsString;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::Path;
 
 use anyhow::Context;
 use clap::Parser;
@@ -85,31 +86,63 @@ fn init_logging(verbose: bool) {
 }
 
 /// Whether the arguments name one of the hook commands (whose argument
-/// errors must not fail apt, dpkg or run-parts either).
-fn is_hook_invocation() -> bool {
-    std::env::args()
-        .skip(1)
-        .find(|a| !a.starts_with('-') && !a.starts_with('/'))
-        .is_some_and(|a| HOOK_COMMANDS.contains(&a.as_str()))
+/// errors must not fail apt, dpkg or run-parts either): the first word
+/// that is neither an option nor the value of a global option that takes
+/// one (`--root o5 kernel-hook bogus` is a hook: issue 22).
+fn is_hook_invocation(args: &[OsString]) -> bool {
+    let cmd = <Cli as clap::CommandFactory>::command();
+    let with_value: Vec<String> = cmd
+        .get_arguments()
+        .filter(|a| a.get_action().takes_values())
+        .filter_map(|a| a.get_long().map(|l| format!("--{l}")))
+        .collect();
+    let mut words = args.iter().skip(1).map(|a| a.to_string_lossy());
+    while let Some(w) = words.next() {
+        if with_value.iter().any(|v| *v == w) {
+            words.next();
+        } else if !w.starts_with('-') {
+            return HOOK_COMMANDS.contains(&w.as_ref());
+        }
+    }
+    false
+}
+
+/// The root to work on: `/` by default; `--root DIR` must name an existing
+/// directory (a relative one is taken from the current directory and made
+/// absolute), or nothing is done.
+fn root_of(dir: Option<&Path>) -> Result<Root, crate::Error> {
+    let Some(dir) = dir else {
+        return Ok(Root::new("/"));
+    };
+    let bad = |why: &str| crate::Error::Refused(format!("--root {}: {why}", dir.display()));
+    if dir.as_os_str().is_empty() {
+        return Err(bad("empty"));
+    }
+    let abs = std::path::absolute(dir).map_err(|e| bad(&e.to_string()))?;
+    match std::fs::metadata(&abs) {
+        Ok(m) if m.is_dir() => Ok(Root::new(abs)),
+        Ok(_) => Err(bad("not a directory")),
+        Err(e) => Err(bad(&e.to_string())),
+    }
 }
 
 /// Parse arguments, run, and return the exit status.
 pub fn main() -> i32 {
-    let hook = is_hook_invocation();
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let hook = is_hook_invocation(&args);
     if hook {
         // A panic must not turn into exit 101 under apt: report it in one
         // line and exit 0 (the default hook prints the message first).
-        return std::panic::catch_unwind(run).unwrap_or_else(|_| {
+        return std::panic::catch_unwind(|| run(&args, hook)).unwrap_or_else(|_| {
             warn(&format!("{PREFIX} internal error; see the message above"));
             0
         });
     }
-    run()
+    run(&args, hook)
 }
 
-fn run() -> i32 {
-    let hook = is_hook_invocation();
-    let cli = match Cli::try_parse() {
+fn run(args: &[OsString], hook: bool) -> i32 {
+    let cli = match Cli::try_parse_from(args) {
         Ok(c) => c,
         // `CMD --help` is no error: the help is printed, as for any command.
         Err(e) if hook && e.use_stderr() => {
@@ -130,7 +163,13 @@ fn run() -> i32 {
     };
     init_logging(cli.verbose);
     let env = Env::from_process();
-    let root = Root::new(cli.root.clone().unwrap_or_else(|| PathBuf::from("/")));
+    let root = match root_of(cli.root.as_deref()) {
+        Ok(r) => r,
+        Err(e) => {
+            warn(&format!("{PREFIX} {e}"));
+            return if hook { 0 } else { EXIT_USAGE };
+        }
+    };
     let result = match &cli.command {
         Command::Replay(a) => replay(&root, &env, a),
         Command::PostInvoke => Ok(hooks::post_invoke(&root, &env)),

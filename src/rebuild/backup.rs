@@ -4,17 +4,89 @@
 //! byte-identical.
 
 use std::ffi::OsStr;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use super::{Executor, Ran, COMPLETE, CP};
 use crate::dkms::{built_names, walk};
+use crate::root::open_regular;
 use crate::state::QueuedPair;
+use crate::verify::module_file::CAP_MODULE;
 use crate::Error;
+
+/// Refuse a module file larger than [`CAP_MODULE`] (a sparse 4 GiB `.ko`
+/// must not cost a backup, a compare or 4 GiB of memory).
+pub(super) fn within_cap(file: &Path) -> Result<(), Error> {
+    let size = std::fs::symlink_metadata(file)
+        .map_err(|e| Error::io(file, e))?
+        .len();
+    if size > CAP_MODULE {
+        return Err(Error::Unreadable {
+            path: file.to_path_buf(),
+            why: format!(
+                "a module file of {} MiB, larger than {} MiB: not handled",
+                size >> 20,
+                CAP_MODULE >> 20
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Whether two files hold the same bytes, compared as streams (64 KiB at a
+/// time) without following links; files of other sizes differ unread, a
+/// file over [`CAP_MODULE`] is an error.
+pub(super) fn same_bytes(a: &Path, b: &Path) -> Result<bool, Error> {
+    let (fa, fb) = (open_regular(a)?, open_regular(b)?);
+    let size =
+        |f: &std::fs::File, p: &Path| f.metadata().map(|m| m.len()).map_err(|e| Error::io(p, e));
+    if size(&fa, a)? != size(&fb, b)? {
+        return Ok(false);
+    }
+    within_cap(a)?;
+    let (mut ra, mut rb) = (fa.take(CAP_MODULE), fb.take(CAP_MODULE));
+    let (mut ba, mut bb) = (vec![0u8; 64 << 10], vec![0u8; 64 << 10]);
+    loop {
+        let n = read_full(&mut ra, &mut ba).map_err(|e| Error::io(a, e))?;
+        let m = read_full(&mut rb, &mut bb).map_err(|e| Error::io(b, e))?;
+        if ba[..n] != bb[..m] {
+            return Ok(false);
+        }
+        if n == 0 {
+            return Ok(true);
+        }
+    }
+}
+
+/// Fill `buf` as far as the reader goes; fewer bytes only at its end.
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
 
 impl Executor<'_> {
     /// Copy the dkms directory and every installed copy into the pair's
     /// backup, then mark it complete. Returns the backup's host path.
     pub(super) fn back_up(&self, p: &QueuedPair, dir: &Path) -> Result<PathBuf, Error> {
+        // Every module file to be saved is within the cap, or nothing is
+        // touched (the build would replace what cannot be put back).
+        let names = built_names(dir);
+        let installed = self.installed_modules(p, &names);
+        for f in names
+            .iter()
+            .map(|n| dir.join("module").join(n))
+            .chain(installed.iter().cloned())
+        {
+            within_cap(&f)?;
+        }
         self.state.remove_backup(p)?;
         let b = self
             .state
@@ -22,7 +94,7 @@ impl Executor<'_> {
             .ok_or_else(|| Error::Refused("backup directory missing".into()))?;
         self.copy(dir, &b.path().join("tree"))?;
         let saved_installed = b.path().join("installed");
-        for f in self.installed_modules(p, &built_names(dir)) {
+        for f in installed {
             let rel = f.strip_prefix(self.state.root().dir()).unwrap_or(&f);
             self.copy(&f, &saved_installed.join(rel))?;
         }
@@ -54,7 +126,9 @@ impl Executor<'_> {
                     return;
                 }
             };
-            if std::fs::read(&live).ok() != std::fs::read(f).ok() {
+            // Put back unless the live file is provably the same: missing,
+            // changed or over the cap, it is replaced by the saved copy.
+            if !same_bytes(&live, f).unwrap_or(false) {
                 log::debug!("restoring {}", live.display());
                 result = self.copy(f, &live);
             }
@@ -115,5 +189,41 @@ fn remove_tree(p: &Path) -> Result<(), Error> {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(Error::io(p, e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_are_compared_as_streams_within_the_cap() {
+        let d = tempfile::tempdir().unwrap();
+        let p = |n: &str| d.path().join(n);
+        let mut big = vec![7u8; 200 << 10];
+        std::fs::write(p("a"), &big).unwrap();
+        std::fs::write(p("b"), &big).unwrap();
+        assert!(same_bytes(&p("a"), &p("b")).unwrap());
+        *big.last_mut().unwrap() = 8;
+        std::fs::write(p("b"), &big).unwrap();
+        assert!(!same_bytes(&p("a"), &p("b")).unwrap(), "last byte differs");
+        big.push(0);
+        std::fs::write(p("b"), &big).unwrap();
+        assert!(!same_bytes(&p("a"), &p("b")).unwrap(), "sizes differ");
+        std::os::unix::fs::symlink(p("a"), p("link")).unwrap();
+        assert!(
+            same_bytes(&p("a"), &p("link")).is_err(),
+            "a link is not followed"
+        );
+        for n in ["huge1", "huge2"] {
+            std::fs::File::create(p(n))
+                .unwrap()
+                .set_len(CAP_MODULE + 1)
+                .unwrap();
+        }
+        let e = same_bytes(&p("huge1"), &p("huge2")).unwrap_err();
+        assert!(e.to_string().contains("larger than 256 MiB"), "{e}");
+        assert!(within_cap(&p("huge1")).is_err());
+        assert!(within_cap(&p("a")).is_ok());
     }
 }

@@ -1,5 +1,9 @@
 //! A cache of what installed module files say (vermagic, signature), keyed
-//! by each file's in-root path and its (inode, size, mtime): `status`, the
+//! by each file's in-root path and its (device, inode, size, mtime, ctime):
+//! the ctime, which no one can set back (`touch -d` sets the mtime, and
+//! changes the ctime), catches a module rewritten in place with its mtime
+//! restored, which an (inode, size, mtime) key took for the same file
+//! (issue 22). `status`, the
 //! textfile and the login notice's findings read a module again only when
 //! it changed, not 100 MB of `nvidia.ko.xz` per kernel each time.
 //!
@@ -18,23 +22,32 @@ use serde::{Deserialize, Serialize};
 use super::{read_facts, ModuleFacts, MAX_VERMAGIC};
 use crate::root::{open_regular, Root, CAP_STATE};
 use crate::state::State;
-use crate::state_dir::Dir;
 use crate::Error;
 
 /// The cache's file name in the state directory.
 pub const FILE: &str = "module-facts.json";
-const VERSION: u32 = 1;
+/// 2: keyed on the device and the ctime too; records of 1 are not trusted.
+const VERSION: u32 = 2;
 const MAX_RECORDS: usize = 4096;
+/// A refusal's reason longer than this is not one of ours.
+const MAX_REFUSAL: usize = 512;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Record {
     path: String,
+    dev: u64,
     ino: u64,
     size: u64,
     mtime_secs: i64,
     mtime_nanos: u32,
+    ctime_secs: i64,
+    ctime_nanos: u32,
     vermagic: Option<String>,
     signed: bool,
+    /// Why the file was not read to its end (a bomb, a corrupt stream): a
+    /// refused file costs one read, not one per run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    refused: Option<String>,
 }
 
 impl Record {
@@ -47,14 +60,25 @@ impl Record {
             .vermagic
             .as_ref()
             .is_none_or(|v| v.len() <= MAX_VERMAGIC && !v.chars().any(char::is_control));
-        path_ok && vermagic_ok && self.mtime_nanos < 1_000_000_000
+        let refused_ok = self
+            .refused
+            .as_ref()
+            .is_none_or(|v| v.len() <= MAX_REFUSAL && !v.chars().any(char::is_control));
+        path_ok
+            && vermagic_ok
+            && refused_ok
+            && self.mtime_nanos < 1_000_000_000
+            && self.ctime_nanos < 1_000_000_000
     }
 
     fn same_file(&self, st: &rustix::fs::Stat) -> bool {
-        self.ino == st.st_ino
+        self.dev == st.st_dev
+            && self.ino == st.st_ino
             && i64::try_from(self.size) == Ok(st.st_size)
             && self.mtime_secs == st.st_mtime
             && u64::from(self.mtime_nanos) == st.st_mtime_nsec
+            && self.ctime_secs == st.st_ctime
+            && u64::from(self.ctime_nanos) == st.st_ctime_nsec
     }
 }
 
@@ -69,14 +93,15 @@ struct OnDisk {
 pub struct FactsCache {
     records: HashMap<String, Record>,
     changed: bool,
+    /// Module files read (not answered from the cache) by this run.
+    reads: usize,
 }
 
 impl FactsCache {
     /// The cache of this root; empty when there is none or it is unusable.
     /// Changes nothing on disk.
     pub fn load(root: &Root) -> FactsCache {
-        let state = State::new(root);
-        let Some(dir) = Dir::open_existing(state.dir()) else {
+        let Some(dir) = State::new(root).open_existing() else {
             return FactsCache::default();
         };
         let data = match dir.read_only(FILE, CAP_STATE) {
@@ -108,36 +133,60 @@ impl FactsCache {
             .collect();
         Ok(FactsCache {
             records,
-            changed: false,
+            ..FactsCache::default()
         })
     }
 
     /// What the module file at `host` (in-root `inroot`) says: from the
     /// cache when it is the same file, else read (see [`super::inspect`]).
+    /// A file whose content was refused ([`Error::Unreadable`]) is refused
+    /// again from the cache.
     pub fn facts(&mut self, host: &Path, inroot: &str) -> Result<ModuleFacts, Error> {
         let f = open_regular(host)?;
         let st = rustix::fs::fstat(&f).map_err(|e| Error::io(host, e.into()))?;
         if let Some(r) = self.records.get(inroot).filter(|r| r.same_file(&st)) {
-            return Ok(ModuleFacts {
-                vermagic: r.vermagic.clone(),
-                signed: r.signed,
-            });
+            return match &r.refused {
+                Some(why) => Err(Error::Unreadable {
+                    path: host.to_path_buf(),
+                    why: why.clone(),
+                }),
+                None => Ok(ModuleFacts {
+                    vermagic: r.vermagic.clone(),
+                    signed: r.signed,
+                }),
+            };
         }
-        let facts = read_facts(f, host)?;
+        self.reads += 1;
+        let result = read_facts(f, host);
+        let (facts, refused) = match &result {
+            Ok(facts) => (facts.clone(), None),
+            Err(Error::Unreadable { why, .. }) => (ModuleFacts::default(), Some(why.clone())),
+            // A failed read says nothing of the content: not remembered.
+            Err(_) => return result,
+        };
         let record = Record {
             path: inroot.to_string(),
+            dev: st.st_dev,
             ino: st.st_ino,
             size: u64::try_from(st.st_size).unwrap_or_default(),
             mtime_secs: st.st_mtime,
             mtime_nanos: u32::try_from(st.st_mtime_nsec).unwrap_or_default(),
-            vermagic: facts.vermagic.clone(),
+            ctime_secs: st.st_ctime,
+            ctime_nanos: u32::try_from(st.st_ctime_nsec).unwrap_or_default(),
+            vermagic: facts.vermagic,
             signed: facts.signed,
+            refused,
         };
         if record.is_sane() {
             self.records.insert(inroot.to_string(), record);
             self.changed = true;
         }
-        Ok(facts)
+        result
+    }
+
+    /// How many module files this cache had to read.
+    pub fn reads(&self) -> usize {
+        self.reads
     }
 
     /// Write the cache when this run learnt something and may write
@@ -187,20 +236,81 @@ mod tests {
         let first = c.facts(&ko, INROOT).unwrap();
         assert_eq!(first.release(), Some("K"));
         assert!(first.signed);
+        assert_eq!(c.reads(), 1);
         c.save(&root, true);
-        // Same inode, size and mtime, other bytes: the cache answers.
-        let mtime = std::fs::metadata(&ko).unwrap().modified().unwrap();
-        std::fs::write(&ko, b"x\0vermagic=J SMP \0~Module signature appended~\n").unwrap();
-        let f = std::fs::File::options().write(true).open(&ko).unwrap();
-        f.set_modified(mtime).unwrap();
+        // The same file: the cache answers.
         let mut c = FactsCache::load(&root);
         assert_eq!(c.facts(&ko, INROOT).unwrap().release(), Some("K"));
+        assert_eq!(c.reads(), 0);
         assert!(!c.changed);
         // A new mtime: read again.
+        let f = std::fs::File::options().write(true).open(&ko).unwrap();
+        let mtime = f.metadata().unwrap().modified().unwrap();
         f.set_modified(mtime + std::time::Duration::from_secs(1))
             .unwrap();
-        assert_eq!(c.facts(&ko, INROOT).unwrap().release(), Some("J"));
+        assert_eq!(c.facts(&ko, INROOT).unwrap().release(), Some("K"));
+        assert_eq!(c.reads(), 1);
         assert!(c.changed);
+    }
+
+    /// Issue 22: rewritten in place (same inode and size) to name another
+    /// kernel, its mtime put back as `touch -d` does: the ctime tells.
+    #[test]
+    fn a_module_rewritten_with_its_mtime_put_back_is_read_again() {
+        let (_t, root, ko) = setup();
+        let mut c = FactsCache::load(&root);
+        assert_eq!(c.facts(&ko, INROOT).unwrap().release(), Some("K"));
+        c.save(&root, true);
+        let before = std::fs::metadata(&ko).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&ko, b"x\0vermagic=J SMP \0~Module signature appended~\n").unwrap();
+        let f = std::fs::File::options().write(true).open(&ko).unwrap();
+        f.set_modified(before.modified().unwrap()).unwrap();
+        let after = std::fs::metadata(&ko).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(
+            (after.ino(), after.size(), after.mtime(), after.mtime_nsec()),
+            (
+                before.ino(),
+                before.size(),
+                before.mtime(),
+                before.mtime_nsec()
+            ),
+            "the old key cannot tell"
+        );
+        let mut c = FactsCache::load(&root);
+        assert_eq!(c.facts(&ko, INROOT).unwrap().release(), Some("J"));
+        assert_eq!(c.reads(), 1);
+    }
+
+    /// A bomb is refused once: the refusal is remembered with the file's
+    /// key, and the next run refuses it again without reading it.
+    #[test]
+    fn a_refused_module_costs_one_read() {
+        let (t, root, _) = setup();
+        let inroot = "/usr/lib/modules/K/updates/dkms/bomb.ko.zst";
+        let bomb = t.path().join(inroot.trim_start_matches('/'));
+        let zstd_bomb = crate::verify::module_file::tests::zstd_bomb;
+        std::fs::write(&bomb, zstd_bomb(30, 24 * 1024)).unwrap();
+        let mut c = FactsCache::load(&root);
+        let e = c.facts(&bomb, inroot).unwrap_err();
+        assert!(
+            e.to_string()
+                .ends_with("refused: zstd: decoding needs 1024 MiB of memory, more than 128 MiB"),
+            "{e}"
+        );
+        assert_eq!(c.reads(), 1);
+        c.save(&root, true);
+        let mut c = FactsCache::load(&root);
+        assert_eq!(
+            c.facts(&bomb, inroot).unwrap_err().to_string(),
+            e.to_string()
+        );
+        assert_eq!(c.reads(), 0, "answered from the cache");
+        // Rewritten: read again.
+        std::fs::write(&bomb, zstd_bomb(20, 4)).unwrap();
+        assert_eq!(c.facts(&bomb, inroot).unwrap().vermagic, None);
+        assert_eq!(c.reads(), 1);
     }
 
     #[test]
@@ -217,16 +327,24 @@ mod tests {
         for bad in [
             &b"{garbage"[..],
             br#"{"version": 99, "files": []}"#,
-            br#"{"version": 1, "files": [{"path": "relative.ko", "ino": 1, "size": 1, "mtime_secs": 0, "mtime_nanos": 0, "vermagic": null, "signed": true}]}"#,
-            br#"{"version": 1, "files": [{"path": "/a/../../etc/x.ko", "ino": 1, "size": 1, "mtime_secs": 0, "mtime_nanos": 0, "vermagic": null, "signed": true}]}"#,
-            br#"{"version": 1, "files": [{"path": "/m.ko", "ino": 1, "size": 1, "mtime_secs": 0, "mtime_nanos": 2000000000, "vermagic": null, "signed": true}]}"#,
-            br#"{"version": 1, "files": [{"path": "/m.ko", "ino": -1}]}"#,
+            // Version 1 had no device and ctime: not trusted.
+            br#"{"version": 1, "files": [{"path": "/m.ko", "ino": 1, "size": 1, "mtime_secs": 0, "mtime_nanos": 0, "vermagic": null, "signed": true}]}"#,
+            br#"{"version": 2, "files": [{"path": "relative.ko", "dev": 1, "ino": 1, "size": 1, "mtime_secs": 0, "mtime_nanos": 0, "ctime_secs": 0, "ctime_nanos": 0, "vermagic": null, "signed": true}]}"#,
+            br#"{"version": 2, "files": [{"path": "/a/../../etc/x.ko", "dev": 1, "ino": 1, "size": 1, "mtime_secs": 0, "mtime_nanos": 0, "ctime_secs": 0, "ctime_nanos": 0, "vermagic": null, "signed": true}]}"#,
+            br#"{"version": 2, "files": [{"path": "/m.ko", "dev": 1, "ino": 1, "size": 1, "mtime_secs": 0, "mtime_nanos": 2000000000, "ctime_secs": 0, "ctime_nanos": 0, "vermagic": null, "signed": true}]}"#,
+            br#"{"version": 2, "files": [{"path": "/m.ko", "dev": 1, "ino": 1, "size": 1, "mtime_secs": 0, "mtime_nanos": 0, "ctime_secs": 0, "ctime_nanos": 2000000000, "vermagic": null, "signed": true}]}"#,
+            br#"{"version": 2, "files": [{"path": "/m.ko", "ino": -1}]}"#,
         ] {
             let c = FactsCache::parse(bad).unwrap_or_default();
             assert!(c.records.is_empty(), "{}", String::from_utf8_lossy(bad));
         }
+        // The same record, sane: kept (so the ones above fail for their flaw).
+        let good = br#"{"version": 2, "files": [{"path": "/m.ko", "dev": 1, "ino": 1, "size": 1, "mtime_secs": 0, "mtime_nanos": 0, "ctime_secs": 0, "ctime_nanos": 0, "vermagic": null, "signed": true, "refused": "larger than 256 MiB decompressed"}]}"#;
+        assert_eq!(FactsCache::parse(good).unwrap().records.len(), 1);
+        let bad_refusal = br#"{"version": 2, "files": [{"path": "/m.ko", "dev": 1, "ino": 1, "size": 1, "mtime_secs": 0, "mtime_nanos": 0, "ctime_secs": 0, "ctime_nanos": 0, "vermagic": null, "signed": true, "refused": "x\u001b[2J"}]}"#;
+        assert!(FactsCache::parse(bad_refusal).unwrap().records.is_empty());
         let long = format!(
-            r#"{{"version": 1, "files": [{{"path": "/m.ko", "ino": 1, "size": 1, "mtime_secs": 0, "mtime_nanos": 0, "vermagic": "{}", "signed": true}}]}}"#,
+            r#"{{"version": 2, "files": [{{"path": "/m.ko", "dev": 1, "ino": 1, "size": 1, "mtime_secs": 0, "mtime_nanos": 0, "ctime_secs": 0, "ctime_nanos": 0, "vermagic": "{}", "signed": true}}]}}"#,
             "v".repeat(MAX_VERMAGIC + 1)
         );
         assert!(FactsCache::parse(long.as_bytes())

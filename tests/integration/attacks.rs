@@ -666,3 +666,181 @@ fn a_fifo_as_dpkg_log_does_not_hang_the_hook() {
     };
     assert_eq!(status.code(), Some(0));
 }
+
+/// Issue 22: `--root DIR` with `DIR/var -> /var`. Inside the root that link
+/// is a loop, and `State::new` and the dpkg.log intake fell back to the
+/// host path `DIR/var/…`, which the kernel resolves to the host's /var: a
+/// `--root` run read the host's dpkg.log and moved the host's cursor. Here
+/// the "host" is a temp dir H: `DIR/var -> H/var`, and inside the root
+/// `H/var -> /var`, so the in-root walk loops as with `var -> /var`. No
+/// command may touch H.
+#[test]
+fn a_root_whose_var_loops_to_the_host_is_refused_not_followed() {
+    let host = outside();
+    let h = host.path();
+    std::fs::create_dir_all(h.join("var/log")).unwrap();
+    std::fs::create_dir_all(h.join("var/lib")).unwrap();
+    let f = Fixture::sample();
+    let log = f.read("var/log/dpkg.log");
+    std::fs::write(h.join("var/log/dpkg.log"), &log).unwrap();
+    std::fs::remove_dir_all(f.path("var")).unwrap();
+    f.link("var", h.join("var").to_str().unwrap());
+    f.link(h.join("var").to_str().unwrap(), "/var");
+    let before = tree(h);
+    for args in [
+        &["post-invoke"][..],
+        &["boot"],
+        &["kernel-hook", "prerm", K],
+        &["init"],
+        &["status"],
+        &["sync"],
+    ] {
+        let out = f.run(args);
+        let e = stderr(&out);
+        assert!(
+            e.contains("cannot be resolved inside the root")
+                || e.contains("too many levels of symbolic links"),
+            "{args:?}: {e}"
+        );
+        assert_eq!(tree(h), before, "{args:?} touched the host");
+    }
+}
+
+/// Every path below `dir` with its size and mtime.
+fn tree(dir: &std::path::Path) -> Vec<(std::path::PathBuf, u64, std::time::SystemTime)> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let m = e.metadata().unwrap();
+            if m.is_dir() {
+                todo.push(e.path());
+            }
+            out.push((e.path(), m.len(), m.modified().unwrap()));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Issue 22: the node_exporter textfile directory redirected by its owner.
+/// Debian's `/var/lib/prometheus` belongs to user prometheus, who replaced
+/// `node-exporter/` with a link to `/etc/logrotate.d`; the next root run
+/// created a root-owned `/etc/logrotate.d/dkms_hook.prom`. Now the link is
+/// refused, and so are a directory of that user's own in its place and a
+/// directory on the way that others can write; Debian's own layout (root's
+/// `node-exporter/` inside prometheus's directory) is written.
+#[test]
+fn a_textfile_directory_swapped_by_its_owner_is_refused() {
+    let f = Fixture::pending();
+    let is_root = rustix::process::geteuid().is_root();
+    let chown = |p: &str, uid: u32| {
+        rustix::fs::chown(f.path(p), Some(rustix::fs::Uid::from_raw(uid)), None).unwrap();
+    };
+    std::fs::create_dir_all(f.path("etc/logrotate.d")).unwrap();
+    std::fs::create_dir_all(f.path("var/lib/prometheus")).unwrap();
+    if is_root {
+        chown("var/lib/prometheus", 65534);
+    }
+    f.link("var/lib/prometheus/node-exporter", "/etc/logrotate.d");
+    let planted = f.path("etc/logrotate.d/dkms_hook.prom");
+    let out = f.run(&["post-invoke"]);
+    let e = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{e}");
+    assert!(e.contains("rebuilt acpi-call/1.2.2"), "{e}");
+    assert!(
+        e.contains("var/lib/prometheus/node-exporter: refused: a symbolic link or not a directory: not followed"),
+        "{e}"
+    );
+    assert!(!planted.exists(), "written through the link");
+    if !is_root {
+        return; // `status` writes the textfile only as root; chown needs root
+    }
+    let status = |f: &Fixture| stderr(&f.run(&["status"]));
+    assert!(status(&f).contains("not followed"));
+    assert!(!planted.exists());
+    // A directory of the owner's own in its place.
+    std::fs::remove_file(f.path("var/lib/prometheus/node-exporter")).unwrap();
+    std::fs::create_dir(f.path("var/lib/prometheus/node-exporter")).unwrap();
+    chown("var/lib/prometheus/node-exporter", 65534);
+    let e = status(&f);
+    assert!(
+        e.contains("node-exporter: refused: owned by uid 65534, not root: not used"),
+        "{e}"
+    );
+    let prom = f.path("var/lib/prometheus/node-exporter/dkms_hook.prom");
+    assert!(!prom.exists());
+    // Debian's layout: written.
+    chown("var/lib/prometheus/node-exporter", 0);
+    let e = status(&f);
+    assert!(!e.contains("metrics"), "{e}");
+    assert!(prom.exists());
+    std::fs::remove_file(&prom).unwrap();
+    // A directory on the way that anyone can write.
+    std::fs::set_permissions(f.path("var/lib"), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let e = status(&f);
+    assert!(
+        e.contains("(mode 0777) lets others replace it: not used"),
+        "{e}"
+    );
+    assert!(!prom.exists());
+}
+
+/// Issue 22: `dkms-hook --root o5 kernel-hook bogus` (a relative `--root`)
+/// exited 2: the value of `--root` was taken for the command's name, so the
+/// hook's argument error failed run-parts. Bad global options (a root that
+/// does not exist, relative or not, in `--root`, `--root=` or
+/// `DKMS_HOOK_ROOT`) are one line and exit 0 for every hook, and create
+/// nothing; for a command people run they are a usage error (2).
+#[test]
+fn bad_global_options_never_fail_a_hook() {
+    let cwd = tempfile::tempdir().unwrap();
+    let run = |args: &[&str], env_root: Option<&str>| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_dkms-hook"));
+        c.args(args)
+            .current_dir(cwd.path())
+            .env_remove("DKMS_HOOK_ROOT")
+            .env_remove("DKMS_HOOK_SUSPEND")
+            .env("DKMS_HOOK_DKMS", "/bin/false")
+            .stdin(Stdio::null());
+        if let Some(r) = env_root {
+            c.env("DKMS_HOOK_ROOT", r);
+        }
+        c.output().unwrap()
+    };
+    for (args, env_root) in [
+        (&["--root", "o5", "kernel-hook", "bogus"][..], None),
+        (&["--root=o5", "kernel-hook", "bogus"], None),
+        (&["-v", "--root", "o5", "apt-json-hook", "--bogus"], None),
+        (&["--root", "o5", "kernel-hook", "postinst", K], None),
+        (&["--root", "o5", "post-invoke"], None),
+        (&["--root", "/nonexistent/root", "boot"], None),
+        (&["--root", "", "motd"], None),
+        (&["--bogus-global", "post-invoke"], None),
+        (&["pre-install-pkgs"], Some("o5")),
+        (&["kernel-hook", "prerm", K], Some("/nonexistent/root")),
+    ] {
+        let out = run(args, env_root);
+        let e = stderr(&out);
+        assert_eq!(out.status.code(), Some(0), "{args:?} {env_root:?}: {e}");
+        assert_eq!(e.lines().count(), 1, "{args:?} {env_root:?}: {e}");
+    }
+    let out = run(&["--root", "o5", "status"], None);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out),
+        "dkms-hook: --root o5: No such file or directory (os error 2)\n"
+    );
+    assert_eq!(
+        std::fs::read_dir(cwd.path()).unwrap().count(),
+        0,
+        "nothing is created for a root that does not exist"
+    );
+    // A relative root that exists is taken from the current directory.
+    let f = Fixture::sample();
+    std::os::unix::fs::symlink(f.dir.path(), cwd.path().join("fx")).unwrap();
+    let out = run(&["--root", "fx", "status", "--json"], None);
+    assert!(matches!(out.status.code(), Some(0 | 1)), "{}", stderr(&out));
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(st["pairs"].as_array().unwrap().len(), 2, "{st}");
+}

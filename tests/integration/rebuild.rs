@@ -846,3 +846,47 @@ fn the_prometheus_textfile_parses_and_counts() {
     );
     assert!(m["dkms_hook_last_run_timestamp_seconds"].as_f64().unwrap() > 1.7e9);
 }
+
+/// Issue 22: modules were compared and backed up with `std::fs::read`. Two
+/// sparse 4 GiB `.ko` files (the built module, newer than the change, and
+/// the installed copy) and one queued pair cost post-invoke 34 s and
+/// 8.4 GB. Now, in 256 MiB of address space, the pair is refused in one
+/// line before anything is touched, and both files stay as they were.
+#[test]
+fn sparse_4_gib_modules_are_refused_not_read() {
+    let f = Fixture::sample();
+    f.run(&["post-invoke"]); // the cursor starts at the end of the log
+                             // A pair queued by an earlier run (killed after the build) whose built
+                             // module is newer than the change: is_done compares it with the
+                             // installed copy.
+    f.write(
+        "var/lib/dkms-hook/queue.json",
+        r#"{"version":1,"pending":[{"module":"acpi-call","version":"1.2.2","kernel":"6.1.0-50-amd64","arch":"x86_64","because":"linux-kbuild-6.1 6.1.176-1 → 6.1.192-2","stale_since":1795467461}]}"#,
+    );
+    let four_gib = 4u64 << 30;
+    for p in [OLD_KO, OLD_BUILT] {
+        let file = std::fs::File::create(f.path(p)).unwrap();
+        file.set_len(four_gib).unwrap();
+    }
+    let mut cmd = f.cmd(&["post-invoke"]);
+    crate::fixture::limit_address_space(&mut cmd, 256 << 20);
+    let out = cmd.output().unwrap();
+    let e = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{e}");
+    assert!(
+        e.contains("FAILED to rebuild acpi-call/1.2.2 for 6.1.0-50-amd64"),
+        "{e}"
+    );
+    assert!(
+        e.contains("acpi_call.ko: refused: a module file of 4096 MiB, larger than 256 MiB: not handled; nothing was changed"),
+        "{e}"
+    );
+    for p in [OLD_KO, OLD_BUILT] {
+        assert_eq!(std::fs::metadata(f.path(p)).unwrap().len(), four_gib, "{p}");
+    }
+    let calls = std::fs::read_to_string(f.path("dkms-calls.log")).unwrap_or_default();
+    assert!(
+        !calls.contains("6.1.0-50-amd64"),
+        "dkms never ran for it: {calls}"
+    );
+}

@@ -149,8 +149,9 @@ fn signatures_are_read_from_plain_xz_and_zstd_modules() {
     f.run(&["sync"]);
     let k2 = "6.1.0-56-amd64";
     let plain = module(K, true);
-    let mut xz = Vec::new();
-    lzma_rs::xz_compress(&mut &plain[..], &mut xz).unwrap();
+    let mut xz = xz2::write::XzEncoder::new(Vec::new(), 6);
+    std::io::Write::write_all(&mut xz, &plain).unwrap();
+    let xz = xz.finish().unwrap();
     let zst = ruzstd::encoding::compress_to_vec(
         &module(k2, false)[..],
         ruzstd::encoding::CompressionLevel::Fastest,
@@ -282,4 +283,82 @@ fn boot_with_nothing_to_do_runs_no_mokutil() {
     let out = f.run(&["boot"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(!f.path("mokutil-calls.log").exists());
+}
+
+/// Issue 22: module bombs. An xz bomb (300 MiB of zeros, 46 KB) and a
+/// zstd frame asking for a 1 GiB window (3 GiB of RLE blocks, 98 KB) as
+/// the installed modules: `status` in 256 MiB of address space refuses
+/// both in one line each, and remembers the refusals (lzma-rs held the
+/// whole xz output, ruzstd the whole window: both died here before).
+#[test]
+fn module_bombs_are_refused_in_bounded_memory_and_remembered() {
+    use std::io::Write;
+    let f = Fixture::sample();
+    f.run(&["sync"]);
+    let k2 = "6.1.0-56-amd64";
+    let mut xz = xz2::write::XzEncoder::new(Vec::new(), 0);
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..300 {
+        xz.write_all(&zeros).unwrap();
+    }
+    let xz = xz.finish().unwrap();
+    let mut zst = vec![0x28, 0xb5, 0x2f, 0xfd, 0, (30 - 10) << 3];
+    for i in 0..24 * 1024u32 {
+        let last = u32::from(i + 1 == 24 * 1024);
+        zst.extend_from_slice(&(last | 1 << 1 | 128 << 10 << 3).to_le_bytes()[..3]);
+        zst.push(0);
+    }
+    assert!(xz.len() < 100_000 && zst.len() < 100_000);
+    for (kernel, ext, bytes) in [(K, "xz", &xz), (k2, "zst", &zst)] {
+        for dir in [
+            format!("usr/lib/modules/{kernel}/updates/dkms"),
+            format!("var/lib/dkms/acpi-call/1.2.2/{kernel}/x86_64/module"),
+        ] {
+            std::fs::remove_file(f.path(&format!("{dir}/acpi_call.ko"))).unwrap();
+            f.write(&format!("{dir}/acpi_call.ko.{ext}"), bytes);
+        }
+    }
+    let status = || {
+        let mut cmd = f.cmd(&["status", "--json"]);
+        crate::fixture::limit_address_space(&mut cmd, 256 << 20);
+        let out = cmd.output().unwrap();
+        assert!(matches!(out.status.code(), Some(0 | 1)), "{out:?}");
+        let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        st["warnings"].to_string()
+    };
+    let w = status();
+    for want in [
+        format!("the installed module /usr/lib/modules/{K}/updates/dkms/acpi_call.ko.xz was not read (larger than 256 MiB decompressed)"),
+        format!("the installed module /usr/lib/modules/{k2}/updates/dkms/acpi_call.ko.zst was not read (zstd: decoding needs 1024 MiB of memory, more than 128 MiB)"),
+    ] {
+        assert!(w.contains(&want), "{want}\n{w}");
+    }
+    if rustix::process::geteuid().is_root() {
+        let cache = String::from_utf8(f.read("var/lib/dkms-hook/module-facts.json")).unwrap();
+        assert_eq!(cache.matches("\"refused\"").count(), 2, "{cache}");
+    }
+    assert_eq!(status(), w, "the same from the cache");
+}
+
+/// Issue 22: `module-facts.json` was keyed by inode, size and mtime. A
+/// module rewritten in place to name another kernel (same size), its mtime
+/// put back as `touch -d` does, stayed `fresh` from the cache; without the
+/// cache it is `broken`. The ctime, which cannot be set back, tells.
+#[test]
+fn a_module_rewritten_with_its_mtime_put_back_is_not_taken_from_the_cache() {
+    let f = Fixture::sample();
+    f.run(&["sync"]);
+    f.write(KO, module(K, false));
+    assert_eq!(f.status_row(K)["state"], "fresh");
+    let cache = f.path("var/lib/dkms-hook/module-facts.json");
+    assert_eq!(cache.exists(), rustix::process::geteuid().is_root());
+    let before = std::fs::metadata(f.path(KO)).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let other = module("6.1.0-99-amd64", false);
+    assert_eq!(other.len() as u64, before.len());
+    std::fs::write(f.path(KO), &other).unwrap();
+    crate::fixture::set_mtime(&f.path(KO), before.modified().unwrap());
+    let row = f.status_row(K);
+    assert_eq!(row["state"], "broken", "{row}");
+    assert_eq!(f.run(&["status", "--quiet"]).status.code(), Some(1));
 }
