@@ -43,6 +43,7 @@ pub mod inventory;
 pub mod kernel;
 pub mod man_page;
 pub mod metrics;
+pub mod model;
 pub mod name;
 pub mod plan;
 pub mod preflight;

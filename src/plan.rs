@@ -5,32 +5,19 @@
 use std::cmp::Ordering;
 use std::time::{Duration, SystemTime};
 
-use debversion::Version;
 use jiff::civil::DateTime;
 use jiff::tz::TimeZone;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::change::Change;
 use crate::config::{Config, KernelSelection};
 use crate::dkms::Pair;
 use crate::dkms_conf::Verdict;
-use crate::dpkg::PackageName;
 use crate::inventory::Inventory;
 use crate::kernel::{Input, Kernel, KernelRelease, Role};
 use crate::name::{Keyed, ModuleName, ModuleVersion};
 use crate::state::Failure;
-
-/// A change that makes a pair stale. Kept as it is in the queue and the
-/// failure list; `report` renders it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Cause {
-    pub package: PackageName,
-    pub role: Role,
-    pub old: Option<Version>,
-    pub new: Option<Version>,
-    /// When the change reached the disk; `None` for a change apt plans.
-    pub unpacked: Option<SystemTime>,
-}
+pub use crate::model::{Assessment, Cause, PairState};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rebuild {
@@ -402,41 +389,6 @@ pub fn kernel_warnings(inv: &Inventory, k: &KernelRelease) -> Vec<String> {
     out
 }
 
-/// What `status` says of one kernel × module.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum PairState {
-    Fresh,
-    Stale,
-    Failed,
-    /// The module is installed for other kernels but not for this one.
-    Missing,
-    NoHeaders,
-    /// The module's `BUILD_EXCLUSIVE_*` settings keep dkms from building it
-    /// for this kernel (never a finding: dkms is doing what it was told).
-    Excluded,
-    /// Not built, and whether dkms would build it cannot be told here: its
-    /// dkms.conf is a script under `--root`, or its evaluation failed.
-    Undecided,
-    /// The installed module's vermagic names another kernel: it will not
-    /// load (set by [`crate::verify::assess`]).
-    Broken,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Assessment {
-    pub module: ModuleName,
-    pub version: ModuleVersion,
-    pub kernel: KernelRelease,
-    pub state: PairState,
-    pub why: String,
-    /// The pair itself, when it exists.
-    pub pair: Option<Pair>,
-    pub because: Vec<Cause>,
-    /// What its installed module file says ([`crate::verify::assess`]).
-    pub check: Option<crate::verify::Check>,
-}
-
 /// Judge every kernel × module from the file system alone: an input whose
 /// file list (rewritten by dpkg on unpack) is newer than the pair's module is
 /// stale. `failed` are the recorded failures.
@@ -566,7 +518,7 @@ crate::name::keyed!(Assessment);
 mod tests {
     use super::*;
     use crate::dkms::{DkmsArch, ModuleName, ModuleVersion};
-    use crate::dpkg::Installed;
+    use crate::dpkg::{Installed, PackageName};
     use crate::kernel::TreeDir;
     use std::collections::{BTreeMap, HashMap};
     use std::path::PathBuf;

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::dkms::{DkmsArch, ModuleName, ModuleVersion};
 use crate::kernel::KernelRelease;
-use crate::plan::Cause;
+use crate::model::Cause;
 use crate::root::{Root, CAP_STATE};
 use crate::state_dir::Dir;
 use crate::Error;

@@ -19,14 +19,15 @@ pub mod module_file;
 pub use facts_cache::FactsCache;
 use module_file::read_module;
 pub(crate) use module_file::MAX_VERMAGIC;
-pub use module_file::{Compression, Limits, ModuleFacts, Refusal};
+pub use crate::model::{Check, ModuleFacts};
+pub use module_file::{Compression, Limits, Refusal};
 
 use crate::config::Config;
 use crate::dkms::{built_names, installed_files, Pair};
 use crate::inventory::Inventory;
 use crate::kernel::{KernelRelease, MODULES_DIR};
 use crate::name::{Keyed, PairKey};
-use crate::plan::{Assessment, PairState};
+use crate::model::{Assessment, PairState};
 use crate::rebuild::{Tools, MODINFO};
 use crate::root::{open_regular, Root, CAP_SMALL};
 use crate::state::{Failure, Finding, Problem};
@@ -187,38 +188,6 @@ fn efi_secure_boot(root: &Root) -> Option<bool> {
         Ok(_) => None,
         Err(_) if !root.exists(EFI_DIR) => Some(false),
         Err(_) => None,
-    }
-}
-
-/// The verdict on one installed module file.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Check {
-    /// In-root path of the file judged.
-    pub file: PathBuf,
-    pub facts: ModuleFacts,
-    /// `modinfo -F signer`, where modinfo could tell.
-    pub signer: Option<String>,
-    /// Whether dkms's key is enrolled, for a module signed (with it, as
-    /// far as can be told); `None` for others or when it cannot be told.
-    pub key_enrolled: Option<bool>,
-    /// Why it will not load after the reboot, when it will not.
-    pub will_not_load: Option<String>,
-    /// What to do about dkms's key, when it is not enrolled.
-    pub key_warning: Option<String>,
-    /// Why the file was not read (over a cap, corrupt): nothing is known
-    /// of it.
-    pub refused: Option<String>,
-}
-
-impl Check {
-    /// `Some(false)` when the vermagic names another kernel.
-    pub fn for_kernel(&self, kernel: &KernelRelease) -> Option<bool> {
-        self.facts.release().map(|r| r == kernel.as_str())
-    }
-
-    /// `None` when the file is no module that could be read.
-    pub fn signed(&self) -> Option<bool> {
-        self.facts.vermagic.is_some().then_some(self.facts.signed)
     }
 }
 

@@ -136,22 +136,7 @@ impl fmt::Display for Refusal {
     }
 }
 
-/// What a module file says of itself.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct ModuleFacts {
-    /// The `vermagic=` of its `.modinfo`; `None` when there is none (not a
-    /// module).
-    pub vermagic: Option<String>,
-    /// It ends in the signature trailer.
-    pub signed: bool,
-}
-
-impl ModuleFacts {
-    /// The kernel release the module was built for.
-    pub fn release(&self) -> Option<&str> {
-        self.vermagic.as_deref()?.split_whitespace().next()
-    }
-}
+pub use crate::model::ModuleFacts;
 
 /// Read one module file's facts from `r`, decoding it as `kind`, within
 /// `limits`.
