@@ -2,7 +2,7 @@
 //! `framework.conf`, `#` comments, optional quotes.
 
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::kernel::Role;
@@ -13,6 +13,17 @@ pub const CONFIG_FILE: &str = "/etc/dkms/dkms-hook.conf";
 /// The longest build time limit accepted: a week. Larger values are typos
 /// and would overflow the deadline arithmetic.
 pub const MAX_BUILD_TIMEOUT: u64 = 7 * 24 * 3600;
+
+/// `prometheus_textfile` in the config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Textfile {
+    /// node_exporter's directory (`crate::metrics::TEXTFILE_DIR`) when it
+    /// exists.
+    Auto,
+    Off,
+    /// This directory.
+    Dir(PathBuf),
+}
 
 /// What `pre-install-pkgs` does with a transaction that changes a build
 /// tree in place.
@@ -44,7 +55,7 @@ pub struct Config {
     pub initramfs: bool,
     pub quiet: bool,
     pub preflight: PreflightMode,
-    pub prometheus_textfile: crate::metrics::Textfile,
+    pub prometheus_textfile: Textfile,
 }
 
 impl Default for Config {
@@ -58,7 +69,7 @@ impl Default for Config {
             initramfs: true,
             quiet: false,
             preflight: PreflightMode::Warn,
-            prometheus_textfile: crate::metrics::Textfile::Auto,
+            prometheus_textfile: Textfile::Auto,
         }
     }
 }
@@ -149,9 +160,9 @@ impl Config {
             }
             "prometheus_textfile" => {
                 self.prometheus_textfile = match value {
-                    "auto" => crate::metrics::Textfile::Auto,
-                    "off" => crate::metrics::Textfile::Off,
-                    p if p.starts_with('/') => crate::metrics::Textfile::Dir(p.into()),
+                    "auto" => Textfile::Auto,
+                    "off" => Textfile::Off,
+                    p if p.starts_with('/') => Textfile::Dir(p.into()),
                     _ => {
                         return Err(format!(
                             "prometheus_textfile: expected auto, off or an absolute directory, found {value:?}"

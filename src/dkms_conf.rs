@@ -32,7 +32,6 @@ use crate::dkms::DKMS_TREE;
 use crate::kernel::{Kernel, KernelRelease, MODULES_DIR};
 use crate::name::{DkmsArch, ModuleName, ModuleVersion};
 use crate::root::{read_capped, Root, CAP_SMALL, CAP_STATE};
-use crate::state::State;
 
 /// The program that evaluates a `dkms.conf`, as dkms does.
 pub const BASH: &str = "/bin/bash";
@@ -896,7 +895,7 @@ struct CacheRecord {
 
 impl ConfCache {
     fn load(root: &Root) -> ConfCache {
-        let Some(dir) = State::new(root).open_existing() else {
+        let Some(dir) = crate::state_dir::open_existing_in(root) else {
             return ConfCache::default();
         };
         match dir.read_only(CACHE_FILE, CAP_STATE) {
@@ -972,9 +971,8 @@ impl ConfCache {
         let Ok(bytes) = serde_json::to_vec(&disk) else {
             return;
         };
-        if let Err(e) = State::new(root)
-            .open()
-            .and_then(|d| d.write_atomic(CACHE_FILE, &bytes))
+        if let Err(e) =
+            crate::state_dir::open_in(root).and_then(|d| d.write_atomic(CACHE_FILE, &bytes))
         {
             log::debug!("{e}");
         }

@@ -26,6 +26,28 @@
 //!    the node_exporter textfile and the login notice's findings.
 //!
 //! Names read anywhere become the checked types of [`name`] first.
+//!
+//! ## Layers
+//!
+//! A module imports only modules of lower layers, so that each layer can be
+//! read and changed knowing only those below it; the integration test
+//! `architecture::imports_follow_the_layers` holds the same table and fails
+//! on an import that runs up or sideways:
+//!
+//! - 0: `root`, `name`, `tools` — paths inside the root, checked names, external programs
+//! - 1: `state_dir`, `dpkg` — the no-follow state directory; dpkg's database
+//! - 2: `change` — what happened to a package
+//! - 3: `dpkg_log`, `kernel` — dpkg.log; kernels and their build trees
+//! - 4: `dkms`, `config` — the dkms tree; the configuration
+//! - 5: `model`, `dkms_conf` — the shared vocabulary; dkms.conf as dkms reads it
+//! - 6: `inventory`, `state` — the machine read once; dkms-hook's own state
+//! - 7: `plan` — the decision
+//! - 8: `verify` — what installed module files say
+//! - 9: `rebuild` — the safe rebuild
+//! - 10: `intake`, `preflight` — into the queue; test builds before dpkg
+//! - 11: `report`, `metrics` — lines and JSON; the textfile and findings
+//! - 12: `apt`, `man_page` — apt's hook protocols; generated documents
+//! - 13: `cli` — the one place that prints and chooses exit statuses
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -52,6 +74,7 @@ pub mod report;
 pub mod root;
 pub mod state;
 pub mod state_dir;
+pub mod tools;
 pub mod verify;
 
 /// The library's errors. Each renders as one line suitable after

@@ -1,22 +1,18 @@
-//! The documents generated from the clap definitions: the man page
-//! dkms-hook(8) and the shell completion scripts (`make install` writes
-//! both).
+//! The documents generated from the clap definitions (handed in by `cli`):
+//! the man page dkms-hook(8) and the shell completion scripts (`make
+//! install` writes both).
 
 use std::io::Write;
-
-use crate::cli::Cli;
 
 /// dkms-hook(8): clap_mangen's sections for the program, and one entry per
 /// command in a COMMANDS section (clap_mangen would point to one page per
 /// command, which we do not ship).
-pub fn render(out: &mut dyn Write) -> std::io::Result<()> {
-    use clap::CommandFactory;
+pub fn render(cmd: clap::Command, out: &mut dyn Write) -> std::io::Result<()> {
     let esc = |t: &str| {
         t.replace('\\', "\\e")
             .replace('-', "\\-")
             .replace("\n.", "\n\\&.")
     };
-    let cmd = Cli::command();
     let man = clap_mangen::Man::new(cmd.clone()).section("8");
     man.render_title(out)?;
     man.render_name_section(out)?;
@@ -97,9 +93,11 @@ pub fn render(out: &mut dyn Write) -> std::io::Result<()> {
 /// its case labels `dkms__subcmd__hook__…` where it sets `dkms__hook__…`
 /// (a binary name with a dash), so no subcommand option would complete;
 /// and it offers hidden commands. Both are mended here.
-pub fn completions(shell: clap_complete::Shell, out: &mut dyn Write) -> std::io::Result<()> {
-    use clap::CommandFactory;
-    let mut cmd = Cli::command();
+pub fn completions(
+    mut cmd: clap::Command,
+    shell: clap_complete::Shell,
+    out: &mut dyn Write,
+) -> std::io::Result<()> {
     let hidden: Vec<String> = cmd
         .get_subcommands()
         .filter(|c| c.is_hide_set())
@@ -134,7 +132,11 @@ mod tests {
     #[test]
     fn man_page_documents_every_command_on_one_page() {
         let mut page = Vec::new();
-        super::render(&mut page).unwrap();
+        super::render(
+            <crate::cli::Cli as clap::CommandFactory>::command(),
+            &mut page,
+        )
+        .unwrap();
         let page = String::from_utf8(page).unwrap();
         assert!(
             page.starts_with(".ie") || page.contains(".TH dkms-hook 8"),

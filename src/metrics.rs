@@ -5,16 +5,18 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::config::Textfile;
 use crate::kernel::KernelRelease;
 use crate::plan::{Assessment, PairState};
-use crate::rebuild::{Outcome, PairResult, Tools};
+use crate::rebuild::{Outcome, PairResult};
 use crate::root::{Root, CAP_STATE};
 use crate::state::State;
 use crate::state_dir::Dir;
+use crate::tools::Tools;
 use crate::verify::Check;
 use crate::Error;
 
@@ -33,16 +35,6 @@ const STATES: &[PairState] = &[
     PairState::Undecided,
     PairState::Broken,
 ];
-
-/// `prometheus_textfile` in the config.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Textfile {
-    /// [`TEXTFILE_DIR`] when it exists.
-    Auto,
-    Off,
-    /// This directory.
-    Dir(PathBuf),
-}
 
 /// Counters kept across runs (`counters.json` in the state directory).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

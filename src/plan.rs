@@ -15,9 +15,9 @@ use crate::dkms::Pair;
 use crate::dkms_conf::Verdict;
 use crate::inventory::Inventory;
 use crate::kernel::{Input, Kernel, KernelRelease, Role};
+pub use crate::model::{Assessment, Cause, PairState};
 use crate::name::{Keyed, ModuleName, ModuleVersion};
 use crate::state::Failure;
-pub use crate::model::{Assessment, Cause, PairState};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rebuild {

@@ -34,26 +34,15 @@ use crate::state::{at_secs, BuildNote, Failure, QueuedPair, State, STATE_DIR};
 use crate::verify::{self, Firmware};
 use crate::Error;
 
-/// dkms itself; `DKMS_HOOK_DKMS` names a stand-in (tests).
-pub const DKMS: &str = "dkms";
-/// `DKMS_HOOK_UPDATE_INITRAMFS` names a stand-in (tests, `--root`).
-pub const UPDATE_INITRAMFS: &str = "update-initramfs";
-/// Rebuilds `modules.dep` of one kernel; `DKMS_HOOK_DEPMOD` names a
-/// stand-in (tests, `--root`).
-pub const DEPMOD: &str = "depmod";
-/// Reads a module's vermagic and signer (`.ko`, `.ko.xz`, `.ko.zst` alike).
-pub const MODINFO: &str = "modinfo";
-/// Copies trees with modes, links and times intact.
-const CP: &str = "cp";
+pub use crate::tools::{Tools, DEPMOD, DKMS, MODINFO, UPDATE_INITRAMFS};
+use crate::tools::{
+    CP, DKMS_EXIT_BUILD_EXCLUSIVE as EXIT_BUILD_EXCLUSIVE, DKMS_EXIT_NO_HEADERS as EXIT_NO_HEADERS,
+};
 /// The most of a failed build's make.log that is kept.
 const CAP_MAKE_LOG: u64 = 16 << 20;
 /// The marker written last into a backup: a backup without it was cut short
 /// and is not used for a restore (the working module was not touched yet).
 const COMPLETE: &str = "complete";
-
-/// dkms exit statuses that mean "not for this kernel" rather than failure.
-const EXIT_BUILD_EXCLUSIVE: i32 = 77;
-const EXIT_NO_HEADERS: i32 = 21;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
@@ -93,22 +82,6 @@ pub struct PairResult {
     pub outcome: Outcome,
     /// Things the admin should know that did not stop the rebuild.
     pub notes: Vec<String>,
-}
-
-/// The programs a rebuild runs, chosen once at the top (`DKMS_HOOK_DKMS`,
-/// `DKMS_HOOK_UPDATE_INITRAMFS`). Under `--root` the real ones would act on
-/// the host, so dkms is refused and update-initramfs skipped unless a
-/// stand-in is named.
-#[derive(Debug, Clone, Default)]
-pub struct Tools {
-    pub dkms: Option<OsString>,
-    pub update_initramfs: Option<OsString>,
-    /// `DKMS_HOOK_MODINFO`: a stand-in for modinfo (tests).
-    pub modinfo: Option<OsString>,
-    /// `DKMS_HOOK_MOKUTIL`: a stand-in for mokutil (tests, `--root`).
-    pub mokutil: Option<OsString>,
-    /// `DKMS_HOOK_DEPMOD`: a stand-in for depmod (tests, `--root`).
-    pub depmod: Option<OsString>,
 }
 
 pub struct Executor<'a> {

@@ -12,7 +12,7 @@
 //! installed (or its working module was put back).
 
 use std::fs::{self, File};
-use std::io::{self, Read, Seek, Write};
+use std::io::{self, Read, Seek};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
@@ -26,8 +26,7 @@ use crate::root::{Root, CAP_STATE};
 use crate::state_dir::Dir;
 use crate::Error;
 
-pub const STATE_DIR: &str = "/var/lib/dkms-hook";
-pub const LOG_FILE: &str = "/var/log/dkms-hook.log";
+pub use crate::state_dir::STATE_DIR;
 /// Bumped when a state file changes incompatibly; files of a newer version
 /// are left alone rather than misread.
 pub const STATE_VERSION: u32 = 1;
@@ -274,9 +273,9 @@ impl BuildNote {
 
 impl State {
     pub fn new(root: &Root) -> State {
-        let (path, unresolved) = match root.inside(STATE_DIR) {
+        let (path, unresolved) = match crate::state_dir::locate(root) {
             Ok(p) => (p, None),
-            Err(e) => (PathBuf::new(), Some(e.to_string())),
+            Err(e) => (PathBuf::new(), Some(e)),
         };
         State {
             path,
@@ -684,28 +683,6 @@ impl State {
         }
         Ok(())
     }
-
-    /// Append one line to `/var/log/dkms-hook.log` (best effort: a full disk
-    /// must not stop a rebuild). The file is resolved inside the root and
-    /// opened without following a link in its place.
-    pub fn log_line(&self, line: &str) {
-        let stamp = jiff::ZonedDateTime::now()
-            .strftime("%Y-%m-%d %H:%M:%S")
-            .to_string();
-        let r = self.root.inside(LOG_FILE).and_then(|p| {
-            use std::os::unix::fs::OpenOptionsExt;
-            fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .mode(0o644)
-                .custom_flags(crate::root::NOFOLLOW_NONBLOCK)
-                .open(&p)
-                .and_then(|mut f| writeln!(f, "{stamp} {}", crate::report::printable(line)))
-        });
-        if let Err(e) = r {
-            log::debug!("{LOG_FILE}: {e}");
-        }
-    }
 }
 
 /// Where to read dpkg.log from, given the saved cursor.
@@ -775,6 +752,7 @@ crate::name::keyed!(QueuedPair, Failure, Finding);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     #[test]
     fn cursor_follows_rotation() {

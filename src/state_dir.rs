@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 
+use crate::root::Root;
 use crate::Error;
 
 const DIR_MODE: u32 = 0o755;
@@ -47,6 +48,32 @@ fn is_link_or_wrong_type(e: rustix::io::Errno) -> bool {
         e,
         rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR | rustix::io::Errno::NXIO
     )
+}
+
+/// Where dkms-hook keeps its state, in-root.
+pub const STATE_DIR: &str = "/var/lib/dkms-hook";
+
+/// The host path of `root`'s state directory, resolved inside the root
+/// (never a host path outside it: an error says why).
+pub fn locate(root: &Root) -> Result<PathBuf, String> {
+    root.inside(STATE_DIR).map_err(|e| e.to_string())
+}
+
+/// `root`'s state directory, opened and checked (created if missing).
+pub fn open_in(root: &Root) -> Result<Dir, Error> {
+    match locate(root) {
+        Ok(path) => Dir::open_top(&path),
+        Err(why) => Err(Error::UnsafeStateDir {
+            path: root.host(STATE_DIR),
+            why: format!("cannot be resolved inside the root: {why}"),
+        }),
+    }
+}
+
+/// `root`'s state directory for reading only, when it exists and is safe
+/// (see [`Dir::open_existing`]).
+pub fn open_existing_in(root: &Root) -> Option<Dir> {
+    Dir::open_existing(&locate(root).ok()?)
 }
 
 impl Dir {

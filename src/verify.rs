@@ -16,26 +16,24 @@ use std::path::{Path, PathBuf};
 mod facts_cache;
 pub mod module_file;
 
+pub use crate::model::{Check, ModuleFacts};
 pub use facts_cache::FactsCache;
 use module_file::read_module;
 pub(crate) use module_file::MAX_VERMAGIC;
-pub use crate::model::{Check, ModuleFacts};
 pub use module_file::{Compression, Limits, Refusal};
 
 use crate::config::Config;
 use crate::dkms::{built_names, installed_files, Pair};
 use crate::inventory::Inventory;
 use crate::kernel::{KernelRelease, MODULES_DIR};
-use crate::name::{Keyed, PairKey};
 use crate::model::{Assessment, PairState};
-use crate::rebuild::{Tools, MODINFO};
+use crate::name::{Keyed, PairKey};
 use crate::root::{open_regular, Root, CAP_SMALL};
 use crate::state::{Failure, Finding, Problem};
+use crate::tools::{Tools, MODINFO};
 use crate::Error;
 
-/// Asks the firmware about Secure Boot and enrolled keys;
-/// `DKMS_HOOK_MOKUTIL` names a stand-in (tests).
-pub const MOKUTIL: &str = "mokutil";
+pub use crate::tools::MOKUTIL;
 /// dkms's signing certificate on Debian (dkms 3.0 and 3.2).
 pub const DKMS_MOK_PUB: &str = "/var/lib/dkms/mok.pub";
 /// `SecureBoot` in the EFI global variable namespace: 4 bytes of

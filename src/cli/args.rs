@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::rebuild::Tools;
+use crate::tools::Tools;
 
 /// Exit status when a rebuild failed (replay, sync, retry).
 pub const EXIT_FAILED: i32 = 1;
@@ -44,14 +44,7 @@ impl Env {
     pub fn from_process() -> Env {
         Env {
             suspended: std::env::var_os("DKMS_HOOK_SUSPEND").is_some_and(|v| v == "1"),
-            tools: Tools {
-                dkms: std::env::var_os("DKMS_HOOK_DKMS").filter(|v| !v.is_empty()),
-                update_initramfs: std::env::var_os("DKMS_HOOK_UPDATE_INITRAMFS")
-                    .filter(|v| !v.is_empty()),
-                modinfo: std::env::var_os("DKMS_HOOK_MODINFO").filter(|v| !v.is_empty()),
-                mokutil: std::env::var_os("DKMS_HOOK_MOKUTIL").filter(|v| !v.is_empty()),
-                depmod: std::env::var_os("DKMS_HOOK_DEPMOD").filter(|v| !v.is_empty()),
-            },
+            tools: Tools::from_env(),
         }
     }
 }

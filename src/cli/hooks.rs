@@ -167,7 +167,7 @@ pub(super) fn kernel_hook(root: &Root, env: &Env, phase: Phase, kernel: &str) ->
         Phase::Postinst => "postinst",
         Phase::Prerm => "prerm",
     };
-    state.log_line(&format!("kernel-hook {phase_name} {k}"));
+    crate::report::log_line(state.root(), &format!("kernel-hook {phase_name} {k}"));
     if phase == Phase::Prerm {
         said(state.forget_removed_kernel(&k, PRERM_LOCK_WAIT));
         return 0;

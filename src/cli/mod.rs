@@ -185,14 +185,19 @@ fn run(args: &[OsString], hook: bool) -> i32 {
             Ok(hooks::kernel_hook(&root, &env, *phase, kernel))
         }
         Command::Init => init(&root),
-        Command::Man => crate::man_page::render(&mut std::io::stdout().lock())
-            .map(|()| 0)
-            .or_else(ignore_closed_output),
-        Command::Completions { shell } => {
-            crate::man_page::completions(*shell, &mut std::io::stdout().lock())
-                .map(|()| 0)
-                .or_else(ignore_closed_output)
-        }
+        Command::Man => crate::man_page::render(
+            <Cli as clap::CommandFactory>::command(),
+            &mut std::io::stdout().lock(),
+        )
+        .map(|()| 0)
+        .or_else(ignore_closed_output),
+        Command::Completions { shell } => crate::man_page::completions(
+            <Cli as clap::CommandFactory>::command(),
+            *shell,
+            &mut std::io::stdout().lock(),
+        )
+        .map(|()| 0)
+        .or_else(ignore_closed_output),
     };
     match result {
         Ok(code) => code,
@@ -264,7 +269,7 @@ fn execute(
     };
     let ended = |r: &PairResult| {
         let line = report::result_line(r);
-        state.log_line(&line);
+        report::log_line(state.root(), &line);
         let is_failure = matches!(r.outcome, Outcome::Failed { .. });
         if print && is_failure {
             warn(&format!("{PREFIX} {line}"));
@@ -276,7 +281,7 @@ fn execute(
     let settled = |k: &Settled| {
         if k.initramfs {
             let line = format!("{}: initramfs refreshed", k.kernel);
-            state.log_line(&line);
+            report::log_line(state.root(), &line);
             if print && !quiet {
                 err(&format!("{PREFIX} {line}"));
             }
@@ -318,7 +323,7 @@ fn replay(root: &Root, env: &Env, a: &ReplayArgs) -> anyhow::Result<i32> {
 /// Warnings of a pair or a kernel: to the log, and to apt's output.
 fn say_notes(state: &State, notes: &[String], print: bool) {
     for n in notes {
-        state.log_line(&format!("warning: {n}"));
+        report::log_line(state.root(), &format!("warning: {n}"));
         if print {
             warn(&format!("{PREFIX} warning: {n}"));
         }

@@ -29,8 +29,6 @@ use std::time::{Duration, SystemTime};
 
 use super::{Kernel, KernelRelease, Role};
 use crate::root::{Root, CAP_STATE};
-use crate::state::State;
-use crate::state_dir::Dir;
 use crate::Error;
 
 /// The cache's file name in the state directory.
@@ -326,8 +324,7 @@ fn fnv1a(data: &[u8]) -> u64 {
 /// The cache of this root, if there is a usable one for these build trees.
 /// Changes nothing on disk.
 pub fn load(root: &Root, kernels: &[Kernel]) -> Option<ListCache> {
-    let state = State::new(root);
-    let dir = Dir::open_existing(state.dir())?;
+    let dir = crate::state_dir::open_existing_in(root)?;
     let path = dir.path().join(FILE);
     let data = match dir.read_only(FILE, CAP_STATE) {
         Ok(Some(d)) => d,
@@ -348,9 +345,7 @@ pub fn load(root: &Root, kernels: &[Kernel]) -> Option<ListCache> {
 
 /// Write the cache atomically into the state directory (root runs only).
 pub fn save(root: &Root, cache: &ListCache) -> Result<(), Error> {
-    State::new(root)
-        .open()?
-        .write_atomic(FILE, &cache.to_bytes())
+    crate::state_dir::open_in(root)?.write_atomic(FILE, &cache.to_bytes())
 }
 
 #[cfg(test)]

@@ -33,6 +33,32 @@ pub fn printable(line: &str) -> std::borrow::Cow<'_, str> {
         .into()
 }
 
+/// The log every run appends to: one line per rebuild, failure, warning.
+pub const LOG_FILE: &str = "/var/log/dkms-hook.log";
+
+/// Append one line to [`LOG_FILE`] in `root` (best effort: a full disk must
+/// not stop a rebuild). The file is resolved inside the root and opened
+/// without following a link in its place; control characters are escaped.
+pub fn log_line(root: &crate::root::Root, line: &str) {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt;
+    let stamp = jiff::ZonedDateTime::now()
+        .strftime("%Y-%m-%d %H:%M:%S")
+        .to_string();
+    let r = root.inside(LOG_FILE).and_then(|p| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o644)
+            .custom_flags(crate::root::NOFOLLOW_NONBLOCK)
+            .open(&p)
+            .and_then(|mut f| writeln!(f, "{stamp} {}", printable(line)))
+    });
+    if let Err(e) = r {
+        log::debug!("{LOG_FILE}: {e}");
+    }
+}
+
 /// What happened to one input package, in words: `P OLD → NEW` for an
 /// upgrade, `P V reinstalled`, `P OLD → NEW, downgraded`, and `P V unpacked
 /// at TIME` when the old version is unknown (a replay that starts after it).

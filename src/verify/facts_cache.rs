@@ -21,7 +21,6 @@ use serde::{Deserialize, Serialize};
 
 use super::{read_facts, ModuleFacts, MAX_VERMAGIC};
 use crate::root::{open_regular, Root, CAP_STATE};
-use crate::state::State;
 use crate::Error;
 
 /// The cache's file name in the state directory.
@@ -101,7 +100,7 @@ impl FactsCache {
     /// The cache of this root; empty when there is none or it is unusable.
     /// Changes nothing on disk.
     pub fn load(root: &Root) -> FactsCache {
-        let Some(dir) = State::new(root).open_existing() else {
+        let Some(dir) = crate::state_dir::open_existing_in(root) else {
             return FactsCache::default();
         };
         let data = match dir.read_only(FILE, CAP_STATE) {
@@ -204,8 +203,7 @@ impl FactsCache {
         files.sort_by(|a, b| a.path.cmp(&b.path));
         files.truncate(MAX_RECORDS);
         let disk = serde_json::json!({ "version": VERSION, "files": files });
-        let written = State::new(root)
-            .open()
+        let written = crate::state_dir::open_in(root)
             .and_then(|d| d.write_atomic(FILE, disk.to_string().as_bytes()));
         if let Err(e) = written {
             log::debug!("{e}");

@@ -1,6 +1,7 @@
 //! The one integration-test binary: the real `dkms-hook` run on fixture roots.
 
 mod apt;
+mod architecture;
 mod attacks;
 mod bad_input;
 mod dkms_conf;

@@ -1,0 +1,53 @@
+//! The external programs dkms-hook runs, named once: their names, the
+//! environment variables that name stand-ins for them (tests, `--root`),
+//! and the dkms exit statuses the code tells apart. Each is run as an
+//! argument vector (duct), never through a shell string.
+
+use std::ffi::OsString;
+
+/// dkms itself; `DKMS_HOOK_DKMS` names a stand-in (tests).
+pub const DKMS: &str = "dkms";
+/// `DKMS_HOOK_UPDATE_INITRAMFS` names a stand-in (tests, `--root`).
+pub const UPDATE_INITRAMFS: &str = "update-initramfs";
+/// Rebuilds `modules.dep` of one kernel; `DKMS_HOOK_DEPMOD` names a
+/// stand-in (tests, `--root`).
+pub const DEPMOD: &str = "depmod";
+/// Reads a module's vermagic and signer (`.ko`, `.ko.xz`, `.ko.zst` alike).
+pub const MODINFO: &str = "modinfo";
+/// Asks the firmware about Secure Boot and the MOK list; `DKMS_HOOK_MOKUTIL`
+/// names a stand-in (tests, `--root`).
+pub const MOKUTIL: &str = "mokutil";
+/// Copies trees with modes, links and times intact.
+pub const CP: &str = "cp";
+
+/// dkms's exit status when `BUILD_EXCLUSIVE_*` keeps it from building.
+pub const DKMS_EXIT_BUILD_EXCLUSIVE: i32 = 77;
+/// dkms's exit status (3.2+) when the kernel's headers are missing.
+pub const DKMS_EXIT_NO_HEADERS: i32 = 21;
+
+/// The stand-ins named in the environment, read once at the top. Under
+/// `--root` the real dkms, update-initramfs, depmod and mokutil would act on
+/// the host, so they run there only as named stand-ins.
+#[derive(Debug, Clone, Default)]
+pub struct Tools {
+    pub dkms: Option<OsString>,
+    pub update_initramfs: Option<OsString>,
+    pub modinfo: Option<OsString>,
+    pub mokutil: Option<OsString>,
+    pub depmod: Option<OsString>,
+}
+
+impl Tools {
+    /// The stand-ins this process's environment names (empty values are
+    /// none).
+    pub fn from_env() -> Tools {
+        let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+        Tools {
+            dkms: var("DKMS_HOOK_DKMS"),
+            update_initramfs: var("DKMS_HOOK_UPDATE_INITRAMFS"),
+            modinfo: var("DKMS_HOOK_MODINFO"),
+            mokutil: var("DKMS_HOOK_MOKUTIL"),
+            depmod: var("DKMS_HOOK_DEPMOD"),
+        }
+    }
+}
