@@ -277,7 +277,7 @@ mod tests {
 
     #[test]
     fn a_bad_line_keeps_the_good_ones() {
-        // Regression (issue 12.14): one bad line discarded every setting.
+        // Regression: one bad line discarded every setting.
         let (c, errors) = Config::parse_lines(
             "jobs=4\nfrob=1\nquiet=maybe\nkernels=running-and-newest\n",
             Path::new("/etc/dkms/dkms-hook.conf"),
@@ -310,7 +310,7 @@ mod tests {
             "/etc/dkms/dkms-hook.conf:2: unknown key \"frob\""
         );
         assert!(Config::parse("jobs=0", Path::new("f")).is_err());
-        // Regression (issue 11.12): this value panicked every later run.
+        // Regression: this value panicked every later run.
         assert!(Config::parse("build_timeout=10000000000000000000", Path::new("f")).is_err());
         assert!(Config::parse("quiet=maybe", Path::new("f")).is_err());
         assert!(Config::parse("nonsense", Path::new("f")).is_err());

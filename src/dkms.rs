@@ -235,7 +235,7 @@ mod tests {
     use super::*;
 
     /// `updates -> /H` (an absolute link) is the root's `/H`, never the
-    /// host's (issue 22).
+    /// host's.
     #[test]
     fn installed_files_stay_inside_the_root() {
         let host = tempfile::tempdir().unwrap();

@@ -684,7 +684,7 @@ pub fn guess_missing_inputs(
 mod tests {
     use super::*;
 
-    /// Regression (issue 11.3): a panicking reader was joined as "no inputs".
+    /// Regression: a panicking reader was joined as "no inputs".
     #[test]
     fn a_panicking_reader_is_an_error() {
         let r = std::thread::scope(|s| {

@@ -160,7 +160,7 @@ mod tests {
         }
         assert!(!page.contains("dkms-hook-replay(8)") && !page.contains("dkms\\-hook\\-replay(8)"));
         assert!(page.contains(".SH ENVIRONMENT") && page.contains("DKMS_HOOK_SUSPEND"));
-        // Regression (issue 12.12): configuration, --root's value, builds/.
+        // Regression: configuration, --root's value, builds/.
         assert!(page.contains(".SH CONFIGURATION"));
         for (key, _, _) in crate::config::KEYS {
             assert!(

@@ -817,7 +817,7 @@ mod tests {
         assert_eq!(s, ["acpi-call/1.0 @ 6.1.0-56-amd64 not-installed"]);
     }
 
-    /// Regression (issue 20.2): a change every pair was rebuilt after (by
+    /// Regression: a change every pair was rebuilt after (by
     /// `sync`, while the hooks were suspended) rebuilds nothing, so the
     /// kbuild's skew is no warning of this run.
     #[test]
@@ -837,7 +837,7 @@ mod tests {
         assert_eq!(p.warnings, Vec::<String>::new());
     }
 
-    /// Regression (issue 20.7): headers about to be removed from a kernel
+    /// Regression: headers about to be removed from a kernel
     /// with modules but no image (a build host, a container) are warned
     /// about before the prompt, as after the removal.
     #[test]

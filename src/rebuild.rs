@@ -597,7 +597,7 @@ impl<'a> Executor<'a> {
             });
         // duct applies the outer redirection first: stdout goes to the log,
         // then stderr joins it there. The other order sends stderr to our
-        // own stdout, i.e. into apt's output (issue 12.2).
+        // own stdout, i.e. into apt's output.
         expr = match log {
             Some(f) => expr.stderr_to_stdout().stdout_file(f),
             None => expr.stdout_null().stderr_null(),

@@ -150,7 +150,7 @@ mod tests {
         assert_eq!(parse_stat("garbage"), None);
     }
 
-    /// Regression (issue 20.1): apt runs DPkg::Post-Invoke from a forked
+    /// Regression: apt runs DPkg::Post-Invoke from a forked
     /// child of itself, also named apt: the run is the outer apt, the one
     /// that ran the JSON hook and Pre-Install-Pkgs.
     #[test]

@@ -88,7 +88,7 @@ fn init_logging(verbose: bool) {
 /// Whether the arguments name one of the hook commands (whose argument
 /// errors must not fail apt, dpkg or run-parts either): the first word
 /// that is neither an option nor the value of a global option that takes
-/// one (`--root o5 kernel-hook bogus` is a hook: issue 22).
+/// one (`--root o5 kernel-hook bogus` is a hook).
 fn is_hook_invocation(args: &[OsString]) -> bool {
     let cmd = <Cli as clap::CommandFactory>::command();
     let with_value: Vec<String> = cmd

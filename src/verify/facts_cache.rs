@@ -2,10 +2,9 @@
 //! by each file's in-root path and its (device, inode, size, mtime, ctime):
 //! the ctime, which no one can set back (`touch -d` sets the mtime, and
 //! changes the ctime), catches a module rewritten in place with its mtime
-//! restored, which an (inode, size, mtime) key took for the same file
-//! (issue 22). `status`, the
-//! textfile and the login notice's findings read a module again only when
-//! it changed, not 100 MB of `nvidia.ko.xz` per kernel each time.
+//! restored, which an (inode, size, mtime) key took for the same file.
+//! `status`, the textfile and the login notice's findings read a module
+//! again only when it changed, not 100 MB of `nvidia.ko.xz` per kernel each time.
 //!
 //! `/var/lib/dkms-hook/module-facts.json`, written atomically through the
 //! no-follow state directory by runs as root only; read by every run as
@@ -202,9 +201,18 @@ impl FactsCache {
             .collect();
         files.sort_by(|a, b| a.path.cmp(&b.path));
         files.truncate(MAX_RECORDS);
-        let disk = serde_json::json!({ "version": VERSION, "files": files });
-        let written = crate::state_dir::open_in(root)
-            .and_then(|d| d.write_atomic(FILE, disk.to_string().as_bytes()));
+        #[derive(Serialize)]
+        struct Written<'a> {
+            version: u32,
+            files: Vec<&'a Record>,
+        }
+        let Ok(bytes) = serde_json::to_vec(&Written {
+            version: VERSION,
+            files,
+        }) else {
+            return;
+        };
+        let written = crate::state_dir::open_in(root).and_then(|d| d.write_atomic(FILE, &bytes));
         if let Err(e) = written {
             log::debug!("{e}");
         }
