@@ -171,4 +171,41 @@ mod tests {
         assert!(page.contains("\\fB\\-\\-root\\fR \\fIDIR\\fR"));
         assert!(page.contains("builds/"));
     }
+
+    /// The bash script is mended by two string rewrites; this pins what
+    /// they rely on, so that a clap_complete that changes its output (or
+    /// fixes the name mismatch) fails here rather than in a user's shell.
+    #[test]
+    fn the_bash_completion_mends_still_apply() {
+        use clap::CommandFactory;
+        let mut cmd = crate::cli::Cli::command();
+        let mut raw = Vec::new();
+        clap_complete::generate(clap_complete::Shell::Bash, &mut cmd, "dkms-hook", &mut raw);
+        let raw = String::from_utf8(raw).unwrap();
+        assert!(
+            raw.contains("dkms__subcmd__hook"),
+            "clap_complete no longer writes dkms__subcmd__hook: drop the rewrite"
+        );
+        assert!(raw
+            .lines()
+            .any(|l| l.contains("opts=\"") && l.contains(" man ")));
+        let mut ours = Vec::new();
+        super::completions(
+            crate::cli::Cli::command(),
+            clap_complete::Shell::Bash,
+            &mut ours,
+        )
+        .unwrap();
+        let ours = String::from_utf8(ours).unwrap();
+        assert!(!ours.contains("dkms__subcmd__hook"));
+        for hidden in ["man", "completions", "init"] {
+            assert!(
+                !ours
+                    .lines()
+                    .filter(|l| l.contains("opts=\""))
+                    .any(|l| l.split(['"', ' ']).any(|w| w == hidden)),
+                "{hidden} offered"
+            );
+        }
+    }
 }
