@@ -54,7 +54,7 @@ install: build
 		install -D -m 0755 hooks/kernel-hook $(DESTDIR)$(SYSCONFDIR)/kernel/$$phase.d/dkms-hook || exit 1; \
 	done
 
-# Benchmarks (README table); `make bench BENCHFLAGS=--short` is CI's smoke run.
+# Benchmarks (docs/benchmarks.md); `make bench BENCHFLAGS=--short` is CI's smoke run.
 bench:
 	bash bench/run.sh $(BENCHFLAGS)
 

@@ -2,7 +2,7 @@
 # Benchmarks of dkms-hook as whole processes (hyperfine, medians).
 #   bash bench/run.sh          full run (writes a 1 GB log under $BENCH_DIR)
 #   bash bench/run.sh --short  small inputs, checks only that it all runs (CI)
-# Prints a Markdown table; the README shows the last full run.
+# Prints a Markdown table; docs/benchmarks.md shows the last full run.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 short=no; [ "${1:-}" = --short ] && short=yes

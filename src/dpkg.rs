@@ -4,7 +4,7 @@
 //! The status file of a desktop holds thousands of paragraphs and we need a
 //! handful, so paragraphs are split with a byte search and only those whose
 //! `Package:` is wanted are parsed by `deb822-lossless` (parsing all of a
-//! 6,000-package file with it costs tens of milliseconds; see the README's
+//! 6,000-package file with it costs tens of milliseconds; see docs/benchmarks.md
 //! benchmark table).
 
 use std::collections::HashMap;

@@ -170,7 +170,7 @@ fn not_a_log() -> Error {
 
 /// Lines are taken straight from the reader's buffer (found with memchr);
 /// only a line split between two reads is copied. Against `read_until` into a
-/// line buffer this doubled replay throughput (README, benchmarks).
+/// line buffer this doubled replay throughput (docs/benchmarks.md).
 fn parse_lines(
     mut r: impl BufRead,
     set: &mut ChangeSet,

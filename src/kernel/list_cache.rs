@@ -2,7 +2,7 @@
 //! list, keyed by its (inode, size, mtime), the kernels whose build tree it
 //! feeds and in which role (what [`super::roles_of`] found in it). With it,
 //! `status` on 6,000 packages stats each list instead of opening and reading
-//! it (README, benchmarks).
+//! it (docs/benchmarks.md).
 //!
 //! `/var/lib/dkms-hook/file-lists.cache`, one record a line:
 //!
