@@ -36,6 +36,7 @@ pub mod config;
 pub mod dkms;
 pub mod dpkg;
 pub mod dpkg_log;
+pub mod file_tree;
 pub mod intake;
 pub mod inventory;
 pub mod kernel;

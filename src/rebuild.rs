@@ -109,6 +109,9 @@ pub struct Tools {
     pub mokutil: Option<OsString>,
     /// `DKMS_HOOK_DEPMOD`: a stand-in for depmod (tests, `--root`).
     pub depmod: Option<OsString>,
+    /// `DKMS_HOOK_APT_GET`: a stand-in for apt-get in preflight's download
+    /// mode (tests, `--root`).
+    pub apt_get: Option<OsString>,
 }
 
 pub struct Executor<'a> {

@@ -51,6 +51,7 @@ impl Env {
                 modinfo: std::env::var_os("DKMS_HOOK_MODINFO").filter(|v| !v.is_empty()),
                 mokutil: std::env::var_os("DKMS_HOOK_MOKUTIL").filter(|v| !v.is_empty()),
                 depmod: std::env::var_os("DKMS_HOOK_DEPMOD").filter(|v| !v.is_empty()),
+                apt_get: std::env::var_os("DKMS_HOOK_APT_GET").filter(|v| !v.is_empty()),
             },
         }
     }
@@ -82,6 +83,7 @@ Environment:
   DKMS_HOOK_UPDATE_INITRAMFS  the update-initramfs program to run (under --root it is skipped unless named)
   DKMS_HOOK_MODINFO  the modinfo program that reads a module's vermagic and signer (a stand-in, for tests)
   DKMS_HOOK_DEPMOD   the depmod program run once per kernel after its rebuilds (under --root it is skipped unless named)
+  DKMS_HOOK_APT_GET  the apt-get preflight asks without DEB files (under --root it is refused unless named)
   DKMS_HOOK_MOKUTIL  the mokutil program asked about Secure Boot and dkms's key (a stand-in; under --root it is not run unless named)
 
 Exit status:
@@ -127,11 +129,15 @@ pub enum Command {
     Retry(JsonArg),
     /// Test-build, before anything is unpacked, every dkms module the given
     /// packages (or, without any, what `apt-get upgrade` would install) make
-    /// stale, against the build tree as it will be: in a private mount
-    /// namespace over overlayfs, so nothing on the system changes. Exits 0
+    /// stale, against the build tree as it will be: in a sandbox (its own
+    /// PID and mount namespaces, the system read-only, the packages as
+    /// overlayfs layers), so nothing on the system changes. Exits 0
     /// when every pair builds (or is excluded), 1 when one fails, 2 when
     /// preflight cannot run here. It builds; it does not load the module.
     Preflight(PreflightArgs),
+    /// preflight's sandbox, started by `preflight` only.
+    #[command(hide = true, name = "preflight-sandbox")]
+    PreflightSandbox,
     /// apt's JSON hook (AptCli::Hooks::Install, ::Upgrade): warn before the
     /// prompt which kernels and modules the upgrade touches. Always exits 0.
     AptJsonHook(JsonArg),

@@ -139,6 +139,7 @@ fn run() -> i32 {
         Command::Sync(a) => sync(&root, &env, a.json),
         Command::Retry(a) => retry(&root, &env, a.json),
         Command::Preflight(a) => Ok(preflight::command(&root, &env, a)),
+        Command::PreflightSandbox => Ok(crate::preflight::sandbox::main()),
         Command::AptJsonHook(a) => Ok(hooks::apt_json_hook(&root, &env, a.json)),
         Command::PreInstallPkgs(a) => Ok(hooks::pre_install_pkgs(&root, &env, a.json)),
         Command::KernelHook { phase, kernel, .. } => {
