@@ -24,6 +24,7 @@
 //! headers trees and has to rewrite absolute includes such as the flavour
 //! Makefile's `include /usr/src/linux-headers-…-common/Makefile`.
 
+pub mod kept;
 pub mod sandbox;
 
 use std::ffi::OsStr;
@@ -673,7 +674,22 @@ pub fn run(
         ));
     }
     let mut out = Vec::new();
-    for (i, mut t, _kept) in tested {
+    let full = if tested.iter().any(|(_, _, kept)| *kept) {
+        Inventory::full_with(root, crate::kernel::CacheUse::Read)
+            .map_err(|e| log::warn!("{e}"))
+            .ok()
+    } else {
+        None
+    };
+    for (i, mut t, kept) in tested {
+        if let (true, Some(full)) = (kept && t.ok == Some(true), &full) {
+            if let Err(e) = keep(session, state, debs, full, new, &t.rebuild, i) {
+                log::debug!(
+                    "preflight's build of {} not kept: {e}",
+                    t.rebuild.pair.label()
+                );
+            }
+        }
         let q = queued(&t.rebuild);
         session.keep_log(&sandbox::run_log(i), &State::run_log(&q));
         if t.ok == Some(false) && session.keep_log(&sandbox::make_log(i), &State::kept_make_log(&q))
@@ -688,6 +704,78 @@ pub fn run(
     }
     out.sort_by(|a, b| a.rebuild.pair.key().cmp(&b.rebuild.pair.key()));
     Ok(out)
+}
+
+/// Keep the build of pair `i` for the step after dpkg ([`kept`]), with
+/// what it was built against: every package feeding the kernel's tree as
+/// it will be, and the module source's fingerprint. Not for a new kernel
+/// (dkms builds those itself), nor when a package drops a file of the tree
+/// (the merged view still had it) or ships the module's source.
+fn keep(
+    session: &Session,
+    state: &State,
+    debs: &[Deb],
+    full: &Inventory,
+    new: &[KernelRelease],
+    r: &Rebuild,
+    i: usize,
+) -> Result<(), String> {
+    let pair = &r.pair;
+    if new.contains(&pair.kernel) {
+        return Err("a new kernel".into());
+    }
+    let k = full.kernel(&pair.kernel).ok_or("no such kernel")?;
+    let root = state.root();
+    let src = format!("/usr/src/{}-{}", pair.module, pair.version);
+    for d in debs {
+        if d.files.iter().any(|f| f.starts_with(&src)) {
+            return Err(format!("{} ships the module's source", d.package));
+        }
+        let in_tree = |p: &Path| k.tree.iter().any(|t| t.names().any(|n| p.starts_with(n)));
+        if full.installed_version(&d.package).is_none() {
+            continue;
+        }
+        let Some(list) = crate::dpkg::list_path(root, &d.package, d.architecture.as_deref()) else {
+            continue;
+        };
+        let list = crate::dpkg::read_list(&list).map_err(|e| e.to_string())?;
+        for line in String::from_utf8_lossy(&list.data).lines() {
+            let p = Path::new(line);
+            if in_tree(p) && !d.files.iter().any(|f| f == p) {
+                return Err(format!("{} {} drops {line}", d.package, d.version));
+            }
+        }
+    }
+    let planned: Vec<(String, String)> = debs
+        .iter()
+        .filter(|d| {
+            let feeds = full
+                .inputs
+                .get(&pair.kernel)
+                .is_some_and(|i| i.iter().any(|x| x.package == d.package));
+            let new_here = full.installed_version(&d.package).is_none()
+                && d.files
+                    .iter()
+                    .any(|f| k.tree.iter().any(|t| t.names().any(|n| f.starts_with(n))));
+            feeds || new_here
+        })
+        .map(|d| (d.package.to_string(), d.version.to_string()))
+        .collect();
+    let inputs = kept::Inputs {
+        module: pair.module.clone(),
+        version: pair.version.clone(),
+        kernel: pair.kernel.clone(),
+        arch: pair.arch.clone(),
+        packages: kept::packages_of(full, &pair.kernel, &planned),
+        source: kept::source_fingerprint(root, &pair.module, &pair.version),
+        time: crate::state::now_secs(),
+    };
+    kept::publish(
+        state,
+        &session.path.join("kept").join(i.to_string()),
+        &inputs,
+    )
+    .map_err(|e| e.to_string())
 }
 
 impl Session {

@@ -672,3 +672,173 @@ fn a_killed_preflight_takes_its_builds_and_mounts_along() {
         .count();
     assert_eq!(left, 0, "the next preflight removes what a killed one left");
 }
+
+/// What dpkg does to the fixture when it unpacks `package` `new` in place:
+/// the status, the file list (rewritten now) with `files`, the files, and
+/// dpkg.log's lines.
+fn unpack_in_place(f: &Fixture, package: &str, new: &str, files: &[&str]) {
+    let status = std::fs::read_to_string(f.path("var/lib/dpkg/status")).unwrap();
+    let mut out = String::new();
+    let mut old = String::new();
+    for para in status.split_inclusive("\n\n") {
+        if para.starts_with(&format!("Package: {package}\n")) {
+            let v = para
+                .lines()
+                .find_map(|l| l.strip_prefix("Version: "))
+                .unwrap();
+            old = v.to_string();
+            out.push_str(&para.replace(&format!("Version: {v}\n"), &format!("Version: {new}\n")));
+        } else {
+            out.push_str(para);
+        }
+    }
+    f.write("var/lib/dpkg/status", out);
+    let list = format!("var/lib/dpkg/info/{package}.list");
+    let mut text = String::from_utf8(f.read(&list)).unwrap();
+    for file in files {
+        f.write(file, format!("{package} {new}\n"));
+        if !text.lines().any(|l| l == *file) {
+            text.push_str(file);
+            text.push('\n');
+        }
+    }
+    f.write(&list, text);
+    let now = jiff::Timestamp::now()
+        .strftime("%Y-%m-%d %H:%M:%S")
+        .to_string();
+    let mut log = f.read("var/log/dpkg.log");
+    log.extend_from_slice(
+        format!(
+            "{now} upgrade {package}:amd64 {old} {new}\n{now} status unpacked {package}:amd64 {new}\n"
+        )
+        .as_bytes(),
+    );
+    f.write("var/log/dpkg.log", log);
+}
+
+/// Paid once: when dpkg unpacks exactly what preflight built against, the
+/// step after dpkg installs preflight's build (checked, backed up, verified)
+/// instead of compiling again, and says so; other versions build as before.
+#[test]
+#[ignore = "needs root (a private mount namespace and overlayfs); make check runs it as root"]
+fn the_step_after_dpkg_installs_preflights_build_of_the_same_tree() {
+    let f = synced();
+    f.run(&["init"]); // the dpkg.log cursor at the end
+    let script = "/usr/lib/linux-kbuild-6.1/scripts/Kbuild.include";
+    // A new version of every file the installed one has: nothing dropped.
+    let list = String::from_utf8(f.read("var/lib/dpkg/info/linux-kbuild-6.1.list")).unwrap();
+    let mut files: Vec<&str> = list.lines().filter(|l| f.path(l).is_file()).collect();
+    files.push(script);
+    let whole = |v: &str| deb(&f, "linux-kbuild-6.1", v, &files);
+    let good = whole("6.1.200-1");
+    let out = f
+        .cmd(&["preflight", &good])
+        .env("DKMS_HOOK_LOG", "debug")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let kept = f.path("var/lib/dkms-hook/preflight/kept");
+    assert_eq!(
+        std::fs::read_dir(&kept).map_or(0, |d| d.count()),
+        2,
+        "one kept build per pair: {}",
+        stderr(&out)
+    );
+    std::thread::sleep(Duration::from_millis(1100));
+    unpack_in_place(&f, "linux-kbuild-6.1", "6.1.200-1", &[script]);
+    let calls = f.dkms_calls().len();
+    let out = f.run(&["post-invoke"]);
+    let e = stderr(&out);
+    for k in ["6.1.0-50-amd64", "6.1.0-56-amd64"] {
+        assert!(
+            e.contains(&format!(
+                "dkms-hook: rebuilt acpi-call/1.2.2 for {k} (linux-kbuild-6.1 "
+            )) && e
+                .contains("installed preflight's build against these packages, not compiled again"),
+            "{e}"
+        );
+        let ko =
+            String::from_utf8(f.read(&format!("usr/lib/modules/{k}/updates/dkms/acpi_call.ko")))
+                .unwrap();
+        assert!(ko.contains(&format!("vermagic={k} ")), "{ko}");
+    }
+    let now: Vec<String> = f.dkms_calls()[calls..].to_vec();
+    assert!(
+        now.iter().all(|c| c.starts_with("install ")),
+        "compiled again: {now:?}"
+    );
+    assert_eq!(now.len(), 2, "{now:?}");
+    assert_eq!(std::fs::read_dir(&kept).unwrap().count(), 0, "used once");
+    // status agrees that both pairs are fresh now.
+    assert_eq!(f.status_row("6.1.0-50-amd64")["state"], "fresh");
+
+    // Preflight built against 6.1.201-1; dpkg unpacks 6.1.202-1: built again.
+    let v1 = whole("6.1.201-1");
+    assert_eq!(f.run(&["preflight", &v1]).status.code(), Some(0));
+    std::thread::sleep(Duration::from_millis(1100));
+    unpack_in_place(&f, "linux-kbuild-6.1", "6.1.202-1", &[script]);
+    let calls = f.dkms_calls().len();
+    let out = f.run(&["post-invoke"]);
+    let e = stderr(&out);
+    assert!(e.contains("preflight's build of acpi-call/1.2.2 for 6.1.0-50-amd64 was not used (built against other packages than are installed now (linux-kbuild-6.1 6.1.202-1)): built again"), "{e}");
+    assert!(!e.contains("not compiled again"), "{e}");
+    let now: Vec<String> = f.dkms_calls()[calls..].to_vec();
+    assert_eq!(
+        now.iter().filter(|c| c.starts_with("build ")).count(),
+        2,
+        "{now:?}"
+    );
+}
+
+/// A kept build is input like every state file: a link in its tree, a
+/// forged record or a module for another kernel is not installed; the pair
+/// builds as before.
+#[test]
+#[ignore = "needs root (a private mount namespace and overlayfs); make check runs it as root"]
+fn a_forged_kept_build_is_not_installed() {
+    let f = synced();
+    f.run(&["init"]);
+    let script = "/usr/lib/linux-kbuild-6.1/scripts/Kbuild.include";
+    let list = String::from_utf8(f.read("var/lib/dpkg/info/linux-kbuild-6.1.list")).unwrap();
+    let mut files: Vec<&str> = list.lines().filter(|l| f.path(l).is_file()).collect();
+    files.push(script);
+    let good = deb(&f, "linux-kbuild-6.1", "6.1.200-1", &files);
+    assert_eq!(f.run(&["preflight", &good]).status.code(), Some(0));
+    let kept = "var/lib/dkms-hook/preflight/kept";
+    let host = tempfile::tempdir().unwrap();
+    let victim = host_victim(&host, "victim");
+    // 6.1.0-50: a link in the tree; 6.1.0-56: a module for another kernel.
+    f.link(
+        &format!("{kept}/acpi-call-1.2.2-6.1.0-50-amd64-x86_64/tree/module/evil.ko"),
+        &victim,
+    );
+    f.write(
+        &format!("{kept}/acpi-call-1.2.2-6.1.0-56-amd64-x86_64/tree/module/acpi_call.ko"),
+        "vermagic=6.1.0-99-amd64 SMP\0",
+    );
+    std::thread::sleep(Duration::from_millis(1100));
+    unpack_in_place(&f, "linux-kbuild-6.1", "6.1.200-1", &[script]);
+    let calls = f.dkms_calls().len();
+    let out = f.run(&["post-invoke"]);
+    let e = stderr(&out);
+    assert!(!e.contains("not compiled again"), "{e}");
+    assert!(
+        e.contains("evil.ko: neither a directory nor a regular file"),
+        "{e}"
+    );
+    assert!(
+        e.contains("its module is for kernel \"6.1.0-99-amd64\""),
+        "{e}"
+    );
+    let now: Vec<String> = f.dkms_calls()[calls..].to_vec();
+    assert_eq!(
+        now.iter().filter(|c| c.starts_with("build ")).count(),
+        2,
+        "{now:?}"
+    );
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep");
+    assert!(
+        std::fs::read_dir(f.path(kept)).unwrap().next().is_none(),
+        "dropped"
+    );
+}
