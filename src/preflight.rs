@@ -674,7 +674,15 @@ pub fn run(
         ));
     }
     let mut out = Vec::new();
-    let full = if tested.iter().any(|(_, _, kept)| *kept) {
+    // dkms makes a signing key where there is none (3.0: `mok.key`): the
+    // overlay kept that one, so what was signed with it is not kept.
+    let new_key = job.overlays.iter().any(|o| {
+        o.target == job.dkms_tree
+            && ["mok.key", "mok.pub"]
+                .iter()
+                .any(|k| std::fs::symlink_metadata(o.upper.join(k)).is_ok())
+    });
+    let full = if !new_key && tested.iter().any(|(_, _, kept)| *kept) {
         Inventory::full_with(root, crate::kernel::CacheUse::Read)
             .map_err(|e| log::warn!("{e}"))
             .ok()

@@ -71,7 +71,7 @@ Files:
   /etc/dkms/dkms-hook.conf   configuration; every key is listed, commented, at its default
   /var/lib/dkms-hook/        state: dpkg.log cursor, queue, failures, findings (for the login notice), counters, the file-list and module-facts caches, backups/, logs/, builds/ (running builds), lock
   /var/lib/prometheus/node-exporter/dkms_hook.prom   the node_exporter textfile (when that directory exists)
-  /var/lib/dkms-hook/preflight/   preflight's kept make.logs and, while it runs, its scratch layers
+  /var/lib/dkms-hook/preflight/   preflight's kept logs and builds (kept/, used once by the rebuild after dpkg) and, while it runs, its private run directory
   /var/log/dkms-hook.log     one line per rebuild, skip or failure
   /etc/apt/apt.conf.d/80dkms-hook, /etc/dpkg/dpkg.cfg.d/dkms-hook, /etc/kernel/*.d/dkms-hook   the hooks
 

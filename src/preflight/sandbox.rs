@@ -580,7 +580,8 @@ fn run_dkms(job: &Job, args: &[&OsStr], log: Option<File>) -> Ended {
     let Some(log) = log else {
         return Ended::SpawnFailed("cannot open the run log".into());
     };
-    let expr = duct::cmd(&job.dkms, args)
+    // An OsStr, not a Path: duct looks a bare name up in PATH only then.
+    let expr = duct::cmd(job.dkms.as_os_str(), args)
         .env("DKMS_HOOK_ROOT", &job.root)
         // dkms, make and gcc take their temporary files there: /tmp is
         // read-only like the rest.

@@ -842,3 +842,32 @@ fn a_forged_kept_build_is_not_installed() {
         "dropped"
     );
 }
+
+/// Regression (the Debian 12 tier): a dkms named without a path
+/// (`DKMS_HOOK_DKMS=dkms`, as on a real system) is looked up in PATH inside
+/// the sandbox, not taken for `./dkms`.
+#[test]
+#[ignore = "needs root (a private mount namespace and overlayfs); make check runs it as root"]
+fn a_dkms_named_without_a_path_is_found_in_path() {
+    let f = synced();
+    let good = kbuild_deb(&f, "6.1.200-1", "Kbuild.include");
+    let here = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/integration");
+    let path = format!(
+        "{}:{}",
+        here.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = f
+        .cmd(&["preflight", &good])
+        .env("DKMS_HOOK_DKMS", "fake-dkms")
+        .env("PATH", path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out)
+            .matches("builds against linux-kbuild-6.1 6.1.200-1")
+            .count(),
+        2
+    );
+}
