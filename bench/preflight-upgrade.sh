@@ -8,15 +8,17 @@
 # alternating, ROUNDS times each. With warn, preflight test-builds both
 # pairs before dpkg and the rebuild after dpkg installs those builds; with
 # off, only the rebuild after dpkg builds. Medians.
-#   bash bench/preflight-upgrade.sh [ROUNDS]   (root, DKMS_HOOK_DEB; one row)
+#   bash bench/preflight-upgrade.sh [ROUNDS [BIN]]   (root, DKMS_HOOK_DEB; one row)
+# BIN, when given, replaces the package's binary (a fresh build).
 set -euo pipefail
-rounds=${1:-3}
+rounds=${1:-3} bin=${2:-}
 # shellcheck source=../tests/e2e/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../tests/e2e/lib.sh"
 deb=${DKMS_HOOK_DEB:?name the package to install in DKMS_HOOK_DEB}
 e2e_bench_root
 cp "$deb" "$E2E_ROOT/root/dkms-hook.deb"
 in_root apt-get -y -q install /root/dkms-hook.deb >/dev/null 2>&1
+[[ -z "$bin" ]] || install -m 0755 "$bin" "$E2E_ROOT/usr/sbin/dkms-hook"
 e2e_add_failmod >/dev/null 2>&1
 echo 2 > "$E2E_ROOT/etc/e2e-failmod-slow"
 in_root dkms install -m e2e-failmod -v 1.0 -k "$E2E_OLD_KERNEL" >/dev/null 2>&1
@@ -29,6 +31,11 @@ upgrade() { # upgrade MODE N: one in-place upgrade of the old kernel's headers
     e2e_apt_offline install "$E2E_OLD_HEADERS=$v" >"$log" 2>&1 || { tail -n 30 "$log" >&2; e2e_die "apt-get failed"; }
     awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.2f\n", b - a }'
     grep -c 'dkms-hook: rebuilt' "$log" >/dev/null || e2e_die "no rebuild in the $1 upgrade"
+    # With warn, the rebuild after dpkg must have installed preflight's builds.
+    if [[ "$1" == warn ]] && [[ "$(grep -c 'not compiled again' "$log")" != 2 ]]; then
+        grep -F 'dkms-hook' "$log" >&2
+        e2e_die "preflight's builds were not installed"
+    fi
 }
 t_warn=() t_off=()
 for ((i = 0; i < rounds; i++)); do

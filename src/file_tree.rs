@@ -252,11 +252,25 @@ pub struct Unpacked {
     pub left_out: usize,
 }
 
+/// The paths of the tar stream `tar` (as [`unpack`] would make them),
+/// without writing anything.
+pub fn list(tar: impl Read, budget: Budget) -> Result<Unpacked, String> {
+    walk_tar(tar, None, budget)
+}
+
 /// Unpack the tar stream `tar` into the directory `into` (ours, empty):
 /// directories, regular files, symbolic links and hard links, each
 /// through [`open_beneath`]-style no-follow walks; no set-id bits, no
 /// device nodes; at most `budget`.
-pub fn unpack(tar: impl Read, into: &OwnedFd, mut budget: Budget) -> Result<Unpacked, String> {
+pub fn unpack(tar: impl Read, into: &OwnedFd, budget: Budget) -> Result<Unpacked, String> {
+    walk_tar(tar, Some(into), budget)
+}
+
+fn walk_tar(
+    tar: impl Read,
+    into: Option<&OwnedFd>,
+    mut budget: Budget,
+) -> Result<Unpacked, String> {
     let mut r = TarReader { r: tar };
     let mut done = Unpacked::default();
     let (mut long_name, mut long_link): (Option<Vec<u8>>, Option<Vec<u8>>) = (None, None);
@@ -321,6 +335,18 @@ pub fn unpack(tar: impl Read, into: &OwnedFd, mut budget: Budget) -> Result<Unpa
         };
         budget.entry()?;
         let inroot = Path::new("/").join(comps.iter().collect::<PathBuf>());
+        let Some(into) = into else {
+            if matches!(typ, b'0' | 0 | b'7') {
+                budget.take(size)?;
+            }
+            r.skip(size)?;
+            if matches!(typ, b'0' | 0 | b'7' | b'5' | b'2' | b'1') {
+                done.paths.push(inroot);
+            } else {
+                done.left_out += 1;
+            }
+            continue;
+        };
         let made = match typ {
             b'0' | 0 | b'7' => {
                 budget.take(size)?;

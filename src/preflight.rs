@@ -6,13 +6,13 @@
 //! (`plan::plan` on the planned changes), so preflight and forecast always
 //! agree on "which pairs, against which packages".
 //!
-//! How the build is kept off the system: each package is unpacked by
-//! [`crate::file_tree::unpack`] into a directory of its own in a private
-//! run directory (`/var/lib/dkms-hook/preflight/run-PID-N`, 0700, made
-//! fresh), never through a link and without set-id bits or device nodes.
-//! The real `dkms build --force` then runs in [`sandbox`]: a new PID and
+//! How the build is kept off the system: it works in a private run
+//! directory (`/var/lib/dkms-hook/preflight/run-PID-N`, 0700, made fresh),
+//! and the real `dkms build --force` runs in [`sandbox`]: a new PID and
 //! mount namespace where everything is read-only, `nosuid` and `nodev`,
-//! with an overlay over each directory of the affected kernels' build
+//! each package is unpacked by [`crate::file_tree::unpack`] onto a tmpfs
+//! of its own (never through a link, without set-id bits or device
+//! nodes), with an overlay over each directory of the affected kernels' build
 //! trees, each kernel's `/lib/modules/K` and `/var/lib/dkms`: the
 //! packages' trees as lower layers above the system's, the upper layer in
 //! the run directory. The kernel stacks the layers, so no file of a
@@ -409,8 +409,9 @@ fn overlay_dirs(
 /// One preflight's private run directory,
 /// `/var/lib/dkms-hook/preflight/run-PID-N` (mode 0700, made fresh with
 /// mkdir, never reused), held under `preflight/lock` and removed on drop.
-/// It holds the downloads, one unpacked tree per package, the overlays'
-/// upper layers and what the sandbox reports.
+/// It holds the downloads, the mount point of the sandbox's tmpfs (the
+/// packages' trees, the overlays' upper layers) and what the sandbox
+/// reports.
 pub struct Session {
     preflight: crate::state_dir::Dir,
     fd: OwnedFd,
@@ -446,7 +447,7 @@ impl Session {
                 Err(e) => return Err(Error::io(&preflight.path().join(&name), e)),
             }
         };
-        for sub in ["logs", "kept", "tmp"] {
+        for sub in ["logs", "kept", "tmp", "x"] {
             file_tree::make_dir(&fd, OsStr::new(sub), 0o700)
                 .map_err(|e| Error::io(&preflight.path().join(&name).join(sub), e))?;
         }
@@ -471,90 +472,67 @@ impl Session {
         Ok(self.path.join("dl"))
     }
 
-    /// Unpack each package into `x0`, `x1`, … of the run directory, with no
-    /// link followed, no set-id bit and no device node, within
-    /// [`UNPACK_BUDGET`] and `timeout`; note each package's paths.
-    pub fn unpack(&self, debs: &mut [Deb], timeout: Duration) -> Result<(), Error> {
-        for (i, deb) in debs.iter_mut().enumerate() {
-            let name = format!("x{i}");
-            let into = file_tree::make_dir(&self.fd, OsStr::new(&name), 0o700)
-                .map_err(|e| Error::io(&self.path.join(&name), e))?;
-            let bad = |why: String| Error::Unreadable {
+    /// Read each package's paths (its tar stream's headers; nothing is
+    /// written): the sandbox unpacks them, onto a tmpfs of its own.
+    pub fn read_contents(&self, debs: &mut [Deb], timeout: Duration) -> Result<(), Error> {
+        for deb in debs.iter_mut() {
+            let listed = with_tar_stream(&deb.path, timeout, &mut |r| {
+                file_tree::list(r, UNPACK_BUDGET)
+            })
+            .map_err(|why| Error::Unreadable {
                 path: deb.path.clone(),
                 why,
-            };
-            let reader = duct::cmd(
-                DPKG_DEB,
-                [OsStr::new("--fsys-tarfile"), deb.path.as_os_str()],
-            )
-            .stdin_null()
-            .stderr_null()
-            .unchecked()
-            .reader()
-            .map_err(|e| Error::io(Path::new(DPKG_DEB), e))?;
-            let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
-            let unpacked = std::thread::scope(|s| {
-                let reader = &reader;
-                s.spawn(move || {
-                    if done_rx.recv_timeout(timeout).is_err() {
-                        let _ = reader.kill();
-                    }
-                });
-                let r = file_tree::unpack(reader, &into, UNPACK_BUDGET).and_then(|u| {
-                    // What follows the end marker is padding: read it (at
-                    // most one tar record's worth) so that dpkg-deb ends.
-                    let mut rest = std::io::Read::take(reader, 1 << 20);
-                    std::io::copy(&mut rest, &mut std::io::sink()).map_err(|e| e.to_string())?;
-                    Ok(u)
-                });
-                let _ = done_tx.send(());
-                r
-            });
-            let unpacked = match unpacked {
-                Ok(u) => u,
-                Err(e) => {
-                    let _ = reader.kill();
-                    return Err(bad(format!("cannot unpack: {e}")));
-                }
-            };
-            let status = reader.try_wait().ok().flatten().map(|o| o.status.success());
-            if status != Some(true) {
-                let _ = reader.kill();
-                return Err(bad("dpkg-deb --fsys-tarfile failed".into()));
-            }
-            if unpacked.left_out > 0 {
-                log::debug!(
-                    "{}: {} device nodes, FIFOs or sockets left out",
-                    deb.path.display(),
-                    unpacked.left_out
-                );
-            }
-            deb.files = unpacked.paths;
+            })?;
+            deb.files = listed.paths;
         }
         Ok(())
     }
+}
 
-    /// The lower layers of in-root `dir` (known also as `also`): each
-    /// package's tree there, the last package on top, then the system's.
-    fn lowers(&self, root: &Root, debs: &[Deb], dir: &Path, also: &[PathBuf]) -> Vec<PathBuf> {
-        let mut out = Vec::new();
-        for i in (0..debs.len()).rev() {
-            let name = format!("x{i}");
-            let Some(x) = file_tree::open_beneath(&self.fd, Path::new(&name)) else {
-                continue;
-            };
-            for n in std::iter::once(dir).chain(also.iter().map(PathBuf::as_path)) {
-                let rel = n.strip_prefix("/").unwrap_or(n);
-                // Only a real directory of the package's own tree, never
-                // one reached through a link it ships.
-                if file_tree::open_beneath(&x, rel).is_some() {
-                    out.push(self.path.join(&name).join(rel));
-                }
+/// Run `f` on the tar stream of the package at `path` (`dpkg-deb
+/// --fsys-tarfile`), dpkg-deb killed after `timeout`; it must end well.
+pub fn with_tar_stream<T>(
+    path: &Path,
+    timeout: Duration,
+    f: &mut dyn FnMut(&mut dyn std::io::Read) -> Result<T, String>,
+) -> Result<T, String> {
+    let reader = duct::cmd(DPKG_DEB, [OsStr::new("--fsys-tarfile"), path.as_os_str()])
+        .stdin_null()
+        .stderr_null()
+        .unchecked()
+        .reader()
+        .map_err(|e| format!("{DPKG_DEB}: {e}"))?;
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let r = std::thread::scope(|s| {
+        let reader = &reader;
+        s.spawn(move || {
+            if done_rx.recv_timeout(timeout).is_err() {
+                let _ = reader.kill();
             }
+        });
+        let mut stream = reader;
+        let r = f(&mut stream).and_then(|u| {
+            // What follows the end marker is padding: read it (at most one
+            // tar record's worth) so that dpkg-deb ends.
+            let mut rest = std::io::Read::take(reader, 1 << 20);
+            std::io::copy(&mut rest, &mut std::io::sink()).map_err(|e| e.to_string())?;
+            Ok(u)
+        });
+        let _ = done_tx.send(());
+        r
+    });
+    let r = match r {
+        Ok(u) => u,
+        Err(e) => {
+            let _ = reader.kill();
+            return Err(format!("cannot unpack: {e}"));
         }
-        out.push(root.host(dir));
-        out
+    };
+    if reader.try_wait().ok().flatten().map(|o| o.status.success()) != Some(true) {
+        let _ = reader.kill();
+        return Err("dpkg-deb --fsys-tarfile failed".into());
     }
+    Ok(r)
 }
 
 impl Drop for Session {
@@ -567,8 +545,8 @@ impl Drop for Session {
     }
 }
 
-/// Test-build the pairs of `plan` against `debs` (unpacked by
-/// [`Session::unpack`]) in the sandbox ([`sandbox`]); `new` are the
+/// Test-build the pairs of `plan` against `debs` (their paths read by
+/// [`Session::read_contents`]) in the sandbox ([`sandbox`]); `new` are the
 /// kernels the packages install new.
 #[allow(clippy::too_many_arguments)]
 pub fn run(
@@ -596,22 +574,19 @@ pub fn run(
     let mut overlays = Vec::new();
     for (n, (dir, also)) in overlay_dirs(root, inv, p, new).into_iter().enumerate() {
         let target = root.host(&dir);
-        let o = format!("o{n}");
-        let ofd = file_tree::make_dir(&session.fd, OsStr::new(&o), 0o700)
-            .map_err(|e| Error::io(&session.path.join(&o), e))?;
         // The merged view's top directory takes the upper layer's mode.
         let mode = std::fs::metadata(&target).map_or(0o755, |m| {
             std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777
         });
-        for (sub, m) in [("upper", mode), ("work", 0o700)] {
-            file_tree::make_dir(&ofd, OsStr::new(sub), m)
-                .map_err(|e| Error::io(&session.path.join(&o).join(sub), e))?;
-        }
+        // On the sandbox's tmpfs, which it mounts on `x`: the build's
+        // writes never reach the disk, and none survives preflight.
+        let o = session.path.join("x").join(format!("o{n}"));
         overlays.push(sandbox::Overlay {
-            lowers: session.lowers(root, debs, &dir, &also),
             target,
-            upper: session.path.join(&o).join("upper"),
-            work: session.path.join(&o).join("work"),
+            upper: o.join("upper"),
+            work: o.join("work"),
+            mode,
+            names: std::iter::once(dir.clone()).chain(also).collect(),
         });
     }
     let job = sandbox::Job {
@@ -627,6 +602,7 @@ pub fn run(
                 .unwrap_or_else(|| crate::rebuild::DKMS.into()),
         ),
         overlays,
+        debs: debs.iter().map(|d| d.path.clone()).collect(),
         pairs: p
             .rebuilds
             .iter()
@@ -645,8 +621,12 @@ pub fn run(
     let mut ready = false;
     let mut refused = None;
     let mut tested = Vec::new();
+    let t0 = std::time::Instant::now();
     sandbox::spawn(&job, &mut |ev| match ev {
-        sandbox::Event::Ready => ready = true,
+        sandbox::Event::Ready => {
+            log::debug!("sandbox ready after {:.2} s", t0.elapsed().as_secs_f64());
+            ready = true;
+        }
         sandbox::Event::Refused(why) => refused = Some(why),
         sandbox::Event::Started(i) => {
             if let Some(r) = p.rebuilds.get(i) {
@@ -665,6 +645,7 @@ pub fn run(
             }
         }
     })?;
+    log::debug!("sandbox ended after {:.2} s", t0.elapsed().as_secs_f64());
     if let Some(why) = refused {
         return Err(Error::Refused(why));
     }
@@ -674,15 +655,7 @@ pub fn run(
         ));
     }
     let mut out = Vec::new();
-    // dkms makes a signing key where there is none (3.0: `mok.key`): the
-    // overlay kept that one, so what was signed with it is not kept.
-    let new_key = job.overlays.iter().any(|o| {
-        o.target == job.dkms_tree
-            && ["mok.key", "mok.pub"]
-                .iter()
-                .any(|k| std::fs::symlink_metadata(o.upper.join(k)).is_ok())
-    });
-    let full = if !new_key && tested.iter().any(|(_, _, kept)| *kept) {
+    let full = if tested.iter().any(|(_, _, kept)| *kept) {
         Inventory::full_with(root, crate::kernel::CacheUse::Read)
             .map_err(|e| log::warn!("{e}"))
             .ok()
@@ -747,9 +720,11 @@ fn keep(
             continue;
         };
         let list = crate::dpkg::read_list(&list).map_err(|e| e.to_string())?;
+        let shipped: std::collections::HashSet<&Path> =
+            d.files.iter().map(PathBuf::as_path).collect();
         for line in String::from_utf8_lossy(&list.data).lines() {
             let p = Path::new(line);
-            if in_tree(p) && !d.files.iter().any(|f| f == p) {
+            if in_tree(p) && !shipped.contains(p) {
                 return Err(format!("{} {} drops {line}", d.package, d.version));
             }
         }
@@ -810,8 +785,11 @@ impl Session {
             return false;
         }
         let mut r = std::io::Read::take(std::fs::File::from(fd), sandbox::CAP_LOG);
-        match self.preflight.write_atomic_from(as_name, &mut r) {
-            Ok(()) => true,
+        // A log to read, not state: no fsync (each costs a journal commit).
+        match self.preflight.create(as_name, false).and_then(|mut f| {
+            std::io::copy(&mut r, &mut f).map_err(|e| Error::io(Path::new(as_name), e))
+        }) {
+            Ok(_) => true,
             Err(e) => {
                 log::warn!("{e}");
                 false

@@ -26,6 +26,7 @@ pub fn command(root: &Root, env: &Env, a: &PreflightArgs) -> i32 {
     let r = (|| -> Result<(Vec<Tested>, Vec<String>), crate::Error> {
         let cfg = load_config(root);
         let state = State::new(root);
+        let t0 = std::time::Instant::now();
         let session = preflight::Session::begin(&state)?;
         let mut debs = if a.debs.is_empty() {
             download_upgrade(root, &cfg, &env.tools, a.dist_upgrade, &session)?
@@ -35,8 +36,17 @@ pub fn command(root: &Root, env: &Env, a: &PreflightArgs) -> i32 {
                 .map(|d| preflight::read_deb(d))
                 .collect::<Result<Vec<Deb>, _>>()?
         };
-        session.unpack(&mut debs, cfg.build_timeout)?;
+        log::debug!(
+            "preflight: {:.2} s: packages read",
+            t0.elapsed().as_secs_f64()
+        );
+        session.read_contents(&mut debs, cfg.build_timeout)?;
+        log::debug!(
+            "preflight: {:.2} s: contents read",
+            t0.elapsed().as_secs_f64()
+        );
         let planned = preflight::plan_for(root, &debs, &cfg)?;
+        log::debug!("preflight: {:.2} s: planned", t0.elapsed().as_secs_f64());
         let quiet = a.json || a.only_failures;
         let started = |q: &QueuedPair, n: usize, total: usize| {
             if !quiet {
@@ -57,6 +67,7 @@ pub fn command(root: &Root, env: &Env, a: &PreflightArgs) -> i32 {
             &planned.new_kernels,
             &started,
         )?;
+        log::debug!("preflight: {:.2} s: tested", t0.elapsed().as_secs_f64());
         tested.extend(planned.not_tested.into_iter().map(|(rebuild, why)| Tested {
             rebuild,
             ok: None,

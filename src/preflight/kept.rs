@@ -142,7 +142,10 @@ pub fn publish(state: &State, from: &Path, inputs: &Inputs) -> Result<(), Error>
     kept.remove_tree(&tmp)?;
     let entry = kept.subdir(&tmp)?;
     let text = serde_json::to_vec(inputs).map_err(|e| Error::Refused(e.to_string()))?;
-    entry.write_atomic("inputs.json", &text)?;
+    // Published by the rename below; a crash leaves a `.new` entry that
+    // is never read, so no fsync is needed.
+    std::io::Write::write_all(&mut entry.create("inputs.json", false)?, &text)
+        .map_err(|e| Error::io(&entry.path().join("inputs.json"), e))?;
     std::fs::rename(from, entry.path().join("tree")).map_err(|e| Error::io(from, e))?;
     kept.remove_tree(&name)?;
     kept.rename(&tmp, &name)

@@ -13,10 +13,11 @@
 //!
 //! The sandbox ([`main`]) makes every mount private, then read-only,
 //! `nosuid` and `nodev` (each one remounted: `mount_setattr` is not in
-//! our system-call crate), binds the run directory back writable, mounts
-//! an overlay over each affected directory (the packages' unpacked trees
-//! as lower layers above the system's, the upper layer in the run
-//! directory; the builds' `TMPDIR` is there too), a minimal read-only `/dev`
+//! our system-call crate), binds the run directory back writable, unpacks
+//! the packages onto a tmpfs of its own, mounts an overlay over each
+//! affected directory (the packages' trees as lower layers above the
+//! system's, the upper layer in the run directory; the builds' `TMPDIR` is
+//! there too), a minimal read-only `/dev`
 //! (null, zero, full, random, urandom, tty) and its own `/proc`, then
 //! drops `CAP_SYS_ADMIN` and the other capabilities that could undo this
 //! from the bounding set, and runs `dkms build --force` for each pair. It
@@ -67,14 +68,18 @@ fn keep_caps() -> rustix::thread::CapabilitySet {
         | C::AUDIT_WRITE
 }
 
-/// One overlay: `target` (a host path) shows `lowers` (top first; the
-/// last is `target` itself) with writes going to `upper`.
+/// One overlay: `target` (a host path) shows each package's tree at
+/// `names` (the in-root directory and its other names; the last package
+/// on top) above the system's, with writes going to `upper`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Overlay {
     pub target: PathBuf,
-    pub lowers: Vec<PathBuf>,
+    pub names: Vec<PathBuf>,
+    /// On the tmpfs at `run/x`, made by the sandbox.
     pub upper: PathBuf,
     pub work: PathBuf,
+    /// The mode of `upper`, which the merged view's top takes.
+    pub mode: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -96,6 +101,8 @@ pub struct Job {
     pub dkms_tree: PathBuf,
     pub dkms: PathBuf,
     pub overlays: Vec<Overlay>,
+    /// The packages, unpacked onto a tmpfs at `run/x/N`.
+    pub debs: Vec<PathBuf>,
     pub pairs: Vec<JobPair>,
     pub timeout_secs: u64,
     pub jobs: usize,
@@ -295,11 +302,57 @@ fn seal(job: &Job) -> Result<(), String> {
         "",
     )
     .map_err(|e| errno(run.display(), e))?;
+    // The packages' trees, on a tmpfs that dies with the namespace: nothing
+    // of them survives preflight, and unpacking costs no disk journal.
+    let x = job.run.join("x");
+    rustix::mount::mount(
+        "tmpfs",
+        &x,
+        "tmpfs",
+        MountFlags::NOSUID | MountFlags::NODEV,
+        Some(c"mode=700"),
+    )
+    .map_err(|e| errno(format!("tmpfs on {}", x.display()), e))?;
+    let xfd = file_tree::open_dir(&x).map_err(|e| format!("{}: {e}", x.display()))?;
+    let mut trees = Vec::new();
+    for (i, deb) in job.debs.iter().enumerate() {
+        let into = file_tree::make_dir(&xfd, OsStr::new(&i.to_string()), 0o700)
+            .map_err(|e| format!("{}: {e}", x.display()))?;
+        super::with_tar_stream(deb, Duration::from_secs(job.timeout_secs), &mut |r| {
+            file_tree::unpack(r, &into, super::UNPACK_BUDGET)
+        })
+        .map_err(|e| format!("{}: {e}", deb.display()))?;
+        trees.push((x.join(i.to_string()), into));
+    }
     for o in &job.overlays {
-        let mut lowers = Vec::new();
-        for l in &o.lowers {
-            lowers.push(option_path(l)?);
+        let (Some(dir), Some(upper), Some(work)) = (
+            o.upper.parent().and_then(Path::file_name),
+            o.upper.file_name(),
+            o.work.file_name(),
+        ) else {
+            return Err(format!("{}: not a layer path", o.upper.display()));
+        };
+        let ofd = match file_tree::open_beneath(&xfd, Path::new(dir)) {
+            Some(fd) => fd,
+            None => file_tree::make_dir(&xfd, dir, 0o700)
+                .map_err(|e| format!("{}: {e}", o.upper.display()))?,
+        };
+        for (name, mode) in [(upper, o.mode), (work, 0o700)] {
+            file_tree::make_dir(&ofd, name, mode)
+                .map_err(|e| format!("{}: {e}", o.upper.display()))?;
         }
+        let mut lowers = Vec::new();
+        for (path, fd) in trees.iter().rev() {
+            for n in &o.names {
+                let rel = n.strip_prefix("/").unwrap_or(n);
+                // Only a real directory of the package's own tree, never
+                // one reached through a link it ships.
+                if file_tree::open_beneath(fd, rel).is_some() {
+                    lowers.push(option_path(&path.join(rel))?);
+                }
+            }
+        }
+        lowers.push(option_path(&o.target)?);
         let opts = format!(
             "lowerdir={},upperdir={},workdir={}",
             lowers.join(":"),
@@ -519,8 +572,16 @@ fn build_one(job: &Job, i: usize) -> Event {
             copy_file(&b, "make.log", l, &make_log(i), CAP_LOG);
         }
     }
+    // dkms makes a signing key where there is none (3.0: `mok.key`); the
+    // overlay keeps it to itself, so what was signed with it is not kept.
+    let new_key = job.overlays.iter().any(|o| {
+        o.target == job.dkms_tree
+            && ["mok.key", "mok.pub"]
+                .iter()
+                .any(|k| std::fs::symlink_metadata(o.upper.join(k)).is_ok())
+    });
     let mut kept = false;
-    if ended == Ended::Exit(0) {
+    if ended == Ended::Exit(0) && !new_key {
         let built = module.as_ref().and_then(|m| {
             file_tree::open_beneath(m, &Path::new(p.kernel.as_str()).join(p.arch.as_str()))
         });
