@@ -93,4 +93,4 @@ if [ $short = no ]; then bash "$here/dkms-status.sh" "$bin" || true; fi
 # base cached; one round in the smoke run).
 if [ $short = yes ]; then bash "$here/rebuild.sh" "$bin" 1; else bash "$here/rebuild.sh" "$bin" 3 --kernel-tree || true; fi
 # 8. Preflight's overhead over a plain dkms build (full run, a built .deb).
-if [ $short = no ] && [ -n "${DKMS_HOOK_DEB:-}" ]; then bash "$here/preflight.sh" || true; fi
+if [ $short = no ] && [ -n "${DKMS_HOOK_DEB:-}" ]; then bash "$here/preflight.sh" || true; bash "$here/preflight-upgrade.sh" || true; fi

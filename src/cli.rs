@@ -19,10 +19,11 @@ use crate::apt::warned;
 use crate::config::Config;
 use crate::inventory::Inventory;
 use crate::plan::{PairState, Plan};
-use crate::rebuild::{Executor, Outcome, PairResult, Settled, Tools};
+use crate::rebuild::{Executor, Outcome, PairResult, Settled};
 use crate::report::{self, printable, PREFIX};
 use crate::root::Root;
 use crate::state::{QueuedPair, State};
+use crate::tools::Tools;
 use crate::{intake, verify};
 
 /// Write one line to stdout, control characters escaped. Errors (a closed
@@ -179,6 +180,7 @@ fn run(args: &[OsString], hook: bool) -> i32 {
         Command::Sync(a) => sync(&root, &env, a.json),
         Command::Retry(a) => retry(&root, &env, a.json),
         Command::Preflight(a) => Ok(preflight::command(&root, &env, a)),
+        Command::PreflightSandbox => Ok(crate::preflight::sandbox::main()),
         Command::AptJsonHook(a) => Ok(hooks::apt_json_hook(&root, &env, a.json)),
         Command::PreInstallPkgs(a) => Ok(hooks::pre_install_pkgs(&root, &env, a.json)),
         Command::KernelHook { phase, kernel, .. } => {

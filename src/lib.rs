@@ -34,7 +34,7 @@
 //! `architecture::imports_follow_the_layers` holds the same table and fails
 //! on an import that runs up or sideways:
 //!
-//! - 0: `root`, `name`, `tools` — paths inside the root, checked names, external programs
+//! - 0: `root`, `name`, `tools`, `file_tree` — paths inside the root, checked names, external programs, hostile trees handled without following links
 //! - 1: `state_dir`, `dpkg` — the no-follow state directory; dpkg's database
 //! - 2: `change` — what happened to a package
 //! - 3: `dpkg_log`, `kernel` — dpkg.log; kernels and their build trees
@@ -60,6 +60,7 @@ pub mod dkms;
 pub mod dkms_conf;
 pub mod dpkg;
 pub mod dpkg_log;
+pub mod file_tree;
 pub mod intake;
 pub mod inventory;
 pub mod kernel;

@@ -23,6 +23,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 mod backup;
+pub mod kept;
 mod settle;
 
 use crate::config::Config;
@@ -48,6 +49,9 @@ const COMPLETE: &str = "complete";
 pub enum Outcome {
     Rebuilt {
         seconds: f64,
+        /// Preflight's build against exactly this tree was installed
+        /// instead of compiling again.
+        preflight: bool,
     },
     /// The pair was found already rebuilt (a killed run got that far).
     AlreadyDone,
@@ -96,6 +100,11 @@ pub struct Executor<'a> {
     firmware: OnceLock<Firmware>,
     /// The unenrolled key is said once a run, not once a pair.
     key_said: AtomicBool,
+    /// No preflight runs (its lock was free): kept builds may be used.
+    use_kept: AtomicBool,
+    /// Every input of every kernel, read once when a kept build is first
+    /// weighed.
+    inputs: OnceLock<Option<crate::inventory::Inventory>>,
 }
 
 /// How a command ended.
@@ -135,6 +144,8 @@ impl<'a> Executor<'a> {
             mokutil: Firmware::mokutil(state.root(), tools.mokutil),
             firmware: OnceLock::new(),
             key_said: AtomicBool::new(false),
+            use_kept: AtomicBool::new(false),
+            inputs: OnceLock::new(),
         })
     }
 
@@ -150,6 +161,9 @@ impl<'a> Executor<'a> {
     ) -> Result<Vec<PairResult>, Error> {
         let queue = Mutex::new(self.state.queue()?);
         let failures = Mutex::new(self.state.failures()?);
+        // Preflight's kept builds are read only while no preflight runs.
+        let _kept_lock = kept::lock_if_free(self.state);
+        self.use_kept.store(_kept_lock.is_some(), Ordering::Relaxed);
         let mut modules: Vec<Vec<QueuedPair>> = Vec::new();
         for p in queue.lock().map_err(poisoned)?.pending.iter() {
             match modules
@@ -370,11 +384,30 @@ impl<'a> Executor<'a> {
                 backup: (!restored).then(|| Self::backup_inroot(p)),
             })
         };
-        // 3. Build, with a fresh run log for this attempt.
+        // 3. Build, with a fresh run log for this attempt; or, when
+        // preflight built against exactly this tree, put its build in place.
         let started = Instant::now();
         let start_time = SystemTime::now();
-        let log = self.run_log(p, false);
-        match self.dkms(p, &["build", "--force"], log) {
+        let kept = self.kept_build(p, notes);
+        let from_preflight = kept.is_some();
+        let built = match &kept {
+            Some(k) => {
+                let placed = remove_dir_tree(&dir).and_then(|()| {
+                    let parent = dir.parent().unwrap_or(Path::new("/"));
+                    kept::install(k, parent, dir.file_name().unwrap_or_default())
+                        .map_err(|e| Error::io(&dir, std::io::Error::other(e)))
+                });
+                match placed {
+                    Ok(()) => Ran::Exit(0),
+                    Err(e) => {
+                        return failed(None, format!("placing preflight's build failed: {e}"), None)
+                    }
+                }
+            }
+            None => self.dkms(p, &["build", "--force"], self.run_log(p, false)),
+        };
+        drop(kept);
+        match built {
             Ran::Exit(0) => {}
             Ran::Exit(s @ (EXIT_BUILD_EXCLUSIVE | EXIT_NO_HEADERS)) => {
                 if let Err(e) = restore() {
@@ -471,7 +504,45 @@ impl<'a> Executor<'a> {
         }
         Ok(Outcome::Rebuilt {
             seconds: started.elapsed().as_secs_f64(),
+            preflight: from_preflight,
         })
+    }
+
+    /// Preflight's build of `p`, when it was made against exactly the tree
+    /// installed now; a kept build that does not match is dropped with a
+    /// note saying why, and the pair builds as before.
+    fn kept_build(&self, p: &QueuedPair, notes: &mut Vec<String>) -> Option<kept::Kept> {
+        if !self.use_kept.load(Ordering::Relaxed) || !kept::exists(self.state, p) {
+            return None;
+        }
+        let root = self.state.root();
+        let inv = self
+            .inputs
+            .get_or_init(|| {
+                crate::inventory::Inventory::full(root)
+                    .map_err(|e| log::warn!("{e}"))
+                    .ok()
+            })
+            .as_ref()?;
+        let now = kept::Inputs {
+            module: p.module.clone(),
+            version: p.version.clone(),
+            kernel: p.kernel.clone(),
+            arch: p.arch.clone(),
+            packages: kept::packages_of(inv, &p.kernel, &[]),
+            source: kept::source_fingerprint(root, &p.module, &p.version),
+            time: crate::state::now_secs(),
+        };
+        match kept::take(self.state, p, &now) {
+            Ok(k) => k,
+            Err(why) => {
+                notes.push(format!(
+                    "preflight's build of {}/{} for {} was not used ({why}): built again",
+                    p.module, p.version, p.kernel
+                ));
+                None
+            }
+        }
     }
 
     /// Loud warnings when the new module will not load after the reboot:
@@ -665,6 +736,15 @@ fn in_parallel<T: Send>(
         .into_inner()
         .map_err(poisoned)?
         .map_or(Ok(()), Err)
+}
+
+/// Remove a directory tree that may not exist.
+fn remove_dir_tree(p: &Path) -> Result<(), Error> {
+    match std::fs::remove_dir_all(p) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(p, e)),
+    }
 }
 
 fn poisoned<T>(_: T) -> Error {

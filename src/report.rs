@@ -126,9 +126,17 @@ pub fn result_line(r: &PairResult) -> String {
     let p = &r.pair;
     let what = format!("{}/{} for {}", p.module, p.version, p.kernel);
     match &r.outcome {
-        Outcome::Rebuilt { seconds } => {
-            format!("rebuilt {what} ({}) in {seconds:.1} s", causes(&p.because))
-        }
+        Outcome::Rebuilt {
+            seconds,
+            preflight: false,
+        } => format!("rebuilt {what} ({}) in {seconds:.1} s", causes(&p.because)),
+        Outcome::Rebuilt {
+            seconds,
+            preflight: true,
+        } => format!(
+            "rebuilt {what} ({}) in {seconds:.1} s: installed preflight's build against these packages, not compiled again",
+            causes(&p.because)
+        ),
         Outcome::AlreadyDone => format!("{what} was already rebuilt"),
         Outcome::Skipped { status } => format!(
             "skipped {what}: dkms exited {status} ({})",

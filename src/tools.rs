@@ -19,6 +19,11 @@ pub const MODINFO: &str = "modinfo";
 pub const MOKUTIL: &str = "mokutil";
 /// Copies trees with modes, links and times intact.
 pub const CP: &str = "cp";
+/// Unpacks and reads `.deb` files (preflight).
+pub const DPKG_DEB: &str = "dpkg-deb";
+/// Simulates upgrades and downloads packages (preflight without packages);
+/// `DKMS_HOOK_APT_GET` names a stand-in (tests, `--root`).
+pub const APT_GET: &str = "apt-get";
 
 /// dkms's exit status when `BUILD_EXCLUSIVE_*` keeps it from building.
 pub const DKMS_EXIT_BUILD_EXCLUSIVE: i32 = 77;
@@ -35,6 +40,9 @@ pub struct Tools {
     pub modinfo: Option<OsString>,
     pub mokutil: Option<OsString>,
     pub depmod: Option<OsString>,
+    /// `DKMS_HOOK_APT_GET`: a stand-in for apt-get in preflight's download
+    /// mode (tests, `--root`).
+    pub apt_get: Option<OsString>,
 }
 
 impl Tools {
@@ -48,6 +56,7 @@ impl Tools {
             modinfo: var("DKMS_HOOK_MODINFO"),
             mokutil: var("DKMS_HOOK_MOKUTIL"),
             depmod: var("DKMS_HOOK_DEPMOD"),
+            apt_get: var("DKMS_HOOK_APT_GET"),
         }
     }
 }

@@ -63,7 +63,7 @@ Files:
   /etc/dkms/dkms-hook.conf   configuration; every key is listed, commented, at its default
   /var/lib/dkms-hook/        state: dpkg.log cursor, queue, failures, findings (for the login notice), counters, the file-list and module-facts caches, backups/, logs/, builds/ (running builds), lock
   /var/lib/prometheus/node-exporter/dkms_hook.prom   the node_exporter textfile (when that directory exists)
-  /var/lib/dkms-hook/preflight/   preflight's kept make.logs and, while it runs, its scratch layers
+  /var/lib/dkms-hook/preflight/   preflight's kept logs and builds (kept/, used once by the rebuild after dpkg) and, while it runs, its private run directory
   /var/log/dkms-hook.log     one line per rebuild, skip or failure
   /etc/apt/apt.conf.d/80dkms-hook, /etc/dkms/dkms-hook-preflight (apt's Pre-Install-Pkgs), /etc/dpkg/dpkg.cfg.d/dkms-hook, /etc/kernel/*.d/dkms-hook   the hooks
 
@@ -75,6 +75,7 @@ Environment:
   DKMS_HOOK_UPDATE_INITRAMFS  the update-initramfs program to run (under --root it is skipped unless named)
   DKMS_HOOK_MODINFO  the modinfo program that reads a module's vermagic and signer (a stand-in, for tests)
   DKMS_HOOK_DEPMOD   the depmod program run once per kernel after its rebuilds (under --root it is skipped unless named)
+  DKMS_HOOK_APT_GET  the apt-get preflight asks without DEB files (under --root it is refused unless named)
   DKMS_HOOK_MOKUTIL  the mokutil program asked about Secure Boot and dkms's key (a stand-in; under --root it is not run unless named)
 
 Exit status:
@@ -139,11 +140,15 @@ pub enum Command {
     ///
     /// Before anything is unpacked, every dkms module that the given
     /// packages (or, without any, what `apt-get upgrade` would install) make
-    /// stale is built against the build tree as it will be, in a private
-    /// mount namespace over overlayfs, so nothing on the system changes. Exits 0
+    /// stale, against the build tree as it will be: in a sandbox (its own
+    /// PID and mount namespaces, the system read-only, the packages as
+    /// overlayfs layers), so nothing on the system changes. Exits 0
     /// when every pair builds (or is excluded), 1 when one fails, 2 when
     /// preflight cannot run here. It builds; it does not load the module.
     Preflight(PreflightArgs),
+    /// preflight's sandbox, started by `preflight` only.
+    #[command(hide = true, name = "preflight-sandbox")]
+    PreflightSandbox,
     /// apt's JSON hook: say before the prompt what will be rebuilt.
     ///
     /// AptCli::Hooks::Install and ::Upgrade: say before the prompt which

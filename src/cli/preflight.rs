@@ -1,7 +1,7 @@
 //! `dkms-hook preflight` and preflight inside apt's Pre-Install-Pkgs: the
 //! glue between the command line and [`crate::preflight`].
 
-use std::path::PathBuf;
+use std::ffi::OsString;
 
 use super::args::{PreflightArgs, EXIT_BLOCK};
 use super::{err, load_config, out, out_json, Env};
@@ -23,21 +23,30 @@ const EXIT_CANNOT_RUN: i32 = 2;
 
 /// `dkms-hook preflight [--json] [--dist-upgrade] [DEB…]`.
 pub fn command(root: &Root, env: &Env, a: &PreflightArgs) -> i32 {
-    let mut downloads = None;
     let r = (|| -> Result<(Vec<Tested>, Vec<String>), crate::Error> {
         let cfg = load_config(root);
         let state = State::new(root);
-        let debs = if a.debs.is_empty() {
-            let (debs, dir) = download_upgrade(root, &cfg, a.dist_upgrade)?;
-            downloads = dir;
-            debs
+        let t0 = std::time::Instant::now();
+        let session = preflight::Session::begin(&state)?;
+        let mut debs = if a.debs.is_empty() {
+            download_upgrade(root, &cfg, &env.tools, a.dist_upgrade, &session)?
         } else {
             a.debs
                 .iter()
                 .map(|d| preflight::read_deb(d))
                 .collect::<Result<Vec<Deb>, _>>()?
         };
-        let (p, inv, not_tested) = preflight::plan_for(root, &debs, &cfg)?;
+        log::debug!(
+            "preflight: {:.2} s: packages read",
+            t0.elapsed().as_secs_f64()
+        );
+        session.read_contents(&mut debs, cfg.build_timeout)?;
+        log::debug!(
+            "preflight: {:.2} s: contents read",
+            t0.elapsed().as_secs_f64()
+        );
+        let planned = preflight::plan_for(root, &debs, &cfg)?;
+        log::debug!("preflight: {:.2} s: planned", t0.elapsed().as_secs_f64());
         let quiet = a.json || a.only_failures;
         let started = |q: &QueuedPair, n: usize, total: usize| {
             if !quiet {
@@ -48,16 +57,18 @@ pub fn command(root: &Root, env: &Env, a: &PreflightArgs) -> i32 {
             }
         };
         let mut tested = preflight::run(
-            root,
+            &session,
             &state,
             &cfg,
-            env.tools.clone(),
+            &env.tools,
             &debs,
-            &p,
-            &inv,
+            &planned.plan,
+            &planned.inventory,
+            &planned.new_kernels,
             &started,
         )?;
-        tested.extend(not_tested.into_iter().map(|(rebuild, why)| Tested {
+        log::debug!("preflight: {:.2} s: tested", t0.elapsed().as_secs_f64());
+        tested.extend(planned.not_tested.into_iter().map(|(rebuild, why)| Tested {
             rebuild,
             ok: None,
             skipped: Some("new-kernel"),
@@ -65,11 +76,8 @@ pub fn command(root: &Root, env: &Env, a: &PreflightArgs) -> i32 {
             seconds: 0.0,
             make_log: None,
         }));
-        Ok((tested, p.warnings))
+        Ok((tested, planned.plan.warnings))
     })();
-    if let Some(dir) = downloads {
-        let _ = std::fs::remove_dir_all(dir);
-    }
     let (tested, warnings) = match r {
         Ok(t) => t,
         Err(e) => {
@@ -99,18 +107,24 @@ pub fn command(root: &Root, env: &Env, a: &PreflightArgs) -> i32 {
 }
 
 /// Without DEB arguments: what apt would install, the input packages among
-/// it downloaded into a scratch directory.
+/// it downloaded into the session's fresh private directory.
 fn download_upgrade(
     root: &Root,
     cfg: &crate::config::Config,
+    tools: &crate::tools::Tools,
     dist_upgrade: bool,
-) -> Result<(Vec<Deb>, Option<PathBuf>), crate::Error> {
-    if !root.is_host_root() {
-        return Err(crate::Error::Refused(
-            "without DEB files, preflight asks the host's apt: not under --root".into(),
-        ));
-    }
-    let candidates = preflight::apt_upgrade_candidates(dist_upgrade)?;
+    session: &preflight::Session,
+) -> Result<Vec<Deb>, crate::Error> {
+    let apt_get: OsString = match &tools.apt_get {
+        Some(p) => p.clone(),
+        None if root.is_host_root() => preflight::APT_GET.into(),
+        None => {
+            return Err(crate::Error::Refused(
+                "without DEB files, preflight asks the host's apt: not under --root (unless DKMS_HOOK_APT_GET names a stand-in)".into(),
+            ))
+        }
+    };
+    let candidates = preflight::apt_upgrade_candidates(&apt_get, dist_upgrade)?;
     let changes: Vec<Change> = candidates
         .iter()
         .map(|(name, version, arch)| {
@@ -125,17 +139,16 @@ fn download_upgrade(
         .flat_map(|r| r.because.iter().map(|c| &c.package))
         .collect();
     if needed.is_empty() {
-        return Ok((Vec::new(), None));
+        return Ok(Vec::new());
     }
-    let dir = std::env::temp_dir().join(format!("dkms-hook-preflight-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| crate::Error::io(&dir, e))?;
+    let dir = session.download_dir()?;
     let mut debs = Vec::new();
     for (name, version, _) in candidates.iter().filter(|(n, _, _)| needed.contains(&n)) {
         debs.push(preflight::read_deb(&preflight::apt_download(
-            name, version, &dir,
+            &apt_get, name, version, &dir,
         )?)?);
     }
-    Ok((debs, Some(dir)))
+    Ok(debs)
 }
 
 fn line(t: &Tested) -> String {

@@ -141,6 +141,8 @@ pub struct ResultJson<'a> {
     outcome: &'static str,
     exit_status: Option<i32>,
     make_log: Option<String>,
+    /// Rebuilt by installing preflight's build of the same tree.
+    from_preflight: bool,
     line: String,
 }
 
@@ -175,6 +177,13 @@ pub fn results<'a>(p: &'a Plan, results: &'a [PairResult]) -> ResultsJson<'a> {
                     outcome,
                     exit_status,
                     make_log,
+                    from_preflight: matches!(
+                        r.outcome,
+                        Outcome::Rebuilt {
+                            preflight: true,
+                            ..
+                        }
+                    ),
                     line: result_line(r),
                 }
             })

@@ -406,6 +406,34 @@ e2e_bench_root() {
     e2e_apt_offline install acpi-call-dkms >/dev/null 2>&1
 }
 
+# e2e_dkms_wrapper -- /usr/local/sbin/dkms, first on the PATH apt and the hooks
+# see: notes each call ("EPOCH ARGS") in /var/log/e2e-dkms-calls.log, or, in
+# preflight's read-only sandbox, on its output (preflight keeps each pair's
+# run log as /var/lib/dkms-hook/preflight/M-V-K.dkms.log), then runs dkms.
+e2e_dkms_wrapper() {
+    cat > "$E2E_ROOT/usr/local/sbin/dkms" <<'EOF'
+#!/bin/sh
+line="$(date +%s) $*"
+{ echo "$line" >> /var/log/e2e-dkms-calls.log; } 2>/dev/null || echo "e2e-dkms-call: $line"
+exec /usr/sbin/dkms "$@"
+EOF
+    chmod 0755 "$E2E_ROOT/usr/local/sbin/dkms"
+}
+
+# builds_since EPOCH MODULE KERNEL -- how many `dkms build`s of MODULE for KERNEL
+# ran since EPOCH (post-invoke's and preflight's), by e2e_dkms_wrapper's notes.
+builds_since() {
+    { cat "$E2E_ROOT/var/log/e2e-dkms-calls.log" 2>/dev/null
+      cat "$E2E_ROOT"/var/lib/dkms-hook/preflight/*.dkms.log 2>/dev/null | sed -n 's/^e2e-dkms-call: //p'
+    } | awk -v t="$1" -v m="$2" -v k="$3" '
+        $1 >= t && $2 == "build" {
+            mm = ""; kk = ""
+            for (i = 3; i < NF; i++) { if ($i == "-m") mm = $(i + 1); if ($i == "-k") kk = $(i + 1) }
+            if (mm == m && kk == k) n++
+        }
+        END { print n + 0 }'
+}
+
 # e2e_add_failmod -- copy tests/e2e/failmod into the root as /usr/src/e2e-failmod-1.0
 # and `dkms add` it (no build).
 e2e_add_failmod() {

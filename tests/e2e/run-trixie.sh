@@ -8,7 +8,7 @@
 # Without DKMS_HOOK_DEB the package is built with tests/package.sh. The base
 # root is cached (make-base-trixie.sh); one fresh root per run: dkms-hook,
 # acpi-call-dkms and a first kernel (the older ABI if the archive has two),
-# then scenarios 1, 2 and 3 in that order.
+# then scenarios 1, 2, 3 and 4 in that order.
 # Prints PASS/FAIL per scenario and ends with "N passed, M failed".
 # When the Debian mirror cannot be reached: one "SKIPPED:" line, exit 0.
 set -euo pipefail
@@ -38,6 +38,7 @@ log_lines() { wc -l < "$E2E_ROOT/var/log/dkms-hook.log" 2>/dev/null || echo 0; }
 T0=$SECONDS
 e2e_run_root
 install_dkms_hook
+e2e_dkms_wrapper
 read -r -a FIRST <<< "$E2E_FIRST_KERNELS"
 read -r -a ADDED <<< "$E2E_ADDED_KERNELS"
 FED=("$E2E_NEW_KERNEL" "$E2E_NEW_KERNEL2")     # the kernels $E2E_KBUILD feeds
@@ -145,7 +146,31 @@ check "nothing removed: linux-headers-$K still installed" \
 check "$K: dkms status says installed" installed acpi-call "$K"
 verdict
 
-scenario "4: every dkms.conf of Debian 13 main, on amd64 and cloud-amd64: dkms-hook excludes what dkms excludes"
+scenario "4: an in-place change of $E2E_KBUILD through apt, default configuration: one build per pair"
+KV2="$(e2e_repack_bump "$E2E_KBUILD" "$KV" +e2e2)"
+declare -A M_BEFORE4=()
+for k in "${FED[@]}"; do M_BEFORE4[$k]="$(mtime "$(acpi_ko "$k")")"; done
+sleep 1
+T4="$(date +%s)"
+o="$(out)"
+RC=0; e2e_apt_offline install "$E2E_KBUILD=$KV2" > "$o" 2>&1 || RC=$?
+grep -F 'dkms-hook' "$o" | sed 's/^/    | /' || true
+check "apt-get exits 0 (rc=$RC)" test "$RC" == 0
+check "$E2E_KBUILD upgraded in place to $KV2" test "$(in_root dpkg-query -W -f '${Version}' "$E2E_KBUILD")" == "$KV2"
+for k in "${FED[@]}"; do
+    n="$(builds_since "$T4" acpi-call "$k")"
+    check "$k: acpi-call built once in this upgrade, by preflight ($n)" test "$n" == 1
+    check "$k: the rebuild line says preflight's build was installed" \
+        contains "$o" "dkms-hook: rebuilt $M for $k ($E2E_KBUILD $KV → $KV2) in"
+    check "$k: acpi_call.ko.xz is new" test "$(mtime "$(acpi_ko "$k")")" -gt "${M_BEFORE4[$k]}"
+    check "$k: dkms status says installed" installed acpi-call "$k"
+    check "$k: the installed module's vermagic is for $k" vermagic_is "$(acpi_ko "$k")" "$k"
+done
+check "…not compiled again" contains "$o" "installed preflight's build against these packages, not compiled again"
+check "no dkms-hook failure" lacks "$o" "dkms-hook: FAILED"
+verdict
+
+scenario "5: every dkms.conf of Debian 13 main, on amd64 and cloud-amd64: dkms-hook excludes what dkms excludes"
 e2e_check_dkms_conf_corpus
 verdict
 

@@ -34,6 +34,7 @@ T0=$SECONDS
 ########################################################################## root A
 new_root
 install_dkms_hook
+e2e_dkms_wrapper
 e2e_add_failmod >&2
 in_root dkms install -m e2e-failmod -v 1.0 -k "$OLD" >&2
 # v4l2loopback: its dkms.conf is a script (BUILD_EXCLUSIVE_KERNEL set inside
@@ -123,10 +124,11 @@ check "$OLD acpi_call.ko is new" test "$(mtime "$ACPI_OLD")" -gt "$M_BEFORE"
 check "the failed pair was retried and now builds" contains "$o" "dkms-hook: rebuilt e2e-failmod/1.0 for $OLD"
 verdict
 
-scenario "6: an in-place upgrade of linux-headers-$OLD rebuilds its module"
+scenario "6: an in-place upgrade of linux-headers-$OLD through apt rebuilds its modules, one build per pair"
 H_V="$(e2e_repack_bump "$E2E_OLD_HEADERS" "$E2E_OLD_VERSION")"
 M_BEFORE="$(mtime "$ACPI_OLD")" M_NEW_BEFORE="$(mtime "$(ko acpi_call "$NEW")")"
 sleep 1
+T6="$(date +%s)"
 o="$(out)"
 RC=0; e2e_apt_offline install "$E2E_OLD_HEADERS=$H_V" > "$o" 2>&1 || RC=$?
 grep -F 'dkms-hook' "$o" | sed 's/^/    | /' || true
@@ -134,6 +136,14 @@ check "apt-get exits 0 (rc=$RC)" test "$RC" == 0
 check "the rebuild line names the headers package" contains "$o" "dkms-hook: rebuilt acpi-call/$E2E_ACPI_CALL_UPSTREAM for $OLD ($E2E_OLD_HEADERS $E2E_OLD_VERSION → $H_V)"
 check "$OLD acpi_call.ko is new" test "$(mtime "$ACPI_OLD")" -gt "$M_BEFORE"
 check "$NEW is not touched" test "$(mtime "$(ko acpi_call "$NEW")")" == "$M_NEW_BEFORE"
+for m in acpi-call e2e-failmod; do
+    n="$(builds_since "$T6" "$m" "$OLD")"
+    check "default configuration (preflight = warn): $m for $OLD built once in this upgrade ($n)" test "$n" == 1
+done
+check "apt's output says preflight's build was installed, not compiled again" \
+    contains "$o" "installed preflight's build against these packages, not compiled again"
+check "dkms status: e2e-failmod installed for $OLD" installed e2e-failmod "$OLD"
+check "the installed e2e_failmod.ko's vermagic is for $OLD" vermagic_is "$(ko e2e_failmod "$OLD")" "$OLD"
 verdict
 
 scenario "10: preflight test-builds against an upgrade before dpkg unpacks it, and changes nothing"

@@ -7,7 +7,7 @@ use std::path::Path;
 
 /// Lowest first; a module may import only modules of an earlier row.
 const LAYERS: &[&[&str]] = &[
-    &["root", "name", "tools"],
+    &["root", "name", "tools", "file_tree"],
     &["state_dir", "dpkg"],
     &["change"],
     &["dpkg_log", "kernel"],
