@@ -314,7 +314,20 @@ pub fn find_inputs(
     candidates: &[(PackageName, Option<String>, PathBuf)],
 ) -> Result<BTreeMap<KernelRelease, Vec<Input>>, Error> {
     let found = scan_lists(kernels, candidates, None, false)?;
-    Ok(inputs_of(root, kernels, candidates, &found))
+    Ok(inputs_of(root, kernels, candidates, &found, &|_| true))
+}
+
+/// [`find_inputs`] for planning changes: the compiler role is looked up
+/// (its package's list read) only for a compiler among `changed`, the one
+/// case in which a plan can use it.
+pub fn find_changed_inputs(
+    root: &Root,
+    kernels: &[Kernel],
+    candidates: &[(PackageName, Option<String>, PathBuf)],
+    changed: &dyn Fn(&PackageName) -> bool,
+) -> Result<BTreeMap<KernelRelease, Vec<Input>>, Error> {
+    let found = scan_lists(kernels, candidates, None, false)?;
+    Ok(inputs_of(root, kernels, candidates, &found, changed))
 }
 
 /// How [`find_inputs_cached`] uses the file-list cache ([`list_cache`]).
@@ -371,7 +384,7 @@ pub fn find_inputs_cached(
             log::debug!("{e}");
         }
     }
-    Ok(inputs_of(root, kernels, candidates, &found))
+    Ok(inputs_of(root, kernels, candidates, &found, &|_| true))
 }
 
 /// Bring the file-list cache up to date after dpkg changed the packages of
@@ -501,6 +514,15 @@ fn scan_lists(
             .ok()?;
             Some((d.to_path_buf(), fd))
         });
+    let scan = |first: usize, chunk: &[(PackageName, Option<String>, PathBuf)]| {
+        scan_chunk(kernels, &finders, info.as_ref(), cache, stat, first, chunk)
+    };
+    // A few lists (a transaction's) are read here: a thread costs more
+    // than reading them. A panic is the run's error all the same.
+    if candidates.len() <= INLINE_LISTS {
+        return std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| scan(0, candidates)))
+            .map_err(|_| Error::Refused("the file-list reader panicked".into()));
+    }
     // Two threads: on 6,000 lists the syscalls dominate (open, read, close).
     let half = candidates.len().div_ceil(2).max(1);
     std::thread::scope(|s| {
@@ -508,71 +530,82 @@ fn scan_lists(
             .chunks(half)
             .enumerate()
             .map(|(c, chunk)| {
-                let (finders, info) = (&finders, &info);
-                s.spawn(move || {
-                    let mut out = Vec::new();
-                    let mut buf = Vec::new();
-                    for (i, (_, _, path)) in chunk.iter().enumerate() {
-                        let index = c * half + i;
-                        let meta = if stat {
-                            stat_list(info.as_ref(), path)
-                        } else {
-                            None
-                        };
-                        let hit = meta.and_then(|m| cache?.get(index, list_name(path)?, &m));
-                        if let (Some(m), Some(roles)) = (meta, hit) {
-                            out.push(Facts {
-                                index,
-                                meta,
-                                hit: true,
-                                roles: roles.clone(),
-                                modified: m.modified(),
-                            });
-                            continue;
-                        }
-                        let len = match read_whole(path, &mut buf) {
-                            Ok(n) => n,
-                            Err(e) if e.kind() == std::io::ErrorKind::Other => {
-                                log::warn!("{}: refused: {e}", path.display());
-                                continue;
-                            }
-                            Err(e) => {
-                                log::debug!("{}: {e}", path.display());
-                                continue;
-                            }
-                        };
-                        let data = &buf[..len];
-                        let mut facts = Facts {
-                            index,
-                            meta,
-                            hit: false,
-                            roles: Vec::new(),
-                            modified: None,
-                        };
-                        if finders.iter().any(|f| f.find(data).is_some()) {
-                            facts.modified = match meta {
-                                Some(m) => m.modified(),
-                                None => std::fs::symlink_metadata(path)
-                                    .and_then(|m| m.modified())
-                                    .ok(),
-                            };
-                            let list = FileList {
-                                path: path.clone(),
-                                data: data.to_vec(),
-                                modified: facts.modified,
-                            };
-                            facts.roles = roles_of(&list, kernels);
-                        }
-                        if meta.is_some() || !facts.roles.is_empty() {
-                            out.push(facts);
-                        }
-                    }
-                    out
-                })
+                let scan = &scan;
+                s.spawn(move || scan(c * half, chunk))
             })
             .collect();
         join_readers(workers)
     })
+}
+
+/// Lists read without starting threads.
+const INLINE_LISTS: usize = 32;
+
+/// [`scan_lists`] of the lists `chunk`, the first of which is candidate
+/// number `first`.
+fn scan_chunk(
+    kernels: &[Kernel],
+    finders: &[memchr::memmem::Finder<'_>],
+    info: Option<&(PathBuf, rustix::fd::OwnedFd)>,
+    cache: Option<&Lookup<'_>>,
+    stat: bool,
+    first: usize,
+    chunk: &[(PackageName, Option<String>, PathBuf)],
+) -> Vec<Facts> {
+    let mut out = Vec::new();
+    let mut buf = Vec::new();
+    for (i, (_, _, path)) in chunk.iter().enumerate() {
+        let index = first + i;
+        let meta = if stat { stat_list(info, path) } else { None };
+        let hit = meta.and_then(|m| cache?.get(index, list_name(path)?, &m));
+        if let (Some(m), Some(roles)) = (meta, hit) {
+            out.push(Facts {
+                index,
+                meta,
+                hit: true,
+                roles: roles.clone(),
+                modified: m.modified(),
+            });
+            continue;
+        }
+        let len = match read_whole(path, &mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Other => {
+                log::warn!("{}: refused: {e}", path.display());
+                continue;
+            }
+            Err(e) => {
+                log::debug!("{}: {e}", path.display());
+                continue;
+            }
+        };
+        let data = &buf[..len];
+        let mut facts = Facts {
+            index,
+            meta,
+            hit: false,
+            roles: Vec::new(),
+            modified: None,
+        };
+        if finders.iter().any(|f| f.find(data).is_some()) {
+            facts.modified = match meta {
+                Some(m) => m.modified(),
+                None => std::fs::symlink_metadata(path)
+                    .and_then(|m| m.modified())
+                    .ok(),
+            };
+            let list = FileList {
+                path: path.clone(),
+                data: data.to_vec(),
+                modified: facts.modified,
+            };
+            facts.roles = roles_of(&list, kernels);
+        }
+        if meta.is_some() || !facts.roles.is_empty() {
+            out.push(facts);
+        }
+    }
+    out
 }
 
 /// A list's metadata, stat'ed relative to `info` when it lies there.
@@ -587,12 +620,14 @@ fn stat_list(info: Option<&(PathBuf, rustix::fd::OwnedFd)>, path: &Path) -> Opti
     Meta::of(&st.ok()?)
 }
 
-/// The inputs per kernel from the lists' facts, and the compilers.
+/// The inputs per kernel from the lists' facts, and the compilers that
+/// `compiler_wanted` accepts.
 fn inputs_of(
     root: &Root,
     kernels: &[Kernel],
     candidates: &[(PackageName, Option<String>, PathBuf)],
     found: &[Facts],
+    compiler_wanted: &dyn Fn(&PackageName) -> bool,
 ) -> BTreeMap<KernelRelease, Vec<Input>> {
     let mut out: BTreeMap<KernelRelease, Vec<Input>> = BTreeMap::new();
     for f in found {
@@ -612,6 +647,9 @@ fn inputs_of(
         let Ok(p) = PackageName::new(cc) else {
             continue;
         };
+        if !compiler_wanted(&p) {
+            continue;
+        }
         let Some(path) = dpkg::list_path(root, &p, None) else {
             continue;
         };

@@ -346,11 +346,12 @@ pub fn load(root: &Root, kernels: &[Kernel]) -> Option<ListCache> {
     }
 }
 
-/// Write the cache atomically into the state directory (root runs only).
+/// Write the cache into the state directory (root runs only), without
+/// fsync: a cache lost or cut in a crash only costs reading the lists.
 pub fn save(root: &Root, cache: &ListCache) -> Result<(), Error> {
     State::new(root)
         .open()?
-        .write_atomic(FILE, &cache.to_bytes())
+        .write_unsynced(FILE, &cache.to_bytes())
 }
 
 #[cfg(test)]
