@@ -330,6 +330,37 @@ pub fn find_changed_inputs(
     Ok(inputs_of(root, kernels, candidates, &found, changed))
 }
 
+/// Whether one of `packages` (name, architecture if known) owns a file of
+/// an installed kernel's build tree, as its file list says: the first and
+/// cheap question about a change (the kernels' trees and these lists), the
+/// one that decides whether anything else need be read.
+pub fn any_feeds_a_tree(
+    root: &Root,
+    packages: &[(PackageName, Option<String>)],
+) -> Result<bool, Error> {
+    let kernels = scan(root, &mut Vec::new());
+    if kernels.is_empty() {
+        return Ok(false);
+    }
+    let mut lists = Vec::new();
+    for (p, a) in packages {
+        match dpkg::list_path(root, p, a.as_deref()) {
+            Some(list) => lists.push((p.clone(), a.clone(), list)),
+            // Without a list, a tree path naming it (as for a change).
+            None if kernels
+                .iter()
+                .flat_map(|k| &k.tree)
+                .any(|t| guess_owner(&t.path).as_ref() == Some(p)) =>
+            {
+                return Ok(true)
+            }
+            None => {}
+        }
+    }
+    let found = scan_lists(&kernels, &lists, None, false)?;
+    Ok(found.iter().any(|f| !f.roles.is_empty()))
+}
+
 /// How [`find_inputs_cached`] uses the file-list cache ([`list_cache`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CacheUse {

@@ -9,6 +9,7 @@ use crate::change::Change;
 use crate::config::Config;
 use crate::inventory::Inventory;
 use crate::kernel::KernelRelease;
+use crate::name::PackageName;
 use crate::plan::Plan;
 use crate::report::{self, PREFIX};
 use crate::root::Root;
@@ -75,6 +76,9 @@ pub(super) fn motd(root: &Root) -> i32 {
 /// far as they reach (`None` once an error is said).
 fn forecast(root: &Root, cfg: &Config, changes: &[AptChange]) -> Option<Plan> {
     let planned: Vec<Change> = changes.iter().filter_map(AptChange::to_change).collect();
+    if planned.is_empty() {
+        return Some(Plan::default()); // most JSON hook calls of `apt reinstall`
+    }
     let inv = said(Inventory::for_changes(root, &planned))?;
     Some(plan::forecast(&planned, &inv, cfg))
 }
@@ -134,6 +138,21 @@ fn reinstalls(root: &Root, session: &apt::JsonHookSession) -> Vec<AptChange> {
         .iter()
         .map(|t| apt::search_term_package(t).0)
         .collect();
+    // Only a package that feeds a build tree can matter: its file list is
+    // looked at before dpkg's whole status is read for its version.
+    let packages: Vec<(PackageName, Option<String>)> = session
+        .search_terms
+        .iter()
+        .filter_map(|t| {
+            let (name, arch, _) = apt::search_term_package(t);
+            Some((PackageName::new(name).ok()?, arch.map(str::to_owned)))
+        })
+        .collect();
+    match crate::kernel::any_feeds_a_tree(root, &packages) {
+        Ok(true) => {}
+        Ok(false) => return Vec::new(),
+        Err(e) => log::debug!("{e}"),
+    }
     let installed = crate::dpkg::read_status(root, |n| names.contains(&n)).unwrap_or_else(|e| {
         log::debug!("{e}");
         Vec::new()

@@ -26,6 +26,7 @@ const HELLO_REINSTALL: &str = "\
 
 fn mkfifo(f: &Fixture, p: &str) {
     let path = f.path(p);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     let _ = std::fs::remove_file(&path);
     rustix::fs::mknodat(
         rustix::fs::CWD,
@@ -127,4 +128,70 @@ fn pre_install_pkgs_reads_the_configuration_once() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
+}
+
+const HELLO: &str = r#"{"jsonrpc":"2.0","method":"org.debian.apt.hooks.hello","id":0,"params":{"versions":["0.1","0.2"]}}"#;
+const BYE: &str = r#"{"jsonrpc":"2.0","method":"org.debian.apt.hooks.bye","params":{}}"#;
+
+/// One JSON hook call of apt 2.x (protocol 0.2) with debug output on:
+/// (what apt read, the hook's stdout, its stderr).
+fn json_call(f: &Fixture, method: &str, command: &str, terms: &[&str]) -> (String, String, String) {
+    use std::io::{Read, Write};
+    use std::os::fd::AsRawFd;
+    let notification = format!(
+        r#"{{"jsonrpc":"2.0","method":"org.debian.apt.hooks.install.{method}","params":{{"command":"{command}","search-terms":{},"unknown-packages":[],"packages":[]}}}}"#,
+        serde_json::to_string(terms).unwrap()
+    );
+    let (apt, hook) = std::os::unix::net::UnixStream::pair().unwrap();
+    let mut cmd = f.cmd(&["apt-json-hook"]);
+    cmd.env("APT_HOOK_SOCKET", "3")
+        .env("DKMS_HOOK_LOG", "debug")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    crate::fixture::pass_as_fd3(&mut cmd, hook.as_raw_fd());
+    let child = cmd.spawn().unwrap();
+    drop(hook);
+    let mut w = &apt;
+    for m in [HELLO, &notification, BYE] {
+        w.write_all(format!("{m}\n\n").as_bytes()).unwrap();
+    }
+    apt.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut answer = String::new();
+    (&apt).read_to_string(&mut answer).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    (
+        answer,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr(&out),
+    )
+}
+
+#[test]
+fn the_json_hook_reads_nothing_at_the_calls_it_has_nothing_to_do_at() {
+    let f = Fixture::sample();
+    mkfifo(&f, "etc/dkms/dkms-hook.conf");
+    for method in ["pre-prompt", "package-list", "post", "fail"] {
+        let (answer, out, err) = json_call(&f, method, "reinstall", &["linux-kbuild-6.1"]);
+        assert!(answer.contains(r#""version":"0.2""#), "{method}: {answer}");
+        assert_eq!((out.as_str(), err.as_str()), ("", ""), "{method}");
+    }
+    // The call before the prompt reads the configuration (and says it
+    // cannot), then forecasts the reinstall.
+    let (_, out, err) = json_call(&f, "statistics", "reinstall", &["linux-kbuild-6.1"]);
+    assert!(err.contains("dkms-hook.conf"), "{err}");
+    assert!(out.contains("build tree of 6.1.0-50-amd64"), "{out}");
+}
+
+#[test]
+fn an_unrelated_reinstall_is_judged_by_its_file_list_before_dpkg_status() {
+    let f = Fixture::sample();
+    mkfifo(&f, "var/lib/dpkg/status");
+    let (_, out, err) = json_call(&f, "statistics", "reinstall", &["hello"]);
+    assert_eq!(out, "");
+    assert!(!err.contains("dpkg/status"), "{err}");
+    // A reinstall that feeds a tree needs its installed version: the status
+    // file is read (here refused, so nothing is forecast).
+    let (_, _, err) = json_call(&f, "statistics", "reinstall", &["linux-kbuild-6.1"]);
+    assert!(err.contains("dpkg/status"), "{err}");
 }
