@@ -123,8 +123,7 @@ impl Inventory {
     pub fn full_with(root: &Root, cache_use: CacheUse) -> Result<Inventory, Error> {
         let mut inv = Inventory::base(root, cache_use);
         // Without dpkg's file lists nothing can be judged: an error.
-        let lists = dpkg::all_lists(root)?;
-        inv.inputs = kernel::find_inputs_cached(root, &inv.kernels, &lists, cache_use)?;
+        inv.inputs = kernel::find_all_inputs(root, &inv.kernels, cache_use)?;
         let wanted: HashSet<String> = inv.package_names().into_iter().collect();
         inv.read_status(root, |n| wanted.contains(n));
         kernel::guess_missing_inputs(&inv.kernels, &mut inv.inputs, &inv.installed);

@@ -19,7 +19,7 @@ use crate::Error;
 
 pub mod list_cache;
 
-use list_cache::{ListCache, Lookup, Meta, Roles};
+use list_cache::{DirKey, ListCache, Lookup, Meta, Roles};
 
 pub const MODULES_DIR: &str = "/lib/modules";
 
@@ -361,7 +361,7 @@ pub fn any_feeds_a_tree(
     Ok(found.iter().any(|f| !f.roles.is_empty()))
 }
 
-/// How [`find_inputs_cached`] uses the file-list cache ([`list_cache`]).
+/// How [`find_all_inputs`] uses the file-list cache ([`list_cache`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CacheUse {
     /// Use a valid cache, write nothing: runs as a user, and replays.
@@ -370,16 +370,32 @@ pub enum CacheUse {
     Refresh,
 }
 
-/// [`find_inputs`] over every list, through the cache: a list whose
-/// (inode, size, mtime) is cached is stat'ed, not read. Without a usable
-/// cache, and not refreshing, this is exactly [`find_inputs`] (no stat).
-pub fn find_inputs_cached(
+/// [`find_inputs`] over every list of dpkg's info directory, through the
+/// cache ([`list_cache`]): while the directory is as the cache recorded
+/// it, no list is stat'ed or read (dpkg changes a list only by renaming or
+/// removing it, which changes the directory); otherwise every list is
+/// stat'ed and only those whose key is not cached are read. Without a
+/// usable cache, and not refreshing, this is exactly [`find_inputs`] of
+/// every list (no stat).
+pub fn find_all_inputs(
     root: &Root,
     kernels: &[Kernel],
-    candidates: &[(PackageName, Option<String>, PathBuf)],
     cache_use: CacheUse,
 ) -> Result<BTreeMap<KernelRelease, Vec<Input>>, Error> {
+    let info = root
+        .resolve(dpkg::INFO_DIR)
+        .map_err(|e| Error::io(Path::new(dpkg::INFO_DIR), e))?;
+    let started = SystemTime::now();
+    let before = DirKey::of(&info);
     let cache = list_cache::load(root, kernels);
+    if let Some(entries) = cache.as_ref().and_then(|c| c.if_unchanged(before)) {
+        log::debug!(
+            "file lists: {n} of {n} lists from the cache, none stat'ed: the info directory is unchanged",
+            n = entries.len()
+        );
+        return Ok(inputs_of_entries(root, kernels, &info, entries));
+    }
+    let candidates = dpkg::all_lists(root)?;
     let names: Vec<&str> = candidates
         .iter()
         .map(|c| list_name(&c.2).unwrap_or_default())
@@ -388,7 +404,7 @@ pub fn find_inputs_cached(
     let refresh = cache_use == CacheUse::Refresh;
     let found = scan_lists(
         kernels,
-        candidates,
+        &candidates,
         lookup.as_ref(),
         lookup.is_some() || refresh,
     )?;
@@ -396,10 +412,14 @@ pub fn find_inputs_cached(
     if lookup.is_some() {
         log::debug!("file lists: {hits} of {} lists from the cache", names.len());
     }
+    // The directory's key goes with the entries only when it held still
+    // while they were checked, and long enough before (list_cache::SETTLED).
+    let key = before.filter(|b| DirKey::of(&info) == Some(*b) && b.settled(started));
     let unchanged = lookup
         .as_ref()
         .is_some_and(|l| l.same_listing() && hits == names.len());
-    if refresh && !unchanged {
+    let new_key = key.is_some() && cache.as_ref().and_then(ListCache::info) != key;
+    if refresh && (!unchanged || new_key) {
         let entries = found
             .iter()
             .filter_map(|f| {
@@ -411,11 +431,45 @@ pub fn find_inputs_cached(
             })
             .collect();
         // A cache that cannot be written only costs the next run time.
-        if let Err(e) = list_cache::save(root, &ListCache::new(kernels, entries)) {
+        if let Err(e) = list_cache::save(root, &ListCache::new(kernels, key, entries)) {
             log::debug!("{e}");
         }
     }
-    Ok(inputs_of(root, kernels, candidates, &found, &|_| true))
+    Ok(inputs_of(root, kernels, &candidates, &found, &|_| true))
+}
+
+/// The inputs the cached `entries` of the lists in `info` (a host path)
+/// say, as [`find_all_inputs`] finds them by stat'ing every list: the
+/// entries that feed a kernel, under the names `dpkg::all_lists` accepts.
+fn inputs_of_entries(
+    root: &Root,
+    kernels: &[Kernel],
+    info: &Path,
+    entries: &[list_cache::Entry],
+) -> BTreeMap<KernelRelease, Vec<Input>> {
+    let mut candidates = Vec::new();
+    let mut found = Vec::new();
+    for e in entries.iter().filter(|e| !e.roles.is_empty()) {
+        let Some(stem) = e.name.strip_suffix(".list") else {
+            continue;
+        };
+        let (pkg, arch) = match stem.split_once(':') {
+            Some((p, a)) => (p, Some(a.to_string())),
+            None => (stem, None),
+        };
+        let Ok(p) = PackageName::new(pkg) else {
+            continue;
+        };
+        found.push(Facts {
+            index: candidates.len(),
+            meta: Some(e.meta),
+            hit: true,
+            roles: e.roles.clone(),
+            modified: e.meta.modified(),
+        });
+        candidates.push((p, arch, info.join(&e.name)));
+    }
+    inputs_of(root, kernels, &candidates, &found, &|_| true)
 }
 
 /// Bring the file-list cache up to date after dpkg changed the packages of
@@ -431,8 +485,7 @@ pub fn refresh_list_cache(
     changed: &[crate::change::Change],
 ) -> Result<(), Error> {
     let Some(mut cache) = list_cache::load(root, kernels) else {
-        let lists = dpkg::all_lists(root)?;
-        return find_inputs_cached(root, kernels, &lists, CacheUse::Refresh).map(drop);
+        return find_all_inputs(root, kernels, CacheUse::Refresh).map(drop);
     };
     let info = root
         .resolve(dpkg::INFO_DIR)
@@ -482,6 +535,8 @@ pub fn refresh_list_cache(
         .chain(gone.iter().map(String::as_str))
         .collect();
     if cache.update(upserts, &removed) {
+        // Not every list was looked at: the next reader stats them all.
+        cache.set_info(None);
         list_cache::save(root, &cache)?;
     }
     Ok(())
