@@ -94,3 +94,11 @@ if [ $short = no ]; then bash "$here/dkms-status.sh" "$bin" || true; fi
 if [ $short = yes ]; then bash "$here/rebuild.sh" "$bin" 1; else bash "$here/rebuild.sh" "$bin" 3 --kernel-tree || true; fi
 # 8. Preflight's overhead over a plain dkms build (full run, a built .deb).
 if [ $short = no ] && [ -n "${DKMS_HOOK_DEB:-}" ]; then bash "$here/preflight.sh" || true; bash "$here/preflight-upgrade.sh" || true; fi
+# 9. What the hooks add to an apt run that does not concern the kernels, on
+# real Debian 12 and 13 roots (root, e2e bases cached, a built .deb; the
+# smoke run: Debian 12, 2 rounds). Each says why when it cannot run.
+if [ $short = yes ]; then
+    bash "$here/apt-noop.sh" bookworm 2 || true
+else
+    for suite in bookworm trixie; do bash "$here/apt-noop.sh" "$suite" 20 || true; done
+fi

@@ -77,6 +77,14 @@ impl Change {
         self.new.is_none()
     }
 
+    /// A kernel image or headers package (`linux-image-*`,
+    /// `linux-headers-*`): its arrival or removal is news even when it
+    /// feeds no build tree (a new kernel, headers going away).
+    pub fn names_a_kernel(&self) -> bool {
+        let name = self.package.as_str().as_bytes();
+        ALWAYS.iter().any(|p| name.starts_with(p))
+    }
+
     /// `P old → new` as shown in messages.
     pub fn describe(&self) -> String {
         format!(

@@ -142,8 +142,43 @@ pub fn main() -> i32 {
     run(&args, hook)
 }
 
+/// `dkms-hook CMD` exactly as the apt.conf.d lines run the hooks (up to
+/// six times in one apt run, most of them with nothing to do): parsed
+/// without clap, whose parser first builds the whole command tree with
+/// its help (a tenth of such a run's time). Anything more (an option,
+/// `DKMS_HOOK_ROOT`) goes through clap.
+fn bare_hook(args: &[OsString]) -> Option<Cli> {
+    if std::env::var_os("DKMS_HOOK_ROOT").is_some() {
+        return None;
+    }
+    bare_hook_of(args.iter().skip(1).cloned())
+}
+
+/// [`bare_hook`] of these arguments (after the program's name).
+fn bare_hook_of(mut args: impl Iterator<Item = std::ffi::OsString>) -> Option<Cli> {
+    let word = args.next()?;
+    if args.next().is_some() {
+        return None;
+    }
+    let command = match word.to_str()? {
+        "apt-json-hook" => Command::AptJsonHook(args::JsonArg { json: false }),
+        "pre-install-pkgs" => Command::PreInstallPkgs(args::JsonArg { json: false }),
+        "post-invoke" => Command::PostInvoke,
+        _ => return None,
+    };
+    Some(Cli {
+        root: None,
+        verbose: false,
+        command,
+    })
+}
+
 fn run(args: &[OsString], hook: bool) -> i32 {
-    let cli = match Cli::try_parse_from(args) {
+    let parsed = match bare_hook(args) {
+        Some(cli) => Ok(cli),
+        None => Cli::try_parse_from(args),
+    };
+    let cli = match parsed {
         Ok(c) => c,
         // `CMD --help` is no error: the help is printed, as for any command.
         Err(e) if hook && e.use_stderr() => {
@@ -409,4 +444,31 @@ fn init(root: &Root) -> anyhow::Result<i32> {
     let _lock = state.lock()?;
     intake::init_cursor(root, &state)?;
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The hook lines' bare `dkms-hook CMD` means what clap makes of it;
+    /// anything more is left to clap.
+    #[test]
+    fn bare_hook_commands_parse_as_clap_parses_them() {
+        let of = |a: &[&str]| bare_hook_of(a.iter().map(std::ffi::OsString::from));
+        for cmd in ["apt-json-hook", "pre-install-pkgs", "post-invoke"] {
+            let clap = Cli::try_parse_from(["dkms-hook", cmd]).unwrap();
+            let bare = of(&[cmd]).unwrap();
+            assert_eq!(format!("{bare:?}"), format!("{clap:?}"), "{cmd}");
+        }
+        for other in [
+            &["post-invoke", "--json"][..],
+            &["--root", "/x", "post-invoke"],
+            &["-v", "post-invoke"],
+            &["status"],
+            &["kernel-hook", "postinst", "6.1.0-50-amd64"],
+            &[],
+        ] {
+            assert!(of(other).is_none(), "{other:?}");
+        }
+    }
 }

@@ -32,7 +32,7 @@ mod plain;
 mod shell;
 
 use cache::ConfCache;
-pub use plain::decide_static;
+pub use plain::{decide_static, KernelConfigFile};
 pub use shell::{evaluate_on_host, BASH, DRIVER};
 
 use crate::dkms::DKMS_TREE;
@@ -97,16 +97,16 @@ impl DkmsVersion {
 
     /// `kernel_config`: `include/config/auto.conf` when present (3.1.4+),
     /// else `.config` (`set_kernel_source_dir_and_kconfig`).
-    fn kernel_config(self, root: &Root, build: &str) -> String {
-        let auto = format!("{build}/include/config/auto.conf");
-        if self.at_least(3, 1, 4) && root.exists(&auto) {
-            auto
+    fn kernel_config(self, build: &str, auto_conf_exists: bool) -> String {
+        if self.at_least(3, 1, 4) && auto_conf_exists {
+            format!("{build}/include/config/auto.conf")
         } else {
             format!("{build}/.config")
         }
     }
 
-    /// The files `read_conf` sources after dkms.conf, in its order.
+    /// The files `read_conf` sources after dkms.conf, in its order (all in
+    /// [`ETC_DKMS`]).
     fn overrides(self, m: &str, v: &str, k: &str, a: &str) -> Vec<String> {
         let mut out = vec![
             format!("/etc/dkms/{m}.conf"),
@@ -154,6 +154,21 @@ pub struct Judge<'r> {
     cache: ConfCache,
     /// dkms.conf per module version, read once.
     confs: HashMap<(ModuleName, ModuleVersion), Option<File>>,
+    /// Per kernel: the identities of its `.config` and `auto.conf`, and
+    /// (under `--root`, read when a verdict needs it) the config dkms reads;
+    /// the same for every module.
+    kernels: HashMap<KernelRelease, KernelConfig>,
+    /// The names in `/etc/dkms`, listed once: the overrides `read_conf`
+    /// would source are looked for there (`None`: it cannot be listed).
+    etc_dkms: Option<Option<std::collections::HashSet<String>>>,
+}
+
+/// What a verdict reads of one kernel.
+#[derive(Default)]
+struct KernelConfig {
+    ids: [Option<Identity>; 2],
+    /// `kernel_config`, once read (`Some(None)`: unreadable).
+    bytes: Option<Option<std::rc::Rc<KernelConfigFile>>>,
 }
 
 impl<'r> Judge<'r> {
@@ -172,6 +187,8 @@ impl<'r> Judge<'r> {
                 ConfCache::default()
             },
             confs: HashMap::new(),
+            kernels: HashMap::new(),
+            etc_dkms: None,
         }
     }
 
@@ -201,7 +218,8 @@ impl<'r> Judge<'r> {
             return Some(v);
         }
         let dkms = self.dkms();
-        let kernel_config = dkms.kernel_config(self.root, &inputs.build);
+        let auto_conf = self.kernels.get(k).is_some_and(|c| c.ids[1].is_some());
+        let kernel_config = dkms.kernel_config(&inputs.build, auto_conf);
         let sourced = dkms.overrides(module.as_str(), version.as_str(), k.as_str(), arch.as_str());
         let files: Files = inputs
             .files
@@ -223,7 +241,26 @@ impl<'r> Judge<'r> {
                 &paths,
             )
         } else {
-            let config = self.root.read(&kernel_config, CAP_CONFIG).ok();
+            // The kernel's config (a few hundred kB) matters only to
+            // BUILD_EXCLUSIVE_CONFIG: read then, once per kernel.
+            let needed = files
+                .iter()
+                .any(|(_, b)| memchr::memmem::find(b, b"BUILD_EXCLUSIVE_CONFIG").is_some());
+            let config = if needed {
+                let root = self.root;
+                self.kernels
+                    .entry(k.clone())
+                    .or_default()
+                    .bytes
+                    .get_or_insert_with(|| {
+                        root.read(&kernel_config, CAP_CONFIG)
+                            .ok()
+                            .map(|b| std::rc::Rc::new(KernelConfigFile::new(b)))
+                    })
+                    .clone()
+            } else {
+                None
+            };
             decide_static(dkms, &files, k, arch.as_str(), config.as_deref())
         };
         log::debug!("{module}/{version} @ {k}: {v:?}");
@@ -254,7 +291,15 @@ impl<'r> Judge<'r> {
             format!("{build}/.config"),
             format!("{build}/include/config/auto.conf"),
         ];
-        if !configs.iter().any(|c| root.exists(c)) {
+        let ids = self
+            .kernels
+            .entry(k.clone())
+            .or_insert_with(|| KernelConfig {
+                ids: [identity(root, &configs[0]), identity(root, &configs[1])],
+                bytes: None,
+            })
+            .ids;
+        if ids.iter().all(Option::is_none) {
             return None;
         }
         let (path, bytes) = self
@@ -263,15 +308,32 @@ impl<'r> Judge<'r> {
             .or_insert_with(|| read_main_conf(root, m, v))
             .clone()?;
         let mut files = vec![(path, Some(bytes))];
+        let etc_dkms = self
+            .etc_dkms
+            .get_or_insert_with(|| list_dir(root, ETC_DKMS))
+            .as_ref();
         for o in DkmsVersion::NEWEST.overrides(m.as_str(), v.as_str(), k.as_str(), a.as_str()) {
-            let bytes = root.read(&o, CAP_SMALL).ok();
+            // Only a name the directory holds can be read (when it cannot
+            // be listed, each is tried).
+            let listed = match (
+                o.strip_prefix(ETC_DKMS).and_then(|n| n.strip_prefix('/')),
+                etc_dkms,
+            ) {
+                (Some(n), Some(names)) => names.contains(n),
+                _ => true,
+            };
+            let bytes = if listed {
+                root.read(&o, CAP_SMALL).ok()
+            } else {
+                None
+            };
             files.push((o, bytes));
         }
         let mut h = std::hash::DefaultHasher::new();
         (self.dkms_id, m.as_str(), v.as_str(), k.as_str(), a.as_str()).hash(&mut h);
         files.hash(&mut h);
-        for c in &configs {
-            (c, identity(root, c)).hash(&mut h);
+        for (c, id) in configs.iter().zip(ids) {
+            (c, id).hash(&mut h);
         }
         Some(Inputs {
             files,
@@ -302,6 +364,25 @@ fn identity(root: &Root, path: &str) -> Option<Identity> {
     ))
 }
 
+/// Where `read_conf` looks for a module's overrides.
+const ETC_DKMS: &str = "/etc/dkms";
+
+/// The names in the root's directory `dir`, none when there is no such
+/// directory (`None`: it cannot be listed).
+fn list_dir(root: &Root, dir: &str) -> Option<std::collections::HashSet<String>> {
+    let path = match root.resolve(dir) {
+        Ok(p) => p,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Some(Default::default()),
+        Err(_) => return None,
+    };
+    let rd = std::fs::read_dir(path).ok()?;
+    Some(
+        rd.flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect(),
+    )
+}
+
 /// dkms.conf as dkms finds it: `/var/lib/dkms/M/V/source/dkms.conf` (a link
 /// to `/usr/src/M-V`), else `/usr/src/M-V/dkms.conf`. `None`: unreadable.
 fn read_main_conf(root: &Root, m: &ModuleName, v: &ModuleVersion) -> Option<File> {
@@ -327,11 +408,13 @@ pub fn decide_file(
 ) -> Result<Verdict, crate::Error> {
     let bytes = crate::root::read_regular(conf, CAP_SMALL)?;
     let config = match config {
-        Some(c) => Some(crate::root::read_regular(c, CAP_CONFIG)?),
+        Some(c) => Some(KernelConfigFile::new(crate::root::read_regular(
+            c, CAP_CONFIG,
+        )?)),
         None => None,
     };
     let files = vec![(conf.display().to_string(), bytes)];
-    Ok(decide_static(dkms, &files, kernel, arch, config.as_deref()))
+    Ok(decide_static(dkms, &files, kernel, arch, config.as_ref()))
 }
 
 #[cfg(test)]
@@ -361,10 +444,11 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let root = Root::new(t.path());
         let (m, v, k, a) = kernel(&root, "K");
-        let mut judge = Judge::new(&root);
-        let key = |j: &mut Judge| j.inputs(&m, &v, &k, &a).unwrap().key;
-        let first = key(&mut judge);
-        assert_eq!(key(&mut judge), first);
+        // A judge is one run's: it reads each kernel's configs and lists
+        // /etc/dkms once. Each key is a new run's.
+        let key = || Judge::new(&root).inputs(&m, &v, &k, &a).unwrap().key;
+        let first = key();
+        assert_eq!(key(), first);
         let config = t.path().join("lib/modules/K/build/.config");
         let mtime = std::fs::metadata(&config).unwrap().modified().unwrap();
         std::thread::sleep(std::time::Duration::from_millis(20));
@@ -375,13 +459,14 @@ mod tests {
             .unwrap()
             .set_modified(mtime)
             .unwrap();
-        let second = key(&mut judge);
+        let second = key();
         assert_ne!(second, first, "a same-size rewrite with the old mtime");
         std::fs::create_dir_all(t.path().join("etc/dkms")).unwrap();
         std::fs::write(t.path().join("etc/dkms/m.conf"), "build_exclude=yes\n").unwrap();
-        assert_ne!(key(&mut judge), second, "an override file");
+        assert_ne!(key(), second, "an override file");
     }
 
+    /// dkms's `config_excludes` asks `grep -q "^NAME=[ym]"` of the config.
     /// Under `--root` no cache is read or written: the tree's own would be
     /// its word.
     #[test]

@@ -148,10 +148,14 @@ pub fn queue_from_dpkg_log(root: &Root, state: &State, cfg: &Config) -> Result<P
             state.save_cursor(&c)?;
         }
     }
-    // dpkg changed packages: bring the file-list cache up to date for the
-    // users' `status` (looking at the changed packages' lists only). Root
-    // only: a user's run never writes it.
-    if read > 0 && rustix::process::geteuid().is_root() {
+    // dpkg changed the build trees: bring the file-list cache up to date
+    // for the users' `status` (looking at the changed packages' lists
+    // only). Root only: a user's run never writes it. After a transaction
+    // that fed no tree (most of them) the cache is left alone: loading and
+    // writing it would cost every apt run more than the few lists it
+    // changed cost the next `status`, which stats every list then anyway
+    // (dpkg renamed lists in the info directory, see `kernel::list_cache`).
+    if !plan.changes.is_empty() && rustix::process::geteuid().is_root() {
         if let Err(e) = crate::kernel::refresh_list_cache(root, &inv.kernels, &changes) {
             log::debug!("file-list cache not refreshed: {e}");
         }

@@ -51,47 +51,46 @@ impl Inventory {
         }
     }
 
-    /// What is needed to plan for `changes`: only their file lists are read.
+    /// What is needed to plan for `changes`, read only as far as they
+    /// reach: the kernels' build trees and the changed packages' file
+    /// lists first. When no change feeds a tree, none is a removal and none
+    /// a kernel's image or headers (a transaction that does not concern the
+    /// kernels: `apt install --reinstall hello`), the plan is empty whatever
+    /// else the system holds, and the dkms tree, the dkms.conf verdicts and
+    /// dpkg's status file are not read (their pairs and entries stay empty).
+    /// Otherwise the verdicts are judged for the kernels the plan looks at
+    /// only: those a change feeds or whose headers a change removes.
     pub fn for_changes(root: &Root, changes: &[Change]) -> Result<Inventory, Error> {
-        let mut inv = Inventory::base(root, CacheUse::Read);
+        let mut warnings = Vec::new();
+        let kernels = kernel::scan(root, &mut warnings);
+        let mut inv = Inventory {
+            kernels,
+            pairs: Vec::new(),
+            inputs: BTreeMap::new(),
+            installed: HashMap::new(),
+            verdicts: HashMap::new(),
+            running: running_kernel(root),
+            tz: time_zone(root),
+            warnings,
+        };
+        let news = changes.iter().any(|c| c.is_removal() || c.names_a_kernel());
+        inv.inputs = changed_inputs(root, &inv.kernels, changes)?;
+        let fed = |k: &Kernel| {
+            inv.inputs.get(&k.release).is_some_and(|i| !i.is_empty())
+                || changes.iter().any(|c| {
+                    c.is_removal() && k.headers_package_guess().as_ref() == Some(&c.package)
+                })
+        };
+        let looked_at: Vec<Kernel> = inv.kernels.iter().filter(|k| fed(k)).cloned().collect();
+        if looked_at.is_empty() && !news {
+            return Ok(inv);
+        }
+        inv.pairs = dkms::scan(root, &mut inv.warnings);
         if inv.pairs.is_empty() && !changes.iter().any(Change::is_removal) {
+            inv.inputs.clear();
             return Ok(inv); // nothing built, nothing to warn about
         }
-        let candidates: Vec<_> = changes
-            .iter()
-            .filter(|c| !c.is_removal())
-            .map(|c| {
-                let list = dpkg::list_path(root, &c.package, c.architecture.as_deref());
-                (c.package.clone(), c.architecture.clone(), list)
-            })
-            .collect();
-        let (with_list, without): (Vec<_>, Vec<_>) =
-            candidates.into_iter().partition(|c| c.2.is_some());
-        let with_list: Vec<_> = with_list
-            .into_iter()
-            .map(|(p, a, l)| (p, a, l.unwrap_or_default()))
-            .collect();
-        inv.inputs = kernel::find_inputs(root, &inv.kernels, &with_list)?;
-        // A changed package with no file list: fall back to its name.
-        for (p, a, _) in without {
-            for k in &inv.kernels {
-                if let Some(t) = k
-                    .tree
-                    .iter()
-                    .find(|t| kernel::guess_owner(&t.path).as_ref() == Some(&p))
-                {
-                    inv.inputs
-                        .entry(k.release.clone())
-                        .or_default()
-                        .push(Input {
-                            package: p.clone(),
-                            architecture: a.clone(),
-                            role: t.role,
-                            unpacked: None,
-                        });
-                }
-            }
-        }
+        inv.verdicts = verdicts(root, &looked_at, &inv.pairs, CacheUse::Read);
         let mut wanted: HashSet<String> = inv
             .inputs
             .values()
@@ -124,8 +123,7 @@ impl Inventory {
     pub fn full_with(root: &Root, cache_use: CacheUse) -> Result<Inventory, Error> {
         let mut inv = Inventory::base(root, cache_use);
         // Without dpkg's file lists nothing can be judged: an error.
-        let lists = dpkg::all_lists(root)?;
-        inv.inputs = kernel::find_inputs_cached(root, &inv.kernels, &lists, cache_use)?;
+        inv.inputs = kernel::find_all_inputs(root, &inv.kernels, cache_use)?;
         let wanted: HashSet<String> = inv.package_names().into_iter().collect();
         inv.read_status(root, |n| wanted.contains(n));
         kernel::guess_missing_inputs(&inv.kernels, &mut inv.inputs, &inv.installed);
@@ -216,6 +214,49 @@ impl Inventory {
     }
 }
 
+/// The inputs the changed packages are, per kernel: from their file lists,
+/// or, for a package without one, from its name (a tree path naming it).
+fn changed_inputs(
+    root: &Root,
+    kernels: &[Kernel],
+    changes: &[Change],
+) -> Result<BTreeMap<KernelRelease, Vec<Input>>, Error> {
+    let candidates: Vec<_> = changes
+        .iter()
+        .filter(|c| !c.is_removal())
+        .map(|c| {
+            let list = dpkg::list_path(root, &c.package, c.architecture.as_deref());
+            (c.package.clone(), c.architecture.clone(), list)
+        })
+        .collect();
+    let (with_list, without): (Vec<_>, Vec<_>) =
+        candidates.into_iter().partition(|c| c.2.is_some());
+    let with_list: Vec<_> = with_list
+        .into_iter()
+        .map(|(p, a, l)| (p, a, l.unwrap_or_default()))
+        .collect();
+    let changed = |p: &PackageName| changes.iter().any(|c| &c.package == p);
+    let mut inputs = kernel::find_changed_inputs(root, kernels, &with_list, &changed)?;
+    // A changed package with no file list: fall back to its name.
+    for (p, a, _) in without {
+        for k in kernels {
+            if let Some(t) = k
+                .tree
+                .iter()
+                .find(|t| kernel::guess_owner(&t.path).as_ref() == Some(&p))
+            {
+                inputs.entry(k.release.clone()).or_default().push(Input {
+                    package: p.clone(),
+                    architecture: a.clone(),
+                    role: t.role,
+                    unpacked: None,
+                });
+            }
+        }
+    }
+    Ok(inputs)
+}
+
 /// What dkms would do with each installed module version for every kernel,
 /// decided as dkms decides ([`dkms_conf::Judge`], cached).
 fn verdicts(
@@ -263,9 +304,11 @@ fn running_kernel(root: &Root) -> Option<KernelRelease> {
 }
 
 /// The root's own `/etc/localtime`, so a replay of a chroot's logs uses the
-/// chroot's zone; `TZ` wins when set, as for every other program.
+/// chroot's zone; `TZ` wins when set, as for every other program. Read
+/// directly on the host too: jiff's system lookup lists the whole zoneinfo
+/// tree to name the zone (~1 ms), and only the rules matter here.
 fn time_zone(root: &Root) -> TimeZone {
-    if std::env::var_os("TZ").is_none() && !root.is_host_root() {
+    if std::env::var_os("TZ").is_none() {
         if let Ok(data) = root.read("/etc/localtime", CAP_SMALL) {
             if let Ok(tz) = TimeZone::tzif("localtime", &data) {
                 return tz;

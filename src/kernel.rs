@@ -19,7 +19,7 @@ use crate::Error;
 
 pub mod list_cache;
 
-use list_cache::{ListCache, Lookup, Meta, Roles};
+use list_cache::{DirKey, ListCache, Lookup, Meta, Roles};
 
 pub const MODULES_DIR: &str = "/lib/modules";
 
@@ -314,10 +314,54 @@ pub fn find_inputs(
     candidates: &[(PackageName, Option<String>, PathBuf)],
 ) -> Result<BTreeMap<KernelRelease, Vec<Input>>, Error> {
     let found = scan_lists(kernels, candidates, None, false)?;
-    Ok(inputs_of(root, kernels, candidates, &found))
+    Ok(inputs_of(root, kernels, candidates, &found, &|_| true))
 }
 
-/// How [`find_inputs_cached`] uses the file-list cache ([`list_cache`]).
+/// [`find_inputs`] for planning changes: the compiler role is looked up
+/// (its package's list read) only for a compiler among `changed`, the one
+/// case in which a plan can use it.
+pub fn find_changed_inputs(
+    root: &Root,
+    kernels: &[Kernel],
+    candidates: &[(PackageName, Option<String>, PathBuf)],
+    changed: &dyn Fn(&PackageName) -> bool,
+) -> Result<BTreeMap<KernelRelease, Vec<Input>>, Error> {
+    let found = scan_lists(kernels, candidates, None, false)?;
+    Ok(inputs_of(root, kernels, candidates, &found, changed))
+}
+
+/// Whether one of `packages` (name, architecture if known) owns a file of
+/// an installed kernel's build tree, as its file list says: the first and
+/// cheap question about a change (the kernels' trees and these lists), the
+/// one that decides whether anything else need be read.
+pub fn any_feeds_a_tree(
+    root: &Root,
+    packages: &[(PackageName, Option<String>)],
+) -> Result<bool, Error> {
+    let kernels = scan(root, &mut Vec::new());
+    if kernels.is_empty() {
+        return Ok(false);
+    }
+    let mut lists = Vec::new();
+    for (p, a) in packages {
+        match dpkg::list_path(root, p, a.as_deref()) {
+            Some(list) => lists.push((p.clone(), a.clone(), list)),
+            // Without a list, a tree path naming it (as for a change).
+            None if kernels
+                .iter()
+                .flat_map(|k| &k.tree)
+                .any(|t| guess_owner(&t.path).as_ref() == Some(p)) =>
+            {
+                return Ok(true)
+            }
+            None => {}
+        }
+    }
+    let found = scan_lists(&kernels, &lists, None, false)?;
+    Ok(found.iter().any(|f| !f.roles.is_empty()))
+}
+
+/// How [`find_all_inputs`] uses the file-list cache ([`list_cache`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CacheUse {
     /// Use a valid cache, write nothing: runs as a user, and replays.
@@ -326,16 +370,32 @@ pub enum CacheUse {
     Refresh,
 }
 
-/// [`find_inputs`] over every list, through the cache: a list whose
-/// (inode, size, mtime) is cached is stat'ed, not read. Without a usable
-/// cache, and not refreshing, this is exactly [`find_inputs`] (no stat).
-pub fn find_inputs_cached(
+/// [`find_inputs`] over every list of dpkg's info directory, through the
+/// cache ([`list_cache`]): while the directory is as the cache recorded
+/// it, no list is stat'ed or read (dpkg changes a list only by renaming or
+/// removing it, which changes the directory); otherwise every list is
+/// stat'ed and only those whose key is not cached are read. Without a
+/// usable cache, and not refreshing, this is exactly [`find_inputs`] of
+/// every list (no stat).
+pub fn find_all_inputs(
     root: &Root,
     kernels: &[Kernel],
-    candidates: &[(PackageName, Option<String>, PathBuf)],
     cache_use: CacheUse,
 ) -> Result<BTreeMap<KernelRelease, Vec<Input>>, Error> {
+    let info = root
+        .resolve(dpkg::INFO_DIR)
+        .map_err(|e| Error::io(Path::new(dpkg::INFO_DIR), e))?;
+    let started = SystemTime::now();
+    let before = DirKey::of(&info);
     let cache = list_cache::load(root, kernels);
+    if let Some(entries) = cache.as_ref().and_then(|c| c.if_unchanged(before)) {
+        log::debug!(
+            "file lists: {n} of {n} lists from the cache, none stat'ed: the info directory is unchanged",
+            n = entries.len()
+        );
+        return Ok(inputs_of_entries(root, kernels, &info, entries));
+    }
+    let candidates = dpkg::all_lists(root)?;
     let names: Vec<&str> = candidates
         .iter()
         .map(|c| list_name(&c.2).unwrap_or_default())
@@ -344,7 +404,7 @@ pub fn find_inputs_cached(
     let refresh = cache_use == CacheUse::Refresh;
     let found = scan_lists(
         kernels,
-        candidates,
+        &candidates,
         lookup.as_ref(),
         lookup.is_some() || refresh,
     )?;
@@ -352,10 +412,14 @@ pub fn find_inputs_cached(
     if lookup.is_some() {
         log::debug!("file lists: {hits} of {} lists from the cache", names.len());
     }
+    // The directory's key goes with the entries only when it held still
+    // while they were checked, and long enough before (list_cache::SETTLED).
+    let key = before.filter(|b| DirKey::of(&info) == Some(*b) && b.settled(started));
     let unchanged = lookup
         .as_ref()
         .is_some_and(|l| l.same_listing() && hits == names.len());
-    if refresh && !unchanged {
+    let new_key = key.is_some() && cache.as_ref().and_then(ListCache::info) != key;
+    if refresh && (!unchanged || new_key) {
         let entries = found
             .iter()
             .filter_map(|f| {
@@ -367,11 +431,45 @@ pub fn find_inputs_cached(
             })
             .collect();
         // A cache that cannot be written only costs the next run time.
-        if let Err(e) = list_cache::save(root, &ListCache::new(kernels, entries)) {
+        if let Err(e) = list_cache::save(root, &ListCache::new(kernels, key, entries)) {
             log::debug!("{e}");
         }
     }
-    Ok(inputs_of(root, kernels, candidates, &found))
+    Ok(inputs_of(root, kernels, &candidates, &found, &|_| true))
+}
+
+/// The inputs the cached `entries` of the lists in `info` (a host path)
+/// say, as [`find_all_inputs`] finds them by stat'ing every list: the
+/// entries that feed a kernel, under the names `dpkg::all_lists` accepts.
+fn inputs_of_entries(
+    root: &Root,
+    kernels: &[Kernel],
+    info: &Path,
+    entries: &[list_cache::Entry],
+) -> BTreeMap<KernelRelease, Vec<Input>> {
+    let mut candidates = Vec::new();
+    let mut found = Vec::new();
+    for e in entries.iter().filter(|e| !e.roles.is_empty()) {
+        let Some(stem) = e.name.strip_suffix(".list") else {
+            continue;
+        };
+        let (pkg, arch) = match stem.split_once(':') {
+            Some((p, a)) => (p, Some(a.to_string())),
+            None => (stem, None),
+        };
+        let Ok(p) = PackageName::new(pkg) else {
+            continue;
+        };
+        found.push(Facts {
+            index: candidates.len(),
+            meta: Some(e.meta),
+            hit: true,
+            roles: e.roles.clone(),
+            modified: e.meta.modified(),
+        });
+        candidates.push((p, arch, info.join(&e.name)));
+    }
+    inputs_of(root, kernels, &candidates, &found, &|_| true)
 }
 
 /// Bring the file-list cache up to date after dpkg changed the packages of
@@ -387,8 +485,7 @@ pub fn refresh_list_cache(
     changed: &[crate::change::Change],
 ) -> Result<(), Error> {
     let Some(mut cache) = list_cache::load(root, kernels) else {
-        let lists = dpkg::all_lists(root)?;
-        return find_inputs_cached(root, kernels, &lists, CacheUse::Refresh).map(drop);
+        return find_all_inputs(root, kernels, CacheUse::Refresh).map(drop);
     };
     let info = root
         .resolve(dpkg::INFO_DIR)
@@ -438,6 +535,8 @@ pub fn refresh_list_cache(
         .chain(gone.iter().map(String::as_str))
         .collect();
     if cache.update(upserts, &removed) {
+        // Not every list was looked at: the next reader stats them all.
+        cache.set_info(None);
         list_cache::save(root, &cache)?;
     }
     Ok(())
@@ -501,6 +600,15 @@ fn scan_lists(
             .ok()?;
             Some((d.to_path_buf(), fd))
         });
+    let scan = |first: usize, chunk: &[(PackageName, Option<String>, PathBuf)]| {
+        scan_chunk(kernels, &finders, info.as_ref(), cache, stat, first, chunk)
+    };
+    // A few lists (a transaction's) are read here: a thread costs more
+    // than reading them. A panic is the run's error all the same.
+    if candidates.len() <= INLINE_LISTS {
+        return std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| scan(0, candidates)))
+            .map_err(|_| Error::Refused("the file-list reader panicked".into()));
+    }
     // Two threads: on 6,000 lists the syscalls dominate (open, read, close).
     let half = candidates.len().div_ceil(2).max(1);
     std::thread::scope(|s| {
@@ -508,71 +616,82 @@ fn scan_lists(
             .chunks(half)
             .enumerate()
             .map(|(c, chunk)| {
-                let (finders, info) = (&finders, &info);
-                s.spawn(move || {
-                    let mut out = Vec::new();
-                    let mut buf = Vec::new();
-                    for (i, (_, _, path)) in chunk.iter().enumerate() {
-                        let index = c * half + i;
-                        let meta = if stat {
-                            stat_list(info.as_ref(), path)
-                        } else {
-                            None
-                        };
-                        let hit = meta.and_then(|m| cache?.get(index, list_name(path)?, &m));
-                        if let (Some(m), Some(roles)) = (meta, hit) {
-                            out.push(Facts {
-                                index,
-                                meta,
-                                hit: true,
-                                roles: roles.clone(),
-                                modified: m.modified(),
-                            });
-                            continue;
-                        }
-                        let len = match read_whole(path, &mut buf) {
-                            Ok(n) => n,
-                            Err(e) if e.kind() == std::io::ErrorKind::Other => {
-                                log::warn!("{}: refused: {e}", path.display());
-                                continue;
-                            }
-                            Err(e) => {
-                                log::debug!("{}: {e}", path.display());
-                                continue;
-                            }
-                        };
-                        let data = &buf[..len];
-                        let mut facts = Facts {
-                            index,
-                            meta,
-                            hit: false,
-                            roles: Vec::new(),
-                            modified: None,
-                        };
-                        if finders.iter().any(|f| f.find(data).is_some()) {
-                            facts.modified = match meta {
-                                Some(m) => m.modified(),
-                                None => std::fs::symlink_metadata(path)
-                                    .and_then(|m| m.modified())
-                                    .ok(),
-                            };
-                            let list = FileList {
-                                path: path.clone(),
-                                data: data.to_vec(),
-                                modified: facts.modified,
-                            };
-                            facts.roles = roles_of(&list, kernels);
-                        }
-                        if meta.is_some() || !facts.roles.is_empty() {
-                            out.push(facts);
-                        }
-                    }
-                    out
-                })
+                let scan = &scan;
+                s.spawn(move || scan(c * half, chunk))
             })
             .collect();
         join_readers(workers)
     })
+}
+
+/// Lists read without starting threads.
+const INLINE_LISTS: usize = 32;
+
+/// [`scan_lists`] of the lists `chunk`, the first of which is candidate
+/// number `first`.
+fn scan_chunk(
+    kernels: &[Kernel],
+    finders: &[memchr::memmem::Finder<'_>],
+    info: Option<&(PathBuf, rustix::fd::OwnedFd)>,
+    cache: Option<&Lookup<'_>>,
+    stat: bool,
+    first: usize,
+    chunk: &[(PackageName, Option<String>, PathBuf)],
+) -> Vec<Facts> {
+    let mut out = Vec::new();
+    let mut buf = Vec::new();
+    for (i, (_, _, path)) in chunk.iter().enumerate() {
+        let index = first + i;
+        let meta = if stat { stat_list(info, path) } else { None };
+        let hit = meta.and_then(|m| cache?.get(index, list_name(path)?, &m));
+        if let (Some(m), Some(roles)) = (meta, hit) {
+            out.push(Facts {
+                index,
+                meta,
+                hit: true,
+                roles: roles.clone(),
+                modified: m.modified(),
+            });
+            continue;
+        }
+        let len = match read_whole(path, &mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Other => {
+                log::warn!("{}: refused: {e}", path.display());
+                continue;
+            }
+            Err(e) => {
+                log::debug!("{}: {e}", path.display());
+                continue;
+            }
+        };
+        let data = &buf[..len];
+        let mut facts = Facts {
+            index,
+            meta,
+            hit: false,
+            roles: Vec::new(),
+            modified: None,
+        };
+        if finders.iter().any(|f| f.find(data).is_some()) {
+            facts.modified = match meta {
+                Some(m) => m.modified(),
+                None => std::fs::symlink_metadata(path)
+                    .and_then(|m| m.modified())
+                    .ok(),
+            };
+            let list = FileList {
+                path: path.clone(),
+                data: data.to_vec(),
+                modified: facts.modified,
+            };
+            facts.roles = roles_of(&list, kernels);
+        }
+        if meta.is_some() || !facts.roles.is_empty() {
+            out.push(facts);
+        }
+    }
+    out
 }
 
 /// A list's metadata, stat'ed relative to `info` when it lies there.
@@ -587,12 +706,14 @@ fn stat_list(info: Option<&(PathBuf, rustix::fd::OwnedFd)>, path: &Path) -> Opti
     Meta::of(&st.ok()?)
 }
 
-/// The inputs per kernel from the lists' facts, and the compilers.
+/// The inputs per kernel from the lists' facts, and the compilers that
+/// `compiler_wanted` accepts.
 fn inputs_of(
     root: &Root,
     kernels: &[Kernel],
     candidates: &[(PackageName, Option<String>, PathBuf)],
     found: &[Facts],
+    compiler_wanted: &dyn Fn(&PackageName) -> bool,
 ) -> BTreeMap<KernelRelease, Vec<Input>> {
     let mut out: BTreeMap<KernelRelease, Vec<Input>> = BTreeMap::new();
     for f in found {
@@ -612,6 +733,9 @@ fn inputs_of(
         let Ok(p) = PackageName::new(cc) else {
             continue;
         };
+        if !compiler_wanted(&p) {
+            continue;
+        }
         let Some(path) = dpkg::list_path(root, &p, None) else {
             continue;
         };

@@ -457,8 +457,15 @@ impl State {
             })
     }
 
+    /// Without fsync ([`Dir::write_unsynced`]): a cursor lost in a crash
+    /// only makes the next run read its span again, and the queue that
+    /// span fed was synced before the cursor moved.
     pub fn save_cursor(&self, c: &Cursor) -> Result<(), Error> {
-        self.write_json("cursor.json", c)
+        let text = serde_json::to_vec_pretty(c).map_err(|e| Error::StateCorrupt {
+            path: self.path.join("cursor.json"),
+            msg: e.to_string(),
+        })?;
+        self.open()?.write_unsynced("cursor.json", &text)
     }
 
     pub fn queue(&self) -> Result<Queue, Error> {

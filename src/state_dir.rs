@@ -435,6 +435,21 @@ impl Dir {
 
     /// [`Dir::write_atomic`] from a reader.
     pub fn write_atomic_from(&self, name: &str, data: &mut dyn Read) -> Result<(), Error> {
+        self.write_renamed(name, data, true)
+    }
+
+    /// Write `name` as [`Dir::write_atomic`] does but without the two
+    /// fsyncs (several ms each, a hook's largest cost): readers see the old
+    /// or the new file, never a mix; after a crash it may be the old one,
+    /// or on some file systems an empty one. Only for files whose loss
+    /// costs time and nothing else: the dpkg.log cursor (read again from
+    /// the last one that reached the disk: planning is idempotent, and the
+    /// queue it fed was synced before), caches (checked when read back).
+    pub fn write_unsynced(&self, name: &str, data: &[u8]) -> Result<(), Error> {
+        self.write_renamed(name, &mut &data[..], false)
+    }
+
+    fn write_renamed(&self, name: &str, data: &mut dyn Read, durable: bool) -> Result<(), Error> {
         let tmp = format!(".{name}.{}.tmp", std::process::id());
         let target = self.path.join(name);
         let r = (|| -> Result<(), Error> {
@@ -450,12 +465,17 @@ impl Dir {
                 .map_err(|e| errno(&target, e))?;
             let mut f = File::from(fd);
             io::copy(data, &mut f).map_err(|e| Error::io(&target, e))?;
-            f.sync_all().map_err(|e| Error::io(&target, e))?;
+            if durable {
+                f.sync_all().map_err(|e| Error::io(&target, e))?;
+            }
             if self.kind(name) == Some(FileType::Directory) {
                 self.set_aside(name, "a directory")?;
             }
             rustix::fs::renameat(&self.fd, tmp.as_str(), &self.fd, name)
                 .map_err(|e| errno(&target, e))?;
+            if !durable {
+                return Ok(());
+            }
             rustix::fs::fsync(&self.fd).map_err(|e| errno(&self.path, e))
         })();
         if r.is_err() {

@@ -6,8 +6,11 @@ use super::args::{Env, Phase, PRERM_LOCK_WAIT};
 use super::{err, execute, load_config, out, out_json, preflight, warn, warn_once};
 use crate::apt::{self, warned, AptChange};
 use crate::change::Change;
+use crate::config::Config;
 use crate::inventory::Inventory;
 use crate::kernel::KernelRelease;
+use crate::name::PackageName;
+use crate::plan::Plan;
 use crate::report::{self, PREFIX};
 use crate::root::Root;
 use crate::state::State;
@@ -69,19 +72,24 @@ pub(super) fn motd(root: &Root) -> i32 {
     0
 }
 
-/// Print the forecast for apt's planned changes (empty output when there is
-/// nothing to say): each line not yet said in this apt run, noted as said.
-pub(super) fn print_forecast(root: &Root, changes: &[AptChange], json: bool) {
-    let cfg = load_config(root);
+/// The forecast for apt's planned changes, on an inventory read only as
+/// far as they reach (`None` once an error is said).
+fn forecast(root: &Root, cfg: &Config, changes: &[AptChange]) -> Option<Plan> {
     let planned: Vec<Change> = changes.iter().filter_map(AptChange::to_change).collect();
-    let Some(inv) = said(Inventory::for_changes(root, &planned)) else {
-        return;
-    };
-    let p = plan::forecast(&planned, &inv, &cfg);
-    let notices = report::forecast_notices(&p, cfg.preflight);
+    if planned.is_empty() {
+        return Some(Plan::default()); // most JSON hook calls of `apt reinstall`
+    }
+    let inv = said(Inventory::for_changes(root, &planned))?;
+    Some(plan::forecast(&planned, &inv, cfg))
+}
+
+/// Print the forecast (empty output when there is nothing to say): each
+/// line not yet said in this apt run, noted as said.
+fn print_forecast(root: &Root, cfg: &Config, p: &Plan, json: bool) {
+    let notices = report::forecast_notices(p, cfg.preflight);
     if json {
-        out_json(&report::json::plan(&p));
-        warned::note_said(root, &[notices, p.warnings].concat());
+        out_json(&report::json::plan(p));
+        warned::note_said(root, &[notices, p.warnings.clone()].concat());
         return;
     }
     for l in warned::unsaid(root, &notices) {
@@ -103,9 +111,12 @@ pub(super) fn apt_json_hook(root: &Root, env: &Env, json: bool) -> i32 {
     let stream = std::os::unix::net::UnixStream::from(fd);
     match apt::serve_json_hook(stream) {
         Ok(session) if session.should_warn() => {
+            let cfg = load_config(root);
             let mut changes = session.changes.clone();
             changes.extend(reinstalls(root, &session));
-            print_forecast(root, &changes, json);
+            if let Some(p) = forecast(root, &cfg, &changes) {
+                print_forecast(root, &cfg, &p, json);
+            }
         }
         Ok(_) => {}
         Err(e @ apt::AptHookError::TooLarge(_)) => warn(&format!("{PREFIX} {e}")),
@@ -127,6 +138,21 @@ fn reinstalls(root: &Root, session: &apt::JsonHookSession) -> Vec<AptChange> {
         .iter()
         .map(|t| apt::search_term_package(t).0)
         .collect();
+    // Only a package that feeds a build tree can matter: its file list is
+    // looked at before dpkg's whole status is read for its version.
+    let packages: Vec<(PackageName, Option<String>)> = session
+        .search_terms
+        .iter()
+        .filter_map(|t| {
+            let (name, arch, _) = apt::search_term_package(t);
+            Some((PackageName::new(name).ok()?, arch.map(str::to_owned)))
+        })
+        .collect();
+    match crate::kernel::any_feeds_a_tree(root, &packages) {
+        Ok(true) => {}
+        Ok(false) => return Vec::new(),
+        Err(e) => log::debug!("{e}"),
+    }
     let installed = crate::dpkg::read_status(root, |n| names.contains(&n)).unwrap_or_else(|e| {
         log::debug!("{e}");
         Vec::new()
@@ -143,11 +169,15 @@ pub(super) fn pre_install_pkgs(root: &Root, env: &Env, json: bool) -> i32 {
         None => apt::parse_pre_install_reader(std::io::stdin().lock()),
     };
     match parsed {
-        Ok(p) => {
+        Ok(stream) => {
             // After the JSON hook of the same apt run, only what it could
             // not say (a reinstall it was not told of) is new here.
-            print_forecast(root, &p.changes, json);
-            return preflight::in_apt(root, &p);
+            let cfg = load_config(root);
+            let Some(p) = forecast(root, &cfg, &stream.changes) else {
+                return 0;
+            };
+            print_forecast(root, &cfg, &p, json);
+            return preflight::in_apt(root, &cfg, &p, &stream);
         }
         Err(e) => err(&format!("{PREFIX} Pre-Install-Pkgs: {e}")),
     }

@@ -7,10 +7,10 @@ use super::args::{PreflightArgs, EXIT_BLOCK};
 use super::{err, load_config, out, out_json, Env};
 use crate::apt::PreInstallPkgs;
 use crate::change::Change;
-use crate::config::{PreflightMode, CONFIG_FILE};
+use crate::config::{Config, PreflightMode, CONFIG_FILE};
 use crate::inventory::Inventory;
 use crate::name::PackageName;
-use crate::plan;
+use crate::plan::{self, Plan};
 use crate::preflight::{self, Deb, Tested};
 use crate::report::{causes, PREFIX};
 use crate::root::Root;
@@ -242,20 +242,10 @@ fn json<'a>(tested: &'a [Tested], warnings: &'a [String]) -> PreflightJson<'a> {
 /// (in a child process: the mount namespace is its own) and, with
 /// `preflight = block`, stop apt on a failure. Returns the hook's exit
 /// status: 0, or [`EXIT_BLOCK`].
-pub fn in_apt(root: &Root, stream: &PreInstallPkgs) -> i32 {
-    let cfg = load_config(root);
+pub fn in_apt(root: &Root, cfg: &Config, p: &Plan, stream: &PreInstallPkgs) -> i32 {
     if cfg.preflight == PreflightMode::Off {
         return 0;
     }
-    let planned: Vec<Change> = stream
-        .changes
-        .iter()
-        .filter_map(crate::apt::AptChange::to_change)
-        .collect();
-    let Ok(inv) = Inventory::for_changes(root, &planned) else {
-        return 0;
-    };
-    let p = plan::plan(&planned, &inv, &cfg);
     let needed: Vec<&str> = p
         .rebuilds
         .iter()

@@ -2,7 +2,7 @@
 //! run: a file of plain assignments is decided with the checks of
 //! [`super::shell::DRIVER`]; anything else is undecided.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use super::{DkmsVersion, Verdict};
 use crate::kernel::KernelRelease;
@@ -142,7 +142,7 @@ pub fn decide_static(
     files: &[(String, Vec<u8>)],
     kernel: &KernelRelease,
     arch: &str,
-    config: Option<&[u8]>,
+    config: Option<&KernelConfigFile>,
 ) -> Verdict {
     match decide_plain(dkms, files, kernel.as_str(), arch, config) {
         Ok(true) => Verdict::Excluded,
@@ -151,12 +151,44 @@ pub fn decide_static(
     }
 }
 
+/// A kernel's config as `BUILD_EXCLUSIVE_CONFIG` asks it (dkms's
+/// `config_excludes`, `grep -q "^NAME=[ym]"`): each name is looked up once
+/// however many modules ask (a real config is a few hundred kB).
+pub struct KernelConfigFile {
+    bytes: Vec<u8>,
+    asked: std::cell::RefCell<HashMap<String, bool>>,
+}
+
+impl KernelConfigFile {
+    pub fn new(bytes: Vec<u8>) -> KernelConfigFile {
+        KernelConfigFile {
+            bytes,
+            asked: Default::default(),
+        }
+    }
+
+    /// Whether a line `NAME=y…` or `NAME=m…` is in it.
+    pub fn sets(&self, name: &str) -> bool {
+        if let Some(&set) = self.asked.borrow().get(name) {
+            return set;
+        }
+        let key = format!("{name}=");
+        let text = &self.bytes[..];
+        let set = memchr::memmem::find_iter(text, key.as_bytes()).any(|at| {
+            (at == 0 || text.get(at - 1) == Some(&b'\n'))
+                && matches!(text.get(at + key.len()), Some(b'y' | b'm'))
+        });
+        self.asked.borrow_mut().insert(name.to_string(), set);
+        set
+    }
+}
+
 fn decide_plain(
     dkms: DkmsVersion,
     files: &[(String, Vec<u8>)],
     k: &str,
     arch: &str,
-    config: Option<&[u8]>,
+    config: Option<&KernelConfigFile>,
 ) -> Result<bool, String> {
     let vars = read_plain(dkms, files)?;
     let get = |name: &str, i: usize| -> Result<Option<&str>, String> {
@@ -186,9 +218,8 @@ fn decide_plain(
             .map(|r| r.is_match(s))
             .map_err(|_| format!("pattern {re:?} needs bash"))
     };
-    let config_text = config.map(String::from_utf8_lossy);
     let config_excludes = |list: &str| -> Result<bool, String> {
-        let Some(text) = config_text.as_deref() else {
+        let Some(text) = config else {
             return Ok(false); // `-e "${kernel_config}"` failed: no check
         };
         for kconf in list.split_whitespace() {
@@ -199,11 +230,7 @@ fn decide_plain(
             if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
                 return Err(format!("BUILD_EXCLUSIVE_CONFIG entry {kconf:?} needs bash"));
             }
-            let set = text.lines().any(|l| {
-                l.strip_prefix(name)
-                    .and_then(|r| r.strip_prefix('='))
-                    .is_some_and(|r| r.starts_with(['y', 'm']))
-            });
+            let set = text.sets(name);
             if set != want {
                 return Ok(true);
             }
@@ -312,6 +339,28 @@ fn decide_plain(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_kernel_config_is_asked_as_grep_asks_it() {
+        let c = KernelConfigFile::new(
+            b"CONFIG_A=y\n# CONFIG_B is not set\nXCONFIG_C=y\n CONFIG_H=y\nCONFIG_D=m\nCONFIG_E=n\nCONFIG_F=\"y\"\nCONFIG_AB=y\nCONFIG_G=y"
+                .to_vec(),
+        );
+        for (name, set) in [
+            ("CONFIG_A", true),
+            ("CONFIG_B", false),
+            ("CONFIG_C", false),
+            ("CONFIG_H", false),
+            ("CONFIG_D", true),
+            ("CONFIG_E", false),
+            ("CONFIG_F", false),
+            ("CONFIG_G", true),
+            ("CONFIG_X", false),
+        ] {
+            assert_eq!(c.sets(name), set, "{name}");
+            assert_eq!(c.sets(name), set, "{name}, asked again");
+        }
+    }
 
     #[test]
     fn ver_pads_numbers_as_dkms_does() {

@@ -225,3 +225,119 @@ fn the_changed_packages_lists_are_refreshed() {
         stderr(&o)
     );
 }
+
+/// Wait until the info directory's last change is settled
+/// (`list_cache::SETTLED`), then write the cache as a root run would: it
+/// records the directory's key.
+fn write_settled_cache(f: &Fixture) {
+    std::thread::sleep(dkms_hook::kernel::list_cache::SETTLED * 3);
+    write_cache(f);
+    let o = status(f);
+    assert!(
+        stderr(&o).contains("12 of 12 lists from the cache, none stat'ed"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn status_from_an_unchanged_info_directory_looks_at_no_list() {
+    for f in [Fixture::sample(), Fixture::pending()] {
+        write_settled_cache(&f);
+        agrees_with_the_lists(&f);
+    }
+}
+
+/// Each way dpkg changes a file list (lib/dpkg/db-fsys-files.c,
+/// atomic-file.c, db-ctrl-upgrade.c, src/main/remove.c): a new list
+/// written as `P.list-new` and renamed over `P.list`, a list removed, a
+/// list renamed to its multiarch name, a new package's list added. Each is
+/// noticed although no list is stat'ed while the directory is unchanged.
+/// The replaced list keeps its size and mtime, so only the directory tells.
+#[test]
+fn every_change_dpkg_makes_to_the_lists_is_noticed() {
+    let info = "var/lib/dpkg/info";
+    let kbuild = "var/lib/dpkg/info/linux-kbuild-6.1.list";
+    let changes: [(&str, ListChange); 4] = [
+        ("written to P.list-new and renamed over P.list", |f, p| {
+            let old = std::fs::metadata(f.path(p)).unwrap();
+            let new = format!("{p}-new");
+            f.write(&new, vec![b'x'; usize::try_from(old.len()).unwrap()]);
+            crate::fixture::set_mtime(&f.path(&new), old.modified().unwrap());
+            std::fs::rename(f.path(&new), f.path(p)).unwrap();
+        }),
+        ("removed (purge)", |f, p| {
+            std::fs::remove_file(f.path(p)).unwrap()
+        }),
+        ("renamed to its multiarch name", |f, p| {
+            let to = p.replace(".list", ":amd64.list");
+            std::fs::rename(f.path(p), f.path(&to)).unwrap();
+            // …and the new name's list feeds nothing any more.
+            let new = format!("{to}-new");
+            f.write(&new, "/.\n");
+            std::fs::rename(f.path(&new), f.path(&to)).unwrap();
+        }),
+        ("a new package's list that feeds the kernel", |f, _| {
+            let new = "var/lib/dpkg/info/my-kbuild.list-new";
+            f.write(new, "/.\n/usr\n/usr/lib\n/usr/lib/linux-kbuild-6.1\n/usr/lib/linux-kbuild-6.1/scripts/x\n");
+            std::fs::rename(f.path(new), f.path("var/lib/dpkg/info/my-kbuild.list")).unwrap();
+        }),
+    ];
+    for (what, change) in changes {
+        let f = Fixture::sample();
+        f.package(
+            "my-kbuild",
+            "amd64",
+            "1",
+            &["/usr/lib/linux-kbuild-6.1/scripts/x"],
+            "2026-11-23T21:00:00Z",
+        );
+        std::fs::remove_file(f.path(&format!("{info}/my-kbuild.list"))).unwrap();
+        write_settled_cache(&f);
+        let before = status(&f);
+        change(&f, kbuild);
+        let after = agrees_with_the_lists(&f);
+        assert_ne!(
+            before.stdout, after.stdout,
+            "{what}: the change changes nothing"
+        );
+        assert!(
+            !stderr(&after).contains("none stat'ed"),
+            "{what}: {}",
+            stderr(&after)
+        );
+    }
+}
+
+/// What the directory's key does not see, as documented in
+/// `kernel::list_cache`: a list edited in place (dpkg never does that). The
+/// next change dpkg makes in the directory brings it to light.
+#[test]
+fn a_list_edited_in_place_is_noticed_with_the_next_change_of_the_directory() {
+    let f = Fixture::sample();
+    let truth = status(&f).stdout;
+    write_settled_cache(&f);
+    let kbuild = f.path("var/lib/dpkg/info/linux-kbuild-6.1.list");
+    let old = std::fs::metadata(&kbuild).unwrap();
+    std::fs::write(&kbuild, vec![b'y'; usize::try_from(old.len()).unwrap()]).unwrap();
+    crate::fixture::set_mtime(&kbuild, old.modified().unwrap());
+    let unseen = status(&f);
+    assert!(
+        stderr(&unseen).contains("none stat'ed"),
+        "{}",
+        stderr(&unseen)
+    );
+    assert_eq!(unseen.stdout, truth, "the edit is not seen yet");
+    // dpkg installs a package: its list is renamed into the directory.
+    f.write(
+        "var/lib/dpkg/info/other.list-new",
+        "/.\n/usr/share/doc/other\n",
+    );
+    std::fs::rename(
+        f.path("var/lib/dpkg/info/other.list-new"),
+        f.path("var/lib/dpkg/info/other.list"),
+    )
+    .unwrap();
+    let seen = agrees_with_the_lists(&f);
+    assert_ne!(seen.stdout, truth, "the edit is seen now");
+}

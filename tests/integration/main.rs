@@ -11,6 +11,7 @@ mod messages;
 mod preflight;
 mod rebuild;
 mod replay;
+mod unrelated;
 mod verify;
 
 /// SECURITY.md names, for each promise, the tests that attack it: every

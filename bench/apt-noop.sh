@@ -1,0 +1,136 @@
+#!/bin/bash
+# What dkms-hook's hooks add to an apt run that does not concern the
+# kernels: `apt-get install --reinstall -y hello` on a real root from the
+# end-to-end tier's cached base (Debian 12: apt 2.6, dkms 3.0.10; Debian 13:
+# apt 3.0, dkms 3.2), with the project's .deb installed and acpi-call built
+# for one kernel, so that the hooks have real work to skip. Each round runs
+# apt three times, in turn: with the hooks; without them (their apt.conf.d
+# and dpkg.cfg.d files moved away); and with the same hook files calling a
+# do-nothing program in place of /usr/sbin/dkms-hook (it answers apt's JSON
+# hello and reads the Pre-Install-Pkgs stream): the floor that apt's hook
+# protocol and the shells cost whatever the program does. Medians of RUNS
+# rounds. The hello .deb is fetched into the root's apt cache by the root's
+# own apt (its sources come from the host's when the base was made).
+#   DKMS_HOOK_DEB=pkg.deb bash bench/apt-noop.sh SUITE [RUNS]
+#     SUITE: bookworm (Debian 12) or trixie (Debian 13); RUNS: default 20
+#     (root; prints one Markdown table row, or a line saying why not)
+set -euo pipefail
+suite=${1:?name the suite: bookworm or trixie} runs=${2:-20}
+deb=${DKMS_HOOK_DEB:-}
+[[ -n "$deb" && -f "$deb" ]] || { echo "bench/apt-noop.sh: skipped ($suite): DKMS_HOOK_DEB names no package"; exit 0; }
+export E2E_SUITE=$suite
+# shellcheck source=../tests/e2e/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../tests/e2e/lib.sh"
+[[ "$(id -u)" == 0 ]] || { echo "bench/apt-noop.sh: skipped ($suite): needs root"; exit 0; }
+[[ -f "$E2E_BASE_TARBALL" ]] || { echo "bench/apt-noop.sh: skipped ($suite): no cached base $E2E_BASE_TARBALL"; exit 0; }
+case $suite in
+    bookworm) release="Debian 12" ;;
+    trixie) release="Debian 13" ;;
+    *) e2e_die "unknown suite $suite" ;;
+esac
+trap 'e2e_remove_root "${E2E_ROOT:-}"' EXIT
+e2e_extract_base
+e2e_load_versions
+e2e_mounts "$E2E_ROOT"
+if [[ $suite == bookworm ]]; then
+    e2e_install_old_world >/dev/null 2>&1
+else
+    first=${E2E_FIRST_KERNELS%% *}
+    e2e_apt_offline install "linux-headers-$first" >/dev/null 2>&1
+fi
+e2e_apt_offline install acpi-call-dkms >/dev/null 2>&1
+cp "$deb" "$E2E_ROOT/root/dkms-hook.deb"
+in_root apt-get -y -q -o Dpkg::Use-Pty=0 install /root/dkms-hook.deb >/dev/null 2>&1
+[[ -n "$(find "$E2E_ROOT"/lib/modules/*/updates/dkms -name 'acpi_call.ko*' 2>/dev/null)" ]] \
+    || e2e_die "acpi-call was not built"
+# hello into the root's apt cache, by the root's apt (its lists may be older
+# than the archive: refreshed once if the download fails).
+fetch_hello() {
+    in_root apt-get -y -q install -d hello >/dev/null 2>&1 && return
+    e2e_retry 3 in_root apt-get -q update >/dev/null 2>&1 || return
+    e2e_retry 3 in_root apt-get -y -q install -d hello >/dev/null 2>&1
+}
+fetch_hello || { echo "bench/apt-noop.sh: skipped ($suite): cannot download hello with the root's apt"; exit 0; }
+e2e_apt_offline install hello >/dev/null 2>&1
+# The do-nothing program, built with the C compiler cargo links with.
+work=$(mktemp -d "$E2E_TMP_BASE/dkms-hook-bench.XXXXXX")
+trap 'rm -rf "$work"; e2e_remove_root "${E2E_ROOT:-}"' EXIT
+cat > "$work/null.c" <<'EOF'
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/socket.h>
+/* Reads until `end` has been received (or EOF). */
+static void until(int fd, const char *end) {
+    static char buf[1 << 20];
+    size_t n = 0;
+    ssize_t r;
+    buf[0] = 0;
+    while (n < sizeof buf - 1 && (r = recv(fd, buf + n, sizeof buf - 1 - n, 0)) > 0) {
+        n += (size_t)r;
+        buf[n] = 0;
+        if (strstr(buf, end)) return;
+    }
+}
+int main(int argc, char **argv) {
+    if (argc > 1 && !strcmp(argv[1], "apt-json-hook") && getenv("APT_HOOK_SOCKET")) {
+        int fd = atoi(getenv("APT_HOOK_SOCKET"));
+        const char *hello = "{\"jsonrpc\":\"2.0\",\"id\":0,\"result\":{\"version\":\"0.2\"}}\n\n";
+        until(fd, "\n\n");
+        send(fd, hello, strlen(hello), MSG_NOSIGNAL);
+        until(fd, "hooks.bye");
+    } else if (argc > 1 && !strcmp(argv[1], "pre-install-pkgs")) {
+        char b[65536];
+        while (read(0, b, sizeof b) > 0) {}
+    }
+    return 0;
+}
+EOF
+cc -O2 -o "$work/null" "$work/null.c"
+# Both programs beside the hook's path, switched by renaming a hard link.
+cp "$work/null" "$E2E_ROOT/usr/sbin/dkms-hook.bench-null"
+cp "$E2E_ROOT/usr/sbin/dkms-hook" "$E2E_ROOT/usr/sbin/dkms-hook.bench-real"
+# shellcheck disable=SC2016 # dpkg-query's own ${Version}
+apt_version=$(in_root dpkg-query -W -f '${Version}' apt)
+# shellcheck disable=SC2016
+dkms_version=$(in_root dpkg-query -W -f '${Version}' dkms)
+/usr/bin/python3 - "$E2E_ROOT" "$runs" "$release" "$apt_version" "$dkms_version" <<'PY'
+import os, statistics, subprocess, sys, time
+root, runs, release, apt, dkms = sys.argv[1], int(sys.argv[2]), *sys.argv[3:6]
+cmd = ["chroot", root, "/usr/bin/env", "-i", "PATH=/usr/sbin:/usr/bin:/sbin:/bin",
+       "LANG=C.UTF-8", "DEBIAN_FRONTEND=noninteractive",
+       "apt-get", "install", "--reinstall", "-y", "-q", "--no-download", "hello"]
+hooks = [root + "/etc/apt/apt.conf.d/80dkms-hook", root + "/etc/dpkg/dpkg.cfg.d/dkms-hook"]
+binary = root + "/usr/sbin/dkms-hook"
+def arm(name):
+    for h in hooks:
+        if name == "without":
+            if os.path.exists(h): os.rename(h, h + ".off")
+        elif os.path.exists(h + ".off"):
+            os.rename(h + ".off", h)
+    new = binary + ".bench-new"
+    if os.path.lexists(new):
+        os.unlink(new)
+    os.link(binary + (".bench-null" if name == "floor" else ".bench-real"), new)
+    os.rename(new, binary)  # a no-op when both name the same file
+    if os.path.lexists(new):
+        os.unlink(new)
+def once():
+    t = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return (time.perf_counter() - t) * 1000
+arms = ["with", "without", "floor"]
+times = {a: [] for a in arms}
+for i in range(runs + 1):
+    for a in arms:
+        arm(a)
+        t = once()
+        if i:  # the first round warms the caches
+            times[a].append(t)
+arm("with")
+m = {a: statistics.median(times[a]) for a in arms}
+added, floor = m["with"] - m["without"], m["floor"] - m["without"]
+print("| no-op apt run, real %s root (apt %s, dkms %s): `apt-get install --reinstall hello` with the hooks %.0f ms vs without %.0f ms, %d rounds alternating; the same hook lines calling a do-nothing program: %.0f ms | +%.1f ms (do-nothing program: +%.1f ms) | ≤ 15 ms: %s |"
+      % (release, apt.split("+")[0].split("~")[0], dkms.split("-")[0], m["with"], m["without"], runs, m["floor"], added, floor,
+         "met" if added <= 15 else "MISSED"))
+PY
