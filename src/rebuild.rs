@@ -646,24 +646,12 @@ impl<'a> Executor<'a> {
             .stdin_null()
             .unchecked()
             .before_spawn(|c| {
-                use std::os::unix::process::CommandExt;
-                c.process_group(0);
                 // The child must not outlive a killed dkms-hook: it would go
                 // on building in the shared build directory while the next
                 // run starts its own build there. Its children are caught by
-                // `State::kill_leftover_builds` in the next run.
-                // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe. The
-                // signal follows the death of the *thread* that spawned the
-                // child; each rebuild waits for its child on the thread that
-                // spawned it, so the thread outlives the child.
-                unsafe {
-                    c.pre_exec(|| {
-                        rustix::process::set_parent_process_death_signal(Some(
-                            rustix::process::Signal::KILL,
-                        ))
-                        .map_err(Into::into)
-                    });
-                }
+                // `State::kill_leftover_builds` in the next run. Each rebuild
+                // waits for its child on the thread that spawned it.
+                crate::tools::own_group_dying_with_us(c);
                 Ok(())
             });
         // duct applies the outer redirection first: stdout goes to the log,

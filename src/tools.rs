@@ -60,3 +60,21 @@ impl Tools {
         }
     }
 }
+
+/// Make `c` start its own process group (so that a time limit kills the
+/// whole group) and be killed when the thread that spawned it dies (so that
+/// a killed dkms-hook leaves no build running). The caller waits for the
+/// child on the thread that spawned it: `PR_SET_PDEATHSIG` follows the
+/// death of that thread.
+pub fn own_group_dying_with_us(c: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    c.process_group(0);
+    // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no
+    // memory of the parent.
+    unsafe {
+        c.pre_exec(|| {
+            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
+                .map_err(Into::into)
+        });
+    }
+}

@@ -645,18 +645,8 @@ fn run_dkms(job: &Job, args: &[&OsStr], log: Option<File>) -> Ended {
         .stdin_null()
         .unchecked()
         .before_spawn(|c| {
-            use std::os::unix::process::CommandExt;
-            c.process_group(0);
-            // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe; each
-            // build waits for its child on the thread that spawned it.
-            unsafe {
-                c.pre_exec(|| {
-                    rustix::process::set_parent_process_death_signal(Some(
-                        rustix::process::Signal::KILL,
-                    ))
-                    .map_err(Into::into)
-                });
-            }
+            // Each build waits for its child on the thread that spawned it.
+            crate::tools::own_group_dying_with_us(c);
             Ok(())
         })
         .stderr_to_stdout()
