@@ -10,9 +10,10 @@
 # hello and reads the Pre-Install-Pkgs stream): the floor that apt's hook
 # protocol and the shells cost whatever the program does. Medians of RUNS
 # rounds. With perf, the same runs also give the time apt and dpkg wait for
-# the hook processes, which decides the target (the whole run's median moves
-# by tens of ms between rounds). The hello .deb is fetched into the root's apt cache by the root's
-# own apt (its sources come from the host's when the base was made).
+# the hook processes, which decides the target (the whole run's median
+# moves by tens of ms between rounds). The hello .deb is fetched into the
+# root's apt cache by the root's own apt (its sources come from the host's
+# when the base was made).
 #   DKMS_HOOK_DEB=pkg.deb bash bench/apt-noop.sh SUITE [RUNS]
 #     SUITE: bookworm (Debian 12) or trixie (Debian 13); RUNS: default 20
 #     (root; prints one Markdown table row, or a line saying why not)
