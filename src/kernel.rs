@@ -473,12 +473,14 @@ fn inputs_of_entries(
 }
 
 /// Bring the file-list cache up to date after dpkg changed the packages of
-/// `changed` (post-invoke and boot, as root): dpkg rewrote or removed just
-/// their lists, so only those are stat'ed, and read if they differ from
-/// their entries. Stat'ing every list instead cost post-invoke 6.5 ms on
-/// 2,000 packages. Without a usable cache (none yet, or a kernel came or
-/// went) every list is read once. What this misses (a list changed behind
-/// dpkg's back) costs nothing but time: every reader stats every list.
+/// `changed` (post-invoke, as root, after a transaction that fed a build
+/// tree): dpkg rewrote or removed just their lists, so only those are
+/// stat'ed, and read if they differ from their entries. Stat'ing every list
+/// instead cost post-invoke 6.5 ms on 2,000 packages. Without a usable
+/// cache (none yet, or a kernel came or went) every list is read once.
+/// What this misses (a list changed behind dpkg's back) costs nothing but
+/// time: the entries lose the info directory's key, so the next reader
+/// stats every list.
 pub fn refresh_list_cache(
     root: &Root,
     kernels: &[Kernel],
