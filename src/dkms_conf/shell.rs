@@ -29,7 +29,9 @@ const CONF_VARIABLES: &str = "PACKAGE_NAME PACKAGE_VERSION POST_ADD POST_BUILD P
 /// The bash program that answers for one pair. Arguments: the dkms version
 /// as three numbers, `kernelver`, `arch`, `kernel_source_dir`,
 /// `kernel_config`, `module`, `module_version`, the variable list, then the
-/// files to source. It prints `excluded` or `builds`.
+/// files to source. It prints `excluded` or `builds`, or `unfinished` when
+/// the subshell that sources a file died (a dkms.conf that exhausts the
+/// memory limit must not read as one that sets nothing).
 ///
 /// `safe_source` and the checks are dkms's own code (GPL-2.0-or-later, as
 /// this program), from `read_conf` of 3.0.10, 3.0.11 (`_KERNEL_MIN`/`_MAX`),
@@ -69,7 +71,7 @@ safe_source() {
         directive_value=${directive#*=}
         echo "$directive_name=\"$directive_value\""
     done
-    )
+    ) || { echo unfinished; exit 0; }
     eval "$out"
 }
 config_excludes() {
@@ -180,6 +182,11 @@ pub fn evaluate_on_host(
         Ok(out) => match out.trim() {
             "excluded" => Verdict::Excluded,
             "builds" => Verdict::Builds,
+            // dkms would go on with nothing set and fail on the missing
+            // directives; what it would build is unknown, not "everything".
+            "unfinished" => Verdict::Undecided(
+                "bash did not finish sourcing it (the memory limit, a signal or an exit)".into(),
+            ),
             other => Verdict::Undecided(format!("unexpected answer {other:?} from bash")),
         },
         Err(why) => Verdict::Undecided(why),

@@ -156,6 +156,13 @@ fn a_hostile_dkms_conf_is_bounded() {
     if let Ok(ps) = ps {
         assert!(ps.stdout.is_empty(), "left running: {ps:?}");
     }
+    // Regression (flaky `a_hostile_dkms_conf_is_bounded`): the subshell
+    // that sources the file dying, as at the memory limit, read as a file
+    // that sets nothing, so the pair "builds" whatever the file said.
+    assert!(matches!(
+        run("BUILD_EXCLUSIVE_KERNEL=nothing\nkill -9 $BASHPID\n"),
+        Verdict::Undecided(w) if w.contains("did not finish")
+    ));
     // A plain one still answers.
     assert_eq!(
         run("BUILD_EXCLUSIVE_CONFIG=\"CONFIG_X\"\n"),
