@@ -300,7 +300,7 @@ fn execute(
         if print && !quiet {
             err(&format!(
                 "{PREFIX} rebuilding {}/{} for {} ({n} of {total})…",
-                p.module, p.version, p.kernel
+                p.id.module, p.id.version, p.id.kernel
             ));
         }
     };

@@ -14,7 +14,6 @@ use crate::config::Config;
 use crate::dpkg_log;
 use crate::inventory::Inventory;
 use crate::kernel::CacheUse;
-use crate::name::Keyed;
 use crate::plan::{self, PairState, Plan, Rebuild};
 use crate::root::Root;
 use crate::state::{self, Cursor, LogSpan, QueuedPair, State};
@@ -63,14 +62,11 @@ pub fn enqueue(state: &State, plan: &Plan) -> Result<(), Error> {
     for r in &plan.rebuilds {
         let p = &r.pair;
         let entry = QueuedPair {
-            module: p.module.clone(),
-            version: p.version.clone(),
-            kernel: p.kernel.clone(),
-            arch: p.arch.clone(),
+            id: p.id.clone(),
             because: r.because.clone(),
             stale_since: stale_since(r),
         };
-        match q.pending.iter_mut().find(|x| x.key() == entry.key()) {
+        match q.pending.iter_mut().find(|x| x.id == entry.id) {
             Some(x) => {
                 x.stale_since = x.stale_since.max(entry.stale_since);
                 x.because = entry.because;
@@ -213,12 +209,9 @@ pub fn queue_failures(state: &State) -> Result<(), Error> {
     let failures = state.failures()?;
     let mut q = state.queue()?;
     for f in failures.failed {
-        if !q.pending.iter().any(|p| p.key() == f.key()) {
+        if !q.pending.iter().any(|p| p.id == f.id) {
             q.pending.push(QueuedPair {
-                module: f.module,
-                version: f.version,
-                kernel: f.kernel,
-                arch: f.arch,
+                id: f.id,
                 because: f.because,
                 stale_since: f.time,
             });

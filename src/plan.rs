@@ -16,7 +16,8 @@ use crate::dkms_conf::Verdict;
 use crate::inventory::Inventory;
 use crate::kernel::{Input, Kernel, KernelRelease, Role};
 pub use crate::model::{Assessment, Cause, PairState};
-use crate::name::{Keyed, ModuleName, ModuleVersion};
+use crate::name::{DkmsArch, ModuleName, ModuleVersion};
+use crate::pair::PairId;
 use crate::state::Failure;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,7 +143,11 @@ pub fn plan(changes: &[Change], inv: &Inventory, cfg: &Config) -> Plan {
         // Deduplicated at the end: a change can feed several kernels.
         relevant.extend(hits.iter().map(|(c, _)| *c));
         relevant.extend(headers_removed.iter().copied());
-        let pairs: Vec<&Pair> = inv.pairs.iter().filter(|p| p.kernel == k.release).collect();
+        let pairs: Vec<&Pair> = inv
+            .pairs
+            .iter()
+            .filter(|p| p.id.kernel == k.release)
+            .collect();
         if !k.has_headers() {
             if pairs.iter().any(|p| p.installed) {
                 let pkg = headers_removed
@@ -153,7 +158,7 @@ pub fn plan(changes: &[Change], inv: &Inventory, cfg: &Config) -> Plan {
                 let mods: Vec<String> = pairs
                     .iter()
                     .filter(|p| p.installed)
-                    .map(|p| p.module.to_string())
+                    .map(|p| p.id.module.to_string())
                     .collect();
                 out.warnings.push(format!(
                     "{}: headers are gone ({pkg}): its dkms modules ({}) stay installed but can no longer be rebuilt for {}; install {pkg} again to keep them current",
@@ -173,7 +178,7 @@ pub fn plan(changes: &[Change], inv: &Inventory, cfg: &Config) -> Plan {
             let reason = if !p.installed {
                 Some(SkipReason::NotInstalled)
             } else if !selected(inv, cfg, &k.release)
-                || inv.is_excluded(p.module.as_str(), p.version.as_str(), &k.release)
+                || inv.is_excluded(p.id.module.as_str(), p.id.version.as_str(), &k.release)
             {
                 Some(SkipReason::Excluded)
             } else {
@@ -225,10 +230,10 @@ pub fn plan(changes: &[Change], inv: &Inventory, cfg: &Config) -> Plan {
     }
     // Pairs of kernels that are gone, when the log shows their removal.
     for p in &inv.pairs {
-        if inv.kernel(&p.kernel).is_none()
+        if inv.kernel(&p.id.kernel).is_none()
             && changes
                 .iter()
-                .any(|c| c.is_removal() && c.package.as_str().ends_with(p.kernel.as_str()))
+                .any(|c| c.is_removal() && c.package.as_str().ends_with(p.id.kernel.as_str()))
         {
             out.skipped.push(Skip {
                 pair: p.clone(),
@@ -280,8 +285,8 @@ pub fn forecast(changes: &[Change], inv: &Inventory, cfg: &Config) -> Plan {
         let mut m: Vec<String> = inv
             .pairs
             .iter()
-            .filter(|x| x.installed && k.is_none_or(|k| &x.kernel == k))
-            .map(|x| format!("{}/{}", x.module, x.version))
+            .filter(|x| x.installed && k.is_none_or(|k| &x.id.kernel == k))
+            .map(|x| format!("{}/{}", x.id.module, x.id.version))
             .collect();
         m.sort();
         m.dedup();
@@ -360,15 +365,15 @@ pub fn kernel_warnings(inv: &Inventory, k: &KernelRelease) -> Vec<String> {
     // Excluded pairs (BUILD_EXCLUSIVE) are not missing: assess says so.
     let missing: Vec<(ModuleName, ModuleVersion)> = assess(inv, &Config::default(), &[])
         .into_iter()
-        .filter(|a| &a.kernel == k && a.state == PairState::Missing)
-        .map(|a| (a.module, a.version))
+        .filter(|a| &a.id.kernel == k && a.state == PairState::Missing)
+        .map(|a| (a.id.module, a.id.version))
         .collect();
     let others: Vec<String> = {
         let mut m: Vec<String> = inv
             .pairs
             .iter()
-            .filter(|p| p.installed && &p.kernel != k)
-            .map(|p| p.module.to_string())
+            .filter(|p| p.installed && &p.id.kernel != k)
+            .map(|p| p.id.module.to_string())
             .collect();
         m.sort();
         m.dedup();
@@ -393,32 +398,37 @@ pub fn kernel_warnings(inv: &Inventory, k: &KernelRelease) -> Vec<String> {
 /// file list (rewritten by dpkg on unpack) is newer than the pair's module is
 /// stale. `failed` are the recorded failures.
 pub fn assess(inv: &Inventory, cfg: &Config, failed: &[Failure]) -> Vec<Assessment> {
-    let mut modules: Vec<(&ModuleName, &ModuleVersion)> = inv
+    // With the architecture of an installed pair: the one a pair dkms has
+    // not built (missing, excluded) would get.
+    let mut modules: Vec<(&ModuleName, &ModuleVersion, &DkmsArch)> = inv
         .pairs
         .iter()
         .filter(|p| p.installed)
-        .map(|p| (&p.module, &p.version))
+        .map(|p| (&p.id.module, &p.id.version, &p.id.arch))
         .collect();
     modules.sort_unstable();
-    modules.dedup();
+    modules.dedup_by(|a, b| (a.0, a.1) == (b.0, b.1));
     let mut out = Vec::new();
     for k in &inv.kernels {
-        for &(m, v) in &modules {
+        for &(m, v, arch) in &modules {
             let pair = inv
                 .pairs
                 .iter()
-                .find(|p| p.kernel == k.release && &p.module == m && p.installed);
+                .find(|p| p.id.kernel == k.release && &p.id.module == m && p.installed);
             let mut a = Assessment {
-                module: m.clone(),
-                version: v.clone(),
-                kernel: k.release.clone(),
+                id: PairId {
+                    module: m.clone(),
+                    version: v.clone(),
+                    kernel: k.release.clone(),
+                    arch: arch.clone(),
+                },
                 state: PairState::Fresh,
                 why: String::new(),
                 pair: pair.cloned(),
                 because: Vec::new(),
                 check: None,
             };
-            let failure = failed.iter().find(|f| f.key() == a.key());
+            let failure = failed.iter().find(|f| f.id == a.id);
             if let Some(f) = failure.filter(|f| !f.restored) {
                 a.state = PairState::Failed;
                 a.why = format!(
@@ -455,7 +465,7 @@ pub fn assess(inv: &Inventory, cfg: &Config, failed: &[Failure]) -> Vec<Assessme
                 out.push(a);
                 continue;
             };
-            if &pair.version != v {
+            if &pair.id.version != v {
                 continue;
             }
             if !k.has_headers() {
@@ -470,13 +480,7 @@ pub fn assess(inv: &Inventory, cfg: &Config, failed: &[Failure]) -> Vec<Assessme
                 // look it up with: the kept make.log (or dkms's output
                 // when the build left none), then the retry.
                 let log = if f.make_log.is_empty() {
-                    format!(
-                        "{}/logs/{}-{}-{}.dkms.log",
-                        crate::state::STATE_DIR,
-                        f.module,
-                        f.version,
-                        f.kernel
-                    )
+                    f.id.run_log().display().to_string()
                 } else {
                     f.make_log.clone()
                 };
@@ -511,8 +515,6 @@ pub fn assess(inv: &Inventory, cfg: &Config, failed: &[Failure]) -> Vec<Assessme
     }
     out
 }
-
-crate::name::keyed!(Assessment);
 
 #[cfg(test)]
 mod tests {
@@ -557,10 +559,12 @@ mod tests {
     }
     fn pair(m: &str, k: &str, built: &str) -> Pair {
         Pair {
-            module: ModuleName::new(m).unwrap(),
-            version: ModuleVersion::new("1.0").unwrap(),
-            kernel: kr(k),
-            arch: DkmsArch::new("x86_64").unwrap(),
+            id: crate::pair::PairId {
+                module: ModuleName::new(m).unwrap(),
+                version: ModuleVersion::new("1.0").unwrap(),
+                kernel: kr(k),
+                arch: DkmsArch::new("x86_64").unwrap(),
+            },
             installed: true,
             built: Some(at(built)),
         }
@@ -638,10 +642,10 @@ mod tests {
 
     fn labels(p: &Plan) -> (Vec<String>, Vec<String>) {
         (
-            p.rebuilds.iter().map(|r| r.pair.label()).collect(),
+            p.rebuilds.iter().map(|r| r.pair.id.label()).collect(),
             p.skipped
                 .iter()
-                .map(|s| format!("{} {}", s.pair.label(), s.reason.as_str()))
+                .map(|s| format!("{} {}", s.pair.id.label(), s.reason.as_str()))
                 .collect(),
         )
     }

@@ -27,9 +27,8 @@ pub mod kept;
 mod settle;
 
 use crate::config::Config;
-use crate::dkms::{built_names, built_time, installed_copies, DKMS_TREE, INSTALL_DIRS};
+use crate::dkms::{built_names, built_time, installed_copies, INSTALL_DIRS};
 use crate::kernel::KernelRelease;
-use crate::name::Keyed;
 use crate::root::open_regular;
 use crate::state::{at_secs, BuildNote, Failure, QueuedPair, State, STATE_DIR};
 use crate::verify::{self, Firmware};
@@ -168,7 +167,7 @@ impl<'a> Executor<'a> {
         for p in queue.lock().map_err(poisoned)?.pending.iter() {
             match modules
                 .iter_mut()
-                .find(|g| g[0].module == p.module && g[0].version == p.version)
+                .find(|g| g[0].id.module == p.id.module && g[0].id.version == p.id.version)
             {
                 Some(g) => g.push(p.clone()),
                 None => modules.push(vec![p.clone()]),
@@ -215,7 +214,7 @@ impl<'a> Executor<'a> {
     ) -> Result<(), Error> {
         let p = &r.pair;
         let mut f = failures.lock().map_err(poisoned)?;
-        f.failed.retain(|x| x.key() != p.key());
+        f.failed.retain(|x| x.id != p.id);
         let mut keep_queued = false;
         if let Outcome::Failed {
             status,
@@ -227,10 +226,7 @@ impl<'a> Executor<'a> {
         {
             keep_queued = !restored;
             f.failed.push(Failure {
-                module: p.module.clone(),
-                version: p.version.clone(),
-                kernel: p.kernel.clone(),
-                arch: p.arch.clone(),
+                id: p.id.clone(),
                 because: p.because.clone(),
                 make_log: make_log
                     .as_ref()
@@ -250,18 +246,14 @@ impl<'a> Executor<'a> {
             return Ok(());
         }
         let mut q = queue.lock().map_err(poisoned)?;
-        q.pending.retain(|x| x.key() != p.key());
+        q.pending.retain(|x| x.id != p.id);
         self.state.save_queue(&q)
     }
 
     /// Host path of `/var/lib/dkms/M/V/K/ARCH`, resolved inside the root
     /// (it may not exist: `build --force` removes it).
     fn dkms_dir(&self, p: &QueuedPair) -> Result<PathBuf, Error> {
-        let dir = Path::new(DKMS_TREE)
-            .join(p.module.as_str())
-            .join(p.version.as_str())
-            .join(p.kernel.as_str())
-            .join(p.arch.as_str());
+        let dir = p.id.dkms_dir();
         self.state
             .root()
             .inside(&dir)
@@ -270,7 +262,7 @@ impl<'a> Executor<'a> {
 
     /// Host paths of every copy of the pair's modules under `/lib/modules/K`.
     fn installed_modules(&self, p: &QueuedPair, names: &[OsString]) -> Vec<PathBuf> {
-        installed_copies(self.state.root(), &p.kernel, names, INSTALL_DIRS)
+        installed_copies(self.state.root(), &p.id.kernel, names, INSTALL_DIRS)
     }
 
     /// Done already: the module was built after the change, and for each
@@ -300,16 +292,6 @@ impl<'a> Executor<'a> {
             })
     }
 
-    /// In-root path of a pair's backup, for messages.
-    fn backup_inroot(p: &QueuedPair) -> PathBuf {
-        Path::new(STATE_DIR)
-            .join("backups")
-            .join(p.module.as_str())
-            .join(p.version.as_str())
-            .join(p.kernel.as_str())
-            .join(p.arch.as_str())
-    }
-
     fn rebuild(&self, p: &QueuedPair, notes: &mut Vec<String>) -> Outcome {
         match self.try_rebuild(p, notes) {
             Ok(o) => o,
@@ -325,7 +307,7 @@ impl<'a> Executor<'a> {
                 reason: format!("restoring the backup of an earlier run failed: {e}"),
                 make_log: None,
                 restored: false,
-                backup: Some(Self::backup_inroot(p)),
+                backup: Some(p.id.backup_dir()),
             },
         }
     }
@@ -334,10 +316,10 @@ impl<'a> Executor<'a> {
         let dir = self.dkms_dir(p).map_err(Stop::Kept)?;
         // 0. A backup left by an earlier run: that run was killed mid-way or
         // could not put the module back. Finish its job first.
-        if let Some(b) = self.state.backup(p, false).map_err(Stop::Kept)? {
+        if let Some(b) = self.state.backup(&p.id, false).map_err(Stop::Kept)? {
             if b.names().iter().any(|n| n == COMPLETE) {
                 if self.is_done(p, &dir) {
-                    self.state.remove_backup(p).map_err(Stop::Kept)?;
+                    self.state.remove_backup(&p.id).map_err(Stop::Kept)?;
                     return Ok(Outcome::AlreadyDone);
                 }
                 self.restore(b.path(), &dir, p).map_err(Stop::Unrestored)?;
@@ -345,7 +327,7 @@ impl<'a> Executor<'a> {
         }
         // Also prunes the empty `M/V/K` a run killed inside remove_backup
         // left (found by the SIGKILL-at-50-points test).
-        self.state.remove_backup(p).map_err(Stop::Kept)?;
+        self.state.remove_backup(&p.id).map_err(Stop::Kept)?;
         if self.is_done(p, &dir) {
             return Ok(Outcome::AlreadyDone);
         }
@@ -354,7 +336,7 @@ impl<'a> Executor<'a> {
             match self.back_up(p, &dir) {
                 Ok(b) => Some(b),
                 Err(e) => {
-                    let _ = self.state.remove_backup(p);
+                    let _ = self.state.remove_backup(&p.id);
                     return Err(Stop::Kept(Error::Refused(format!(
                         "cannot back up the working module: {e}"
                     ))));
@@ -367,7 +349,7 @@ impl<'a> Executor<'a> {
         let restore = || -> Result<(), Error> {
             if let Some(b) = &backup {
                 self.restore(b, &dir, p)?;
-                let _ = self.state.remove_backup(p);
+                let _ = self.state.remove_backup(&p.id);
             }
             Ok(())
         };
@@ -381,7 +363,7 @@ impl<'a> Executor<'a> {
                 reason,
                 make_log,
                 restored,
-                backup: (!restored).then(|| Self::backup_inroot(p)),
+                backup: (!restored).then(|| p.id.backup_dir()),
             })
         };
         // 3. Build, with a fresh run log for this attempt; or, when
@@ -471,12 +453,12 @@ impl<'a> Executor<'a> {
                 verify::modinfo_field(self.state.root(), &self.modinfo, copy, "vermagic")
             {
                 let release = vermagic.split_whitespace().next().unwrap_or_default();
-                if release != p.kernel.as_str() {
+                if release != p.id.kernel.as_str() {
                     return failed(
                         None,
                         format!(
                             "the installed module is for kernel {release:?}, not {} (vermagic {vermagic:?})",
-                            p.kernel
+                            p.id.kernel
                         ),
                         None,
                     );
@@ -492,15 +474,15 @@ impl<'a> Executor<'a> {
                 .map_or(other.clone(), |r| Path::new("/").join(r));
             notes.push(format!(
                 "{}: another copy of {}/{}'s module, not installed by dkms, is at {}; depmod may prefer it: remove it if it is a leftover",
-                p.kernel,
-                p.module,
-                p.version,
+                p.id.kernel,
+                p.id.module,
+                p.id.version,
                 inroot.display()
             ));
         }
         if backup.is_some() {
             // The new module is in place: the old one is no longer needed.
-            let _ = self.state.remove_backup(p);
+            let _ = self.state.remove_backup(&p.id);
         }
         Ok(Outcome::Rebuilt {
             seconds: started.elapsed().as_secs_f64(),
@@ -512,7 +494,7 @@ impl<'a> Executor<'a> {
     /// installed now; a kept build that does not match is dropped with a
     /// note saying why, and the pair builds as before.
     fn kept_build(&self, p: &QueuedPair, notes: &mut Vec<String>) -> Option<kept::Kept> {
-        if !self.use_kept.load(Ordering::Relaxed) || !kept::exists(self.state, p) {
+        if !self.use_kept.load(Ordering::Relaxed) || !kept::exists(self.state, &p.id) {
             return None;
         }
         let root = self.state.root();
@@ -525,20 +507,17 @@ impl<'a> Executor<'a> {
             })
             .as_ref()?;
         let now = kept::Inputs {
-            module: p.module.clone(),
-            version: p.version.clone(),
-            kernel: p.kernel.clone(),
-            arch: p.arch.clone(),
-            packages: kept::packages_of(inv, &p.kernel, &[]),
-            source: kept::source_fingerprint(root, &p.module, &p.version),
+            id: p.id.clone(),
+            packages: kept::packages_of(inv, &p.id.kernel, &[]),
+            source: kept::source_fingerprint(root, &p.id.module, &p.id.version),
             time: crate::state::now_secs(),
         };
-        match kept::take(self.state, p, &now) {
+        match kept::take(self.state, &p.id, &now) {
             Ok(k) => k,
             Err(why) => {
                 notes.push(format!(
-                    "preflight's build of {}/{} for {} was not used ({why}): built again",
-                    p.module, p.version, p.kernel
+                    "preflight's build of {} was not used ({why}): built again",
+                    p.id
                 ));
                 None
             }
@@ -558,14 +537,14 @@ impl<'a> Executor<'a> {
             }
         };
         let signed = facts.vermagic.is_some().then_some(facts.signed);
-        let cfg = verify::sig_config(root, &p.kernel);
+        let cfg = verify::sig_config(root, &p.id.kernel);
         let fw = self
             .firmware
             .get_or_init(|| Firmware::read(root, self.mokutil.as_deref()));
-        let mut out: Vec<String> = verify::unsigned_warning(p.key(), signed, cfg, fw)
+        let mut out: Vec<String> = verify::unsigned_warning(&p.id, signed, cfg, fw)
             .into_iter()
             .collect();
-        if let Some(w) = verify::key_warning(p.key(), signed, fw) {
+        if let Some(w) = verify::key_warning(&p.id, signed, fw) {
             if !self.key_said.swap(true, Ordering::Relaxed) {
                 out.push(w);
             }
@@ -578,7 +557,7 @@ impl<'a> Executor<'a> {
     fn run_log(&self, p: &QueuedPair, append: bool) -> Option<File> {
         self.state
             .logs()
-            .and_then(|l| l.create(&State::run_log(p), append))
+            .and_then(|l| l.create(&p.id.run_log_name(), append))
             .map_err(|e| log::warn!("{e}"))
             .ok()
     }
@@ -592,18 +571,9 @@ impl<'a> Executor<'a> {
     /// Copy the pair's make.log (as this process sees it) to
     /// `/var/lib/dkms-hook/SUBDIR/M-V-K.make.log`; the in-root path.
     pub(crate) fn keep_make_log_in(&self, p: &QueuedPair, subdir: &str) -> Option<PathBuf> {
-        let src = self
-            .state
-            .root()
-            .resolve(
-                Path::new(DKMS_TREE)
-                    .join(p.module.as_str())
-                    .join(p.version.as_str())
-                    .join("build/make.log"),
-            )
-            .ok()?;
+        let src = self.state.root().resolve(p.id.make_log()).ok()?;
         let f = open_regular(&src).ok()?;
-        let name = State::kept_make_log(p);
+        let name = p.id.kept_make_log_name();
         let dir = self.state.open().and_then(|d| d.subdir(subdir)).ok()?;
         if let Err(e) = dir.write_atomic_from(&name, &mut std::io::Read::take(f, CAP_MAKE_LOG)) {
             log::warn!("{e}");
@@ -617,9 +587,9 @@ impl<'a> Executor<'a> {
     pub(crate) fn dkms(&self, p: &QueuedPair, action: &[&str], log: Option<File>) -> Ran {
         let mut args: Vec<&OsStr> = action.iter().map(OsStr::new).collect();
         for (flag, v) in [
-            ("-m", p.module.as_str()),
-            ("-v", p.version.as_str()),
-            ("-k", p.kernel.as_str()),
+            ("-m", p.id.module.as_str()),
+            ("-v", p.id.version.as_str()),
+            ("-k", p.id.kernel.as_str()),
         ] {
             args.push(OsStr::new(flag));
             args.push(OsStr::new(v));
@@ -627,7 +597,7 @@ impl<'a> Executor<'a> {
         if log.is_none() {
             return Ran::SpawnFailed("cannot open the run log".into());
         }
-        self.run(&self.dkms, &args, log, Some(&p.module))
+        self.run(&self.dkms, &args, log, Some(&p.id.module))
     }
 
     /// Run `program` with `args` in its own process group, output to `log`

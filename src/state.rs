@@ -19,9 +19,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use crate::dkms::{DkmsArch, ModuleName, ModuleVersion};
 use crate::kernel::KernelRelease;
 use crate::model::Cause;
+use crate::name::ModuleName;
+use crate::pair::PairId;
 use crate::root::{Root, CAP_STATE};
 use crate::state_dir::Dir;
 use crate::Error;
@@ -51,10 +52,8 @@ pub struct Cursor {
 /// A pair waiting to be rebuilt.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueuedPair {
-    pub module: ModuleName,
-    pub version: ModuleVersion,
-    pub kernel: KernelRelease,
-    pub arch: DkmsArch,
+    #[serde(flatten)]
+    pub id: PairId,
     /// The changes that made it stale.
     #[serde(deserialize_with = "causes_or_prose")]
     pub because: Vec<Cause>,
@@ -66,10 +65,8 @@ pub struct QueuedPair {
 /// A pair whose last rebuild failed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Failure {
-    pub module: ModuleName,
-    pub version: ModuleVersion,
-    pub kernel: KernelRelease,
-    pub arch: DkmsArch,
+    #[serde(flatten)]
+    pub id: PairId,
     #[serde(deserialize_with = "causes_or_prose")]
     pub because: Vec<Cause>,
     /// In-root path of the kept copy of make.log.
@@ -124,9 +121,10 @@ pub struct Failures {
 /// login notice shows besides failures and the queue.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Finding {
-    pub module: ModuleName,
-    pub version: ModuleVersion,
-    pub kernel: KernelRelease,
+    /// Findings written before they carried `arch` are dropped on reading
+    /// ([`State::findings`]); the next full check writes them again.
+    #[serde(flatten)]
+    pub id: PairId,
     pub problem: Problem,
     pub time: u64,
 }
@@ -190,6 +188,24 @@ fn valid_entries<T: Entry>(value: &serde_json::Value, list: &str, path: &Path) -
         }
     }
     out
+}
+
+/// Drop, quietly, the entries of `list` written before they carried the
+/// architecture: a finding is a cache of the last full check, which writes
+/// it again, so an old one is not worth a warning on every login.
+fn without_arch_dropped(value: &mut serde_json::Value, list: &str) {
+    if let Some(items) = value
+        .get_mut(list)
+        .and_then(serde_json::Value::as_array_mut)
+    {
+        items.retain(|item| {
+            let old = item.is_object() && item.get("arch").is_none();
+            if old {
+                log::debug!("dropping a {list} entry without arch, from an older dkms-hook");
+            }
+            !old
+        });
+    }
 }
 
 /// The state directory of one root.
@@ -517,7 +533,10 @@ impl State {
         self.read_list_value("findings.json")
             .ok()
             .flatten()
-            .map(|v| valid_entries(&v, "found", &path))
+            .map(|mut v| {
+                without_arch_dropped(&mut v, "found");
+                valid_entries(&v, "found", &path)
+            })
             .unwrap_or_default()
     }
 
@@ -525,9 +544,7 @@ impl State {
     /// as root calls this every time: no write, no fsync, when nothing
     /// changed).
     pub fn save_findings(&self, found: &[Finding]) -> Result<(), Error> {
-        let same = |a: &Finding, b: &Finding| {
-            crate::name::Keyed::key(a) == crate::name::Keyed::key(b) && a.problem == b.problem
-        };
+        let same = |a: &Finding, b: &Finding| a.id == b.id && a.problem == b.problem;
         let saved = self.findings();
         if saved.len() == found.len() && saved.iter().zip(found).all(|(a, b)| same(a, b)) {
             return Ok(());
@@ -541,15 +558,9 @@ impl State {
 
     /// The backup directory of one pair, `backups/M/V/K/ARCH`, each level
     /// checked to be a real directory (created when `create`).
-    pub fn backup(&self, p: &QueuedPair, create: bool) -> Result<Option<Dir>, Error> {
+    pub fn backup(&self, p: &PairId, create: bool) -> Result<Option<Dir>, Error> {
         let mut dir = self.open()?;
-        for name in [
-            "backups",
-            p.module.as_str(),
-            p.version.as_str(),
-            p.kernel.as_str(),
-            p.arch.as_str(),
-        ] {
+        for name in std::iter::once("backups").chain(p.backup_chain()) {
             dir = if create {
                 dir.subdir(name)?
             } else {
@@ -563,17 +574,12 @@ impl State {
     }
 
     /// Remove a pair's backup and the then empty `M/V/K` directories above it.
-    pub fn remove_backup(&self, p: &QueuedPair) -> Result<(), Error> {
+    pub fn remove_backup(&self, p: &PairId) -> Result<(), Error> {
         let top = self.open()?;
         let Some(backups) = top.existing_subdir("backups") else {
             return Ok(());
         };
-        let chain = [
-            p.module.as_str(),
-            p.version.as_str(),
-            p.kernel.as_str(),
-            p.arch.as_str(),
-        ];
+        let chain = p.backup_chain();
         let mut dirs = vec![backups];
         for name in &chain[..3] {
             match dirs.last().and_then(|d| d.existing_subdir(name)) {
@@ -597,16 +603,6 @@ impl State {
     /// The `logs/` directory.
     pub fn logs(&self) -> Result<Dir, Error> {
         self.open()?.subdir("logs")
-    }
-
-    /// Name of the kept copy of a failed build's make.log in `logs/`.
-    pub fn kept_make_log(p: &QueuedPair) -> String {
-        format!("{}-{}-{}.make.log", p.module, p.version, p.kernel)
-    }
-
-    /// Name of the output of the last dkms run for a pair in `logs/`.
-    pub fn run_log(p: &QueuedPair) -> String {
-        format!("{}-{}-{}.dkms.log", p.module, p.version, p.kernel)
     }
 
     /// Note the process group of a running dkms, so that the next run can
@@ -670,10 +666,10 @@ impl State {
     /// under `backups/` is removed, never followed.
     pub fn forget_kernel(&self, kernel: &KernelRelease) -> Result<(), Error> {
         let mut q = self.queue()?;
-        q.pending.retain(|p| &p.kernel != kernel);
+        q.pending.retain(|p| &p.id.kernel != kernel);
         self.save_queue(&q)?;
         let mut f = self.failures()?;
-        f.failed.retain(|p| &p.kernel != kernel);
+        f.failed.retain(|p| &p.id.kernel != kernel);
         self.save_failures(&f)?;
         let Some(backups) = self.open()?.existing_subdir("backups") else {
             return Ok(());
@@ -754,8 +750,6 @@ pub fn log_span(cursor: Option<&Cursor>, log: &Path) -> LogSpan {
     LogSpan::Files(vec![(log.to_path_buf(), 0)])
 }
 
-crate::name::keyed!(QueuedPair, Failure, Finding);
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -805,12 +799,18 @@ mod tests {
         );
     }
 
+    fn id(m: &str, k: &str) -> PairId {
+        PairId {
+            module: ModuleName::new(m).unwrap(),
+            version: crate::name::ModuleVersion::new("1").unwrap(),
+            kernel: KernelRelease::new(k).unwrap(),
+            arch: crate::name::DkmsArch::new("x86_64").unwrap(),
+        }
+    }
+
     fn pair(m: &str) -> QueuedPair {
         QueuedPair {
-            module: ModuleName::new(m).unwrap(),
-            version: ModuleVersion::new("1").unwrap(),
-            kernel: KernelRelease::new("k").unwrap(),
-            arch: DkmsArch::new("x86_64").unwrap(),
+            id: id(m, "k"),
             because: vec![],
             stale_since: 5,
         }
@@ -884,9 +884,7 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let s = State::new(&Root::new(t.path()));
         let good = Finding {
-            module: ModuleName::new("m").unwrap(),
-            version: ModuleVersion::new("1").unwrap(),
-            kernel: KernelRelease::new("6.1.0-50-amd64").unwrap(),
+            id: id("m", "6.1.0-50-amd64"),
             problem: Problem::Broken,
             time: 5,
         };
@@ -939,6 +937,66 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.queue().unwrap().pending, vec![pair("m")]);
+    }
+
+    /// The files as written before the pair had one type: the same four
+    /// fields at the top of each entry, read back as they were.
+    #[test]
+    fn state_files_of_the_flat_format_still_load() {
+        let t = tempfile::tempdir().unwrap();
+        let s = State::new(&Root::new(t.path()));
+        fs::create_dir_all(s.dir()).unwrap();
+        fs::write(
+            s.dir().join("queue.json"),
+            r#"{"version":1,"pending":[{"module":"m","version":"1","kernel":"k","arch":"x86_64","because":[],"stale_since":5}]}"#,
+        )
+        .unwrap();
+        assert_eq!(s.queue().unwrap().pending, vec![pair("m")]);
+        fs::write(
+            s.dir().join("failures.json"),
+            r#"{"version":1,"failed":[{"module":"m","version":"1","kernel":"k","arch":"x86_64","because":[],"make_log":"/l","exit_status":10,"time":7}]}"#,
+        )
+        .unwrap();
+        let f = s.failures().unwrap().failed;
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].id, id("m", "k"));
+        assert_eq!(
+            (f[0].exit_status, f[0].time, f[0].restored),
+            (Some(10), 7, true)
+        );
+        // Written back, the same flat shape.
+        s.save_failures(&Failures {
+            version: 1,
+            failed: f,
+        })
+        .unwrap();
+        let v: serde_json::Value =
+            serde_json::from_slice(&fs::read(s.dir().join("failures.json")).unwrap()).unwrap();
+        assert_eq!(v["failed"][0]["module"], "m");
+        assert_eq!(v["failed"][0]["arch"], "x86_64");
+        assert!(v["failed"][0].get("id").is_none());
+    }
+
+    /// Findings written before they carried the architecture are dropped
+    /// (the next full check writes them again); the others stay.
+    #[test]
+    fn findings_without_arch_are_dropped() {
+        let t = tempfile::tempdir().unwrap();
+        let s = State::new(&Root::new(t.path()));
+        fs::create_dir_all(s.dir()).unwrap();
+        fs::write(
+            s.dir().join("findings.json"),
+            r#"{"version":1,"found":[{"module":"old","version":"1","kernel":"k","problem":"broken","time":5},{"module":"m","version":"1","kernel":"k","arch":"x86_64","problem":"unsigned","time":6}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            s.findings(),
+            vec![Finding {
+                id: id("m", "k"),
+                problem: Problem::Unsigned,
+                time: 6,
+            }]
+        );
     }
 
     #[test]

@@ -38,7 +38,7 @@ fuzz_target!(|input: &[u8]| {
             if let Ok(q) = st.queue() {
                 for p in &q.pending {
                     assert!(p.stale_since <= MAX_TIME);
-                    assert!(!p.module.as_str().contains('/') && !p.module.as_str().starts_with('-'));
+                    assert!(!p.id.module.as_str().contains('/') && !p.id.module.as_str().starts_with('-'));
                 }
                 st.save_queue(&q).unwrap();
                 assert_eq!(st.queue().unwrap(), q);
@@ -49,7 +49,7 @@ fuzz_target!(|input: &[u8]| {
             if let Ok(f) = st.failures() {
                 for x in &f.failed {
                     assert!(x.time <= MAX_TIME);
-                    assert!(!x.kernel.as_str().contains('/'));
+                    assert!(!x.id.kernel.as_str().contains('/'));
                 }
                 st.save_failures(&f).unwrap();
                 assert_eq!(st.failures().unwrap(), f);
