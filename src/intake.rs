@@ -12,11 +12,12 @@ use std::time::SystemTime;
 use crate::change::{Change, ChangeSet};
 use crate::config::Config;
 use crate::dpkg_log;
+use crate::dpkg_log::cursor::{self, Cursor, LogSpan};
 use crate::inventory::Inventory;
 use crate::kernel::CacheUse;
 use crate::plan::{self, PairState, Plan, Rebuild};
 use crate::root::Root;
-use crate::state::{self, Cursor, LogSpan, QueuedPair, State};
+use crate::state::{self, QueuedPair, State};
 use crate::Error;
 
 pub const DPKG_LOG: &str = "/var/log/dpkg.log";
@@ -100,9 +101,9 @@ pub fn queue_from_dpkg_log(root: &Root, state: &State, cfg: &Config) -> Result<P
             })
         }
     };
-    let pieces = match state::log_span(cursor.as_ref(), &log) {
+    let pieces = match cursor::log_span(cursor.as_ref(), &log) {
         LogSpan::StartAtEnd => {
-            if let Some(c) = state::cursor_at_end(&log) {
+            if let Some(c) = cursor::cursor_at_end(&log) {
                 state.save_cursor(&c)?;
             }
             return Ok(Plan::default());
@@ -138,9 +139,9 @@ pub fn queue_from_dpkg_log(root: &Root, state: &State, cfg: &Config) -> Result<P
     enqueue(state, &plan)?;
     // Only now, with the queue safe on disk, move past these changes.
     if let Some((path, offset)) = end {
-        if let Some(mut c) = state::cursor_at_end(&path) {
+        if let Some(mut c) = cursor::cursor_at_end(&path) {
             c.offset = offset;
-            c.fingerprint = state::fingerprint(&path, offset).unwrap_or(0);
+            c.fingerprint = cursor::fingerprint(&path, offset).unwrap_or(0);
             state.save_cursor(&c)?;
         }
     }
@@ -229,7 +230,7 @@ pub fn init_cursor(root: &Root, state: &State) -> Result<(), Error> {
     match root
         .resolve(DPKG_LOG)
         .ok()
-        .and_then(|l| state::cursor_at_end(&l))
+        .and_then(|l| cursor::cursor_at_end(&l))
     {
         Some(c) => state.save_cursor(&c),
         None => Ok(()),

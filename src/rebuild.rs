@@ -23,6 +23,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 mod backup;
+pub mod builds;
 pub mod kept;
 mod settle;
 
@@ -30,9 +31,10 @@ use crate::config::Config;
 use crate::dkms::{built_names, built_time, installed_copies, INSTALL_DIRS};
 use crate::kernel::KernelRelease;
 use crate::root::open_regular;
-use crate::state::{at_secs, BuildNote, Failure, QueuedPair, State, STATE_DIR};
+use crate::state::{at_secs, Failure, QueuedPair, State, STATE_DIR};
 use crate::verify::{self, Firmware};
 use crate::Error;
+use builds::BuildNote;
 
 pub use crate::tools::{Tools, DEPMOD, DKMS, MODINFO, UPDATE_INITRAMFS};
 use crate::tools::{
@@ -619,7 +621,7 @@ impl<'a> Executor<'a> {
                 // The child must not outlive a killed dkms-hook: it would go
                 // on building in the shared build directory while the next
                 // run starts its own build there. Its children are caught by
-                // `State::kill_leftover_builds` in the next run. Each rebuild
+                // [`builds::lock`] in the next run. Each rebuild
                 // waits for its child on the thread that spawned it.
                 crate::tools::own_group_dying_with_us(c);
                 Ok(())
@@ -644,12 +646,12 @@ impl<'a> Executor<'a> {
             .unwrap_or(0);
         if let Some(m) = note {
             if let Some(n) = BuildNote::of(pgid) {
-                self.state.note_build(m, &n);
+                builds::note_build(self.state, m, &n);
             }
         }
         let done = |r| {
             if let Some(m) = note {
-                self.state.forget_build(m);
+                builds::forget_build(self.state, m);
             }
             r
         };

@@ -1,6 +1,8 @@
-//! dkms-hook's own state in `/var/lib/dkms-hook/`: the dpkg.log cursor, the
-//! queue of pending pairs, the failures, backups of dkms build directories,
-//! kept logs, notes of running builds, and the lock that serialises runs.
+//! dkms-hook's own state in `/var/lib/dkms-hook/`: the dpkg.log cursor
+//! (its type and reading in [`crate::dpkg_log::cursor`]), the queue of
+//! pending pairs, the failures, the findings, backups of dkms build
+//! directories, kept logs, and the lock that serialises runs (notes of
+//! running builds are the rebuild's: [`crate::rebuild::builds`]).
 //!
 //! Everything here is read back as untrusted input: every file goes through
 //! [`crate::state_dir::Dir`] (no-follow, relative to the directory's fd,
@@ -11,9 +13,7 @@
 //! changes that filled it, and a pair leaves the queue only after it was
 //! installed (or its working module was put back).
 
-use std::fs::{self, File};
-use std::io::{self, Read, Seek};
-use std::os::unix::fs::MetadataExt;
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -21,33 +21,16 @@ use serde::{Deserialize, Serialize};
 
 use crate::kernel::KernelRelease;
 use crate::model::Cause;
-use crate::name::ModuleName;
 use crate::pair::PairId;
 use crate::root::{Root, CAP_STATE};
 use crate::state_dir::Dir;
 use crate::Error;
 
-pub use crate::state_dir::STATE_DIR;
-/// Bumped when a state file changes incompatibly; files of a newer version
-/// are left alone rather than misread.
-pub const STATE_VERSION: u32 = 1;
-/// Bytes before the cursor that identify the log it was taken in.
-const FINGERPRINT_LEN: u64 = 4096;
+pub use crate::dpkg_log::cursor::Cursor;
+pub use crate::state_dir::{STATE_DIR, STATE_VERSION};
 /// The latest time a state file may name (9999-12-31): later ones are
 /// forged or corrupt, and would overflow time arithmetic.
 pub const MAX_TIME: u64 = 253_402_300_799;
-
-/// Where the last run stopped reading dpkg.log.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Cursor {
-    pub version: u32,
-    pub device: u64,
-    pub inode: u64,
-    pub offset: u64,
-    /// FNV-1a of the `FINGERPRINT_LEN` bytes before `offset`: a log replaced
-    /// by another with the same inode or truncated is noticed.
-    pub fingerprint: u64,
-}
 
 /// A pair waiting to be rebuilt.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -226,16 +209,6 @@ pub struct Lock {
     _file: File,
 }
 
-/// A running dkms of ours, as noted in `builds/M.pgid`: enough to prove
-/// later that a process group is still that build, not a recycled pid.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BuildNote {
-    pub pgid: i32,
-    /// Field 22 of `/proc/PGID/stat`: clock ticks after boot.
-    pub start: u64,
-    pub boot_id: String,
-}
-
 pub fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -245,46 +218,6 @@ pub fn now_secs() -> u64 {
 /// Seconds since the epoch as a time, saturating at [`MAX_TIME`].
 pub fn at_secs(secs: u64) -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_secs(secs.min(MAX_TIME))
-}
-
-fn fnv1a(data: &[u8]) -> u64 {
-    data.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
-
-/// The start time of a process (field 22 of `/proc/PID/stat`).
-pub fn process_start(pid: i32) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // "pid (comm) state …": comm may hold spaces and parentheses.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split_whitespace().nth(19)?.parse().ok()
-}
-
-pub fn boot_id() -> String {
-    fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
-}
-
-impl BuildNote {
-    /// The note for the process group led by `pgid`, started just now.
-    pub fn of(pgid: i32) -> Option<BuildNote> {
-        Some(BuildNote {
-            pgid,
-            start: process_start(pgid)?,
-            boot_id: boot_id(),
-        })
-    }
-
-    /// Whether the group leader named here is still that same process: same
-    /// boot, same start time. A recycled pid or a forged note fails this.
-    pub fn still_running(&self) -> bool {
-        self.pgid > 1
-            && !self.boot_id.is_empty()
-            && self.boot_id == boot_id()
-            && process_start(self.pgid) == Some(self.start)
-    }
 }
 
 impl State {
@@ -363,10 +296,10 @@ impl State {
         Ok(Some(Lock { _file: file }))
     }
 
-    /// What a run does first with the lock held: stop what is left of a
-    /// killed run's builds, and carry out removals noted while it was busy.
+    /// What a run does first with the lock held: carry out removals noted
+    /// while another run was busy. (Stopping a killed run's leftover builds
+    /// is the rebuild's: [`crate::rebuild::builds::lock`].)
     fn after_lock(&self) {
-        self.kill_leftover_builds();
         let Ok(dir) = self.open() else { return };
         let Some(forget) = dir.existing_subdir("forget") else {
             return;
@@ -605,62 +538,6 @@ impl State {
         self.open()?.subdir("logs")
     }
 
-    /// Note the process group of a running dkms, so that the next run can
-    /// stop it if this one is killed (the file is `builds/M.pgid`).
-    pub fn note_build(&self, module: &ModuleName, note: &BuildNote) {
-        let r = serde_json::to_vec(note)
-            .map_err(|e| Error::Refused(e.to_string()))
-            .and_then(|text| {
-                self.open()?
-                    .subdir("builds")?
-                    .write_atomic(&format!("{module}.pgid"), &text)
-            });
-        if let Err(e) = r {
-            log::debug!("cannot note the build of {module}: {e}");
-        }
-    }
-
-    pub fn forget_build(&self, module: &ModuleName) {
-        if let Some(b) = self.open().ok().and_then(|d| d.existing_subdir("builds")) {
-            b.remove(&format!("{module}.pgid"));
-        }
-    }
-
-    /// Kill what is left of the builds of a killed run (their process
-    /// groups). Called with the lock held, when no build of ours runs. Only
-    /// a group whose leader provably is our build (same boot, same start
-    /// time) is killed, and never under `--root`: there the notes come from
-    /// another system's files and their pids mean nothing on this one.
-    fn kill_leftover_builds(&self) {
-        let Some(builds) = self.open().ok().and_then(|d| d.existing_subdir("builds")) else {
-            return;
-        };
-        for name in builds.names() {
-            let note: Option<BuildNote> = builds
-                .read(&name, 4096)
-                .ok()
-                .flatten()
-                .and_then(|t| serde_json::from_slice(&t).ok());
-            builds.remove(&name);
-            let Some(note) = note else { continue };
-            if !self.root.is_host_root() {
-                log::debug!("not stopping process group {} under --root", note.pgid);
-                continue;
-            }
-            if !note.still_running() {
-                continue;
-            }
-            if let Some(pid) = rustix::process::Pid::from_raw(note.pgid) {
-                if rustix::process::kill_process_group(pid, rustix::process::Signal::KILL).is_ok() {
-                    log::warn!(
-                        "stopped the leftover build of a killed run (process group {})",
-                        note.pgid
-                    );
-                }
-            }
-        }
-    }
-
     /// Forget a removed kernel: its queue entries, failures and backups.
     /// Call with the lock held. Only real directories are entered: a link
     /// under `backups/` is removed, never followed.
@@ -688,120 +565,14 @@ impl State {
     }
 }
 
-/// Where to read dpkg.log from, given the saved cursor.
-#[derive(Debug, PartialEq, Eq)]
-pub enum LogSpan {
-    /// First run ever: start at the end.
-    StartAtEnd,
-    /// Read these (host path, offset) pieces in order.
-    Files(Vec<(PathBuf, u64)>),
-}
-
-fn identity(p: &Path) -> Option<(u64, u64, u64)> {
-    let m = fs::metadata(p).ok()?;
-    Some((m.dev(), m.ino(), m.len()))
-}
-
-pub fn fingerprint(p: &Path, offset: u64) -> Option<u64> {
-    // Not `File::open`: a FIFO in dpkg.log's place would block the hook.
-    let mut f = crate::root::open_regular(p).ok()?;
-    let start = offset.saturating_sub(FINGERPRINT_LEN);
-    f.seek(io::SeekFrom::Start(start)).ok()?;
-    let mut buf = vec![0; usize::try_from(offset - start).ok()?];
-    f.read_exact(&mut buf).ok()?;
-    Some(fnv1a(&buf))
-}
-
-/// A cursor at the current end of `log`.
-pub fn cursor_at_end(log: &Path) -> Option<Cursor> {
-    let (device, inode, len) = identity(log)?;
-    Some(Cursor {
-        version: STATE_VERSION,
-        device,
-        inode,
-        offset: len,
-        fingerprint: fingerprint(log, len)?,
-    })
-}
-
-/// Decide what to read. `log` is the host path of dpkg.log; its rotated
-/// predecessor is `log.1`.
-pub fn log_span(cursor: Option<&Cursor>, log: &Path) -> LogSpan {
-    let Some(c) = cursor else {
-        return LogSpan::StartAtEnd;
-    };
-    let same = |p: &Path| {
-        identity(p).is_some_and(|(d, i, len)| {
-            d == c.device
-                && i == c.inode
-                && len >= c.offset
-                && fingerprint(p, c.offset) == Some(c.fingerprint)
-        })
-    };
-    if same(log) {
-        return LogSpan::Files(vec![(log.to_path_buf(), c.offset)]);
-    }
-    let rotated = PathBuf::from(format!("{}.1", log.display()));
-    if same(&rotated) {
-        // logrotate moved our file aside: finish it, then the new one.
-        return LogSpan::Files(vec![(rotated, c.offset), (log.to_path_buf(), 0)]);
-    }
-    // Replaced or truncated beyond recognition: read the whole current log.
-    LogSpan::Files(vec![(log.to_path_buf(), 0)])
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
-
-    #[test]
-    fn cursor_follows_rotation() {
-        let t = tempfile::tempdir().unwrap();
-        let log = t.path().join("dpkg.log");
-        fs::write(&log, "a\nb\n").unwrap();
-        assert_eq!(log_span(None, &log), LogSpan::StartAtEnd);
-        let c = cursor_at_end(&log).unwrap();
-        assert_eq!(
-            log_span(Some(&c), &log),
-            LogSpan::Files(vec![(log.clone(), 4)])
-        );
-        fs::OpenOptions::new()
-            .append(true)
-            .open(&log)
-            .unwrap()
-            .write_all(b"c\n")
-            .unwrap();
-        assert_eq!(
-            log_span(Some(&c), &log),
-            LogSpan::Files(vec![(log.clone(), 4)])
-        );
-        let rotated = t.path().join("dpkg.log.1");
-        fs::rename(&log, &rotated).unwrap();
-        fs::write(&log, "d\n").unwrap();
-        assert_eq!(
-            log_span(Some(&c), &log),
-            LogSpan::Files(vec![(rotated, 4), (log.clone(), 0)])
-        );
-    }
-
-    #[test]
-    fn a_rewritten_log_is_read_whole() {
-        let t = tempfile::tempdir().unwrap();
-        let log = t.path().join("dpkg.log");
-        fs::write(&log, "aaaa\n").unwrap();
-        let c = cursor_at_end(&log).unwrap();
-        let mut f = fs::OpenOptions::new().write(true).open(&log).unwrap();
-        f.write_all(b"bbbb\n").unwrap(); // same inode, same length, other bytes
-        assert_eq!(
-            log_span(Some(&c), &log),
-            LogSpan::Files(vec![(log.clone(), 0)])
-        );
-    }
+    use std::fs;
 
     fn id(m: &str, k: &str) -> PairId {
         PairId {
-            module: ModuleName::new(m).unwrap(),
+            module: crate::name::ModuleName::new(m).unwrap(),
             version: crate::name::ModuleVersion::new("1").unwrap(),
             kernel: KernelRelease::new(k).unwrap(),
             arch: crate::name::DkmsArch::new("x86_64").unwrap(),
@@ -1036,22 +807,5 @@ mod tests {
         let _next = s.lock().unwrap();
         assert!(s.queue().unwrap().pending.is_empty());
         assert!(!s.dir().join("forget/k").exists());
-    }
-
-    #[test]
-    fn a_forged_build_note_names_no_process_of_ours() {
-        let me = std::process::id() as i32;
-        let real = BuildNote::of(me).unwrap();
-        assert!(real.still_running());
-        let recycled = BuildNote {
-            start: real.start + 1,
-            ..real.clone()
-        };
-        assert!(!recycled.still_running());
-        let other_boot = BuildNote {
-            boot_id: "0".into(),
-            ..real
-        };
-        assert!(!other_boot.still_running());
     }
 }

@@ -42,7 +42,7 @@ fn catch_up(root: &Root, env: &Env, running_kernel: bool) -> i32 {
     let run = || -> anyhow::Result<()> {
         let cfg = load_config(root);
         let state = State::new(root);
-        let _lock = state.lock()?;
+        let _lock = crate::rebuild::builds::lock(&state)?;
         let p = intake::queue_from_dpkg_log(root, &state, &cfg)?;
         warn_once(root, &p.warnings);
         if running_kernel {
