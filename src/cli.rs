@@ -347,7 +347,7 @@ fn replay(root: &Root, env: &Env, a: &ReplayArgs) -> anyhow::Result<i32> {
     let _lock = crate::rebuild::builds::lock(&state)?;
     let p = intake::plan_changes(root, &changes, &cfg)?;
     intake::enqueue(&state, &p)?;
-    warn_once(root, &p.warnings);
+    warn_once(root, &p.warning_lines());
     let (code, results) = execute(&state, &cfg, env, !a.json)?;
     if a.json {
         out_json(&report::json::results(&p, &results));

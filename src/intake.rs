@@ -36,7 +36,12 @@ fn plan_on_inventory(
 ) -> Result<(Plan, Inventory), Error> {
     let mut inv = Inventory::for_changes(root, changes)?;
     let mut p = plan::plan(changes, &inv, cfg);
-    p.warnings.splice(0..0, std::mem::take(&mut inv.warnings));
+    p.warnings.splice(
+        0..0,
+        std::mem::take(&mut inv.warnings)
+            .into_iter()
+            .map(plan::Warning::Machine),
+    );
     Ok((p, inv))
 }
 

@@ -20,6 +20,9 @@ use crate::name::{DkmsArch, ModuleName, ModuleVersion};
 use crate::pair::PairId;
 use crate::state::Failure;
 
+mod warning;
+pub use warning::{lines as warning_lines, Warning};
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rebuild {
     pub pair: Pair,
@@ -61,12 +64,17 @@ pub struct Plan {
     pub changes: Vec<Change>,
     pub rebuilds: Vec<Rebuild>,
     pub skipped: Vec<Skip>,
-    pub warnings: Vec<String>,
+    pub warnings: Vec<Warning>,
 }
 
 impl Plan {
     pub fn is_empty(&self) -> bool {
         self.rebuilds.is_empty() && self.skipped.is_empty() && self.warnings.is_empty()
+    }
+
+    /// The warnings as the lines the admin reads.
+    pub fn warning_lines(&self) -> Vec<String> {
+        warning::lines(&self.warnings)
     }
 }
 
@@ -125,108 +133,8 @@ pub fn plan(changes: &[Change], inv: &Inventory, cfg: &Config) -> Plan {
     let mut out = Plan::default();
     let mut relevant: Vec<&Change> = Vec::new();
     for k in &inv.kernels {
-        let inputs = inv.inputs.get(&k.release).map(Vec::as_slice).unwrap_or(&[]);
-        // The changes to this kernel's inputs, with the role that triggers.
-        let hits: Vec<(&Change, Role)> = changes
-            .iter()
-            .filter(|c| !c.is_removal())
-            .filter_map(|c| inputs.iter().find(|i| matches(i, c)).map(|i| (c, i.role)))
-            .filter(|(_, role)| cfg.triggers(*role))
-            .collect();
-        let headers_removed: Vec<&Change> = changes
-            .iter()
-            .filter(|c| c.is_removal() && k.headers_package_guess().as_ref() == Some(&c.package))
-            .collect();
-        if hits.is_empty() && headers_removed.is_empty() {
-            continue;
-        }
         // Deduplicated at the end: a change can feed several kernels.
-        relevant.extend(hits.iter().map(|(c, _)| *c));
-        relevant.extend(headers_removed.iter().copied());
-        let pairs: Vec<&Pair> = inv
-            .pairs
-            .iter()
-            .filter(|p| p.id.kernel == k.release)
-            .collect();
-        if !k.has_headers() {
-            if pairs.iter().any(|p| p.installed) {
-                let pkg = headers_removed
-                    .first()
-                    .map(|c| c.package.to_string())
-                    .or_else(|| k.headers_package_guess().map(|p| p.to_string()))
-                    .unwrap_or_else(|| "its headers".into());
-                let mods: Vec<String> = pairs
-                    .iter()
-                    .filter(|p| p.installed)
-                    .map(|p| p.id.module.to_string())
-                    .collect();
-                out.warnings.push(format!(
-                    "{}: headers are gone ({pkg}): its dkms modules ({}) stay installed but can no longer be rebuilt for {}; install {pkg} again to keep them current",
-                    k.release,
-                    mods.join(", "),
-                    k.release
-                ));
-            }
-            out.skipped.extend(pairs.iter().map(|p| Skip {
-                pair: (*p).clone(),
-                reason: SkipReason::NoHeaders,
-            }));
-            continue;
-        }
-        let rebuilds_before = out.rebuilds.len();
-        for p in pairs {
-            let reason = if !p.installed {
-                Some(SkipReason::NotInstalled)
-            } else if !selected(inv, cfg, &k.release)
-                || inv.is_excluded(p.id.module.as_str(), p.id.version.as_str(), &k.release)
-            {
-                Some(SkipReason::Excluded)
-            } else {
-                None
-            };
-            if let Some(reason) = reason {
-                out.skipped.push(Skip {
-                    pair: p.clone(),
-                    reason,
-                });
-                continue;
-            }
-            let because: Vec<Cause> = hits
-                .iter()
-                .filter_map(|(c, role)| {
-                    // The first unpack after the build names the version the
-                    // module was built against.
-                    let step = c
-                        .steps
-                        .iter()
-                        .find(|s| built_before(p.built, unpack_instant(s.unpacked, &inv.tz)))?;
-                    Some(Cause {
-                        package: c.package.clone(),
-                        role: *role,
-                        old: step.old.clone(),
-                        new: c.new.clone(),
-                        unpacked: unpack_instant(c.unpacked, &inv.tz),
-                    })
-                })
-                .collect();
-            if because.is_empty() {
-                out.skipped.push(Skip {
-                    pair: p.clone(),
-                    reason: SkipReason::Fresh,
-                });
-            } else {
-                out.rebuilds.push(Rebuild {
-                    pair: p.clone(),
-                    because,
-                });
-            }
-        }
-        // The skew matters to the rebuilds of this run; a kernel whose
-        // modules were rebuilt since (by `sync`, after a suspended run) has
-        // nothing to be warned about.
-        if out.rebuilds.len() > rebuilds_before {
-            skew_warning(k, &hits, inv, &mut out.warnings);
-        }
+        relevant.extend(plan_kernel(k, changes, inv, cfg, &mut out));
     }
     // Pairs of kernels that are gone, when the log shows their removal.
     for p in &inv.pairs {
@@ -247,10 +155,133 @@ pub fn plan(changes: &[Change], inv: &Inventory, cfg: &Config) -> Plan {
     out
 }
 
+/// One kernel's part of the plan: its rebuilds, skips and warnings go into
+/// `out`; the changes that touch its build tree are returned.
+fn plan_kernel<'c>(
+    k: &Kernel,
+    changes: &'c [Change],
+    inv: &Inventory,
+    cfg: &Config,
+    out: &mut Plan,
+) -> Vec<&'c Change> {
+    let inputs = inv.inputs.get(&k.release).map(Vec::as_slice).unwrap_or(&[]);
+    // The changes to this kernel's inputs, with the role that triggers.
+    let hits: Vec<(&Change, Role)> = changes
+        .iter()
+        .filter(|c| !c.is_removal())
+        .filter_map(|c| inputs.iter().find(|i| matches(i, c)).map(|i| (c, i.role)))
+        .filter(|(_, role)| cfg.triggers(*role))
+        .collect();
+    let headers_removed: Vec<&Change> = changes
+        .iter()
+        .filter(|c| c.is_removal() && k.headers_package_guess().as_ref() == Some(&c.package))
+        .collect();
+    let relevant: Vec<&Change> = hits
+        .iter()
+        .map(|(c, _)| *c)
+        .chain(headers_removed.iter().copied())
+        .collect();
+    if relevant.is_empty() {
+        return relevant;
+    }
+    let pairs: Vec<&Pair> = inv
+        .pairs
+        .iter()
+        .filter(|p| p.id.kernel == k.release)
+        .collect();
+    if !k.has_headers() {
+        if pairs.iter().any(|p| p.installed) {
+            let package = headers_removed
+                .first()
+                .map(|c| c.package.to_string())
+                .or_else(|| k.headers_package_guess().map(|p| p.to_string()))
+                .unwrap_or_else(|| "its headers".into());
+            out.warnings.push(Warning::HeadersGone {
+                kernel: k.release.clone(),
+                package,
+                modules: pairs
+                    .iter()
+                    .filter(|p| p.installed)
+                    .map(|p| p.id.module.to_string())
+                    .collect(),
+            });
+        }
+        out.skipped.extend(pairs.iter().map(|p| Skip {
+            pair: (*p).clone(),
+            reason: SkipReason::NoHeaders,
+        }));
+        return relevant;
+    }
+    let rebuilds_before = out.rebuilds.len();
+    for p in pairs {
+        let reason = if !p.installed {
+            Some(SkipReason::NotInstalled)
+        } else if !selected(inv, cfg, &k.release)
+            || inv.is_excluded(p.id.module.as_str(), p.id.version.as_str(), &k.release)
+        {
+            Some(SkipReason::Excluded)
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            out.skipped.push(Skip {
+                pair: p.clone(),
+                reason,
+            });
+            continue;
+        }
+        let because = causes(p, &hits, inv);
+        if because.is_empty() {
+            out.skipped.push(Skip {
+                pair: p.clone(),
+                reason: SkipReason::Fresh,
+            });
+        } else {
+            out.rebuilds.push(Rebuild {
+                pair: p.clone(),
+                because,
+            });
+        }
+    }
+    // The skew matters to the rebuilds of this run; a kernel whose
+    // modules were rebuilt since (by `sync`, after a suspended run) has
+    // nothing to be warned about.
+    if out.rebuilds.len() > rebuilds_before {
+        skew_warning(k, &hits, inv, &mut out.warnings);
+    }
+    relevant
+}
+
+/// The changes among `hits` unpacked after `p` was built: why it is stale.
+fn causes(p: &Pair, hits: &[(&Change, Role)], inv: &Inventory) -> Vec<Cause> {
+    hits.iter()
+        .filter_map(|(c, role)| {
+            // The first unpack after the build names the version the
+            // module was built against.
+            let step = c
+                .steps
+                .iter()
+                .find(|s| built_before(p.built, unpack_instant(s.unpacked, &inv.tz)))?;
+            Some(Cause {
+                package: c.package.clone(),
+                role: *role,
+                old: step.old.clone(),
+                new: c.new.clone(),
+                unpacked: unpack_instant(c.unpacked, &inv.tz),
+            })
+        })
+        .collect()
+}
+
 /// A kbuild newer than the kernel's own headers: the combination that broke
 /// module builds in the seed report of #1040401. Said for a kernel whose
 /// modules this plan rebuilds.
-fn skew_warning(k: &Kernel, hits: &[(&Change, Role)], inv: &Inventory, warnings: &mut Vec<String>) {
+fn skew_warning(
+    k: &Kernel,
+    hits: &[(&Change, Role)],
+    inv: &Inventory,
+    warnings: &mut Vec<Warning>,
+) {
     let Some(headers) = k.headers_package_guess() else {
         return;
     };
@@ -262,16 +293,14 @@ fn skew_warning(k: &Kernel, hits: &[(&Change, Role)], inv: &Inventory, warnings:
             continue;
         }
         let Some(kv) = &c.new else { continue };
-        if kv > hv {
-            warnings.push(format!(
-                "{}: {} {kv} is newer than {headers} {hv}; a rebuild may fail, and the working module is then kept",
-                k.release, c.package
-            ));
-        } else if kv < hv {
-            warnings.push(format!(
-                "{}: {} {kv} is older than {headers} {hv}; modules built now use the older build tools, and a rebuild may fail (the working module is then kept)",
-                k.release, c.package
-            ));
+        if kv.cmp(hv) != Ordering::Equal {
+            warnings.push(Warning::KbuildSkew {
+                kernel: k.release.clone(),
+                kbuild: c.package.clone(),
+                kbuild_version: kv.clone(),
+                headers: headers.clone(),
+                headers_version: hv.clone(),
+            });
         }
     }
 }
@@ -317,12 +346,11 @@ pub fn forecast(changes: &[Change], inv: &Inventory, cfg: &Config) -> Plan {
         // containers) keeps them too, so it is warned about alike.
         let mods = modules(Some(&k.release));
         if removed(headers.as_str()) && k.has_headers() && !image_goes && !mods.is_empty() {
-            p.warnings.push(format!(
-                "{}: removing {headers} leaves this kernel without headers: its dkms modules ({}) stay installed but can no longer be rebuilt for {}",
-                k.release,
-                mods.join(", "),
-                k.release
-            ));
+            p.warnings.push(Warning::HeadersRemoved {
+                kernel: k.release.clone(),
+                headers,
+                modules: mods,
+            });
         }
     }
     let all = modules(None);
@@ -346,10 +374,11 @@ pub fn forecast(changes: &[Change], inv: &Inventory, cfg: &Config) -> Plan {
             || added(&headers)
             || inv.installed.contains_key(&headers);
         if !has {
-            p.warnings.push(format!(
-                "{k}: the new kernel comes without headers: dkms modules ({}) will be missing for it; install {headers}",
-                all.join(", ")
-            ));
+            p.warnings.push(Warning::NewKernelWithoutHeaders {
+                kernel: k,
+                headers,
+                modules: all.clone(),
+            });
         }
     }
     p
@@ -357,7 +386,7 @@ pub fn forecast(changes: &[Change], inv: &Inventory, cfg: &Config) -> Plan {
 
 /// Warnings for a kernel just installed (from /etc/kernel hooks): no headers,
 /// or modules installed for other kernels that dkms did not build for it.
-pub fn kernel_warnings(inv: &Inventory, k: &KernelRelease) -> Vec<String> {
+pub fn kernel_warnings(inv: &Inventory, k: &KernelRelease) -> Vec<Warning> {
     let mut out = Vec::new();
     let Some(kernel) = inv.kernel(k) else {
         return out;
@@ -380,15 +409,17 @@ pub fn kernel_warnings(inv: &Inventory, k: &KernelRelease) -> Vec<String> {
         m
     };
     if !kernel.has_headers() && !others.is_empty() {
-        out.push(format!(
-            "{k} has no headers: dkms modules ({}) will not be built for it; install linux-headers-{k}",
-            others.join(", ")
-        ));
+        out.push(Warning::KernelWithoutHeaders {
+            kernel: k.clone(),
+            modules: others,
+        });
     } else {
-        for (m, v) in &missing {
-            out.push(format!(
-                "dkms did not build {m}/{v} for {k}; see /var/lib/dkms/{m}/{v}/build/make.log, then run: dkms install -m {m} -v {v} -k {k}"
-            ));
+        for (module, version) in missing {
+            out.push(Warning::NotBuilt {
+                kernel: k.clone(),
+                module,
+                version,
+            });
         }
     }
     out
@@ -678,7 +709,7 @@ mod tests {
         );
         assert_eq!(p.changes.len(), 2, "hello is not relevant");
         assert_eq!(p.warnings.len(), 1, "{:?}", p.warnings);
-        assert!(p.warnings[0].starts_with("6.1.0-50-amd64: linux-kbuild-6.1 6.1.192-2 is newer than linux-headers-6.1.0-50-amd64 6.1.176-1"));
+        assert!(p.warnings[0].to_string().starts_with("6.1.0-50-amd64: linux-kbuild-6.1 6.1.192-2 is newer than linux-headers-6.1.0-50-amd64 6.1.176-1"));
     }
 
     #[test]
@@ -795,6 +826,7 @@ mod tests {
         assert_eq!(p.warnings.len(), 1);
         assert!(
             p.warnings[0]
+                .to_string()
                 .contains("6.1.0-50-amd64: headers are gone (linux-headers-6.1.0-50-amd64)"),
             "{}",
             p.warnings[0]
@@ -838,7 +870,7 @@ mod tests {
         )];
         let p = plan(&changes, &inv, &Config::default());
         assert!(p.rebuilds.is_empty(), "{:?}", p.rebuilds);
-        assert_eq!(p.warnings, Vec::<String>::new());
+        assert_eq!(p.warning_lines(), Vec::<String>::new());
     }
 
     /// Regression: headers about to be removed from a kernel
@@ -856,7 +888,7 @@ mod tests {
         )];
         let p = forecast(&changes, &inv, &Config::default());
         assert_eq!(
-            p.warnings,
+            p.warning_lines(),
             ["6.1.0-50-amd64: removing linux-headers-6.1.0-50-amd64 leaves this kernel without headers: its dkms modules (acpi-call/1.0) stay installed but can no longer be rebuilt for 6.1.0-50-amd64"]
         );
     }

@@ -171,7 +171,10 @@ pub fn plan_for(root: &Root, debs: &[Deb], cfg: &Config) -> Result<Planned, Erro
     let inv = Inventory::for_changes(root, &planned(&|_| None))?;
     let changes = planned(&|d| inv.installed_version(&d.package).map(|i| i.version.clone()));
     let mut p = plan::plan(&changes, &inv, cfg);
-    p.warnings.splice(0..0, inv.warnings.clone());
+    p.warnings.splice(
+        0..0,
+        inv.warnings.iter().cloned().map(plan::Warning::Machine),
+    );
     let (not_tested, new) = new_kernels(root, debs, &inv, &mut p)?;
     Ok(Planned {
         plan: p,

@@ -77,7 +77,7 @@ pub fn command(root: &Root, env: &Env, a: &PreflightArgs) -> i32 {
             seconds: 0.0,
             make_log: None,
         }));
-        Ok((tested, planned.plan.warnings))
+        Ok((tested, planned.plan.warning_lines()))
     })();
     let (tested, warnings) = match r {
         Ok(t) => t,

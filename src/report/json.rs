@@ -109,7 +109,7 @@ pub struct PlanJson<'a> {
     changes: Vec<ChangeJson<'a>>,
     rebuilds: Vec<RebuildJson<'a>>,
     skipped: Vec<SkipJson<'a>>,
-    warnings: &'a [String],
+    warnings: &'a [crate::plan::Warning],
 }
 
 pub fn plan(p: &Plan) -> PlanJson<'_> {
