@@ -315,20 +315,6 @@ impl State {
         }
     }
 
-    /// Forget a kernel being removed (`kernel-hook prerm`), under the lock so
-    /// that no rebuild's backup or failure record of it is in flight. A
-    /// rebuild still running after `wait` leaves the job to the next locked
-    /// run instead of holding up the kernel's removal.
-    pub fn forget_removed_kernel(&self, k: &KernelRelease, wait: Duration) -> Result<(), Error> {
-        match self.lock_within(wait)? {
-            Some(_lock) => self.forget_kernel(k),
-            None => {
-                log::debug!("a rebuild is running; the next run forgets {k}");
-                self.request_forget(k)
-            }
-        }
-    }
-
     /// Note that kernel `k` was removed while another run held the lock:
     /// the next locked run forgets its state.
     pub fn request_forget(&self, k: &KernelRelease) -> Result<(), Error> {

@@ -199,7 +199,11 @@ pub(super) fn kernel_hook(root: &Root, env: &Env, phase: Phase, kernel: &str) ->
     };
     crate::report::log_line(state.root(), &format!("kernel-hook {phase_name} {k}"));
     if phase == Phase::Prerm {
-        said(state.forget_removed_kernel(&k, PRERM_LOCK_WAIT));
+        said(crate::rebuild::builds::forget_removed_kernel(
+            &state,
+            &k,
+            PRERM_LOCK_WAIT,
+        ));
         return 0;
     }
     let Some(inv) = said(Inventory::full(root)) else {

@@ -5,10 +5,11 @@
 //! recycled pid or a forged note does not match.
 
 use std::fs;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::name::ModuleName;
+use crate::name::{KernelRelease, ModuleName};
 use crate::state::{Lock, State};
 use crate::Error;
 
@@ -57,11 +58,33 @@ impl BuildNote {
 }
 
 /// Take the run lock and stop what is left of a killed run's builds first:
-/// what every run that may rebuild does before it reads the queue.
+/// what every run does before it reads the queue.
 pub fn lock(state: &State) -> Result<Lock, Error> {
     let lock = state.lock()?;
     kill_leftover_builds(state);
     Ok(lock)
+}
+
+/// Forget a kernel being removed (`kernel-hook prerm`), under the run lock
+/// (taken as [`lock`] takes it) so that no rebuild's backup or failure
+/// record of it is in flight. A rebuild still running after `wait` leaves
+/// the job to the next locked run instead of holding up the kernel's
+/// removal.
+pub fn forget_removed_kernel(
+    state: &State,
+    k: &KernelRelease,
+    wait: Duration,
+) -> Result<(), Error> {
+    match state.lock_within(wait)? {
+        Some(_lock) => {
+            kill_leftover_builds(state);
+            state.forget_kernel(k)
+        }
+        None => {
+            log::debug!("a rebuild is running; the next run forgets {k}");
+            state.request_forget(k)
+        }
+    }
 }
 
 /// Note the process group of a running dkms, so that the next run can
