@@ -430,7 +430,7 @@ pub fn kernel_warnings(inv: &Inventory, k: &KernelRelease) -> Vec<Warning> {
 /// stale. `failed` are the recorded failures.
 pub fn assess(inv: &Inventory, cfg: &Config, failed: &[Failure]) -> Vec<Assessment> {
     // With the architecture of an installed pair: the one a pair dkms has
-    // not built (missing, excluded) would get.
+    // not built for a kernel (missing, excluded) would get.
     let mut modules: Vec<(&ModuleName, &ModuleVersion, &DkmsArch)> = inv
         .pairs
         .iter()
@@ -451,7 +451,7 @@ pub fn assess(inv: &Inventory, cfg: &Config, failed: &[Failure]) -> Vec<Assessme
                     module: m.clone(),
                     version: v.clone(),
                     kernel: k.release.clone(),
-                    arch: arch.clone(),
+                    arch: pair.map_or(arch, |p| &p.id.arch).clone(),
                 },
                 state: PairState::Fresh,
                 why: String::new(),
@@ -898,6 +898,32 @@ mod tests {
         assert_eq!(
             compare_releases(&kr("6.1.0-9-amd64"), &kr("6.1.0-50-amd64")),
             Ordering::Less
+        );
+    }
+
+    /// Each row names its pair with the pair's own architecture; a pair
+    /// dkms has not built takes that of the module's installed pairs.
+    #[test]
+    fn assessed_rows_carry_the_pairs_architecture() {
+        let mut inv = bookworm();
+        inv.pairs[0].id.arch = DkmsArch::new("i686").unwrap();
+        inv.pairs.remove(1);
+        let rows = assess(&inv, &Config::default(), &[]);
+        let arch = |k: &str| {
+            rows.iter()
+                .find(|r| r.id.kernel.as_str() == k)
+                .map(|r| r.id.arch.to_string())
+        };
+        assert_eq!(arch("6.1.0-50-amd64").as_deref(), Some("i686"));
+        let missing = rows
+            .iter()
+            .find(|r| r.id.kernel.as_str() == "6.1.0-56-amd64")
+            .unwrap();
+        assert_eq!(missing.state, PairState::Missing);
+        assert_eq!(missing.id.arch.as_str(), "i686");
+        assert_eq!(
+            missing.id.dkms_dir(),
+            std::path::Path::new("/var/lib/dkms/acpi-call/1.0/6.1.0-56-amd64/i686")
         );
     }
 }
