@@ -300,7 +300,7 @@ fn execute(
         if print && !quiet {
             err(&format!(
                 "{PREFIX} rebuilding {}/{} for {} ({n} of {total})…",
-                p.module, p.version, p.kernel
+                p.id.module, p.id.version, p.id.kernel
             ));
         }
     };
@@ -344,10 +344,10 @@ fn replay(root: &Root, env: &Env, a: &ReplayArgs) -> anyhow::Result<i32> {
         return Ok(0);
     }
     let state = State::new(root);
-    let _lock = state.lock()?;
+    let _lock = crate::rebuild::builds::lock(&state)?;
     let p = intake::plan_changes(root, &changes, &cfg)?;
     intake::enqueue(&state, &p)?;
-    warn_once(root, &p.warnings);
+    warn_once(root, &p.warning_lines());
     let (code, results) = execute(&state, &cfg, env, !a.json)?;
     if a.json {
         out_json(&report::json::results(&p, &results));
@@ -415,7 +415,7 @@ fn status(root: &Root, env: &Env, a: &StatusArgs) -> anyhow::Result<i32> {
 fn sync(root: &Root, env: &Env, json: bool) -> anyhow::Result<i32> {
     let cfg = load_config(root);
     let state = State::new(root);
-    let _lock = state.lock()?;
+    let _lock = crate::rebuild::builds::lock(&state)?;
     let inv = Inventory::full(root)?;
     let p = intake::queue_stale(&state, &inv, &cfg)?;
     finish_run(&state, &cfg, env, &p, json)
@@ -424,7 +424,7 @@ fn sync(root: &Root, env: &Env, json: bool) -> anyhow::Result<i32> {
 fn retry(root: &Root, env: &Env, json: bool) -> anyhow::Result<i32> {
     let cfg = load_config(root);
     let state = State::new(root);
-    let _lock = state.lock()?;
+    let _lock = crate::rebuild::builds::lock(&state)?;
     intake::queue_failures(&state)?;
     finish_run(&state, &cfg, env, &Plan::default(), json)
 }
@@ -441,7 +441,7 @@ fn finish_run(state: &State, cfg: &Config, env: &Env, p: &Plan, json: bool) -> a
 
 fn init(root: &Root) -> anyhow::Result<i32> {
     let state = State::new(root);
-    let _lock = state.lock()?;
+    let _lock = crate::rebuild::builds::lock(&state)?;
     intake::init_cursor(root, &state)?;
     Ok(0)
 }

@@ -10,46 +10,18 @@ use std::time::SystemTime;
 use crate::kernel::{KernelRelease, MODULES_DIR};
 use crate::root::Root;
 
-pub const DKMS_TREE: &str = "/var/lib/dkms";
-
 pub use crate::name::{DkmsArch, ModuleName, ModuleVersion};
+pub use crate::pair::{PairId, DKMS_TREE};
 
 /// One module version built for one kernel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pair {
-    pub module: ModuleName,
-    pub version: ModuleVersion,
-    pub kernel: KernelRelease,
-    /// dkms's architecture directory (`x86_64`).
-    pub arch: DkmsArch,
+    pub id: PairId,
     /// `kernel-K-ARCH` points at this version.
     pub installed: bool,
     /// mtime of the newest built `.ko` under `module/`; `None` if none is there
     /// (a failed `build --force` leaves the directory without one).
     pub built: Option<SystemTime>,
-}
-
-impl Pair {
-    /// `/var/lib/dkms/M/V/K/ARCH`, in-root.
-    pub fn dir(&self) -> PathBuf {
-        Path::new(DKMS_TREE)
-            .join(self.module.as_str())
-            .join(self.version.as_str())
-            .join(self.kernel.as_str())
-            .join(self.arch.as_str())
-    }
-
-    pub fn make_log(&self) -> PathBuf {
-        Path::new(DKMS_TREE)
-            .join(self.module.as_str())
-            .join(self.version.as_str())
-            .join("build/make.log")
-    }
-
-    /// `acpi-call/1.2.2 @ 6.1.0-50-amd64`.
-    pub fn label(&self) -> String {
-        format!("{}/{} @ {}", self.module, self.version, self.kernel)
-    }
 }
 
 pub fn is_module_file(name: &str) -> bool {
@@ -174,14 +146,16 @@ pub fn scan(root: &Root, warnings: &mut Vec<String>) -> Vec<Pair> {
                     let Ok(arch) = DkmsArch::new(&a) else {
                         continue;
                     };
-                    let target = format!("{version}/{kernel}/{arch}");
-                    out.push(Pair {
-                        installed: installed.contains(&target),
-                        built: built_time(&adir.join("module")),
+                    let id = PairId {
                         module: module.clone(),
                         version: version.clone(),
                         kernel: kernel.clone(),
                         arch,
+                    };
+                    out.push(Pair {
+                        installed: installed.contains(&id.link_target()),
+                        built: built_time(&adir.join("module")),
+                        id,
                     });
                 }
             }
@@ -227,8 +201,6 @@ fn installed_links(mdir: &Path, module: &ModuleName, warnings: &mut Vec<String>)
     }
     out
 }
-
-crate::name::keyed!(Pair);
 
 #[cfg(test)]
 mod tests {

@@ -15,6 +15,8 @@ use jiff::civil::DateTime;
 use crate::change::{ChangeSet, Event};
 use crate::Error;
 
+pub mod cursor;
+
 /// How many leading lines may be unrecognisable before a file is judged not
 /// to be a log at all (a rotated log can start with a cut line).
 const SNIFF_LINES: u64 = 64;

@@ -12,12 +12,12 @@ use std::time::SystemTime;
 use crate::change::{Change, ChangeSet};
 use crate::config::Config;
 use crate::dpkg_log;
+use crate::dpkg_log::cursor::{self, Cursor, LogSpan};
 use crate::inventory::Inventory;
 use crate::kernel::CacheUse;
-use crate::name::Keyed;
 use crate::plan::{self, PairState, Plan, Rebuild};
 use crate::root::Root;
-use crate::state::{self, Cursor, LogSpan, QueuedPair, State};
+use crate::state::{self, QueuedPair, State};
 use crate::Error;
 
 pub const DPKG_LOG: &str = "/var/log/dpkg.log";
@@ -36,7 +36,12 @@ fn plan_on_inventory(
 ) -> Result<(Plan, Inventory), Error> {
     let mut inv = Inventory::for_changes(root, changes)?;
     let mut p = plan::plan(changes, &inv, cfg);
-    p.warnings.splice(0..0, std::mem::take(&mut inv.warnings));
+    p.warnings.splice(
+        0..0,
+        std::mem::take(&mut inv.warnings)
+            .into_iter()
+            .map(plan::Warning::Machine),
+    );
     Ok((p, inv))
 }
 
@@ -63,14 +68,11 @@ pub fn enqueue(state: &State, plan: &Plan) -> Result<(), Error> {
     for r in &plan.rebuilds {
         let p = &r.pair;
         let entry = QueuedPair {
-            module: p.module.clone(),
-            version: p.version.clone(),
-            kernel: p.kernel.clone(),
-            arch: p.arch.clone(),
+            id: p.id.clone(),
             because: r.because.clone(),
             stale_since: stale_since(r),
         };
-        match q.pending.iter_mut().find(|x| x.key() == entry.key()) {
+        match q.pending.iter_mut().find(|x| x.id == entry.id) {
             Some(x) => {
                 x.stale_since = x.stale_since.max(entry.stale_since);
                 x.because = entry.because;
@@ -104,9 +106,9 @@ pub fn queue_from_dpkg_log(root: &Root, state: &State, cfg: &Config) -> Result<P
             })
         }
     };
-    let pieces = match state::log_span(cursor.as_ref(), &log) {
+    let pieces = match cursor::log_span(cursor.as_ref(), &log) {
         LogSpan::StartAtEnd => {
-            if let Some(c) = state::cursor_at_end(&log) {
+            if let Some(c) = cursor::cursor_at_end(&log) {
                 state.save_cursor(&c)?;
             }
             return Ok(Plan::default());
@@ -142,9 +144,9 @@ pub fn queue_from_dpkg_log(root: &Root, state: &State, cfg: &Config) -> Result<P
     enqueue(state, &plan)?;
     // Only now, with the queue safe on disk, move past these changes.
     if let Some((path, offset)) = end {
-        if let Some(mut c) = state::cursor_at_end(&path) {
+        if let Some(mut c) = cursor::cursor_at_end(&path) {
             c.offset = offset;
-            c.fingerprint = state::fingerprint(&path, offset).unwrap_or(0);
+            c.fingerprint = cursor::fingerprint(&path, offset).unwrap_or(0);
             state.save_cursor(&c)?;
         }
     }
@@ -213,12 +215,9 @@ pub fn queue_failures(state: &State) -> Result<(), Error> {
     let failures = state.failures()?;
     let mut q = state.queue()?;
     for f in failures.failed {
-        if !q.pending.iter().any(|p| p.key() == f.key()) {
+        if !q.pending.iter().any(|p| p.id == f.id) {
             q.pending.push(QueuedPair {
-                module: f.module,
-                version: f.version,
-                kernel: f.kernel,
-                arch: f.arch,
+                id: f.id,
                 because: f.because,
                 stale_since: f.time,
             });
@@ -236,7 +235,7 @@ pub fn init_cursor(root: &Root, state: &State) -> Result<(), Error> {
     match root
         .resolve(DPKG_LOG)
         .ok()
-        .and_then(|l| state::cursor_at_end(&l))
+        .and_then(|l| cursor::cursor_at_end(&l))
     {
         Some(c) => state.save_cursor(&c),
         None => Ok(()),

@@ -272,15 +272,15 @@ fn verdicts(
     let mut judge = dkms_conf::Judge::new(root);
     let mut seen = HashSet::new();
     for p in pairs.iter().filter(|p| p.installed) {
-        if !seen.insert((p.module.clone(), p.version.clone())) {
+        if !seen.insert((p.id.module.clone(), p.id.version.clone())) {
             continue;
         }
         for k in kernels {
-            if let Some(v) = judge.verdict(&p.module, &p.version, k, &p.arch) {
+            if let Some(v) = judge.verdict(&p.id.module, &p.id.version, k, &p.id.arch) {
                 out.insert(
                     (
-                        p.module.to_string(),
-                        p.version.to_string(),
+                        p.id.module.to_string(),
+                        p.id.version.to_string(),
                         k.release.clone(),
                     ),
                     v,

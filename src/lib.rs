@@ -25,7 +25,8 @@
 //!    the one place that prints and chooses exit statuses; [`metrics`] keeps
 //!    the node_exporter textfile and the login notice's findings.
 //!
-//! Names read anywhere become the checked types of [`name`] first.
+//! Names read anywhere become the checked types of [`name`] first; a pair
+//! of module version and kernel is one [`pair::PairId`], with its paths.
 //!
 //! ## Layers
 //!
@@ -36,7 +37,7 @@
 //!
 //! - 0: `root`, `name`, `tools`, `file_tree` — paths inside the root, checked names, external programs, hostile trees handled without following links
 //! - 1: `state_dir`, `dpkg` — the no-follow state directory; dpkg's database
-//! - 2: `change` — what happened to a package
+//! - 2: `change`, `pair` — what happened to a package; one pair's identity and its paths
 //! - 3: `dpkg_log`, `kernel` — dpkg.log; kernels and their build trees
 //! - 4: `dkms`, `config` — the dkms tree; the configuration
 //! - 5: `model`, `dkms_conf` — the shared vocabulary; dkms.conf as dkms reads it
@@ -68,6 +69,7 @@ pub mod man_page;
 pub mod metrics;
 pub mod model;
 pub mod name;
+pub mod pair;
 pub mod plan;
 pub mod preflight;
 pub mod rebuild;

@@ -106,9 +106,9 @@ pub fn render(rows: &[Assessment], c: &Counters, running: Option<&KernelRelease>
         let _ = writeln!(
             t,
             "dkms_hook_pair_info{{module=\"{}\",version=\"{}\",kernel=\"{}\",state=\"{}\",signed=\"{}\"}} 1",
-            label(r.module.as_str()),
-            label(r.version.as_str()),
-            label(r.kernel.as_str()),
+            label(r.id.module.as_str()),
+            label(r.id.version.as_str()),
+            label(r.id.kernel.as_str()),
             state_name(r.state),
             match r.check.as_ref().and_then(Check::signed) {
                 Some(true) => "true",
@@ -118,7 +118,7 @@ pub fn render(rows: &[Assessment], c: &Counters, running: Option<&KernelRelease>
         );
     }
     let ok = running.is_some_and(|k| {
-        rows.iter().filter(|r| &r.kernel == k).all(|r| {
+        rows.iter().filter(|r| &r.id.kernel == k).all(|r| {
             matches!(
                 r.state,
                 PairState::Fresh | PairState::Excluded | PairState::Undecided

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::dkms::Pair;
 use crate::dpkg::PackageName;
 use crate::kernel::{KernelRelease, Role};
-use crate::name::{ModuleName, ModuleVersion};
+use crate::pair::PairId;
 
 /// A change that makes a pair stale. Kept as it is in the queue and the
 /// failure list; `report` renders it.
@@ -50,9 +50,9 @@ pub enum PairState {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Assessment {
-    pub module: ModuleName,
-    pub version: ModuleVersion,
-    pub kernel: KernelRelease,
+    /// The pair judged; for one dkms has not built (`missing`,
+    /// `excluded`…), the architecture is that of the module's other pairs.
+    pub id: PairId,
     pub state: PairState,
     pub why: String,
     /// The pair itself, when it exists.

@@ -99,42 +99,6 @@ checked_name! {
     DkmsArch, "architecture", |s| word(s, 32);
 }
 
-/// One module version × one kernel: what a rebuild, a failure, a queue
-/// entry and a status row are about.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PairKey<'a> {
-    pub module: &'a ModuleName,
-    pub version: &'a ModuleVersion,
-    pub kernel: &'a KernelRelease,
-}
-
-/// Anything about one pair.
-pub trait Keyed {
-    fn key(&self) -> PairKey<'_>;
-}
-
-/// `Keyed` for a type with `module`, `version` and `kernel` fields.
-macro_rules! keyed {
-    ($($t:ty),+) => {$(
-        impl $crate::name::Keyed for $t {
-            fn key(&self) -> $crate::name::PairKey<'_> {
-                $crate::name::PairKey {
-                    module: &self.module,
-                    version: &self.version,
-                    kernel: &self.kernel,
-                }
-            }
-        }
-    )+};
-}
-pub(crate) use keyed;
-
-impl fmt::Display for PairKey<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{} for {}", self.module, self.version, self.kernel)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,8 +16,12 @@ use crate::dkms_conf::Verdict;
 use crate::inventory::Inventory;
 use crate::kernel::{Input, Kernel, KernelRelease, Role};
 pub use crate::model::{Assessment, Cause, PairState};
-use crate::name::{Keyed, ModuleName, ModuleVersion};
+use crate::name::{DkmsArch, ModuleName, ModuleVersion};
+use crate::pair::PairId;
 use crate::state::Failure;
+
+mod warning;
+pub use warning::{lines as warning_lines, Warning};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rebuild {
@@ -60,12 +64,17 @@ pub struct Plan {
     pub changes: Vec<Change>,
     pub rebuilds: Vec<Rebuild>,
     pub skipped: Vec<Skip>,
-    pub warnings: Vec<String>,
+    pub warnings: Vec<Warning>,
 }
 
 impl Plan {
     pub fn is_empty(&self) -> bool {
         self.rebuilds.is_empty() && self.skipped.is_empty() && self.warnings.is_empty()
+    }
+
+    /// The warnings as the lines the admin reads.
+    pub fn warning_lines(&self) -> Vec<String> {
+        warning::lines(&self.warnings)
     }
 }
 
@@ -124,111 +133,15 @@ pub fn plan(changes: &[Change], inv: &Inventory, cfg: &Config) -> Plan {
     let mut out = Plan::default();
     let mut relevant: Vec<&Change> = Vec::new();
     for k in &inv.kernels {
-        let inputs = inv.inputs.get(&k.release).map(Vec::as_slice).unwrap_or(&[]);
-        // The changes to this kernel's inputs, with the role that triggers.
-        let hits: Vec<(&Change, Role)> = changes
-            .iter()
-            .filter(|c| !c.is_removal())
-            .filter_map(|c| inputs.iter().find(|i| matches(i, c)).map(|i| (c, i.role)))
-            .filter(|(_, role)| cfg.triggers(*role))
-            .collect();
-        let headers_removed: Vec<&Change> = changes
-            .iter()
-            .filter(|c| c.is_removal() && k.headers_package_guess().as_ref() == Some(&c.package))
-            .collect();
-        if hits.is_empty() && headers_removed.is_empty() {
-            continue;
-        }
         // Deduplicated at the end: a change can feed several kernels.
-        relevant.extend(hits.iter().map(|(c, _)| *c));
-        relevant.extend(headers_removed.iter().copied());
-        let pairs: Vec<&Pair> = inv.pairs.iter().filter(|p| p.kernel == k.release).collect();
-        if !k.has_headers() {
-            if pairs.iter().any(|p| p.installed) {
-                let pkg = headers_removed
-                    .first()
-                    .map(|c| c.package.to_string())
-                    .or_else(|| k.headers_package_guess().map(|p| p.to_string()))
-                    .unwrap_or_else(|| "its headers".into());
-                let mods: Vec<String> = pairs
-                    .iter()
-                    .filter(|p| p.installed)
-                    .map(|p| p.module.to_string())
-                    .collect();
-                out.warnings.push(format!(
-                    "{}: headers are gone ({pkg}): its dkms modules ({}) stay installed but can no longer be rebuilt for {}; install {pkg} again to keep them current",
-                    k.release,
-                    mods.join(", "),
-                    k.release
-                ));
-            }
-            out.skipped.extend(pairs.iter().map(|p| Skip {
-                pair: (*p).clone(),
-                reason: SkipReason::NoHeaders,
-            }));
-            continue;
-        }
-        let rebuilds_before = out.rebuilds.len();
-        for p in pairs {
-            let reason = if !p.installed {
-                Some(SkipReason::NotInstalled)
-            } else if !selected(inv, cfg, &k.release)
-                || inv.is_excluded(p.module.as_str(), p.version.as_str(), &k.release)
-            {
-                Some(SkipReason::Excluded)
-            } else {
-                None
-            };
-            if let Some(reason) = reason {
-                out.skipped.push(Skip {
-                    pair: p.clone(),
-                    reason,
-                });
-                continue;
-            }
-            let because: Vec<Cause> = hits
-                .iter()
-                .filter_map(|(c, role)| {
-                    // The first unpack after the build names the version the
-                    // module was built against.
-                    let step = c
-                        .steps
-                        .iter()
-                        .find(|s| built_before(p.built, unpack_instant(s.unpacked, &inv.tz)))?;
-                    Some(Cause {
-                        package: c.package.clone(),
-                        role: *role,
-                        old: step.old.clone(),
-                        new: c.new.clone(),
-                        unpacked: unpack_instant(c.unpacked, &inv.tz),
-                    })
-                })
-                .collect();
-            if because.is_empty() {
-                out.skipped.push(Skip {
-                    pair: p.clone(),
-                    reason: SkipReason::Fresh,
-                });
-            } else {
-                out.rebuilds.push(Rebuild {
-                    pair: p.clone(),
-                    because,
-                });
-            }
-        }
-        // The skew matters to the rebuilds of this run; a kernel whose
-        // modules were rebuilt since (by `sync`, after a suspended run) has
-        // nothing to be warned about.
-        if out.rebuilds.len() > rebuilds_before {
-            skew_warning(k, &hits, inv, &mut out.warnings);
-        }
+        relevant.extend(plan_kernel(k, changes, inv, cfg, &mut out));
     }
     // Pairs of kernels that are gone, when the log shows their removal.
     for p in &inv.pairs {
-        if inv.kernel(&p.kernel).is_none()
+        if inv.kernel(&p.id.kernel).is_none()
             && changes
                 .iter()
-                .any(|c| c.is_removal() && c.package.as_str().ends_with(p.kernel.as_str()))
+                .any(|c| c.is_removal() && c.package.as_str().ends_with(p.id.kernel.as_str()))
         {
             out.skipped.push(Skip {
                 pair: p.clone(),
@@ -242,10 +155,133 @@ pub fn plan(changes: &[Change], inv: &Inventory, cfg: &Config) -> Plan {
     out
 }
 
+/// One kernel's part of the plan: its rebuilds, skips and warnings go into
+/// `out`; the changes that touch its build tree are returned.
+fn plan_kernel<'c>(
+    k: &Kernel,
+    changes: &'c [Change],
+    inv: &Inventory,
+    cfg: &Config,
+    out: &mut Plan,
+) -> Vec<&'c Change> {
+    let inputs = inv.inputs.get(&k.release).map(Vec::as_slice).unwrap_or(&[]);
+    // The changes to this kernel's inputs, with the role that triggers.
+    let hits: Vec<(&Change, Role)> = changes
+        .iter()
+        .filter(|c| !c.is_removal())
+        .filter_map(|c| inputs.iter().find(|i| matches(i, c)).map(|i| (c, i.role)))
+        .filter(|(_, role)| cfg.triggers(*role))
+        .collect();
+    let headers_removed: Vec<&Change> = changes
+        .iter()
+        .filter(|c| c.is_removal() && k.headers_package_guess().as_ref() == Some(&c.package))
+        .collect();
+    let relevant: Vec<&Change> = hits
+        .iter()
+        .map(|(c, _)| *c)
+        .chain(headers_removed.iter().copied())
+        .collect();
+    if relevant.is_empty() {
+        return relevant;
+    }
+    let pairs: Vec<&Pair> = inv
+        .pairs
+        .iter()
+        .filter(|p| p.id.kernel == k.release)
+        .collect();
+    if !k.has_headers() {
+        if pairs.iter().any(|p| p.installed) {
+            let package = headers_removed
+                .first()
+                .map(|c| c.package.to_string())
+                .or_else(|| k.headers_package_guess().map(|p| p.to_string()))
+                .unwrap_or_else(|| "its headers".into());
+            out.warnings.push(Warning::HeadersGone {
+                kernel: k.release.clone(),
+                package,
+                modules: pairs
+                    .iter()
+                    .filter(|p| p.installed)
+                    .map(|p| p.id.module.to_string())
+                    .collect(),
+            });
+        }
+        out.skipped.extend(pairs.iter().map(|p| Skip {
+            pair: (*p).clone(),
+            reason: SkipReason::NoHeaders,
+        }));
+        return relevant;
+    }
+    let rebuilds_before = out.rebuilds.len();
+    for p in pairs {
+        let reason = if !p.installed {
+            Some(SkipReason::NotInstalled)
+        } else if !selected(inv, cfg, &k.release)
+            || inv.is_excluded(p.id.module.as_str(), p.id.version.as_str(), &k.release)
+        {
+            Some(SkipReason::Excluded)
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            out.skipped.push(Skip {
+                pair: p.clone(),
+                reason,
+            });
+            continue;
+        }
+        let because = causes(p, &hits, inv);
+        if because.is_empty() {
+            out.skipped.push(Skip {
+                pair: p.clone(),
+                reason: SkipReason::Fresh,
+            });
+        } else {
+            out.rebuilds.push(Rebuild {
+                pair: p.clone(),
+                because,
+            });
+        }
+    }
+    // The skew matters to the rebuilds of this run; a kernel whose
+    // modules were rebuilt since (by `sync`, after a suspended run) has
+    // nothing to be warned about.
+    if out.rebuilds.len() > rebuilds_before {
+        skew_warning(k, &hits, inv, &mut out.warnings);
+    }
+    relevant
+}
+
+/// The changes among `hits` unpacked after `p` was built: why it is stale.
+fn causes(p: &Pair, hits: &[(&Change, Role)], inv: &Inventory) -> Vec<Cause> {
+    hits.iter()
+        .filter_map(|(c, role)| {
+            // The first unpack after the build names the version the
+            // module was built against.
+            let step = c
+                .steps
+                .iter()
+                .find(|s| built_before(p.built, unpack_instant(s.unpacked, &inv.tz)))?;
+            Some(Cause {
+                package: c.package.clone(),
+                role: *role,
+                old: step.old.clone(),
+                new: c.new.clone(),
+                unpacked: unpack_instant(c.unpacked, &inv.tz),
+            })
+        })
+        .collect()
+}
+
 /// A kbuild newer than the kernel's own headers: the combination that broke
 /// module builds in the seed report of #1040401. Said for a kernel whose
 /// modules this plan rebuilds.
-fn skew_warning(k: &Kernel, hits: &[(&Change, Role)], inv: &Inventory, warnings: &mut Vec<String>) {
+fn skew_warning(
+    k: &Kernel,
+    hits: &[(&Change, Role)],
+    inv: &Inventory,
+    warnings: &mut Vec<Warning>,
+) {
     let Some(headers) = k.headers_package_guess() else {
         return;
     };
@@ -257,16 +293,14 @@ fn skew_warning(k: &Kernel, hits: &[(&Change, Role)], inv: &Inventory, warnings:
             continue;
         }
         let Some(kv) = &c.new else { continue };
-        if kv > hv {
-            warnings.push(format!(
-                "{}: {} {kv} is newer than {headers} {hv}; a rebuild may fail, and the working module is then kept",
-                k.release, c.package
-            ));
-        } else if kv < hv {
-            warnings.push(format!(
-                "{}: {} {kv} is older than {headers} {hv}; modules built now use the older build tools, and a rebuild may fail (the working module is then kept)",
-                k.release, c.package
-            ));
+        if kv.cmp(hv) != Ordering::Equal {
+            warnings.push(Warning::KbuildSkew {
+                kernel: k.release.clone(),
+                kbuild: c.package.clone(),
+                kbuild_version: kv.clone(),
+                headers: headers.clone(),
+                headers_version: hv.clone(),
+            });
         }
     }
 }
@@ -280,8 +314,8 @@ pub fn forecast(changes: &[Change], inv: &Inventory, cfg: &Config) -> Plan {
         let mut m: Vec<String> = inv
             .pairs
             .iter()
-            .filter(|x| x.installed && k.is_none_or(|k| &x.kernel == k))
-            .map(|x| format!("{}/{}", x.module, x.version))
+            .filter(|x| x.installed && k.is_none_or(|k| &x.id.kernel == k))
+            .map(|x| format!("{}/{}", x.id.module, x.id.version))
             .collect();
         m.sort();
         m.dedup();
@@ -312,12 +346,11 @@ pub fn forecast(changes: &[Change], inv: &Inventory, cfg: &Config) -> Plan {
         // containers) keeps them too, so it is warned about alike.
         let mods = modules(Some(&k.release));
         if removed(headers.as_str()) && k.has_headers() && !image_goes && !mods.is_empty() {
-            p.warnings.push(format!(
-                "{}: removing {headers} leaves this kernel without headers: its dkms modules ({}) stay installed but can no longer be rebuilt for {}",
-                k.release,
-                mods.join(", "),
-                k.release
-            ));
+            p.warnings.push(Warning::HeadersRemoved {
+                kernel: k.release.clone(),
+                headers,
+                modules: mods,
+            });
         }
     }
     let all = modules(None);
@@ -341,10 +374,11 @@ pub fn forecast(changes: &[Change], inv: &Inventory, cfg: &Config) -> Plan {
             || added(&headers)
             || inv.installed.contains_key(&headers);
         if !has {
-            p.warnings.push(format!(
-                "{k}: the new kernel comes without headers: dkms modules ({}) will be missing for it; install {headers}",
-                all.join(", ")
-            ));
+            p.warnings.push(Warning::NewKernelWithoutHeaders {
+                kernel: k,
+                headers,
+                modules: all.clone(),
+            });
         }
     }
     p
@@ -352,7 +386,7 @@ pub fn forecast(changes: &[Change], inv: &Inventory, cfg: &Config) -> Plan {
 
 /// Warnings for a kernel just installed (from /etc/kernel hooks): no headers,
 /// or modules installed for other kernels that dkms did not build for it.
-pub fn kernel_warnings(inv: &Inventory, k: &KernelRelease) -> Vec<String> {
+pub fn kernel_warnings(inv: &Inventory, k: &KernelRelease) -> Vec<Warning> {
     let mut out = Vec::new();
     let Some(kernel) = inv.kernel(k) else {
         return out;
@@ -360,30 +394,32 @@ pub fn kernel_warnings(inv: &Inventory, k: &KernelRelease) -> Vec<String> {
     // Excluded pairs (BUILD_EXCLUSIVE) are not missing: assess says so.
     let missing: Vec<(ModuleName, ModuleVersion)> = assess(inv, &Config::default(), &[])
         .into_iter()
-        .filter(|a| &a.kernel == k && a.state == PairState::Missing)
-        .map(|a| (a.module, a.version))
+        .filter(|a| &a.id.kernel == k && a.state == PairState::Missing)
+        .map(|a| (a.id.module, a.id.version))
         .collect();
     let others: Vec<String> = {
         let mut m: Vec<String> = inv
             .pairs
             .iter()
-            .filter(|p| p.installed && &p.kernel != k)
-            .map(|p| p.module.to_string())
+            .filter(|p| p.installed && &p.id.kernel != k)
+            .map(|p| p.id.module.to_string())
             .collect();
         m.sort();
         m.dedup();
         m
     };
     if !kernel.has_headers() && !others.is_empty() {
-        out.push(format!(
-            "{k} has no headers: dkms modules ({}) will not be built for it; install linux-headers-{k}",
-            others.join(", ")
-        ));
+        out.push(Warning::KernelWithoutHeaders {
+            kernel: k.clone(),
+            modules: others,
+        });
     } else {
-        for (m, v) in &missing {
-            out.push(format!(
-                "dkms did not build {m}/{v} for {k}; see /var/lib/dkms/{m}/{v}/build/make.log, then run: dkms install -m {m} -v {v} -k {k}"
-            ));
+        for (module, version) in missing {
+            out.push(Warning::NotBuilt {
+                kernel: k.clone(),
+                module,
+                version,
+            });
         }
     }
     out
@@ -393,32 +429,37 @@ pub fn kernel_warnings(inv: &Inventory, k: &KernelRelease) -> Vec<String> {
 /// file list (rewritten by dpkg on unpack) is newer than the pair's module is
 /// stale. `failed` are the recorded failures.
 pub fn assess(inv: &Inventory, cfg: &Config, failed: &[Failure]) -> Vec<Assessment> {
-    let mut modules: Vec<(&ModuleName, &ModuleVersion)> = inv
+    // With the architecture of an installed pair: the one a pair dkms has
+    // not built for a kernel (missing, excluded) would get.
+    let mut modules: Vec<(&ModuleName, &ModuleVersion, &DkmsArch)> = inv
         .pairs
         .iter()
         .filter(|p| p.installed)
-        .map(|p| (&p.module, &p.version))
+        .map(|p| (&p.id.module, &p.id.version, &p.id.arch))
         .collect();
     modules.sort_unstable();
-    modules.dedup();
+    modules.dedup_by(|a, b| (a.0, a.1) == (b.0, b.1));
     let mut out = Vec::new();
     for k in &inv.kernels {
-        for &(m, v) in &modules {
+        for &(m, v, arch) in &modules {
             let pair = inv
                 .pairs
                 .iter()
-                .find(|p| p.kernel == k.release && &p.module == m && p.installed);
+                .find(|p| p.id.kernel == k.release && &p.id.module == m && p.installed);
             let mut a = Assessment {
-                module: m.clone(),
-                version: v.clone(),
-                kernel: k.release.clone(),
+                id: PairId {
+                    module: m.clone(),
+                    version: v.clone(),
+                    kernel: k.release.clone(),
+                    arch: pair.map_or(arch, |p| &p.id.arch).clone(),
+                },
                 state: PairState::Fresh,
                 why: String::new(),
                 pair: pair.cloned(),
                 because: Vec::new(),
                 check: None,
             };
-            let failure = failed.iter().find(|f| f.key() == a.key());
+            let failure = failed.iter().find(|f| f.id == a.id);
             if let Some(f) = failure.filter(|f| !f.restored) {
                 a.state = PairState::Failed;
                 a.why = format!(
@@ -455,7 +496,7 @@ pub fn assess(inv: &Inventory, cfg: &Config, failed: &[Failure]) -> Vec<Assessme
                 out.push(a);
                 continue;
             };
-            if &pair.version != v {
+            if &pair.id.version != v {
                 continue;
             }
             if !k.has_headers() {
@@ -470,13 +511,7 @@ pub fn assess(inv: &Inventory, cfg: &Config, failed: &[Failure]) -> Vec<Assessme
                 // look it up with: the kept make.log (or dkms's output
                 // when the build left none), then the retry.
                 let log = if f.make_log.is_empty() {
-                    format!(
-                        "{}/logs/{}-{}-{}.dkms.log",
-                        crate::state::STATE_DIR,
-                        f.module,
-                        f.version,
-                        f.kernel
-                    )
+                    f.id.run_log().display().to_string()
                 } else {
                     f.make_log.clone()
                 };
@@ -511,8 +546,6 @@ pub fn assess(inv: &Inventory, cfg: &Config, failed: &[Failure]) -> Vec<Assessme
     }
     out
 }
-
-crate::name::keyed!(Assessment);
 
 #[cfg(test)]
 mod tests {
@@ -557,10 +590,12 @@ mod tests {
     }
     fn pair(m: &str, k: &str, built: &str) -> Pair {
         Pair {
-            module: ModuleName::new(m).unwrap(),
-            version: ModuleVersion::new("1.0").unwrap(),
-            kernel: kr(k),
-            arch: DkmsArch::new("x86_64").unwrap(),
+            id: crate::pair::PairId {
+                module: ModuleName::new(m).unwrap(),
+                version: ModuleVersion::new("1.0").unwrap(),
+                kernel: kr(k),
+                arch: DkmsArch::new("x86_64").unwrap(),
+            },
             installed: true,
             built: Some(at(built)),
         }
@@ -638,10 +673,10 @@ mod tests {
 
     fn labels(p: &Plan) -> (Vec<String>, Vec<String>) {
         (
-            p.rebuilds.iter().map(|r| r.pair.label()).collect(),
+            p.rebuilds.iter().map(|r| r.pair.id.label()).collect(),
             p.skipped
                 .iter()
-                .map(|s| format!("{} {}", s.pair.label(), s.reason.as_str()))
+                .map(|s| format!("{} {}", s.pair.id.label(), s.reason.as_str()))
                 .collect(),
         )
     }
@@ -674,7 +709,7 @@ mod tests {
         );
         assert_eq!(p.changes.len(), 2, "hello is not relevant");
         assert_eq!(p.warnings.len(), 1, "{:?}", p.warnings);
-        assert!(p.warnings[0].starts_with("6.1.0-50-amd64: linux-kbuild-6.1 6.1.192-2 is newer than linux-headers-6.1.0-50-amd64 6.1.176-1"));
+        assert!(p.warnings[0].to_string().starts_with("6.1.0-50-amd64: linux-kbuild-6.1 6.1.192-2 is newer than linux-headers-6.1.0-50-amd64 6.1.176-1"));
     }
 
     #[test]
@@ -791,6 +826,7 @@ mod tests {
         assert_eq!(p.warnings.len(), 1);
         assert!(
             p.warnings[0]
+                .to_string()
                 .contains("6.1.0-50-amd64: headers are gone (linux-headers-6.1.0-50-amd64)"),
             "{}",
             p.warnings[0]
@@ -834,7 +870,7 @@ mod tests {
         )];
         let p = plan(&changes, &inv, &Config::default());
         assert!(p.rebuilds.is_empty(), "{:?}", p.rebuilds);
-        assert_eq!(p.warnings, Vec::<String>::new());
+        assert_eq!(p.warning_lines(), Vec::<String>::new());
     }
 
     /// Regression: headers about to be removed from a kernel
@@ -852,7 +888,7 @@ mod tests {
         )];
         let p = forecast(&changes, &inv, &Config::default());
         assert_eq!(
-            p.warnings,
+            p.warning_lines(),
             ["6.1.0-50-amd64: removing linux-headers-6.1.0-50-amd64 leaves this kernel without headers: its dkms modules (acpi-call/1.0) stay installed but can no longer be rebuilt for 6.1.0-50-amd64"]
         );
     }
@@ -862,6 +898,32 @@ mod tests {
         assert_eq!(
             compare_releases(&kr("6.1.0-9-amd64"), &kr("6.1.0-50-amd64")),
             Ordering::Less
+        );
+    }
+
+    /// Each row names its pair with the pair's own architecture; a pair
+    /// dkms has not built takes that of the module's installed pairs.
+    #[test]
+    fn assessed_rows_carry_the_pairs_architecture() {
+        let mut inv = bookworm();
+        inv.pairs[0].id.arch = DkmsArch::new("i686").unwrap();
+        inv.pairs.remove(1);
+        let rows = assess(&inv, &Config::default(), &[]);
+        let arch = |k: &str| {
+            rows.iter()
+                .find(|r| r.id.kernel.as_str() == k)
+                .map(|r| r.id.arch.to_string())
+        };
+        assert_eq!(arch("6.1.0-50-amd64").as_deref(), Some("i686"));
+        let missing = rows
+            .iter()
+            .find(|r| r.id.kernel.as_str() == "6.1.0-56-amd64")
+            .unwrap();
+        assert_eq!(missing.state, PairState::Missing);
+        assert_eq!(missing.id.arch.as_str(), "i686");
+        assert_eq!(
+            missing.id.dkms_dir(),
+            std::path::Path::new("/var/lib/dkms/acpi-call/1.0/6.1.0-56-amd64/i686")
         );
     }
 }

@@ -39,11 +39,12 @@ use crate::dkms::DKMS_TREE;
 use crate::file_tree::{self, Budget};
 use crate::inventory::Inventory;
 use crate::kernel::{KernelRelease, MODULES_DIR};
-use crate::name::{Keyed, PackageName};
+use crate::name::PackageName;
+use crate::pair::PairId;
 use crate::plan::{self, Cause, Plan, Rebuild};
 use crate::rebuild::kept;
 use crate::root::Root;
-use crate::state::{QueuedPair, State, STATE_DIR};
+use crate::state::{State, STATE_DIR};
 use crate::tools::Tools;
 use crate::Error;
 
@@ -170,7 +171,10 @@ pub fn plan_for(root: &Root, debs: &[Deb], cfg: &Config) -> Result<Planned, Erro
     let inv = Inventory::for_changes(root, &planned(&|_| None))?;
     let changes = planned(&|d| inv.installed_version(&d.package).map(|i| i.version.clone()));
     let mut p = plan::plan(&changes, &inv, cfg);
-    p.warnings.splice(0..0, inv.warnings.clone());
+    p.warnings.splice(
+        0..0,
+        inv.warnings.iter().cloned().map(plan::Warning::Machine),
+    );
     let (not_tested, new) = new_kernels(root, debs, &inv, &mut p)?;
     Ok(Planned {
         plan: p,
@@ -213,7 +217,7 @@ fn new_kernels(
     for pair in inv.pairs.iter().filter(|x| x.installed) {
         if !modules
             .iter()
-            .any(|m| m.module == pair.module && m.version == pair.version)
+            .any(|m| m.id.module == pair.id.module && m.id.version == pair.id.version)
         {
             modules.push(pair);
         }
@@ -243,10 +247,10 @@ fn new_kernels(
         for m in &modules {
             let r = Rebuild {
                 pair: crate::dkms::Pair {
-                    module: m.module.clone(),
-                    version: m.version.clone(),
-                    kernel: k.clone(),
-                    arch: m.arch.clone(),
+                    id: PairId {
+                        kernel: k.clone(),
+                        ..m.id.clone()
+                    },
                     installed: false,
                     built: None,
                 },
@@ -372,13 +376,16 @@ fn overlay_dirs(
         }
     };
     for r in &p.rebuilds {
-        if let Some(k) = inv.kernel(&r.pair.kernel) {
+        if let Some(k) = inv.kernel(&r.pair.id.kernel) {
             for t in &k.tree {
                 add(t.path.clone(), t.also.clone());
             }
         }
-        if let Ok(m) = root.canonicalize(Path::new(MODULES_DIR).join(r.pair.kernel.as_str())) {
-            add(m, vec![Path::new(MODULES_DIR).join(r.pair.kernel.as_str())]);
+        if let Ok(m) = root.canonicalize(Path::new(MODULES_DIR).join(r.pair.id.kernel.as_str())) {
+            add(
+                m,
+                vec![Path::new(MODULES_DIR).join(r.pair.id.kernel.as_str())],
+            );
         }
     }
     if let Ok(d) = root.canonicalize(DKMS_TREE) {
@@ -388,7 +395,7 @@ fn overlay_dirs(
     // its headers land in /usr/src and its build link in /lib/modules,
     // which do not exist yet, so these two are overlaid with the packages'
     // trees over them.
-    if p.rebuilds.iter().any(|r| new.contains(&r.pair.kernel)) {
+    if p.rebuilds.iter().any(|r| new.contains(&r.pair.id.kernel)) {
         for (dir, alias) in [("/usr/src", None), (MODULES_DIR, Some("/lib/modules"))] {
             if let Ok(c) = root.canonicalize(dir) {
                 add(c, alias.map(PathBuf::from).into_iter().collect());
@@ -554,7 +561,7 @@ pub fn run(
     p: &Plan,
     inv: &Inventory,
     new: &[KernelRelease],
-    started: &(dyn Fn(&QueuedPair, usize, usize) + Sync),
+    started: &(dyn Fn(&PairId, usize, usize) + Sync),
 ) -> Result<Vec<Tested>, Error> {
     if p.rebuilds.is_empty() {
         return Ok(Vec::new());
@@ -599,16 +606,7 @@ pub fn run(
         ),
         overlays,
         debs: debs.iter().map(|d| d.path.clone()).collect(),
-        pairs: p
-            .rebuilds
-            .iter()
-            .map(|r| sandbox::JobPair {
-                module: r.pair.module.clone(),
-                version: r.pair.version.clone(),
-                kernel: r.pair.kernel.clone(),
-                arch: r.pair.arch.clone(),
-            })
-            .collect(),
+        pairs: p.rebuilds.iter().map(|r| r.pair.id.clone()).collect(),
         timeout_secs: cfg.build_timeout.as_secs(),
         jobs: cfg.jobs,
     };
@@ -627,7 +625,7 @@ pub fn run(
         sandbox::Event::Started(i) => {
             if let Some(r) = p.rebuilds.get(i) {
                 count += 1;
-                started(&queued(r), count, total);
+                started(&r.pair.id, count, total);
             }
         }
         sandbox::Event::Done {
@@ -663,23 +661,23 @@ pub fn run(
             if let Err(e) = keep(session, state, debs, full, new, &t.rebuild, i) {
                 log::debug!(
                     "preflight's build of {} not kept: {e}",
-                    t.rebuild.pair.label()
+                    t.rebuild.pair.id.label()
                 );
             }
         }
-        let q = queued(&t.rebuild);
-        session.keep_log(&sandbox::run_log(i), &State::run_log(&q));
-        if t.ok == Some(false) && session.keep_log(&sandbox::make_log(i), &State::kept_make_log(&q))
+        let id = &t.rebuild.pair.id;
+        session.keep_log(&sandbox::run_log(i), &id.run_log_name());
+        if t.ok == Some(false) && session.keep_log(&sandbox::make_log(i), &id.kept_make_log_name())
         {
             t.make_log = Some(
                 Path::new(STATE_DIR)
                     .join("preflight")
-                    .join(State::kept_make_log(&q)),
+                    .join(id.kept_make_log_name()),
             );
         }
         out.push(t);
     }
-    out.sort_by(|a, b| a.rebuild.pair.key().cmp(&b.rebuild.pair.key()));
+    out.sort_by(|a, b| a.rebuild.pair.id.cmp(&b.rebuild.pair.id));
     Ok(out)
 }
 
@@ -698,12 +696,12 @@ fn keep(
     i: usize,
 ) -> Result<(), String> {
     let pair = &r.pair;
-    if new.contains(&pair.kernel) {
+    if new.contains(&pair.id.kernel) {
         return Err("a new kernel".into());
     }
-    let k = full.kernel(&pair.kernel).ok_or("no such kernel")?;
+    let k = full.kernel(&pair.id.kernel).ok_or("no such kernel")?;
     let root = state.root();
-    let src = format!("/usr/src/{}-{}", pair.module, pair.version);
+    let src = format!("/usr/src/{}-{}", pair.id.module, pair.id.version);
     for d in debs {
         if d.files.iter().any(|f| f.starts_with(&src)) {
             return Err(format!("{} ships the module's source", d.package));
@@ -730,7 +728,7 @@ fn keep(
         .filter(|d| {
             let feeds = full
                 .inputs
-                .get(&pair.kernel)
+                .get(&pair.id.kernel)
                 .is_some_and(|i| i.iter().any(|x| x.package == d.package));
             let new_here = full.installed_version(&d.package).is_none()
                 && d.files
@@ -741,12 +739,9 @@ fn keep(
         .map(|d| (d.package.to_string(), d.version.to_string()))
         .collect();
     let inputs = kept::Inputs {
-        module: pair.module.clone(),
-        version: pair.version.clone(),
-        kernel: pair.kernel.clone(),
-        arch: pair.arch.clone(),
-        packages: kept::packages_of(full, &pair.kernel, &planned),
-        source: kept::source_fingerprint(root, &pair.module, &pair.version),
+        id: pair.id.clone(),
+        packages: kept::packages_of(full, &pair.id.kernel, &planned),
+        source: kept::source_fingerprint(root, &pair.id.module, &pair.id.version),
         time: crate::state::now_secs(),
     };
     kept::publish(
@@ -791,17 +786,6 @@ impl Session {
                 false
             }
         }
-    }
-}
-
-fn queued(r: &Rebuild) -> QueuedPair {
-    QueuedPair {
-        module: r.pair.module.clone(),
-        version: r.pair.version.clone(),
-        kernel: r.pair.kernel.clone(),
-        arch: r.pair.arch.clone(),
-        because: r.because.clone(),
-        stale_since: 0,
     }
 }
 

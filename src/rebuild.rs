@@ -20,20 +20,22 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Instant;
 
 mod backup;
+pub mod builds;
 pub mod kept;
 mod settle;
+mod steps;
 
 use crate::config::Config;
-use crate::dkms::{built_names, built_time, installed_copies, DKMS_TREE, INSTALL_DIRS};
+use crate::dkms::{installed_copies, INSTALL_DIRS};
 use crate::kernel::KernelRelease;
-use crate::name::Keyed;
 use crate::root::open_regular;
-use crate::state::{at_secs, BuildNote, Failure, QueuedPair, State, STATE_DIR};
-use crate::verify::{self, Firmware};
+use crate::state::{Failure, QueuedPair, State, STATE_DIR};
+use crate::verify::Firmware;
 use crate::Error;
+use builds::BuildNote;
 
 pub use crate::tools::{Tools, DEPMOD, DKMS, MODINFO, UPDATE_INITRAMFS};
 use crate::tools::{
@@ -168,7 +170,7 @@ impl<'a> Executor<'a> {
         for p in queue.lock().map_err(poisoned)?.pending.iter() {
             match modules
                 .iter_mut()
-                .find(|g| g[0].module == p.module && g[0].version == p.version)
+                .find(|g| g[0].id.module == p.id.module && g[0].id.version == p.id.version)
             {
                 Some(g) => g.push(p.clone()),
                 None => modules.push(vec![p.clone()]),
@@ -215,7 +217,7 @@ impl<'a> Executor<'a> {
     ) -> Result<(), Error> {
         let p = &r.pair;
         let mut f = failures.lock().map_err(poisoned)?;
-        f.failed.retain(|x| x.key() != p.key());
+        f.failed.retain(|x| x.id != p.id);
         let mut keep_queued = false;
         if let Outcome::Failed {
             status,
@@ -227,10 +229,7 @@ impl<'a> Executor<'a> {
         {
             keep_queued = !restored;
             f.failed.push(Failure {
-                module: p.module.clone(),
-                version: p.version.clone(),
-                kernel: p.kernel.clone(),
-                arch: p.arch.clone(),
+                id: p.id.clone(),
                 because: p.because.clone(),
                 make_log: make_log
                     .as_ref()
@@ -250,18 +249,14 @@ impl<'a> Executor<'a> {
             return Ok(());
         }
         let mut q = queue.lock().map_err(poisoned)?;
-        q.pending.retain(|x| x.key() != p.key());
+        q.pending.retain(|x| x.id != p.id);
         self.state.save_queue(&q)
     }
 
     /// Host path of `/var/lib/dkms/M/V/K/ARCH`, resolved inside the root
     /// (it may not exist: `build --force` removes it).
     fn dkms_dir(&self, p: &QueuedPair) -> Result<PathBuf, Error> {
-        let dir = Path::new(DKMS_TREE)
-            .join(p.module.as_str())
-            .join(p.version.as_str())
-            .join(p.kernel.as_str())
-            .join(p.arch.as_str());
+        let dir = p.id.dkms_dir();
         self.state
             .root()
             .inside(&dir)
@@ -270,44 +265,7 @@ impl<'a> Executor<'a> {
 
     /// Host paths of every copy of the pair's modules under `/lib/modules/K`.
     fn installed_modules(&self, p: &QueuedPair, names: &[OsString]) -> Vec<PathBuf> {
-        installed_copies(self.state.root(), &p.kernel, names, INSTALL_DIRS)
-    }
-
-    /// Done already: the module was built after the change, and for each
-    /// built file some installed copy holds exactly its bytes (a killed run
-    /// got past `install`). Copies are compared by content, not time: a
-    /// killed build can leave a new module behind before `install` ran, and
-    /// an installed copy's time says nothing about what it was built from
-    /// (found by the SIGKILL-at-50-points test). Other same-named copies
-    /// (a leftover `extra/M.ko`) do not count against it.
-    fn is_done(&self, p: &QueuedPair, dkms_dir: &Path) -> bool {
-        let since = at_secs(p.stale_since.saturating_add(1));
-        let module_dir = dkms_dir.join("module");
-        if built_time(&module_dir).is_none_or(|t| t < since) {
-            return false;
-        }
-        let names = built_names(dkms_dir);
-        let installed = self.installed_modules(p, &names);
-        // Compared as streams; a file over the cap or unreadable is no
-        // proof of anything: not done (the backup then refuses it).
-        !names.is_empty()
-            && names.iter().all(|n| {
-                let built = module_dir.join(n);
-                installed
-                    .iter()
-                    .filter(|i| i.file_name() == Some(n))
-                    .any(|c| backup::same_bytes(&built, c).unwrap_or(false))
-            })
-    }
-
-    /// In-root path of a pair's backup, for messages.
-    fn backup_inroot(p: &QueuedPair) -> PathBuf {
-        Path::new(STATE_DIR)
-            .join("backups")
-            .join(p.module.as_str())
-            .join(p.version.as_str())
-            .join(p.kernel.as_str())
-            .join(p.arch.as_str())
+        installed_copies(self.state.root(), &p.id.kernel, names, INSTALL_DIRS)
     }
 
     fn rebuild(&self, p: &QueuedPair, notes: &mut Vec<String>) -> Outcome {
@@ -325,252 +283,9 @@ impl<'a> Executor<'a> {
                 reason: format!("restoring the backup of an earlier run failed: {e}"),
                 make_log: None,
                 restored: false,
-                backup: Some(Self::backup_inroot(p)),
+                backup: Some(p.id.backup_dir()),
             },
         }
-    }
-
-    fn try_rebuild(&self, p: &QueuedPair, notes: &mut Vec<String>) -> Result<Outcome, Stop> {
-        let dir = self.dkms_dir(p).map_err(Stop::Kept)?;
-        // 0. A backup left by an earlier run: that run was killed mid-way or
-        // could not put the module back. Finish its job first.
-        if let Some(b) = self.state.backup(p, false).map_err(Stop::Kept)? {
-            if b.names().iter().any(|n| n == COMPLETE) {
-                if self.is_done(p, &dir) {
-                    self.state.remove_backup(p).map_err(Stop::Kept)?;
-                    return Ok(Outcome::AlreadyDone);
-                }
-                self.restore(b.path(), &dir, p).map_err(Stop::Unrestored)?;
-            }
-        }
-        // Also prunes the empty `M/V/K` a run killed inside remove_backup
-        // left (found by the SIGKILL-at-50-points test).
-        self.state.remove_backup(p).map_err(Stop::Kept)?;
-        if self.is_done(p, &dir) {
-            return Ok(Outcome::AlreadyDone);
-        }
-        // 2. Back up the dkms directory and the installed copies.
-        let backup = if built_time(&dir.join("module")).is_some() {
-            match self.back_up(p, &dir) {
-                Ok(b) => Some(b),
-                Err(e) => {
-                    let _ = self.state.remove_backup(p);
-                    return Err(Stop::Kept(Error::Refused(format!(
-                        "cannot back up the working module: {e}"
-                    ))));
-                }
-            }
-        } else {
-            None
-        };
-        // Put the working module back; on error the backup stays.
-        let restore = || -> Result<(), Error> {
-            if let Some(b) = &backup {
-                self.restore(b, &dir, p)?;
-                let _ = self.state.remove_backup(p);
-            }
-            Ok(())
-        };
-        let failed = |status, reason: String, make_log| -> Result<Outcome, Stop> {
-            let (restored, reason) = match restore() {
-                Ok(()) => (true, reason),
-                Err(e) => (false, format!("{reason}, and restoring failed: {e}")),
-            };
-            Ok(Outcome::Failed {
-                status,
-                reason,
-                make_log,
-                restored,
-                backup: (!restored).then(|| Self::backup_inroot(p)),
-            })
-        };
-        // 3. Build, with a fresh run log for this attempt; or, when
-        // preflight built against exactly this tree, put its build in place.
-        let started = Instant::now();
-        let start_time = SystemTime::now();
-        let kept = self.kept_build(p, notes);
-        let from_preflight = kept.is_some();
-        let built = match &kept {
-            Some(k) => {
-                let placed = remove_dir_tree(&dir).and_then(|()| {
-                    let parent = dir.parent().unwrap_or(Path::new("/"));
-                    kept::install(k, parent, dir.file_name().unwrap_or_default())
-                        .map_err(|e| Error::io(&dir, std::io::Error::other(e)))
-                });
-                match placed {
-                    Ok(()) => Ran::Exit(0),
-                    Err(e) => {
-                        return failed(None, format!("placing preflight's build failed: {e}"), None)
-                    }
-                }
-            }
-            None => self.dkms(p, &["build", "--force"], self.run_log(p, false)),
-        };
-        drop(kept);
-        match built {
-            Ran::Exit(0) => {}
-            Ran::Exit(s @ (EXIT_BUILD_EXCLUSIVE | EXIT_NO_HEADERS)) => {
-                if let Err(e) = restore() {
-                    return failed(Some(s), format!("dkms build exited {s}: {e}"), None);
-                }
-                return Ok(Outcome::Skipped { status: s });
-            }
-            Ran::Exit(s) => {
-                let log = self.keep_make_log(p);
-                return failed(Some(s), format!("dkms build exited {s}"), log);
-            }
-            Ran::TimedOut => {
-                let log = self.keep_make_log(p);
-                let limit = self.config.build_timeout.as_secs();
-                return failed(
-                    None,
-                    format!("dkms build took longer than {limit} s and was killed"),
-                    log,
-                );
-            }
-            Ran::SpawnFailed(e) => return failed(None, e, None),
-        }
-        // 4. Install over the working module (dkms copies, then depmod).
-        match self.dkms(
-            p,
-            &["install", "--force", "--no-depmod"],
-            self.run_log(p, true),
-        ) {
-            Ran::Exit(0) => {}
-            Ran::Exit(s) => return failed(Some(s), format!("dkms install exited {s}"), None),
-            Ran::TimedOut => return failed(None, "dkms install timed out".into(), None),
-            Ran::SpawnFailed(e) => return failed(None, e, None),
-        }
-        // Verify by install time, not content: kbuild builds are
-        // reproducible. Each built file needs a copy dkms just wrote; any
-        // other same-named copy is not dkms's and only worth a warning.
-        let names = built_names(&dir);
-        let installed = self.installed_modules(p, &names);
-        let fresh = |f: &PathBuf| {
-            std::fs::metadata(f)
-                .and_then(|m| m.modified())
-                .is_ok_and(|t| t + Duration::from_secs(1) >= start_time)
-        };
-        let all_new = !names.is_empty()
-            && names.iter().all(|n| {
-                installed
-                    .iter()
-                    .any(|i| i.file_name() == Some(n.as_os_str()) && fresh(i))
-            });
-        if !all_new {
-            return failed(
-                None,
-                "dkms install left no new module in /lib/modules".into(),
-                None,
-            );
-        }
-        // The new module must be for this kernel: a vermagic of another
-        // release would not load after the reboot.
-        for copy in installed.iter().filter(|i| fresh(i)) {
-            if let Some(vermagic) =
-                verify::modinfo_field(self.state.root(), &self.modinfo, copy, "vermagic")
-            {
-                let release = vermagic.split_whitespace().next().unwrap_or_default();
-                if release != p.kernel.as_str() {
-                    return failed(
-                        None,
-                        format!(
-                            "the installed module is for kernel {release:?}, not {} (vermagic {vermagic:?})",
-                            p.kernel
-                        ),
-                        None,
-                    );
-                }
-            }
-        }
-        for copy in installed.iter().filter(|i| fresh(i)) {
-            notes.extend(self.signature_warnings(p, copy));
-        }
-        for other in installed.iter().filter(|i| !fresh(i)) {
-            let inroot = other
-                .strip_prefix(self.state.root().dir())
-                .map_or(other.clone(), |r| Path::new("/").join(r));
-            notes.push(format!(
-                "{}: another copy of {}/{}'s module, not installed by dkms, is at {}; depmod may prefer it: remove it if it is a leftover",
-                p.kernel,
-                p.module,
-                p.version,
-                inroot.display()
-            ));
-        }
-        if backup.is_some() {
-            // The new module is in place: the old one is no longer needed.
-            let _ = self.state.remove_backup(p);
-        }
-        Ok(Outcome::Rebuilt {
-            seconds: started.elapsed().as_secs_f64(),
-            preflight: from_preflight,
-        })
-    }
-
-    /// Preflight's build of `p`, when it was made against exactly the tree
-    /// installed now; a kept build that does not match is dropped with a
-    /// note saying why, and the pair builds as before.
-    fn kept_build(&self, p: &QueuedPair, notes: &mut Vec<String>) -> Option<kept::Kept> {
-        if !self.use_kept.load(Ordering::Relaxed) || !kept::exists(self.state, p) {
-            return None;
-        }
-        let root = self.state.root();
-        let inv = self
-            .inputs
-            .get_or_init(|| {
-                crate::inventory::Inventory::full(root)
-                    .map_err(|e| log::warn!("{e}"))
-                    .ok()
-            })
-            .as_ref()?;
-        let now = kept::Inputs {
-            module: p.module.clone(),
-            version: p.version.clone(),
-            kernel: p.kernel.clone(),
-            arch: p.arch.clone(),
-            packages: kept::packages_of(inv, &p.kernel, &[]),
-            source: kept::source_fingerprint(root, &p.module, &p.version),
-            time: crate::state::now_secs(),
-        };
-        match kept::take(self.state, p, &now) {
-            Ok(k) => k,
-            Err(why) => {
-                notes.push(format!(
-                    "preflight's build of {}/{} for {} was not used ({why}): built again",
-                    p.module, p.version, p.kernel
-                ));
-                None
-            }
-        }
-    }
-
-    /// Loud warnings when the new module will not load after the reboot:
-    /// unsigned where signatures are enforced, or signed with a key the
-    /// firmware does not know. It stays installed (it is the best there is).
-    fn signature_warnings(&self, p: &QueuedPair, copy: &Path) -> Vec<String> {
-        let root = self.state.root();
-        let facts = match verify::inspect(copy) {
-            Ok(f) => f,
-            Err(e) => {
-                log::debug!("{e}");
-                return Vec::new();
-            }
-        };
-        let signed = facts.vermagic.is_some().then_some(facts.signed);
-        let cfg = verify::sig_config(root, &p.kernel);
-        let fw = self
-            .firmware
-            .get_or_init(|| Firmware::read(root, self.mokutil.as_deref()));
-        let mut out: Vec<String> = verify::unsigned_warning(p.key(), signed, cfg, fw)
-            .into_iter()
-            .collect();
-        if let Some(w) = verify::key_warning(p.key(), signed, fw) {
-            if !self.key_said.swap(true, Ordering::Relaxed) {
-                out.push(w);
-            }
-        }
-        out
     }
 
     /// The pair's dkms run log in `logs/`, truncated for a new attempt or
@@ -578,7 +293,7 @@ impl<'a> Executor<'a> {
     fn run_log(&self, p: &QueuedPair, append: bool) -> Option<File> {
         self.state
             .logs()
-            .and_then(|l| l.create(&State::run_log(p), append))
+            .and_then(|l| l.create(&p.id.run_log_name(), append))
             .map_err(|e| log::warn!("{e}"))
             .ok()
     }
@@ -592,18 +307,9 @@ impl<'a> Executor<'a> {
     /// Copy the pair's make.log (as this process sees it) to
     /// `/var/lib/dkms-hook/SUBDIR/M-V-K.make.log`; the in-root path.
     pub(crate) fn keep_make_log_in(&self, p: &QueuedPair, subdir: &str) -> Option<PathBuf> {
-        let src = self
-            .state
-            .root()
-            .resolve(
-                Path::new(DKMS_TREE)
-                    .join(p.module.as_str())
-                    .join(p.version.as_str())
-                    .join("build/make.log"),
-            )
-            .ok()?;
+        let src = self.state.root().resolve(p.id.make_log()).ok()?;
         let f = open_regular(&src).ok()?;
-        let name = State::kept_make_log(p);
+        let name = p.id.kept_make_log_name();
         let dir = self.state.open().and_then(|d| d.subdir(subdir)).ok()?;
         if let Err(e) = dir.write_atomic_from(&name, &mut std::io::Read::take(f, CAP_MAKE_LOG)) {
             log::warn!("{e}");
@@ -617,9 +323,9 @@ impl<'a> Executor<'a> {
     pub(crate) fn dkms(&self, p: &QueuedPair, action: &[&str], log: Option<File>) -> Ran {
         let mut args: Vec<&OsStr> = action.iter().map(OsStr::new).collect();
         for (flag, v) in [
-            ("-m", p.module.as_str()),
-            ("-v", p.version.as_str()),
-            ("-k", p.kernel.as_str()),
+            ("-m", p.id.module.as_str()),
+            ("-v", p.id.version.as_str()),
+            ("-k", p.id.kernel.as_str()),
         ] {
             args.push(OsStr::new(flag));
             args.push(OsStr::new(v));
@@ -627,7 +333,7 @@ impl<'a> Executor<'a> {
         if log.is_none() {
             return Ran::SpawnFailed("cannot open the run log".into());
         }
-        self.run(&self.dkms, &args, log, Some(&p.module))
+        self.run(&self.dkms, &args, log, Some(&p.id.module))
     }
 
     /// Run `program` with `args` in its own process group, output to `log`
@@ -649,7 +355,7 @@ impl<'a> Executor<'a> {
                 // The child must not outlive a killed dkms-hook: it would go
                 // on building in the shared build directory while the next
                 // run starts its own build there. Its children are caught by
-                // `State::kill_leftover_builds` in the next run. Each rebuild
+                // [`builds::lock`] in the next run. Each rebuild
                 // waits for its child on the thread that spawned it.
                 crate::tools::own_group_dying_with_us(c);
                 Ok(())
@@ -674,12 +380,12 @@ impl<'a> Executor<'a> {
             .unwrap_or(0);
         if let Some(m) = note {
             if let Some(n) = BuildNote::of(pgid) {
-                self.state.note_build(m, &n);
+                builds::note_build(self.state, m, &n);
             }
         }
         let done = |r| {
             if let Some(m) = note {
-                self.state.forget_build(m);
+                builds::forget_build(self.state, m);
             }
             r
         };

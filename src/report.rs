@@ -5,7 +5,6 @@
 
 use serde::Serialize;
 
-use crate::name::Keyed;
 use crate::plan::{Assessment, Cause, Plan};
 use crate::rebuild::{Outcome, PairResult};
 use crate::state::{Failure, Finding, Problem, QueuedPair};
@@ -99,18 +98,18 @@ pub fn plan_lines(p: &Plan, verb: &str) -> Vec<String> {
     for r in &p.rebuilds {
         out.push(format!(
             "{PREFIX} {verb} {}/{} for {} ({})",
-            r.pair.module,
-            r.pair.version,
-            r.pair.kernel,
+            r.pair.id.module,
+            r.pair.id.version,
+            r.pair.id.kernel,
             causes(&r.because)
         ));
     }
     for s in &p.skipped {
         out.push(format!(
             "{PREFIX} skip {}/{} for {}: {}",
-            s.pair.module,
-            s.pair.version,
-            s.pair.kernel,
+            s.pair.id.module,
+            s.pair.id.version,
+            s.pair.id.kernel,
             s.reason.as_str()
         ));
     }
@@ -124,7 +123,7 @@ pub fn to_json_string<T: Serialize>(v: &T) -> String {
 /// One line per executed pair, for apt's output and /var/log/dkms-hook.log.
 pub fn result_line(r: &PairResult) -> String {
     let p = &r.pair;
-    let what = format!("{}/{} for {}", p.module, p.version, p.kernel);
+    let what = p.id.to_string();
     match &r.outcome {
         Outcome::Rebuilt {
             seconds,
@@ -180,12 +179,12 @@ pub fn status_lines(
     let mut out = Vec::new();
     let w = rows
         .iter()
-        .map(|r| r.module.as_str().len() + r.version.as_str().len() + 1)
+        .map(|r| r.id.module.as_str().len() + r.id.version.as_str().len() + 1)
         .max()
         .unwrap_or(0);
     let kw = rows
         .iter()
-        .map(|r| r.kernel.as_str().len())
+        .map(|r| r.id.kernel.as_str().len())
         .max()
         .unwrap_or(0);
     for r in rows {
@@ -195,8 +194,8 @@ pub fn status_lines(
             .unwrap_or_default();
         let mut line = format!(
             "{:w$}  {:kw$}  {state:10}",
-            format!("{}/{}", r.module, r.version),
-            r.kernel.as_str()
+            format!("{}/{}", r.id.module, r.id.version),
+            r.id.kernel.as_str()
         );
         if !r.why.is_empty() {
             line.push_str(&format!("  {}", r.why));
@@ -216,9 +215,9 @@ pub fn status_lines(
     for q in queued {
         out.push(format!(
             "{PREFIX} queued: {}/{} for {} ({})",
-            q.module,
-            q.version,
-            q.kernel,
+            q.id.module,
+            q.id.version,
+            q.id.kernel,
             causes(&q.because)
         ));
     }
@@ -234,9 +233,9 @@ pub fn motd_lines(failed: &[Failure], queued: &[QueuedPair], found: &[Finding]) 
         .map(|f| {
             format!(
                 "{PREFIX} {}/{} for {} {}; see: dkms-hook status",
-                f.module,
-                f.version,
-                f.kernel,
+                f.id.module,
+                f.id.version,
+                f.id.kernel,
                 if f.restored {
                     "failed to rebuild (the working module was kept)"
                 } else {
@@ -248,11 +247,11 @@ pub fn motd_lines(failed: &[Failure], queued: &[QueuedPair], found: &[Finding]) 
     out.extend(
         queued
             .iter()
-            .filter(|q| !failed.iter().any(|f| f.key() == q.key()))
+            .filter(|q| !failed.iter().any(|f| f.id == q.id))
             .map(|q| {
                 format!(
                     "{PREFIX} {}/{} for {} is stale and waits for a rebuild; run: dkms-hook sync",
-                    q.module, q.version, q.kernel
+                    q.id.module, q.id.version, q.id.kernel
                 )
             }),
     );
@@ -268,7 +267,7 @@ pub fn motd_lines(failed: &[Failure], queued: &[QueuedPair], found: &[Finding]) 
         };
         format!(
             "{PREFIX} {}/{} for {} {what}",
-            f.module, f.version, f.kernel
+            f.id.module, f.id.version, f.id.kernel
         )
     }));
     out
@@ -300,17 +299,17 @@ pub fn forecast_notices(p: &Plan, preflight: crate::config::PreflightMode) -> Ve
     for r in &p.rebuilds {
         match by_kernel
             .iter_mut()
-            .find(|(k, _)| *k == r.pair.kernel.as_str())
+            .find(|(k, _)| *k == r.pair.id.kernel.as_str())
         {
             Some((_, v)) => v.push(r),
-            None => by_kernel.push((r.pair.kernel.as_str(), vec![r])),
+            None => by_kernel.push((r.pair.id.kernel.as_str(), vec![r])),
         }
     }
     let mut out = Vec::new();
     for (k, rs) in by_kernel {
         let mods: Vec<String> = rs
             .iter()
-            .map(|r| format!("{}/{}", r.pair.module, r.pair.version))
+            .map(|r| format!("{}/{}", r.pair.id.module, r.pair.id.version))
             .collect();
         out.push(format!(
             "{PREFIX} {} the build tree of {k} in place ({}); dkms-hook will rebuild {} for it after dpkg finishes{}",

@@ -1,6 +1,8 @@
-//! dkms-hook's own state in `/var/lib/dkms-hook/`: the dpkg.log cursor, the
-//! queue of pending pairs, the failures, backups of dkms build directories,
-//! kept logs, notes of running builds, and the lock that serialises runs.
+//! dkms-hook's own state in `/var/lib/dkms-hook/`: the dpkg.log cursor
+//! (its type and reading in [`crate::dpkg_log::cursor`]), the queue of
+//! pending pairs, the failures, the findings, backups of dkms build
+//! directories, kept logs, and the lock that serialises runs (notes of
+//! running builds are the rebuild's: [`crate::rebuild::builds`]).
 //!
 //! Everything here is read back as untrusted input: every file goes through
 //! [`crate::state_dir::Dir`] (no-follow, relative to the directory's fd,
@@ -11,50 +13,30 @@
 //! changes that filled it, and a pair leaves the queue only after it was
 //! installed (or its working module was put back).
 
-use std::fs::{self, File};
-use std::io::{self, Read, Seek};
-use std::os::unix::fs::MetadataExt;
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use crate::dkms::{DkmsArch, ModuleName, ModuleVersion};
 use crate::kernel::KernelRelease;
 use crate::model::Cause;
+use crate::pair::PairId;
 use crate::root::{Root, CAP_STATE};
 use crate::state_dir::Dir;
 use crate::Error;
 
-pub use crate::state_dir::STATE_DIR;
-/// Bumped when a state file changes incompatibly; files of a newer version
-/// are left alone rather than misread.
-pub const STATE_VERSION: u32 = 1;
-/// Bytes before the cursor that identify the log it was taken in.
-const FINGERPRINT_LEN: u64 = 4096;
+pub use crate::dpkg_log::cursor::Cursor;
+pub use crate::state_dir::{STATE_DIR, STATE_VERSION};
 /// The latest time a state file may name (9999-12-31): later ones are
 /// forged or corrupt, and would overflow time arithmetic.
 pub const MAX_TIME: u64 = 253_402_300_799;
 
-/// Where the last run stopped reading dpkg.log.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Cursor {
-    pub version: u32,
-    pub device: u64,
-    pub inode: u64,
-    pub offset: u64,
-    /// FNV-1a of the `FINGERPRINT_LEN` bytes before `offset`: a log replaced
-    /// by another with the same inode or truncated is noticed.
-    pub fingerprint: u64,
-}
-
 /// A pair waiting to be rebuilt.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueuedPair {
-    pub module: ModuleName,
-    pub version: ModuleVersion,
-    pub kernel: KernelRelease,
-    pub arch: DkmsArch,
+    #[serde(flatten)]
+    pub id: PairId,
     /// The changes that made it stale.
     #[serde(deserialize_with = "causes_or_prose")]
     pub because: Vec<Cause>,
@@ -66,10 +48,8 @@ pub struct QueuedPair {
 /// A pair whose last rebuild failed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Failure {
-    pub module: ModuleName,
-    pub version: ModuleVersion,
-    pub kernel: KernelRelease,
-    pub arch: DkmsArch,
+    #[serde(flatten)]
+    pub id: PairId,
     #[serde(deserialize_with = "causes_or_prose")]
     pub because: Vec<Cause>,
     /// In-root path of the kept copy of make.log.
@@ -124,9 +104,10 @@ pub struct Failures {
 /// login notice shows besides failures and the queue.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Finding {
-    pub module: ModuleName,
-    pub version: ModuleVersion,
-    pub kernel: KernelRelease,
+    /// Findings written before they carried `arch` are dropped on reading
+    /// ([`State::findings`]); the next full check writes them again.
+    #[serde(flatten)]
+    pub id: PairId,
     pub problem: Problem,
     pub time: u64,
 }
@@ -192,6 +173,24 @@ fn valid_entries<T: Entry>(value: &serde_json::Value, list: &str, path: &Path) -
     out
 }
 
+/// Drop, quietly, the entries of `list` written before they carried the
+/// architecture: a finding is a cache of the last full check, which writes
+/// it again, so an old one is not worth a warning on every login.
+fn without_arch_dropped(value: &mut serde_json::Value, list: &str) {
+    if let Some(items) = value
+        .get_mut(list)
+        .and_then(serde_json::Value::as_array_mut)
+    {
+        items.retain(|item| {
+            let old = item.is_object() && item.get("arch").is_none();
+            if old {
+                log::debug!("dropping a {list} entry without arch, from an older dkms-hook");
+            }
+            !old
+        });
+    }
+}
+
 /// The state directory of one root.
 #[derive(Debug, Clone)]
 pub struct State {
@@ -210,16 +209,6 @@ pub struct Lock {
     _file: File,
 }
 
-/// A running dkms of ours, as noted in `builds/M.pgid`: enough to prove
-/// later that a process group is still that build, not a recycled pid.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BuildNote {
-    pub pgid: i32,
-    /// Field 22 of `/proc/PGID/stat`: clock ticks after boot.
-    pub start: u64,
-    pub boot_id: String,
-}
-
 pub fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -229,46 +218,6 @@ pub fn now_secs() -> u64 {
 /// Seconds since the epoch as a time, saturating at [`MAX_TIME`].
 pub fn at_secs(secs: u64) -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_secs(secs.min(MAX_TIME))
-}
-
-fn fnv1a(data: &[u8]) -> u64 {
-    data.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
-
-/// The start time of a process (field 22 of `/proc/PID/stat`).
-pub fn process_start(pid: i32) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // "pid (comm) state …": comm may hold spaces and parentheses.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split_whitespace().nth(19)?.parse().ok()
-}
-
-pub fn boot_id() -> String {
-    fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
-}
-
-impl BuildNote {
-    /// The note for the process group led by `pgid`, started just now.
-    pub fn of(pgid: i32) -> Option<BuildNote> {
-        Some(BuildNote {
-            pgid,
-            start: process_start(pgid)?,
-            boot_id: boot_id(),
-        })
-    }
-
-    /// Whether the group leader named here is still that same process: same
-    /// boot, same start time. A recycled pid or a forged note fails this.
-    pub fn still_running(&self) -> bool {
-        self.pgid > 1
-            && !self.boot_id.is_empty()
-            && self.boot_id == boot_id()
-            && process_start(self.pgid) == Some(self.start)
-    }
 }
 
 impl State {
@@ -347,10 +296,10 @@ impl State {
         Ok(Some(Lock { _file: file }))
     }
 
-    /// What a run does first with the lock held: stop what is left of a
-    /// killed run's builds, and carry out removals noted while it was busy.
+    /// What a run does first with the lock held: carry out removals noted
+    /// while another run was busy. (Stopping a killed run's leftover builds
+    /// is the rebuild's: [`crate::rebuild::builds::lock`].)
     fn after_lock(&self) {
-        self.kill_leftover_builds();
         let Ok(dir) = self.open() else { return };
         let Some(forget) = dir.existing_subdir("forget") else {
             return;
@@ -362,20 +311,6 @@ impl State {
                     Err(e) => log::warn!("cannot forget removed kernel {k}: {e}"),
                 },
                 Err(_) => forget.remove(&name),
-            }
-        }
-    }
-
-    /// Forget a kernel being removed (`kernel-hook prerm`), under the lock so
-    /// that no rebuild's backup or failure record of it is in flight. A
-    /// rebuild still running after `wait` leaves the job to the next locked
-    /// run instead of holding up the kernel's removal.
-    pub fn forget_removed_kernel(&self, k: &KernelRelease, wait: Duration) -> Result<(), Error> {
-        match self.lock_within(wait)? {
-            Some(_lock) => self.forget_kernel(k),
-            None => {
-                log::debug!("a rebuild is running; the next run forgets {k}");
-                self.request_forget(k)
             }
         }
     }
@@ -517,7 +452,10 @@ impl State {
         self.read_list_value("findings.json")
             .ok()
             .flatten()
-            .map(|v| valid_entries(&v, "found", &path))
+            .map(|mut v| {
+                without_arch_dropped(&mut v, "found");
+                valid_entries(&v, "found", &path)
+            })
             .unwrap_or_default()
     }
 
@@ -525,9 +463,7 @@ impl State {
     /// as root calls this every time: no write, no fsync, when nothing
     /// changed).
     pub fn save_findings(&self, found: &[Finding]) -> Result<(), Error> {
-        let same = |a: &Finding, b: &Finding| {
-            crate::name::Keyed::key(a) == crate::name::Keyed::key(b) && a.problem == b.problem
-        };
+        let same = |a: &Finding, b: &Finding| a.id == b.id && a.problem == b.problem;
         let saved = self.findings();
         if saved.len() == found.len() && saved.iter().zip(found).all(|(a, b)| same(a, b)) {
             return Ok(());
@@ -541,15 +477,9 @@ impl State {
 
     /// The backup directory of one pair, `backups/M/V/K/ARCH`, each level
     /// checked to be a real directory (created when `create`).
-    pub fn backup(&self, p: &QueuedPair, create: bool) -> Result<Option<Dir>, Error> {
+    pub fn backup(&self, p: &PairId, create: bool) -> Result<Option<Dir>, Error> {
         let mut dir = self.open()?;
-        for name in [
-            "backups",
-            p.module.as_str(),
-            p.version.as_str(),
-            p.kernel.as_str(),
-            p.arch.as_str(),
-        ] {
+        for name in std::iter::once("backups").chain(p.backup_chain()) {
             dir = if create {
                 dir.subdir(name)?
             } else {
@@ -563,17 +493,12 @@ impl State {
     }
 
     /// Remove a pair's backup and the then empty `M/V/K` directories above it.
-    pub fn remove_backup(&self, p: &QueuedPair) -> Result<(), Error> {
+    pub fn remove_backup(&self, p: &PairId) -> Result<(), Error> {
         let top = self.open()?;
         let Some(backups) = top.existing_subdir("backups") else {
             return Ok(());
         };
-        let chain = [
-            p.module.as_str(),
-            p.version.as_str(),
-            p.kernel.as_str(),
-            p.arch.as_str(),
-        ];
+        let chain = p.backup_chain();
         let mut dirs = vec![backups];
         for name in &chain[..3] {
             match dirs.last().and_then(|d| d.existing_subdir(name)) {
@@ -599,81 +524,15 @@ impl State {
         self.open()?.subdir("logs")
     }
 
-    /// Name of the kept copy of a failed build's make.log in `logs/`.
-    pub fn kept_make_log(p: &QueuedPair) -> String {
-        format!("{}-{}-{}.make.log", p.module, p.version, p.kernel)
-    }
-
-    /// Name of the output of the last dkms run for a pair in `logs/`.
-    pub fn run_log(p: &QueuedPair) -> String {
-        format!("{}-{}-{}.dkms.log", p.module, p.version, p.kernel)
-    }
-
-    /// Note the process group of a running dkms, so that the next run can
-    /// stop it if this one is killed (the file is `builds/M.pgid`).
-    pub fn note_build(&self, module: &ModuleName, note: &BuildNote) {
-        let r = serde_json::to_vec(note)
-            .map_err(|e| Error::Refused(e.to_string()))
-            .and_then(|text| {
-                self.open()?
-                    .subdir("builds")?
-                    .write_atomic(&format!("{module}.pgid"), &text)
-            });
-        if let Err(e) = r {
-            log::debug!("cannot note the build of {module}: {e}");
-        }
-    }
-
-    pub fn forget_build(&self, module: &ModuleName) {
-        if let Some(b) = self.open().ok().and_then(|d| d.existing_subdir("builds")) {
-            b.remove(&format!("{module}.pgid"));
-        }
-    }
-
-    /// Kill what is left of the builds of a killed run (their process
-    /// groups). Called with the lock held, when no build of ours runs. Only
-    /// a group whose leader provably is our build (same boot, same start
-    /// time) is killed, and never under `--root`: there the notes come from
-    /// another system's files and their pids mean nothing on this one.
-    fn kill_leftover_builds(&self) {
-        let Some(builds) = self.open().ok().and_then(|d| d.existing_subdir("builds")) else {
-            return;
-        };
-        for name in builds.names() {
-            let note: Option<BuildNote> = builds
-                .read(&name, 4096)
-                .ok()
-                .flatten()
-                .and_then(|t| serde_json::from_slice(&t).ok());
-            builds.remove(&name);
-            let Some(note) = note else { continue };
-            if !self.root.is_host_root() {
-                log::debug!("not stopping process group {} under --root", note.pgid);
-                continue;
-            }
-            if !note.still_running() {
-                continue;
-            }
-            if let Some(pid) = rustix::process::Pid::from_raw(note.pgid) {
-                if rustix::process::kill_process_group(pid, rustix::process::Signal::KILL).is_ok() {
-                    log::warn!(
-                        "stopped the leftover build of a killed run (process group {})",
-                        note.pgid
-                    );
-                }
-            }
-        }
-    }
-
     /// Forget a removed kernel: its queue entries, failures and backups.
     /// Call with the lock held. Only real directories are entered: a link
     /// under `backups/` is removed, never followed.
     pub fn forget_kernel(&self, kernel: &KernelRelease) -> Result<(), Error> {
         let mut q = self.queue()?;
-        q.pending.retain(|p| &p.kernel != kernel);
+        q.pending.retain(|p| &p.id.kernel != kernel);
         self.save_queue(&q)?;
         let mut f = self.failures()?;
-        f.failed.retain(|p| &p.kernel != kernel);
+        f.failed.retain(|p| &p.id.kernel != kernel);
         self.save_failures(&f)?;
         let Some(backups) = self.open()?.existing_subdir("backups") else {
             return Ok(());
@@ -692,125 +551,23 @@ impl State {
     }
 }
 
-/// Where to read dpkg.log from, given the saved cursor.
-#[derive(Debug, PartialEq, Eq)]
-pub enum LogSpan {
-    /// First run ever: start at the end.
-    StartAtEnd,
-    /// Read these (host path, offset) pieces in order.
-    Files(Vec<(PathBuf, u64)>),
-}
-
-fn identity(p: &Path) -> Option<(u64, u64, u64)> {
-    let m = fs::metadata(p).ok()?;
-    Some((m.dev(), m.ino(), m.len()))
-}
-
-pub fn fingerprint(p: &Path, offset: u64) -> Option<u64> {
-    // Not `File::open`: a FIFO in dpkg.log's place would block the hook.
-    let mut f = crate::root::open_regular(p).ok()?;
-    let start = offset.saturating_sub(FINGERPRINT_LEN);
-    f.seek(io::SeekFrom::Start(start)).ok()?;
-    let mut buf = vec![0; usize::try_from(offset - start).ok()?];
-    f.read_exact(&mut buf).ok()?;
-    Some(fnv1a(&buf))
-}
-
-/// A cursor at the current end of `log`.
-pub fn cursor_at_end(log: &Path) -> Option<Cursor> {
-    let (device, inode, len) = identity(log)?;
-    Some(Cursor {
-        version: STATE_VERSION,
-        device,
-        inode,
-        offset: len,
-        fingerprint: fingerprint(log, len)?,
-    })
-}
-
-/// Decide what to read. `log` is the host path of dpkg.log; its rotated
-/// predecessor is `log.1`.
-pub fn log_span(cursor: Option<&Cursor>, log: &Path) -> LogSpan {
-    let Some(c) = cursor else {
-        return LogSpan::StartAtEnd;
-    };
-    let same = |p: &Path| {
-        identity(p).is_some_and(|(d, i, len)| {
-            d == c.device
-                && i == c.inode
-                && len >= c.offset
-                && fingerprint(p, c.offset) == Some(c.fingerprint)
-        })
-    };
-    if same(log) {
-        return LogSpan::Files(vec![(log.to_path_buf(), c.offset)]);
-    }
-    let rotated = PathBuf::from(format!("{}.1", log.display()));
-    if same(&rotated) {
-        // logrotate moved our file aside: finish it, then the new one.
-        return LogSpan::Files(vec![(rotated, c.offset), (log.to_path_buf(), 0)]);
-    }
-    // Replaced or truncated beyond recognition: read the whole current log.
-    LogSpan::Files(vec![(log.to_path_buf(), 0)])
-}
-
-crate::name::keyed!(QueuedPair, Failure, Finding);
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
+    use std::fs;
 
-    #[test]
-    fn cursor_follows_rotation() {
-        let t = tempfile::tempdir().unwrap();
-        let log = t.path().join("dpkg.log");
-        fs::write(&log, "a\nb\n").unwrap();
-        assert_eq!(log_span(None, &log), LogSpan::StartAtEnd);
-        let c = cursor_at_end(&log).unwrap();
-        assert_eq!(
-            log_span(Some(&c), &log),
-            LogSpan::Files(vec![(log.clone(), 4)])
-        );
-        fs::OpenOptions::new()
-            .append(true)
-            .open(&log)
-            .unwrap()
-            .write_all(b"c\n")
-            .unwrap();
-        assert_eq!(
-            log_span(Some(&c), &log),
-            LogSpan::Files(vec![(log.clone(), 4)])
-        );
-        let rotated = t.path().join("dpkg.log.1");
-        fs::rename(&log, &rotated).unwrap();
-        fs::write(&log, "d\n").unwrap();
-        assert_eq!(
-            log_span(Some(&c), &log),
-            LogSpan::Files(vec![(rotated, 4), (log.clone(), 0)])
-        );
-    }
-
-    #[test]
-    fn a_rewritten_log_is_read_whole() {
-        let t = tempfile::tempdir().unwrap();
-        let log = t.path().join("dpkg.log");
-        fs::write(&log, "aaaa\n").unwrap();
-        let c = cursor_at_end(&log).unwrap();
-        let mut f = fs::OpenOptions::new().write(true).open(&log).unwrap();
-        f.write_all(b"bbbb\n").unwrap(); // same inode, same length, other bytes
-        assert_eq!(
-            log_span(Some(&c), &log),
-            LogSpan::Files(vec![(log.clone(), 0)])
-        );
+    fn id(m: &str, k: &str) -> PairId {
+        PairId {
+            module: crate::name::ModuleName::new(m).unwrap(),
+            version: crate::name::ModuleVersion::new("1").unwrap(),
+            kernel: KernelRelease::new(k).unwrap(),
+            arch: crate::name::DkmsArch::new("x86_64").unwrap(),
+        }
     }
 
     fn pair(m: &str) -> QueuedPair {
         QueuedPair {
-            module: ModuleName::new(m).unwrap(),
-            version: ModuleVersion::new("1").unwrap(),
-            kernel: KernelRelease::new("k").unwrap(),
-            arch: DkmsArch::new("x86_64").unwrap(),
+            id: id(m, "k"),
             because: vec![],
             stale_since: 5,
         }
@@ -884,9 +641,7 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let s = State::new(&Root::new(t.path()));
         let good = Finding {
-            module: ModuleName::new("m").unwrap(),
-            version: ModuleVersion::new("1").unwrap(),
-            kernel: KernelRelease::new("6.1.0-50-amd64").unwrap(),
+            id: id("m", "6.1.0-50-amd64"),
             problem: Problem::Broken,
             time: 5,
         };
@@ -941,6 +696,66 @@ mod tests {
         assert_eq!(s.queue().unwrap().pending, vec![pair("m")]);
     }
 
+    /// The files as written before the pair had one type: the same four
+    /// fields at the top of each entry, read back as they were.
+    #[test]
+    fn state_files_of_the_flat_format_still_load() {
+        let t = tempfile::tempdir().unwrap();
+        let s = State::new(&Root::new(t.path()));
+        fs::create_dir_all(s.dir()).unwrap();
+        fs::write(
+            s.dir().join("queue.json"),
+            r#"{"version":1,"pending":[{"module":"m","version":"1","kernel":"k","arch":"x86_64","because":[],"stale_since":5}]}"#,
+        )
+        .unwrap();
+        assert_eq!(s.queue().unwrap().pending, vec![pair("m")]);
+        fs::write(
+            s.dir().join("failures.json"),
+            r#"{"version":1,"failed":[{"module":"m","version":"1","kernel":"k","arch":"x86_64","because":[],"make_log":"/l","exit_status":10,"time":7}]}"#,
+        )
+        .unwrap();
+        let f = s.failures().unwrap().failed;
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].id, id("m", "k"));
+        assert_eq!(
+            (f[0].exit_status, f[0].time, f[0].restored),
+            (Some(10), 7, true)
+        );
+        // Written back, the same flat shape.
+        s.save_failures(&Failures {
+            version: 1,
+            failed: f,
+        })
+        .unwrap();
+        let v: serde_json::Value =
+            serde_json::from_slice(&fs::read(s.dir().join("failures.json")).unwrap()).unwrap();
+        assert_eq!(v["failed"][0]["module"], "m");
+        assert_eq!(v["failed"][0]["arch"], "x86_64");
+        assert!(v["failed"][0].get("id").is_none());
+    }
+
+    /// Findings written before they carried the architecture are dropped
+    /// (the next full check writes them again); the others stay.
+    #[test]
+    fn findings_without_arch_are_dropped() {
+        let t = tempfile::tempdir().unwrap();
+        let s = State::new(&Root::new(t.path()));
+        fs::create_dir_all(s.dir()).unwrap();
+        fs::write(
+            s.dir().join("findings.json"),
+            r#"{"version":1,"found":[{"module":"old","version":"1","kernel":"k","problem":"broken","time":5},{"module":"m","version":"1","kernel":"k","arch":"x86_64","problem":"unsigned","time":6}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            s.findings(),
+            vec![Finding {
+                id: id("m", "k"),
+                problem: Problem::Unsigned,
+                time: 6,
+            }]
+        );
+    }
+
     #[test]
     fn planted_symlinks_are_not_followed() {
         let t = tempfile::tempdir().unwrap();
@@ -978,22 +793,5 @@ mod tests {
         let _next = s.lock().unwrap();
         assert!(s.queue().unwrap().pending.is_empty());
         assert!(!s.dir().join("forget/k").exists());
-    }
-
-    #[test]
-    fn a_forged_build_note_names_no_process_of_ours() {
-        let me = std::process::id() as i32;
-        let real = BuildNote::of(me).unwrap();
-        assert!(real.still_running());
-        let recycled = BuildNote {
-            start: real.start + 1,
-            ..real.clone()
-        };
-        assert!(!recycled.still_running());
-        let other_boot = BuildNote {
-            boot_id: "0".into(),
-            ..real
-        };
-        assert!(!other_boot.still_running());
     }
 }

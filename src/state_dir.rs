@@ -52,6 +52,9 @@ fn is_link_or_wrong_type(e: rustix::io::Errno) -> bool {
 
 /// Where dkms-hook keeps its state, in-root.
 pub const STATE_DIR: &str = "/var/lib/dkms-hook";
+/// Bumped when a state file changes incompatibly; files of a newer version
+/// are left alone rather than misread.
+pub const STATE_VERSION: u32 = 1;
 
 /// The host path of `root`'s state directory, resolved inside the root
 /// (never a host path outside it: an error says why).

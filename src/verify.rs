@@ -27,7 +27,7 @@ use crate::dkms::{built_names, installed_files, Pair};
 use crate::inventory::Inventory;
 use crate::kernel::{KernelRelease, MODULES_DIR};
 use crate::model::{Assessment, PairState};
-use crate::name::{Keyed, PairKey};
+use crate::pair::PairId;
 use crate::root::{open_regular, Root, CAP_SMALL};
 use crate::state::{Failure, Finding, Problem};
 use crate::tools::{Tools, MODINFO};
@@ -220,12 +220,12 @@ pub fn assess(
             continue;
         };
         let files = installed
-            .entry(pair.kernel.clone())
-            .or_insert_with(|| installed_files(root, &pair.kernel, STATUS_DIRS));
+            .entry(pair.id.kernel.clone())
+            .or_insert_with(|| installed_files(root, &pair.id.kernel, STATUS_DIRS));
         let Some(mut check) = check_pair(root, pair, files, &mut cache) else {
             continue;
         };
-        if check.for_kernel(&r.kernel) == Some(false)
+        if check.for_kernel(&r.id.kernel) == Some(false)
             && matches!(r.state, PairState::Fresh | PairState::Stale)
         {
             r.state = PairState::Broken;
@@ -242,12 +242,12 @@ pub fn assess(
                 let host = root.host(&check.file);
                 check.signer = modinfo_field(root, modinfo, &host, "signer");
                 check.key_enrolled = fw.key_enrolled;
-                check.key_warning = key_warning(r.key(), Some(true), fw);
+                check.key_warning = key_warning(&r.id, Some(true), fw);
             }
             let cfg = *configs
-                .entry(r.kernel.clone())
-                .or_insert_with(|| sig_config(root, &r.kernel));
-            check.will_not_load = unsigned_warning(r.key(), Some(signed), cfg, fw);
+                .entry(r.id.kernel.clone())
+                .or_insert_with(|| sig_config(root, &r.id.kernel));
+            check.will_not_load = unsigned_warning(&r.id, Some(signed), cfg, fw);
         }
         r.check = Some(check);
     }
@@ -291,9 +291,7 @@ pub fn findings(rows: &[Assessment]) -> Vec<Finding> {
                 return None;
             };
             Some(Finding {
-                module: r.module.clone(),
-                version: r.version.clone(),
-                kernel: r.kernel.clone(),
+                id: r.id.clone(),
                 problem,
                 time: now,
             })
@@ -309,7 +307,7 @@ fn check_pair(
     installed: &[PathBuf],
     cache: &mut FactsCache,
 ) -> Option<Check> {
-    let dir = root.resolve(pair.dir()).ok()?;
+    let dir = root.resolve(pair.id.dkms_dir()).ok()?;
     let names = built_names(&dir);
     let file = installed
         .iter()
@@ -348,7 +346,7 @@ pub fn modinfo_field(root: &Root, modinfo: &OsStr, file: &Path, field: &str) -> 
 /// will not load after the reboot. `None` when it will, or when nothing can
 /// be told.
 pub fn unsigned_warning(
-    pair: PairKey<'_>,
+    pair: &PairId,
     signed: Option<bool>,
     cfg: Option<SigConfig>,
     fw: &Firmware,
@@ -364,10 +362,11 @@ pub fn unsigned_warning(
     } else {
         return None;
     };
-    let PairKey {
+    let PairId {
         module: m,
         version: v,
         kernel: k,
+        ..
     } = pair;
     Some(format!(
         "{m}/{v} for {k} is NOT SIGNED and {why}: it will not load after the reboot. Let dkms sign it (with openssl installed it signs with /var/lib/dkms/mok.key), enrol the key (mokutil --import {DKMS_MOK_PUB}, reboot, enrol in MokManager), then run: dkms build --force -m {m} -v {v} -k {k} && dkms install --force -m {m} -v {v} -k {k}"
@@ -376,11 +375,11 @@ pub fn unsigned_warning(
 
 /// The warning for a module signed with dkms's key while that key is not
 /// enrolled (or only queued for enrolment).
-pub fn key_warning(pair: PairKey<'_>, signed: Option<bool>, fw: &Firmware) -> Option<String> {
+pub fn key_warning(pair: &PairId, signed: Option<bool>, fw: &Firmware) -> Option<String> {
     if signed != Some(true) || fw.key_enrolled != Some(false) {
         return None;
     }
-    let what = format!("{}/{} for {}", pair.module, pair.version, pair.kernel);
+    let what = pair.to_string();
     Some(if fw.key_pending {
         format!("{what} is signed with dkms's key {DKMS_MOK_PUB}, which is waiting to be enrolled: confirm it in MokManager at the next boot")
     } else {
@@ -506,17 +505,16 @@ mod tests {
         assert_eq!(efi_secure_boot(&root), Some(false));
     }
 
-    fn key() -> PairKey<'static> {
-        use crate::name::{ModuleName, ModuleVersion};
+    fn key() -> &'static PairId {
+        use crate::name::{DkmsArch, ModuleName, ModuleVersion};
         use std::sync::LazyLock;
-        static M: LazyLock<ModuleName> = LazyLock::new(|| ModuleName::new("m").unwrap());
-        static V: LazyLock<ModuleVersion> = LazyLock::new(|| ModuleVersion::new("1").unwrap());
-        static K: LazyLock<KernelRelease> = LazyLock::new(|| KernelRelease::new("k").unwrap());
-        PairKey {
-            module: &M,
-            version: &V,
-            kernel: &K,
-        }
+        static ID: LazyLock<PairId> = LazyLock::new(|| PairId {
+            module: ModuleName::new("m").unwrap(),
+            version: ModuleVersion::new("1").unwrap(),
+            kernel: KernelRelease::new("k").unwrap(),
+            arch: DkmsArch::new("x86_64").unwrap(),
+        });
+        &ID
     }
 
     #[test]

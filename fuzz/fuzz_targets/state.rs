@@ -1,5 +1,6 @@
 #![no_main]
-//! State files (cursor.json, queue.json, failures.json): serde directly, and
+//! State files (cursor.json, queue.json, failures.json, findings.json):
+//! serde directly, and
 //! the program's own reading path through `State` in one reused temp root.
 //! The first byte picks the file; the rest is its content.
 use dkms_hook::root::Root;
@@ -23,7 +24,7 @@ fn state() -> &'static (PathBuf, State) {
 fuzz_target!(|input: &[u8]| {
     let Some((&sel, data)) = input.split_first() else { return };
     let (dir, st) = state();
-    match sel % 3 {
+    match sel % 4 {
         0 => {
             std::fs::write(dir.join("cursor.json"), data).unwrap();
             if let Ok(Some(c)) = st.cursor() {
@@ -38,22 +39,34 @@ fuzz_target!(|input: &[u8]| {
             if let Ok(q) = st.queue() {
                 for p in &q.pending {
                     assert!(p.stale_since <= MAX_TIME);
-                    assert!(!p.module.as_str().contains('/') && !p.module.as_str().starts_with('-'));
+                    assert!(!p.id.module.as_str().contains('/') && !p.id.module.as_str().starts_with('-'));
                 }
                 st.save_queue(&q).unwrap();
                 assert_eq!(st.queue().unwrap(), q);
             }
         }
-        _ => {
+        2 => {
             std::fs::write(dir.join("failures.json"), data).unwrap();
             if let Ok(f) = st.failures() {
                 for x in &f.failed {
                     assert!(x.time <= MAX_TIME);
-                    assert!(!x.kernel.as_str().contains('/'));
+                    assert!(!x.id.kernel.as_str().contains('/'));
                 }
                 st.save_failures(&f).unwrap();
                 assert_eq!(st.failures().unwrap(), f);
             }
+        }
+        _ => {
+            std::fs::write(dir.join("findings.json"), data).unwrap();
+            // Entries without arch (older files) are dropped, the rest
+            // checked like the queue's; saved, they read back the same.
+            let found = st.findings();
+            for x in &found {
+                assert!(x.time <= MAX_TIME);
+                assert!(!x.id.module.as_str().contains('/'));
+            }
+            st.save_findings(&found).unwrap();
+            assert_eq!(st.findings(), found);
         }
     }
 });

@@ -42,9 +42,9 @@ fn catch_up(root: &Root, env: &Env, running_kernel: bool) -> i32 {
     let run = || -> anyhow::Result<()> {
         let cfg = load_config(root);
         let state = State::new(root);
-        let _lock = state.lock()?;
+        let _lock = crate::rebuild::builds::lock(&state)?;
         let p = intake::queue_from_dpkg_log(root, &state, &cfg)?;
-        warn_once(root, &p.warnings);
+        warn_once(root, &p.warning_lines());
         if running_kernel {
             intake::queue_stale(&state, &Inventory::running_kernel_only(root)?, &cfg)?;
         }
@@ -89,13 +89,13 @@ fn print_forecast(root: &Root, cfg: &Config, p: &Plan, json: bool) {
     let notices = report::forecast_notices(p, cfg.preflight);
     if json {
         out_json(&report::json::plan(p));
-        warned::note_said(root, &[notices, p.warnings.clone()].concat());
+        warned::note_said(root, &[notices, p.warning_lines()].concat());
         return;
     }
     for l in warned::unsaid(root, &notices) {
         out(&l);
     }
-    for w in warned::unsaid(root, &p.warnings) {
+    for w in warned::unsaid(root, &p.warning_lines()) {
         out(&format!("{PREFIX} warning: {w}"));
     }
 }
@@ -199,12 +199,16 @@ pub(super) fn kernel_hook(root: &Root, env: &Env, phase: Phase, kernel: &str) ->
     };
     crate::report::log_line(state.root(), &format!("kernel-hook {phase_name} {k}"));
     if phase == Phase::Prerm {
-        said(state.forget_removed_kernel(&k, PRERM_LOCK_WAIT));
+        said(crate::rebuild::builds::forget_removed_kernel(
+            &state,
+            &k,
+            PRERM_LOCK_WAIT,
+        ));
         return 0;
     }
     let Some(inv) = said(Inventory::full(root)) else {
         return 0;
     };
-    warn_once(root, &plan::kernel_warnings(&inv, &k));
+    warn_once(root, &plan::warning_lines(&plan::kernel_warnings(&inv, &k)));
     0
 }

@@ -10,11 +10,12 @@ use crate::change::Change;
 use crate::config::{Config, PreflightMode, CONFIG_FILE};
 use crate::inventory::Inventory;
 use crate::name::PackageName;
+use crate::pair::PairId;
 use crate::plan::{self, Plan};
 use crate::preflight::{self, Deb, Tested};
 use crate::report::{causes, PREFIX};
 use crate::root::Root;
-use crate::state::{QueuedPair, State};
+use crate::state::State;
 
 /// Exit statuses of the command.
 const EXIT_ALL_BUILD: i32 = 0;
@@ -48,7 +49,7 @@ pub fn command(root: &Root, env: &Env, a: &PreflightArgs) -> i32 {
         let planned = preflight::plan_for(root, &debs, &cfg)?;
         log::debug!("preflight: {:.2} s: planned", t0.elapsed().as_secs_f64());
         let quiet = a.json || a.only_failures;
-        let started = |q: &QueuedPair, n: usize, total: usize| {
+        let started = |q: &PairId, n: usize, total: usize| {
             if !quiet {
                 err(&format!(
                     "{PREFIX} preflight: building {}/{} for {} ({n} of {total})…",
@@ -76,7 +77,7 @@ pub fn command(root: &Root, env: &Env, a: &PreflightArgs) -> i32 {
             seconds: 0.0,
             make_log: None,
         }));
-        Ok((tested, planned.plan.warnings))
+        Ok((tested, planned.plan.warning_lines()))
     })();
     let (tested, warnings) = match r {
         Ok(t) => t,
@@ -157,13 +158,13 @@ fn line(t: &Tested) -> String {
     match (t.ok, t.skipped) {
         (Some(true), _) => format!(
             "{PREFIX} preflight: {}/{} for {} builds against {against} ({:.1} s)",
-            p.module, p.version, p.kernel, t.seconds
+            p.id.module, p.id.version, p.id.kernel, t.seconds
         ),
         (Some(false), _) => format!(
             "{PREFIX} preflight: FAILED {}/{} for {} against {against}: {}{}",
-            p.module,
-            p.version,
-            p.kernel,
+            p.id.module,
+            p.id.version,
+            p.id.kernel,
             t.reason.as_deref().unwrap_or("failed"),
             t.make_log
                 .as_ref()
@@ -172,9 +173,9 @@ fn line(t: &Tested) -> String {
         ),
         (None, why) => format!(
             "{PREFIX} preflight: skipped {}/{} for {}: {}",
-            p.module,
-            p.version,
-            p.kernel,
+            p.id.module,
+            p.id.version,
+            p.id.kernel,
             match why {
                 Some("excluded") => "BUILD_EXCLUSIVE excludes this kernel",
                 Some("new-kernel") => t.reason.as_deref().unwrap_or("a new kernel"),
@@ -214,9 +215,9 @@ fn json<'a>(tested: &'a [Tested], warnings: &'a [String]) -> PreflightJson<'a> {
         results: tested
             .iter()
             .map(|t| ResultJson {
-                module: t.rebuild.pair.module.as_str(),
-                version: t.rebuild.pair.version.as_str(),
-                kernel: t.rebuild.pair.kernel.as_str(),
+                module: t.rebuild.pair.id.module.as_str(),
+                version: t.rebuild.pair.id.version.as_str(),
+                kernel: t.rebuild.pair.id.kernel.as_str(),
                 ok: t.ok,
                 skipped: t.skipped,
                 seconds: t.seconds,

@@ -37,7 +37,7 @@ use rustix::mount::{MountFlags, MountPropagationFlags};
 use serde::{Deserialize, Serialize};
 
 use crate::file_tree;
-use crate::name::{DkmsArch, KernelRelease, ModuleName, ModuleVersion};
+use crate::pair::PairId;
 use crate::Error;
 
 /// The hidden command the sandbox runs as.
@@ -77,14 +77,6 @@ pub struct Overlay {
     pub mode: u32,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct JobPair {
-    pub module: ModuleName,
-    pub version: ModuleVersion,
-    pub kernel: KernelRelease,
-    pub arch: DkmsArch,
-}
-
 /// What the sandbox is asked to do (written to its stdin).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Job {
@@ -98,7 +90,7 @@ pub struct Job {
     pub overlays: Vec<Overlay>,
     /// The packages, unpacked onto a tmpfs at `run/x/N`.
     pub debs: Vec<PathBuf>,
-    pub pairs: Vec<JobPair>,
+    pub pairs: Vec<PairId>,
     pub timeout_secs: u64,
     pub jobs: usize,
 }
@@ -558,9 +550,9 @@ fn build_one(job: &Job, i: usize) -> Event {
     let args: Vec<&OsStr> = words.iter().map(OsStr::new).collect();
     let ended = run_dkms(job, &args, log);
     let tree = file_tree::open_dir(&job.dkms_tree).ok();
-    let module = tree.as_ref().and_then(|t| {
-        file_tree::open_beneath(t, &Path::new(p.module.as_str()).join(p.version.as_str()))
-    });
+    let module = tree
+        .as_ref()
+        .and_then(|t| file_tree::open_beneath(t, &p.module_version_rel()));
     // make.log is in the build directory the next kernel's build reuses.
     if let (Some(m), Some(l)) = (&module, &logs) {
         if let Some(b) = file_tree::open_beneath(m, Path::new("build")) {
@@ -577,9 +569,9 @@ fn build_one(job: &Job, i: usize) -> Event {
     });
     let mut kept = false;
     if ended == Ended::Exit(0) && !new_key {
-        let built = module.as_ref().and_then(|m| {
-            file_tree::open_beneath(m, &Path::new(p.kernel.as_str()).join(p.arch.as_str()))
-        });
+        let built = module
+            .as_ref()
+            .and_then(|m| file_tree::open_beneath(m, &p.kernel_arch_rel()));
         let dest = run
             .as_ref()
             .and_then(|r| file_tree::open_beneath(r, Path::new("kept")));

@@ -87,10 +87,10 @@ impl Executor<'_> {
         {
             within_cap(&f)?;
         }
-        self.state.remove_backup(p)?;
+        self.state.remove_backup(&p.id)?;
         let b = self
             .state
-            .backup(p, true)?
+            .backup(&p.id, true)?
             .ok_or_else(|| Error::Refused("backup directory missing".into()))?;
         self.copy(dir, &b.path().join("tree"))?;
         let saved_installed = b.path().join("installed");
@@ -139,11 +139,12 @@ impl Executor<'_> {
             .parent()
             .and_then(Path::parent)
             .and_then(Path::parent)
-            .map(|m| m.join(format!("kernel-{}-{}", p.kernel, p.arch)));
+            .zip(p.id.installed_link().file_name().map(ToOwned::to_owned))
+            .map(|(m, name)| m.join(name));
         if let Some(link) = link {
             if std::fs::symlink_metadata(&link).is_err() {
-                let target = format!("{}/{}/{}", p.version, p.kernel, p.arch);
-                std::os::unix::fs::symlink(target, &link).map_err(|e| Error::io(&link, e))?;
+                std::os::unix::fs::symlink(p.id.link_target(), &link)
+                    .map_err(|e| Error::io(&link, e))?;
             }
         }
         Ok(())

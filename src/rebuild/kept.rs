@@ -21,9 +21,10 @@ use serde::{Deserialize, Serialize};
 use crate::file_tree;
 use crate::inventory::Inventory;
 use crate::kernel::KernelRelease;
-use crate::name::{DkmsArch, ModuleName, ModuleVersion};
+use crate::name::{ModuleName, ModuleVersion};
+use crate::pair::PairId;
 use crate::root::Root;
-use crate::state::{QueuedPair, State};
+use crate::state::State;
 use crate::Error;
 
 /// What one built pair may hold (`/var/lib/dkms/M/V/K/ARCH`).
@@ -40,21 +41,14 @@ const MAX_SOURCE_FILES: usize = 200_000;
 /// What a kept build was built against.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Inputs {
-    pub module: ModuleName,
-    pub version: ModuleVersion,
-    pub kernel: KernelRelease,
-    pub arch: DkmsArch,
+    #[serde(flatten)]
+    pub id: PairId,
     /// `name[:arch] version` of every package feeding the kernel's build
     /// tree, sorted.
     pub packages: Vec<String>,
     /// Path, size, mtime and inode of every file under `/usr/src/M-V`.
     pub source: u64,
     pub time: u64,
-}
-
-/// The name of a pair's kept build.
-pub fn entry_name(m: &ModuleName, v: &ModuleVersion, k: &KernelRelease, a: &DkmsArch) -> String {
-    format!("{m}-{v}-{k}-{a}")
 }
 
 /// `name[:arch] version` lines of the packages feeding `k`, as installed,
@@ -138,12 +132,7 @@ pub fn source_fingerprint(root: &Root, m: &ModuleName, v: &ModuleVersion) -> u64
 /// Publish the build in `from` (the run directory's `kept/N`) for `inputs`.
 pub fn publish(state: &State, from: &Path, inputs: &Inputs) -> Result<(), Error> {
     let kept = state.open()?.subdir("preflight")?.subdir("kept")?;
-    let name = entry_name(
-        &inputs.module,
-        &inputs.version,
-        &inputs.kernel,
-        &inputs.arch,
-    );
+    let name = inputs.id.kept_name();
     let tmp = format!(".{name}.new");
     kept.remove_tree(&tmp)?;
     let entry = kept.subdir(&tmp)?;
@@ -186,13 +175,13 @@ impl Drop for Kept {
 }
 
 /// Whether `p` has a kept build (cheap: one lookup).
-pub fn exists(state: &State, p: &QueuedPair) -> bool {
+pub fn exists(state: &State, p: &PairId) -> bool {
     state
         .open()
         .ok()
         .and_then(|d| d.existing_subdir("preflight"))
         .and_then(|d| d.existing_subdir("kept"))
-        .is_some_and(|k| k.is_dir(&entry_name(&p.module, &p.version, &p.kernel, &p.arch)))
+        .is_some_and(|k| k.is_dir(&p.kept_name()))
 }
 
 /// `preflight/lock` when no preflight holds it: kept builds are read only
@@ -213,7 +202,7 @@ pub fn lock_if_free(state: &State) -> Option<std::fs::File> {
 /// exactly `now` (what [`Inputs`] the system gives today). The entry is
 /// removed in every case: it is used once or not at all. `Err` says why a
 /// kept build was not used.
-pub fn take(state: &State, p: &QueuedPair, now: &Inputs) -> Result<Option<Kept>, String> {
+pub fn take(state: &State, p: &PairId, now: &Inputs) -> Result<Option<Kept>, String> {
     let Some(kept) = state
         .open()
         .ok()
@@ -222,7 +211,7 @@ pub fn take(state: &State, p: &QueuedPair, now: &Inputs) -> Result<Option<Kept>,
     else {
         return Ok(None);
     };
-    let name = entry_name(&p.module, &p.version, &p.kernel, &p.arch);
+    let name = p.kept_name();
     let Some(entry) = kept.existing_subdir(&name) else {
         return Ok(None);
     };
@@ -236,9 +225,7 @@ pub fn take(state: &State, p: &QueuedPair, now: &Inputs) -> Result<Option<Kept>,
         if then.time > now.time || now.time - then.time > MAX_AGE_SECS {
             return Err("kept too long".to_string());
         }
-        if (&then.module, &then.version, &then.kernel, &then.arch)
-            != (&now.module, &now.version, &now.kernel, &now.arch)
-        {
+        if then.id != now.id {
             return Err("kept for another pair".into());
         }
         if then.packages != now.packages {

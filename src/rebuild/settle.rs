@@ -8,7 +8,6 @@ use std::sync::Mutex;
 
 use super::{in_parallel, poisoned, Executor, Outcome, PairResult, Ran, Settled};
 use crate::kernel::KernelRelease;
-use crate::name::Keyed;
 use crate::root::CAP_SMALL;
 use crate::state::QueuedPair;
 use crate::Error;
@@ -27,9 +26,9 @@ impl Executor<'_> {
             if !matches!(r.outcome, Outcome::Rebuilt { .. } | Outcome::AlreadyDone) {
                 continue;
             }
-            match kernels.iter_mut().find(|(k, _)| *k == &r.pair.kernel) {
+            match kernels.iter_mut().find(|(k, _)| *k == &r.pair.id.kernel) {
                 Some((_, pairs)) => pairs.push(&r.pair),
-                None => kernels.push((&r.pair.kernel, vec![&r.pair])),
+                None => kernels.push((&r.pair.id.kernel, vec![&r.pair])),
             }
         }
         in_parallel(self.config.jobs, kernels, |(kernel, pairs)| {
@@ -39,8 +38,7 @@ impl Executor<'_> {
                 return Ok(()); // they stay queued: the next run settles them
             }
             let mut q = queue.lock().map_err(poisoned)?;
-            q.pending
-                .retain(|x| !pairs.iter().any(|p| p.key() == x.key()));
+            q.pending.retain(|x| !pairs.iter().any(|p| p.id == x.id));
             self.state.save_queue(&q)
         })
     }
@@ -93,7 +91,7 @@ impl Executor<'_> {
     /// the kernel has an initramfs).
     fn in_initramfs(&self, p: &QueuedPair) -> bool {
         let root = self.state.root();
-        if !root.exists(format!("/boot/initrd.img-{}", p.kernel)) {
+        if !root.exists(format!("/boot/initrd.img-{}", p.id.kernel)) {
             return false;
         }
         let text = |path: String| {
@@ -101,14 +99,17 @@ impl Executor<'_> {
                 .map(|b| String::from_utf8_lossy(&b).into_owned())
                 .unwrap_or_default()
         };
-        let conf = text(format!("/usr/src/{}-{}/dkms.conf", p.module, p.version));
+        let conf = text(format!(
+            "/usr/src/{}-{}/dkms.conf",
+            p.id.module, p.id.version
+        ));
         let remake = conf.lines().any(|l| {
             let l = l.trim().replace(['"', '\''], "");
             l.eq_ignore_ascii_case("REMAKE_INITRD=yes")
         });
         let listed = text("/etc/initramfs-tools/modules".into())
             .lines()
-            .any(|l| l.split_whitespace().next() == Some(p.module.as_str()));
+            .any(|l| l.split_whitespace().next() == Some(p.id.module.as_str()));
         remake || listed
     }
 

@@ -9,7 +9,8 @@ use serde::Serialize;
 use super::{causes, result_line};
 use crate::change::Change;
 use crate::kernel::Role;
-use crate::name::{KernelRelease, Keyed, ModuleName, ModuleVersion, PairKey};
+use crate::name::{KernelRelease, ModuleName, ModuleVersion};
+use crate::pair::PairId;
 use crate::plan::{Assessment, Cause, PairState, Plan};
 use crate::rebuild::{Outcome, PairResult};
 use crate::state::{Failure, QueuedPair};
@@ -78,12 +79,12 @@ pub struct PairJson<'a> {
     kernel: &'a KernelRelease,
 }
 
-impl<'a> From<PairKey<'a>> for PairJson<'a> {
-    fn from(k: PairKey<'a>) -> Self {
+impl<'a> From<&'a PairId> for PairJson<'a> {
+    fn from(k: &'a PairId) -> Self {
         PairJson {
-            module: k.module,
-            version: k.version,
-            kernel: k.kernel,
+            module: &k.module,
+            version: &k.version,
+            kernel: &k.kernel,
         }
     }
 }
@@ -108,7 +109,7 @@ pub struct PlanJson<'a> {
     changes: Vec<ChangeJson<'a>>,
     rebuilds: Vec<RebuildJson<'a>>,
     skipped: Vec<SkipJson<'a>>,
-    warnings: &'a [String],
+    warnings: &'a [crate::plan::Warning],
 }
 
 pub fn plan(p: &Plan) -> PlanJson<'_> {
@@ -118,7 +119,7 @@ pub fn plan(p: &Plan) -> PlanJson<'_> {
             .rebuilds
             .iter()
             .map(|r| RebuildJson {
-                pair: r.pair.key().into(),
+                pair: (&r.pair.id).into(),
                 because: cause_list(&r.because),
             })
             .collect(),
@@ -126,7 +127,7 @@ pub fn plan(p: &Plan) -> PlanJson<'_> {
             .skipped
             .iter()
             .map(|s| SkipJson {
-                pair: s.pair.key().into(),
+                pair: (&s.pair.id).into(),
                 reason: s.reason.as_str(),
             })
             .collect(),
@@ -173,7 +174,7 @@ pub fn results<'a>(p: &'a Plan, results: &'a [PairResult]) -> ResultsJson<'a> {
                     ),
                 };
                 ResultJson {
-                    pair: r.pair.key().into(),
+                    pair: (&r.pair.id).into(),
                     outcome,
                     exit_status,
                     make_log,
@@ -250,7 +251,7 @@ pub fn status<'a>(
             .iter()
             .filter(|r| r.state == PairState::Stale)
             .map(|r| RebuildJson {
-                pair: r.key().into(),
+                pair: (&r.id).into(),
                 because: cause_list(&r.because),
             })
             .collect(),
@@ -258,7 +259,7 @@ pub fn status<'a>(
             .iter()
             .filter(|r| r.state != PairState::Stale)
             .map(|r| StatusSkipJson {
-                pair: r.key().into(),
+                pair: (&r.id).into(),
                 reason: r.state,
             })
             .collect(),
@@ -266,9 +267,9 @@ pub fn status<'a>(
         pairs: rows
             .iter()
             .map(|r| {
-                let f = failed.iter().find(|f| f.key() == r.key());
+                let f = failed.iter().find(|f| f.id == r.id);
                 StatusPairJson {
-                    pair: r.key().into(),
+                    pair: (&r.id).into(),
                     state: r.state,
                     why: &r.why,
                     make_log: f.map(|f| f.make_log.as_str()),
@@ -283,7 +284,7 @@ pub fn status<'a>(
         queued: queued
             .iter()
             .map(|q| QueuedJson {
-                pair: q.key().into(),
+                pair: (&q.id).into(),
                 because: causes(&q.because),
                 causes: cause_list(&q.because),
             })

@@ -259,7 +259,7 @@ mod tests {
         assert!(c.changed);
     }
 
-    /// Issue 22: rewritten in place (same inode and size) to name another
+    /// A module rewritten in place (same inode and size) to name another
     /// kernel, its mtime put back as `touch -d` does: the ctime tells.
     #[test]
     fn a_module_rewritten_with_its_mtime_put_back_is_read_again() {

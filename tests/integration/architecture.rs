@@ -9,7 +9,7 @@ use std::path::Path;
 const LAYERS: &[&[&str]] = &[
     &["root", "name", "tools", "file_tree"],
     &["state_dir", "dpkg"],
-    &["change"],
+    &["change", "pair"],
     &["dpkg_log", "kernel"],
     &["dkms", "config"],
     &["model", "dkms_conf"],
