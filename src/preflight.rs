@@ -70,20 +70,63 @@ pub struct Deb {
     pub files: Vec<PathBuf>,
 }
 
-/// Pairs of new kernels that cannot be test-built, each with why.
-pub type NotTested = Vec<(Rebuild, String)>;
+/// Pairs of new kernels that cannot be test-built: each skipped, with
+/// [`Skip::NewKernel`].
+pub type NotTested = Vec<Tested>;
 
-/// What one pair's test build showed.
-#[derive(Debug, Clone)]
+/// One pair's test build: which, how long, what it showed.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Tested {
     pub rebuild: Rebuild,
-    /// `Some(true)` built, `Some(false)` failed, `None` skipped.
-    pub ok: Option<bool>,
-    pub skipped: Option<&'static str>,
-    pub reason: Option<String>,
     pub seconds: f64,
-    /// In-root path of the kept make.log of a failed build.
-    pub make_log: Option<PathBuf>,
+    pub outcome: Outcome,
+}
+
+/// What a test build showed (rendered by `report::tested_line` and
+/// `report::json::preflight`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Built,
+    Failed {
+        reason: BuildFailure,
+        /// In-root path of the kept make.log.
+        make_log: Option<PathBuf>,
+    },
+    Skipped(Skip),
+}
+
+/// Why a test build failed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BuildFailure {
+    /// `dkms build` ended with this status.
+    Exit(i32),
+    /// It ran longer than `build_timeout` and was killed.
+    TimedOut,
+    /// It could not be started.
+    Spawn(String),
+}
+
+/// Why a pair was not test-built.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Skip {
+    /// dkms said BUILD_EXCLUSIVE excludes the kernel.
+    Excluded,
+    /// dkms found no headers for the kernel.
+    NoHeaders,
+    /// A kernel the upgrade installs new whose headers package depends on
+    /// these packages, neither given nor installed.
+    NewKernel { missing: Vec<PackageName> },
+}
+
+impl Skip {
+    /// The word of preflight's JSON `skipped` field.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Skip::Excluded => "excluded",
+            Skip::NoHeaders => "no-headers",
+            Skip::NewKernel { .. } => "new-kernel",
+        }
+    }
 }
 
 /// What preflight is to do for a set of packages.
@@ -192,31 +235,15 @@ fn new_kernels(
                 }
                 p.rebuilds.push(r);
             } else {
-                let names: Vec<String> = missing.iter().map(ToString::to_string).collect();
-                skipped.push((
-                    r,
-                    format!(
-                        "new kernel {k}: its headers need {}, neither given nor installed",
-                        names.join(", ")
-                    ),
-                ));
+                skipped.push(Tested {
+                    rebuild: r,
+                    seconds: 0.0,
+                    outcome: Outcome::Skipped(Skip::NewKernel {
+                        missing: missing.iter().map(|n| (*n).clone()).collect(),
+                    }),
+                });
             }
         }
     }
     Ok((skipped, new))
-}
-
-/// `linux-kbuild-6.1 6.1.192-3` for the line "builds against …".
-pub fn against(because: &[Cause]) -> String {
-    because
-        .iter()
-        .map(|c| {
-            format!(
-                "{} {}",
-                c.package,
-                c.new.as_ref().map_or_else(String::new, ToString::to_string)
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
 }

@@ -12,7 +12,7 @@ use crate::inventory::Inventory;
 use crate::name::PackageName;
 use crate::plan::{self, Plan};
 use crate::preflight::{self, Deb, Tested};
-use crate::report::{causes, PREFIX};
+use crate::report::{self, causes, PREFIX};
 use crate::root::Root;
 use crate::state::{QueuedPair, State};
 
@@ -68,14 +68,7 @@ pub fn command(root: &Root, env: &Env, a: &PreflightArgs) -> i32 {
             &started,
         )?;
         log::debug!("preflight: {:.2} s: tested", t0.elapsed().as_secs_f64());
-        tested.extend(planned.not_tested.into_iter().map(|(rebuild, why)| Tested {
-            rebuild,
-            ok: None,
-            skipped: Some("new-kernel"),
-            reason: Some(why),
-            seconds: 0.0,
-            make_log: None,
-        }));
+        tested.extend(planned.not_tested);
         Ok((tested, planned.plan.warnings))
     })();
     let (tested, warnings) = match r {
@@ -86,11 +79,11 @@ pub fn command(root: &Root, env: &Env, a: &PreflightArgs) -> i32 {
         }
     };
     if a.json {
-        out_json(&json(&tested, &warnings));
+        out_json(&report::json::preflight(&tested, &warnings));
     } else {
         for t in &tested {
-            if t.ok != Some(true) || !a.only_failures {
-                err(&line(t));
+            if t.outcome != preflight::Outcome::Built || !a.only_failures {
+                err(&report::tested_line(t));
             }
         }
         if tested.is_empty() && !a.only_failures {
@@ -99,7 +92,10 @@ pub fn command(root: &Root, env: &Env, a: &PreflightArgs) -> i32 {
             ));
         }
     }
-    if tested.iter().any(|t| t.ok == Some(false)) {
+    if tested
+        .iter()
+        .any(|t| matches!(t.outcome, preflight::Outcome::Failed { .. }))
+    {
         EXIT_ONE_FAILS
     } else {
         EXIT_ALL_BUILD
@@ -149,92 +145,6 @@ fn download_upgrade(
         )?)?);
     }
     Ok(debs)
-}
-
-fn line(t: &Tested) -> String {
-    let p = &t.rebuild.pair;
-    let against = preflight::against(&t.rebuild.because);
-    match (t.ok, t.skipped) {
-        (Some(true), _) => format!(
-            "{PREFIX} preflight: {}/{} for {} builds against {against} ({:.1} s)",
-            p.module, p.version, p.kernel, t.seconds
-        ),
-        (Some(false), _) => format!(
-            "{PREFIX} preflight: FAILED {}/{} for {} against {against}: {}{}",
-            p.module,
-            p.version,
-            p.kernel,
-            t.reason.as_deref().unwrap_or("failed"),
-            t.make_log
-                .as_ref()
-                .map(|m| format!("; see {}", m.display()))
-                .unwrap_or_default()
-        ),
-        (None, why) => format!(
-            "{PREFIX} preflight: skipped {}/{} for {}: {}",
-            p.module,
-            p.version,
-            p.kernel,
-            match why {
-                Some("excluded") => "BUILD_EXCLUSIVE excludes this kernel",
-                Some("new-kernel") => t.reason.as_deref().unwrap_or("a new kernel"),
-                _ => "no headers for this kernel",
-            }
-        ),
-    }
-}
-
-#[derive(serde::Serialize)]
-struct ResultJson<'a> {
-    module: &'a str,
-    version: &'a str,
-    kernel: &'a str,
-    ok: Option<bool>,
-    skipped: Option<&'static str>,
-    seconds: f64,
-    make_log: Option<String>,
-    against: Vec<AgainstJson>,
-}
-
-#[derive(serde::Serialize)]
-struct AgainstJson {
-    package: String,
-    old: Option<String>,
-    new: Option<String>,
-}
-
-#[derive(serde::Serialize)]
-struct PreflightJson<'a> {
-    results: Vec<ResultJson<'a>>,
-    warnings: &'a [String],
-}
-
-fn json<'a>(tested: &'a [Tested], warnings: &'a [String]) -> PreflightJson<'a> {
-    PreflightJson {
-        results: tested
-            .iter()
-            .map(|t| ResultJson {
-                module: t.rebuild.pair.module.as_str(),
-                version: t.rebuild.pair.version.as_str(),
-                kernel: t.rebuild.pair.kernel.as_str(),
-                ok: t.ok,
-                skipped: t.skipped,
-                seconds: t.seconds,
-                make_log: t.make_log.as_ref().map(|m| m.display().to_string()),
-                against: t
-                    .rebuild
-                    .because
-                    .iter()
-                    .map(|c| AgainstJson {
-                        package: c.package.to_string(),
-                        old: c.old.as_ref().map(ToString::to_string),
-                        new: c.new.as_ref().map(ToString::to_string),
-                    })
-                    .collect(),
-            })
-            .collect(),
-        warnings,
-    }
 }
 
 /// Inside Pre-Install-Pkgs: when the transaction changes an installed

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{overlay, sandbox, Deb, Session, Tested};
+use super::{overlay, sandbox, BuildFailure, Deb, Outcome, Session, Skip, Tested};
 use crate::config::Config;
 use crate::dkms::DKMS_TREE;
 use crate::inventory::Inventory;
@@ -120,7 +120,7 @@ pub fn run(
         None
     };
     for (i, mut t, kept) in tested {
-        if let (true, Some(full)) = (kept && t.ok == Some(true), &full) {
+        if let (true, Some(full)) = (kept && t.outcome == Outcome::Built, &full) {
             if let Err(e) = keep(session, state, debs, full, new, &t.rebuild, i) {
                 log::debug!(
                     "preflight's build of {} not kept: {e}",
@@ -130,13 +130,14 @@ pub fn run(
         }
         let q = queued(&t.rebuild);
         session.keep_log(&sandbox::run_log(i), &State::run_log(&q));
-        if t.ok == Some(false) && session.keep_log(&sandbox::make_log(i), &State::kept_make_log(&q))
-        {
-            t.make_log = Some(
-                Path::new(STATE_DIR)
-                    .join("preflight")
-                    .join(State::kept_make_log(&q)),
-            );
+        if let Outcome::Failed { make_log, .. } = &mut t.outcome {
+            if session.keep_log(&sandbox::make_log(i), &State::kept_make_log(&q)) {
+                *make_log = Some(
+                    Path::new(STATE_DIR)
+                        .join("preflight")
+                        .join(State::kept_make_log(&q)),
+                );
+            }
         }
         out.push(t);
     }
@@ -230,36 +231,20 @@ fn queued(r: &Rebuild) -> QueuedPair {
 }
 
 fn tested_of(r: &Rebuild, ended: sandbox::Ended, seconds: f64) -> Tested {
-    let mut t = Tested {
-        rebuild: r.clone(),
-        ok: Some(true),
-        skipped: None,
-        reason: None,
-        seconds,
+    let failed = |reason| Outcome::Failed {
+        reason,
         make_log: None,
     };
-    match ended {
-        sandbox::Ended::Exit(0) => {}
-        sandbox::Ended::Exit(EXIT_BUILD_EXCLUSIVE) => {
-            t.ok = None;
-            t.skipped = Some("excluded");
-        }
-        sandbox::Ended::Exit(EXIT_NO_HEADERS) => {
-            t.ok = None;
-            t.skipped = Some("no-headers");
-        }
-        sandbox::Ended::Exit(s) => {
-            t.ok = Some(false);
-            t.reason = Some(format!("dkms build exited {s}"));
-        }
-        sandbox::Ended::TimedOut => {
-            t.ok = Some(false);
-            t.reason = Some("dkms build took longer than build_timeout and was killed".into());
-        }
-        sandbox::Ended::SpawnFailed(e) => {
-            t.ok = Some(false);
-            t.reason = Some(e);
-        }
+    Tested {
+        rebuild: r.clone(),
+        seconds,
+        outcome: match ended {
+            sandbox::Ended::Exit(0) => Outcome::Built,
+            sandbox::Ended::Exit(EXIT_BUILD_EXCLUSIVE) => Outcome::Skipped(Skip::Excluded),
+            sandbox::Ended::Exit(EXIT_NO_HEADERS) => Outcome::Skipped(Skip::NoHeaders),
+            sandbox::Ended::Exit(s) => failed(BuildFailure::Exit(s)),
+            sandbox::Ended::TimedOut => failed(BuildFailure::TimedOut),
+            sandbox::Ended::SpawnFailed(e) => failed(BuildFailure::Spawn(e)),
+        },
     }
-    t
 }
