@@ -10,7 +10,7 @@ use clap::Parser;
 
 pub mod args;
 mod hooks;
-mod preflight;
+mod preflight_command;
 
 use args::{exit_code, BadInput, EXIT_FAILED, EXIT_USAGE, HOOK_COMMANDS};
 pub use args::{Cli, Command, Env, Phase, ReplayArgs, StatusArgs};
@@ -214,7 +214,7 @@ fn run(args: &[OsString], hook: bool) -> i32 {
         Command::Status(a) => status(&root, &env, a),
         Command::Sync(a) => sync(&root, &env, a.json),
         Command::Retry(a) => retry(&root, &env, a.json),
-        Command::Preflight(a) => Ok(preflight::command(&root, &env, a)),
+        Command::Preflight(a) => Ok(preflight_command::command(&root, &env, a)),
         Command::PreflightSandbox => Ok(crate::preflight::sandbox::main()),
         Command::AptJsonHook(a) => Ok(hooks::apt_json_hook(&root, &env, a.json)),
         Command::PreInstallPkgs(a) => Ok(hooks::pre_install_pkgs(&root, &env, a.json)),

@@ -1,5 +1,6 @@
-//! `dkms-hook preflight` and preflight inside apt's Pre-Install-Pkgs: the
-//! glue between the command line and [`crate::preflight`].
+//! The front end of the `preflight` command (and of preflight inside apt's
+//! Pre-Install-Pkgs): arguments in, lines and exit statuses out. The test
+//! builds themselves are the library's [`crate::preflight`].
 
 use std::ffi::OsString;
 
