@@ -1,13 +1,21 @@
-//! The documents generated from the clap definitions (handed in by `cli`):
-//! the man page dkms-hook(8) and the shell completion scripts (`make
-//! install` writes both).
+//! The documents generated from the clap definitions and `status`'s exit
+//! statuses (both handed in by `cli`, which is above this module) and from
+//! the model's states: the man page dkms-hook(8) and the shell completion
+//! scripts (`make install` writes both).
 
 use std::io::Write;
 
-/// dkms-hook(8): clap_mangen's sections for the program, and one entry per
+use crate::model::PairState;
+
+/// dkms-hook(8): clap_mangen's sections for the program, one entry per
 /// command in a COMMANDS section (clap_mangen would point to one page per
-/// command, which we do not ship).
-pub fn render(cmd: clap::Command, out: &mut dyn Write) -> std::io::Result<()> {
+/// command, which we do not ship), and a STATUS section with every state
+/// and `status_exits` (exit status, when).
+pub fn render(
+    cmd: clap::Command,
+    status_exits: &[(i32, &str)],
+    out: &mut dyn Write,
+) -> std::io::Result<()> {
     let esc = |t: &str| {
         t.replace('\\', "\\e")
             .replace('-', "\\-")
@@ -53,6 +61,7 @@ pub fn render(cmd: clap::Command, out: &mut dyn Write) -> std::io::Result<()> {
             writeln!(out, ".RS\n.TP\n.B {}\n{}\n.RE", esc(&name), esc(&help))?;
         }
     }
+    status_section(out, status_exits, &esc)?;
     writeln!(out, ".SH CONFIGURATION")?;
     writeln!(
         out,
@@ -87,6 +96,54 @@ pub fn render(cmd: clap::Command, out: &mut dyn Write) -> std::io::Result<()> {
     }
     writeln!(out, ".SH SEE ALSO\ndkms(8), apt.conf(5), dpkg.cfg(5)")?;
     man.render_version_section(out)
+}
+
+/// What each state of `status` means (a new state does not compile until
+/// it is told here).
+fn meaning(s: PairState) -> &'static str {
+    match s {
+        PairState::Fresh => "built after every change to the kernel's input packages.",
+        PairState::Stale => "an input package of the kernel was unpacked after the module was built (dpkg rewrites a package's file list when it unpacks it); dkms-hook sync rebuilds it.",
+        PairState::Failed => "the last rebuild failed; the row names the kept make.log, and dkms-hook retry rebuilds it once the cause is fixed.",
+        PairState::Missing => "the module is installed for other kernels but not for this one.",
+        PairState::NoHeaders => "the kernel's headers (or its config) are gone.",
+        PairState::Excluded => "dkms would not build the module for this kernel: its dkms.conf, evaluated as the installed dkms evaluates it, excludes it (BUILD_EXCLUSIVE_*, OBSOLETE_BY).",
+        PairState::Undecided => "not built, and whether dkms would build it cannot be told: under --root, a dkms.conf that is more than plain assignments, or one whose evaluation failed.",
+        PairState::Broken => "the installed module's vermagic names another kernel: it will not load.",
+    }
+}
+
+/// STATUS: every state of `status` ([`PairState::ALL`]) and its exit
+/// statuses.
+fn status_section(
+    out: &mut dyn Write,
+    status_exits: &[(i32, &str)],
+    esc: &dyn Fn(&str) -> String,
+) -> std::io::Result<()> {
+    writeln!(out, ".SH STATUS")?;
+    writeln!(
+        out,
+        "{}",
+        esc("dkms-hook status shows one row per installed kernel × dkms module, in one of these states:")
+    )?;
+    for s in PairState::ALL {
+        let attention = if s.needs_attention() {
+            " Needs attention."
+        } else {
+            ""
+        };
+        writeln!(
+            out,
+            ".TP\n.B {}\n{}{attention}",
+            esc(s.name()),
+            esc(meaning(s))
+        )?;
+    }
+    writeln!(out, ".PP\nExit status of \\fBstatus\\fR:")?;
+    for (code, when) in status_exits {
+        writeln!(out, ".TP\n.B {code}\n{}", esc(when))?;
+    }
+    Ok(())
 }
 
 /// The completion script for `shell`. clap_complete's bash script names
@@ -134,6 +191,7 @@ mod tests {
         let mut page = Vec::new();
         super::render(
             <crate::cli::Cli as clap::CommandFactory>::command(),
+            crate::cli::args::STATUS_EXITS,
             &mut page,
         )
         .unwrap();
@@ -170,6 +228,40 @@ mod tests {
         }
         assert!(page.contains("\\fB\\-\\-root\\fR \\fIDIR\\fR"));
         assert!(page.contains("builds/"));
+    }
+
+    /// Every state of `status` has its entry in STATUS (the page is made
+    /// from `PairState::ALL`, which a test of the model holds complete),
+    /// and so has each of `status`'s exit statuses.
+    #[test]
+    fn man_page_lists_every_status_state_and_exit_status() {
+        let mut page = Vec::new();
+        super::render(
+            <crate::cli::Cli as clap::CommandFactory>::command(),
+            crate::cli::args::STATUS_EXITS,
+            &mut page,
+        )
+        .unwrap();
+        let page = String::from_utf8(page).unwrap();
+        let status = page
+            .split(".SH STATUS\n")
+            .nth(1)
+            .and_then(|s| s.split("\n.SH ").next())
+            .expect("a STATUS section");
+        for s in crate::model::PairState::ALL {
+            let entry = format!(".TP\n.B {}\n", s.name().replace('-', "\\-"));
+            assert!(status.contains(&entry), "{} missing", s.name());
+        }
+        for code in [0, 1, 2] {
+            assert!(
+                status.contains(&format!(".TP\n.B {code}\n")),
+                "exit status {code} missing"
+            );
+        }
+        assert_eq!(
+            crate::cli::args::STATUS_EXITS[1].0,
+            crate::cli::args::EXIT_ATTENTION
+        );
     }
 
     /// The bash script is mended by two string rewrites; this pins what

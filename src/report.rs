@@ -263,10 +263,7 @@ pub fn status_lines(
         .max()
         .unwrap_or(0);
     for r in rows {
-        let state = serde_json::to_value(r.state)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default();
+        let state = r.state.name();
         let mut line = format!(
             "{:w$}  {:kw$}  {state:10}",
             format!("{}/{}", r.module, r.version),
