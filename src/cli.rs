@@ -246,8 +246,14 @@ fn run(args: &[OsString], hook: bool) -> i32 {
     }
 }
 
-fn ignore_closed_output(_: std::io::Error) -> anyhow::Result<i32> {
-    Ok(0)
+/// A reader that stopped early (`| head`) is no error; anything else is,
+/// such as a completion script that would not work.
+fn ignore_closed_output(e: std::io::Error) -> anyhow::Result<i32> {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        Ok(0)
+    } else {
+        Err(e.into())
+    }
 }
 
 /// The configuration; each bad line is reported once and ignored.

@@ -146,10 +146,16 @@ fn status_section(
     Ok(())
 }
 
-/// The completion script for `shell`. clap_complete's bash script names
-/// its case labels `dkms__subcmd__hook__…` where it sets `dkms__hook__…`
-/// (a binary name with a dash), so no subcommand option would complete;
-/// and it offers hidden commands. Both are mended here.
+/// The completion script for `shell`.
+///
+/// For bash, two things are mended. clap_complete names the states of its
+/// dispatch loop after the function (`dkms__hook__subcmd__replay`) but
+/// builds its case arms from each subcommand's bin name with every `-`
+/// escaped as `__subcmd__` (`dkms__subcmd__hook__subcmd__replay`), so no
+/// subcommand option would complete (clap-rs/clap#6421): the subcommands'
+/// bin names are set spelled like the function, and both agree. And it
+/// offers hidden commands: they are taken out of its `opts` lines. The
+/// result is checked ([`bash_dead_states`]) before it is written.
 pub fn completions(
     mut cmd: clap::Command,
     shell: clap_complete::Shell,
@@ -160,14 +166,19 @@ pub fn completions(
         .filter(|c| c.is_hide_set())
         .map(|c| c.get_name().to_string())
         .collect();
+    if shell == clap_complete::Shell::Bash {
+        // Built first, so that clap's `help` subcommand is there too.
+        cmd.build();
+        cmd = bash_bin_names(cmd, &BIN.replace('-', "__"));
+    }
     let mut script = Vec::new();
-    clap_complete::generate(shell, &mut cmd, "dkms-hook", &mut script);
+    clap_complete::generate(shell, &mut cmd, BIN, &mut script);
     let script = String::from_utf8_lossy(&script);
     if shell != clap_complete::Shell::Bash {
         return out.write_all(script.as_bytes());
     }
+    let mut mended = String::new();
     for line in script.lines() {
-        let line = line.replace("dkms__subcmd__hook", "dkms__hook");
         let line = match line.split_once("opts=\"") {
             Some((indent, rest)) => {
                 let words = rest.trim_end_matches('"');
@@ -177,11 +188,58 @@ pub fn completions(
                     .collect();
                 format!("{indent}opts=\"{}\"", kept.join(" "))
             }
-            None => line,
+            None => line.to_string(),
         };
-        writeln!(out, "{line}")?;
+        mended.push_str(&line);
+        mended.push('\n');
     }
-    Ok(())
+    let dead = bash_dead_states(&mended);
+    if !dead.is_empty() {
+        return Err(std::io::Error::other(format!(
+            "clap_complete's bash script no longer matches what dkms-hook mends: no case arm for {}",
+            dead.join(", ")
+        )));
+    }
+    out.write_all(mended.as_bytes())
+}
+
+/// `cmd` with each subcommand's bin name, all the way down, spelled from
+/// `bin` as clap_complete spells its bash function (`dkms__hook replay`).
+fn bash_bin_names(mut cmd: clap::Command, bin: &str) -> clap::Command {
+    let names: Vec<String> = cmd
+        .get_subcommands()
+        .map(|c| c.get_name().to_string())
+        .collect();
+    for n in names {
+        let sub_bin = format!("{bin} {n}");
+        cmd = cmd.mut_subcommand(&n, |c| bash_bin_names(c.bin_name(&sub_bin), &sub_bin));
+    }
+    cmd
+}
+
+/// The program's name, as completions know it.
+const BIN: &str = "dkms-hook";
+
+/// The states a clap_complete bash script's dispatch loop can set
+/// (`cmd="…"`) that no arm of its second `case` handles: completing after
+/// such a subcommand would offer nothing. Empty when the script is sound.
+fn bash_dead_states(script: &str) -> Vec<String> {
+    let top = BIN.replace('-', "__");
+    let states: std::collections::BTreeSet<&str> = script
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("cmd=\"")?.strip_suffix('"'))
+        .filter(|s| !s.is_empty())
+        .collect();
+    let arms: std::collections::BTreeSet<&str> = script
+        .lines()
+        .filter_map(|l| l.trim().strip_suffix(')'))
+        .filter(|a| a.starts_with(&top) && !a.contains([' ', '"', '$']))
+        .collect();
+    let mut dead: Vec<String> = states.difference(&arms).map(|s| s.to_string()).collect();
+    if states.is_empty() || !arms.contains(top.as_str()) {
+        dead.push(format!("{top} (no dispatch loop or top-level arm found)"));
+    }
+    dead
 }
 
 #[cfg(test)]
@@ -264,9 +322,10 @@ mod tests {
         );
     }
 
-    /// The bash script is mended by two string rewrites; this pins what
-    /// they rely on, so that a clap_complete that changes its output (or
-    /// fixes the name mismatch) fails here rather than in a user's shell.
+    /// The bash script is mended twice (subcommand bin names, hidden
+    /// commands out of `opts`); this pins what both rely on, so that a
+    /// clap_complete that changes its output (or fixes the name mismatch)
+    /// fails here rather than in a user's shell.
     #[test]
     fn the_bash_completion_mends_still_apply() {
         use clap::CommandFactory;
@@ -276,7 +335,7 @@ mod tests {
         let raw = String::from_utf8(raw).unwrap();
         assert!(
             raw.contains("dkms__subcmd__hook"),
-            "clap_complete no longer writes dkms__subcmd__hook: drop the rewrite"
+            "clap_complete no longer writes dkms__subcmd__hook: the bin names set in completions() can go"
         );
         assert!(raw
             .lines()
@@ -299,5 +358,63 @@ mod tests {
                 "{hidden} offered"
             );
         }
+    }
+
+    /// The mended bash script has an arm for every state its loop can
+    /// reach, and the checker that `completions` runs would see the
+    /// mismatch in clap_complete's own script.
+    #[test]
+    fn the_bash_completion_reaches_every_subcommand() {
+        use clap::CommandFactory;
+        let mut ours = Vec::new();
+        super::completions(
+            crate::cli::Cli::command(),
+            clap_complete::Shell::Bash,
+            &mut ours,
+        )
+        .unwrap();
+        let ours = String::from_utf8(ours).unwrap();
+        assert_eq!(super::bash_dead_states(&ours), Vec::<String>::new());
+        for sub in [
+            "replay",
+            "status",
+            "post__subcmd__invoke",
+            "help__subcmd__sync",
+        ] {
+            let state = format!("dkms__hook__subcmd__{sub}");
+            assert!(ours.contains(&format!("cmd=\"{state}\"")), "{state}");
+            assert!(ours.contains(&format!("\n        {state})\n")), "{state}");
+        }
+        // The top-level arm offers the commands, and so the hidden ones
+        // were taken out of a line that is there.
+        let top = ours
+            .split("\n        dkms__hook)\n")
+            .nth(1)
+            .and_then(|a| a.lines().find(|l| l.contains("opts=\"")))
+            .expect("the top-level arm's opts");
+        assert!(
+            top.contains(" replay ") && top.contains(" status "),
+            "{top}"
+        );
+        for hidden in ["man", "completions", "init", "preflight-sandbox"] {
+            assert!(!top.split(['"', ' ']).any(|w| w == hidden), "{hidden}");
+        }
+
+        let mut raw = Vec::new();
+        clap_complete::generate(
+            clap_complete::Shell::Bash,
+            &mut crate::cli::Cli::command(),
+            "dkms-hook",
+            &mut raw,
+        );
+        let dead = super::bash_dead_states(&String::from_utf8(raw).unwrap());
+        assert!(
+            dead.contains(&"dkms__hook__subcmd__replay".to_string()),
+            "{dead:?}"
+        );
+        assert_eq!(
+            super::bash_dead_states("no script"),
+            ["dkms__hook (no dispatch loop or top-level arm found)"]
+        );
     }
 }
