@@ -10,15 +10,15 @@ use clap::Parser;
 
 pub mod args;
 mod hooks;
-mod preflight;
+mod preflight_command;
 
-use args::{exit_code, BadInput, EXIT_FAILED, EXIT_USAGE, HOOK_COMMANDS};
+use args::{exit_code, BadInput, EXIT_ATTENTION, EXIT_FAILED, EXIT_USAGE, HOOK_COMMANDS};
 pub use args::{Cli, Command, Env, Phase, ReplayArgs, StatusArgs};
 
 use crate::apt::warned;
 use crate::config::Config;
 use crate::inventory::Inventory;
-use crate::plan::{PairState, Plan};
+use crate::plan::Plan;
 use crate::rebuild::{Executor, Outcome, PairResult, Settled};
 use crate::report::{self, printable, PREFIX};
 use crate::root::Root;
@@ -214,7 +214,7 @@ fn run(args: &[OsString], hook: bool) -> i32 {
         Command::Status(a) => status(&root, &env, a),
         Command::Sync(a) => sync(&root, &env, a.json),
         Command::Retry(a) => retry(&root, &env, a.json),
-        Command::Preflight(a) => Ok(preflight::command(&root, &env, a)),
+        Command::Preflight(a) => Ok(preflight_command::command(&root, &env, a)),
         Command::PreflightSandbox => Ok(crate::preflight::sandbox::main()),
         Command::AptJsonHook(a) => Ok(hooks::apt_json_hook(&root, &env, a.json)),
         Command::PreInstallPkgs(a) => Ok(hooks::pre_install_pkgs(&root, &env, a.json)),
@@ -224,6 +224,7 @@ fn run(args: &[OsString], hook: bool) -> i32 {
         Command::Init => init(&root),
         Command::Man => crate::man_page::render(
             <Cli as clap::CommandFactory>::command(),
+            args::STATUS_EXITS,
             &mut std::io::stdout().lock(),
         )
         .map(|()| 0)
@@ -245,8 +246,14 @@ fn run(args: &[OsString], hook: bool) -> i32 {
     }
 }
 
-fn ignore_closed_output(_: std::io::Error) -> anyhow::Result<i32> {
-    Ok(0)
+/// A reader that stopped early (`| head`) is no error; anything else is,
+/// such as a completion script that would not work.
+fn ignore_closed_output(e: std::io::Error) -> anyhow::Result<i32> {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        Ok(0)
+    } else {
+        Err(e.into())
+    }
 }
 
 /// The configuration; each bad line is reported once and ignored.
@@ -394,8 +401,7 @@ fn status(root: &Root, env: &Env, a: &StatusArgs) -> anyhow::Result<i32> {
     warnings.extend(verify::warnings(&rows));
     let attention = rows.iter().any(|r| match r.state {
         _ if r.check.as_ref().is_some_and(|c| c.will_not_load.is_some()) => true,
-        PairState::Fresh | PairState::Excluded | PairState::Undecided => false,
-        _ => true,
+        s => s.needs_attention(),
     });
     if a.json {
         out_json(&report::json::status(
@@ -409,7 +415,7 @@ fn status(root: &Root, env: &Env, a: &StatusArgs) -> anyhow::Result<i32> {
             out(&l);
         }
     }
-    Ok(i32::from(attention))
+    Ok(if attention { EXIT_ATTENTION } else { 0 })
 }
 
 fn sync(root: &Root, env: &Env, json: bool) -> anyhow::Result<i32> {

@@ -1,13 +1,21 @@
-//! The documents generated from the clap definitions (handed in by `cli`):
-//! the man page dkms-hook(8) and the shell completion scripts (`make
-//! install` writes both).
+//! The documents generated from the clap definitions and `status`'s exit
+//! statuses (both handed in by `cli`, which is above this module) and from
+//! the model's states: the man page dkms-hook(8) and the shell completion
+//! scripts (`make install` writes both).
 
 use std::io::Write;
 
-/// dkms-hook(8): clap_mangen's sections for the program, and one entry per
+use crate::model::PairState;
+
+/// dkms-hook(8): clap_mangen's sections for the program, one entry per
 /// command in a COMMANDS section (clap_mangen would point to one page per
-/// command, which we do not ship).
-pub fn render(cmd: clap::Command, out: &mut dyn Write) -> std::io::Result<()> {
+/// command, which we do not ship), and a STATUS section with every state
+/// and `status_exits` (exit status, when).
+pub fn render(
+    cmd: clap::Command,
+    status_exits: &[(i32, &str)],
+    out: &mut dyn Write,
+) -> std::io::Result<()> {
     let esc = |t: &str| {
         t.replace('\\', "\\e")
             .replace('-', "\\-")
@@ -53,6 +61,7 @@ pub fn render(cmd: clap::Command, out: &mut dyn Write) -> std::io::Result<()> {
             writeln!(out, ".RS\n.TP\n.B {}\n{}\n.RE", esc(&name), esc(&help))?;
         }
     }
+    status_section(out, status_exits, &esc)?;
     writeln!(out, ".SH CONFIGURATION")?;
     writeln!(
         out,
@@ -89,10 +98,64 @@ pub fn render(cmd: clap::Command, out: &mut dyn Write) -> std::io::Result<()> {
     man.render_version_section(out)
 }
 
-/// The completion script for `shell`. clap_complete's bash script names
-/// its case labels `dkms__subcmd__hook__…` where it sets `dkms__hook__…`
-/// (a binary name with a dash), so no subcommand option would complete;
-/// and it offers hidden commands. Both are mended here.
+/// What each state of `status` means (a new state does not compile until
+/// it is told here).
+fn meaning(s: PairState) -> &'static str {
+    match s {
+        PairState::Fresh => "built after every change to the kernel's input packages.",
+        PairState::Stale => "an input package of the kernel was unpacked after the module was built (dpkg rewrites a package's file list when it unpacks it); dkms-hook sync rebuilds it.",
+        PairState::Failed => "the last rebuild failed; the row names the kept make.log, and dkms-hook retry rebuilds it once the cause is fixed.",
+        PairState::Missing => "the module is installed for other kernels but not for this one.",
+        PairState::NoHeaders => "the kernel's headers (or its config) are gone.",
+        PairState::Excluded => "dkms would not build the module for this kernel: its dkms.conf, evaluated as the installed dkms evaluates it, excludes it (BUILD_EXCLUSIVE_*, OBSOLETE_BY).",
+        PairState::Undecided => "not built, and whether dkms would build it cannot be told: under --root, a dkms.conf that is more than plain assignments, or one whose evaluation failed.",
+        PairState::Broken => "the installed module's vermagic names another kernel: it will not load.",
+    }
+}
+
+/// STATUS: every state of `status` ([`PairState::ALL`]) and its exit
+/// statuses.
+fn status_section(
+    out: &mut dyn Write,
+    status_exits: &[(i32, &str)],
+    esc: &dyn Fn(&str) -> String,
+) -> std::io::Result<()> {
+    writeln!(out, ".SH STATUS")?;
+    writeln!(
+        out,
+        "{}",
+        esc("dkms-hook status shows one row per installed kernel × dkms module, in one of these states:")
+    )?;
+    for s in PairState::ALL {
+        let attention = if s.needs_attention() {
+            " Needs attention."
+        } else {
+            ""
+        };
+        writeln!(
+            out,
+            ".TP\n.B {}\n{}{attention}",
+            esc(s.name()),
+            esc(meaning(s))
+        )?;
+    }
+    writeln!(out, ".PP\nExit status of \\fBstatus\\fR:")?;
+    for (code, when) in status_exits {
+        writeln!(out, ".TP\n.B {code}\n{}", esc(when))?;
+    }
+    Ok(())
+}
+
+/// The completion script for `shell`.
+///
+/// For bash, two things are mended. clap_complete names the states of its
+/// dispatch loop after the function (`dkms__hook__subcmd__replay`) but
+/// builds its case arms from each subcommand's bin name with every `-`
+/// escaped as `__subcmd__` (`dkms__subcmd__hook__subcmd__replay`), so no
+/// subcommand option would complete (clap-rs/clap#6421): the subcommands'
+/// bin names are set spelled like the function, and both agree. And it
+/// offers hidden commands: they are taken out of its `opts` lines. The
+/// result is checked ([`bash_dead_states`]) before it is written.
 pub fn completions(
     mut cmd: clap::Command,
     shell: clap_complete::Shell,
@@ -103,14 +166,19 @@ pub fn completions(
         .filter(|c| c.is_hide_set())
         .map(|c| c.get_name().to_string())
         .collect();
+    if shell == clap_complete::Shell::Bash {
+        // Built first, so that clap's `help` subcommand is there too.
+        cmd.build();
+        cmd = bash_bin_names(cmd, &BIN.replace('-', "__"));
+    }
     let mut script = Vec::new();
-    clap_complete::generate(shell, &mut cmd, "dkms-hook", &mut script);
+    clap_complete::generate(shell, &mut cmd, BIN, &mut script);
     let script = String::from_utf8_lossy(&script);
     if shell != clap_complete::Shell::Bash {
         return out.write_all(script.as_bytes());
     }
+    let mut mended = String::new();
     for line in script.lines() {
-        let line = line.replace("dkms__subcmd__hook", "dkms__hook");
         let line = match line.split_once("opts=\"") {
             Some((indent, rest)) => {
                 let words = rest.trim_end_matches('"');
@@ -120,11 +188,58 @@ pub fn completions(
                     .collect();
                 format!("{indent}opts=\"{}\"", kept.join(" "))
             }
-            None => line,
+            None => line.to_string(),
         };
-        writeln!(out, "{line}")?;
+        mended.push_str(&line);
+        mended.push('\n');
     }
-    Ok(())
+    let dead = bash_dead_states(&mended);
+    if !dead.is_empty() {
+        return Err(std::io::Error::other(format!(
+            "clap_complete's bash script no longer matches what dkms-hook mends: no case arm for {}",
+            dead.join(", ")
+        )));
+    }
+    out.write_all(mended.as_bytes())
+}
+
+/// `cmd` with each subcommand's bin name, all the way down, spelled from
+/// `bin` as clap_complete spells its bash function (`dkms__hook replay`).
+fn bash_bin_names(mut cmd: clap::Command, bin: &str) -> clap::Command {
+    let names: Vec<String> = cmd
+        .get_subcommands()
+        .map(|c| c.get_name().to_string())
+        .collect();
+    for n in names {
+        let sub_bin = format!("{bin} {n}");
+        cmd = cmd.mut_subcommand(&n, |c| bash_bin_names(c.bin_name(&sub_bin), &sub_bin));
+    }
+    cmd
+}
+
+/// The program's name, as completions know it.
+const BIN: &str = "dkms-hook";
+
+/// The states a clap_complete bash script's dispatch loop can set
+/// (`cmd="…"`) that no arm of its second `case` handles: completing after
+/// such a subcommand would offer nothing. Empty when the script is sound.
+fn bash_dead_states(script: &str) -> Vec<String> {
+    let top = BIN.replace('-', "__");
+    let states: std::collections::BTreeSet<&str> = script
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("cmd=\"")?.strip_suffix('"'))
+        .filter(|s| !s.is_empty())
+        .collect();
+    let arms: std::collections::BTreeSet<&str> = script
+        .lines()
+        .filter_map(|l| l.trim().strip_suffix(')'))
+        .filter(|a| a.starts_with(&top) && !a.contains([' ', '"', '$']))
+        .collect();
+    let mut dead: Vec<String> = states.difference(&arms).map(|s| s.to_string()).collect();
+    if states.is_empty() || !arms.contains(top.as_str()) {
+        dead.push(format!("{top} (no dispatch loop or top-level arm found)"));
+    }
+    dead
 }
 
 #[cfg(test)]
@@ -134,6 +249,7 @@ mod tests {
         let mut page = Vec::new();
         super::render(
             <crate::cli::Cli as clap::CommandFactory>::command(),
+            crate::cli::args::STATUS_EXITS,
             &mut page,
         )
         .unwrap();
@@ -172,9 +288,44 @@ mod tests {
         assert!(page.contains("builds/"));
     }
 
-    /// The bash script is mended by two string rewrites; this pins what
-    /// they rely on, so that a clap_complete that changes its output (or
-    /// fixes the name mismatch) fails here rather than in a user's shell.
+    /// Every state of `status` has its entry in STATUS (the page is made
+    /// from `PairState::ALL`, which a test of the model holds complete),
+    /// and so has each of `status`'s exit statuses.
+    #[test]
+    fn man_page_lists_every_status_state_and_exit_status() {
+        let mut page = Vec::new();
+        super::render(
+            <crate::cli::Cli as clap::CommandFactory>::command(),
+            crate::cli::args::STATUS_EXITS,
+            &mut page,
+        )
+        .unwrap();
+        let page = String::from_utf8(page).unwrap();
+        let status = page
+            .split(".SH STATUS\n")
+            .nth(1)
+            .and_then(|s| s.split("\n.SH ").next())
+            .expect("a STATUS section");
+        for s in crate::model::PairState::ALL {
+            let entry = format!(".TP\n.B {}\n", s.name().replace('-', "\\-"));
+            assert!(status.contains(&entry), "{} missing", s.name());
+        }
+        for code in [0, 1, 2] {
+            assert!(
+                status.contains(&format!(".TP\n.B {code}\n")),
+                "exit status {code} missing"
+            );
+        }
+        assert_eq!(
+            crate::cli::args::STATUS_EXITS[1].0,
+            crate::cli::args::EXIT_ATTENTION
+        );
+    }
+
+    /// The bash script is mended twice (subcommand bin names, hidden
+    /// commands out of `opts`); this pins what both rely on, so that a
+    /// clap_complete that changes its output (or fixes the name mismatch)
+    /// fails here rather than in a user's shell.
     #[test]
     fn the_bash_completion_mends_still_apply() {
         use clap::CommandFactory;
@@ -184,7 +335,7 @@ mod tests {
         let raw = String::from_utf8(raw).unwrap();
         assert!(
             raw.contains("dkms__subcmd__hook"),
-            "clap_complete no longer writes dkms__subcmd__hook: drop the rewrite"
+            "clap_complete no longer writes dkms__subcmd__hook: the bin names set in completions() can go"
         );
         assert!(raw
             .lines()
@@ -207,5 +358,63 @@ mod tests {
                 "{hidden} offered"
             );
         }
+    }
+
+    /// The mended bash script has an arm for every state its loop can
+    /// reach, and the checker that `completions` runs would see the
+    /// mismatch in clap_complete's own script.
+    #[test]
+    fn the_bash_completion_reaches_every_subcommand() {
+        use clap::CommandFactory;
+        let mut ours = Vec::new();
+        super::completions(
+            crate::cli::Cli::command(),
+            clap_complete::Shell::Bash,
+            &mut ours,
+        )
+        .unwrap();
+        let ours = String::from_utf8(ours).unwrap();
+        assert_eq!(super::bash_dead_states(&ours), Vec::<String>::new());
+        for sub in [
+            "replay",
+            "status",
+            "post__subcmd__invoke",
+            "help__subcmd__sync",
+        ] {
+            let state = format!("dkms__hook__subcmd__{sub}");
+            assert!(ours.contains(&format!("cmd=\"{state}\"")), "{state}");
+            assert!(ours.contains(&format!("\n        {state})\n")), "{state}");
+        }
+        // The top-level arm offers the commands, and so the hidden ones
+        // were taken out of a line that is there.
+        let top = ours
+            .split("\n        dkms__hook)\n")
+            .nth(1)
+            .and_then(|a| a.lines().find(|l| l.contains("opts=\"")))
+            .expect("the top-level arm's opts");
+        assert!(
+            top.contains(" replay ") && top.contains(" status "),
+            "{top}"
+        );
+        for hidden in ["man", "completions", "init", "preflight-sandbox"] {
+            assert!(!top.split(['"', ' ']).any(|w| w == hidden), "{hidden}");
+        }
+
+        let mut raw = Vec::new();
+        clap_complete::generate(
+            clap_complete::Shell::Bash,
+            &mut crate::cli::Cli::command(),
+            "dkms-hook",
+            &mut raw,
+        );
+        let dead = super::bash_dead_states(&String::from_utf8(raw).unwrap());
+        assert!(
+            dead.contains(&"dkms__hook__subcmd__replay".to_string()),
+            "{dead:?}"
+        );
+        assert_eq!(
+            super::bash_dead_states("no script"),
+            ["dkms__hook (no dispatch loop or top-level arm found)"]
+        );
     }
 }

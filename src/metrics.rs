@@ -24,18 +24,6 @@ use crate::Error;
 pub const TEXTFILE_DIR: &str = "/var/lib/prometheus/node-exporter";
 pub const TEXTFILE: &str = "dkms_hook.prom";
 
-/// Every state a pair can be in, each exported (0 included).
-const STATES: &[PairState] = &[
-    PairState::Fresh,
-    PairState::Stale,
-    PairState::Failed,
-    PairState::Missing,
-    PairState::NoHeaders,
-    PairState::Excluded,
-    PairState::Undecided,
-    PairState::Broken,
-];
-
 /// Counters kept across runs (`counters.json` in the state directory).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counters {
@@ -79,15 +67,14 @@ fn label(v: &str) -> String {
 }
 
 fn state_name(s: PairState) -> String {
-    serde_json::to_value(s)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
+    s.name().to_string()
 }
 
 /// The textfile's content, in the Prometheus text exposition format.
 pub fn render(rows: &[Assessment], c: &Counters, running: Option<&KernelRelease>) -> String {
-    let mut by_state: BTreeMap<String, u64> = STATES.iter().map(|s| (state_name(*s), 0)).collect();
+    // Every state is exported, 0 included.
+    let mut by_state: BTreeMap<String, u64> =
+        PairState::ALL.iter().map(|s| (state_name(*s), 0)).collect();
     for r in rows {
         *by_state.entry(state_name(r.state)).or_default() += 1;
     }
@@ -119,10 +106,7 @@ pub fn render(rows: &[Assessment], c: &Counters, running: Option<&KernelRelease>
     }
     let ok = running.is_some_and(|k| {
         rows.iter().filter(|r| &r.id.kernel == k).all(|r| {
-            matches!(
-                r.state,
-                PairState::Fresh | PairState::Excluded | PairState::Undecided
-            ) && r.check.as_ref().is_none_or(|c| c.will_not_load.is_none())
+            !r.state.needs_attention() && r.check.as_ref().is_none_or(|c| c.will_not_load.is_none())
         })
     });
     for (name, kind, help, value) in [

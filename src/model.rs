@@ -27,8 +27,10 @@ pub struct Cause {
     pub unpacked: Option<SystemTime>,
 }
 
-/// What `status` says of one kernel × module.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// What `status` says of one kernel × module. A new state goes into
+/// [`PairState::ALL`] too (a test compares it with this list), and so into
+/// the man page and the textfile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum PairState {
     Fresh,
@@ -46,6 +48,47 @@ pub enum PairState {
     /// The installed module's vermagic names another kernel: it will not
     /// load (set by [`crate::verify::assess`]).
     Broken,
+}
+
+impl PairState {
+    /// Every state, in the order of the enum.
+    pub const ALL: [PairState; 8] = [
+        PairState::Fresh,
+        PairState::Stale,
+        PairState::Failed,
+        PairState::Missing,
+        PairState::NoHeaders,
+        PairState::Excluded,
+        PairState::Undecided,
+        PairState::Broken,
+    ];
+
+    /// The state's name in `status`, its JSON and the textfile.
+    pub fn name(self) -> &'static str {
+        match self {
+            PairState::Fresh => "fresh",
+            PairState::Stale => "stale",
+            PairState::Failed => "failed",
+            PairState::Missing => "missing",
+            PairState::NoHeaders => "no-headers",
+            PairState::Excluded => "excluded",
+            PairState::Undecided => "undecided",
+            PairState::Broken => "broken",
+        }
+    }
+
+    /// Whether a pair in this state needs the admin (`status` exits 1):
+    /// not when dkms is doing what it was told, or cannot be judged here.
+    pub fn needs_attention(self) -> bool {
+        match self {
+            PairState::Fresh | PairState::Excluded | PairState::Undecided => false,
+            PairState::Stale
+            | PairState::Failed
+            | PairState::Missing
+            | PairState::NoHeaders
+            | PairState::Broken => true,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -108,5 +151,32 @@ impl ModuleFacts {
     /// The kernel release the module was built for.
     pub fn release(&self) -> Option<&str> {
         self.vermagic.as_deref()?.split_whitespace().next()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `ALL` lists every state, in order, under the name serde gives it:
+    /// serde's derive knows every variant, and its error for an unknown
+    /// one names them all.
+    #[test]
+    fn all_is_every_state() {
+        let e = serde_json::from_str::<PairState>("\"?\"")
+            .unwrap_err()
+            .to_string();
+        let listed: Vec<String> = PairState::ALL
+            .iter()
+            .map(|s| format!("`{}`", s.name()))
+            .collect();
+        // serde_json adds where in the input it stopped.
+        assert_eq!(
+            e.split(" at line ").next().unwrap(),
+            format!("unknown variant `?`, expected one of {}", listed.join(", "))
+        );
+        for s in PairState::ALL {
+            assert_eq!(serde_json::to_value(s).unwrap(), s.name());
+        }
     }
 }

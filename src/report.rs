@@ -5,7 +5,9 @@
 
 use serde::Serialize;
 
+use crate::name::KernelRelease;
 use crate::plan::{Assessment, Cause, Plan};
+use crate::preflight::{self, Tested};
 use crate::rebuild::{Outcome, PairResult};
 use crate::state::{Failure, Finding, Problem, QueuedPair};
 
@@ -170,6 +172,78 @@ pub fn result_line(r: &PairResult) -> String {
     }
 }
 
+/// `linux-kbuild-6.1 6.1.192-3` for the line "builds against …".
+pub fn against(because: &[Cause]) -> String {
+    because
+        .iter()
+        .map(|c| {
+            format!(
+                "{} {}",
+                c.package,
+                c.new.as_ref().map_or_else(String::new, ToString::to_string)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Why a test build failed, in words.
+pub fn build_failure(f: &preflight::BuildFailure) -> String {
+    match f {
+        preflight::BuildFailure::Exit(s) => format!("dkms build exited {s}"),
+        preflight::BuildFailure::TimedOut => {
+            "dkms build took longer than build_timeout and was killed".into()
+        }
+        preflight::BuildFailure::Spawn(e) => e.clone(),
+    }
+}
+
+/// Why a pair was not test-built, in words.
+pub fn preflight_skip(s: &preflight::Skip, kernel: &KernelRelease) -> String {
+    match s {
+        preflight::Skip::Excluded => "BUILD_EXCLUSIVE excludes this kernel".into(),
+        preflight::Skip::NoHeaders => "no headers for this kernel".into(),
+        preflight::Skip::NewKernel { missing } => format!(
+            "new kernel {kernel}: its headers need {}, neither given nor installed",
+            missing
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+/// One line per test-built pair of `dkms-hook preflight`.
+pub fn tested_line(t: &Tested) -> String {
+    let p = &t.rebuild.pair;
+    let against = against(&t.rebuild.because);
+    match &t.outcome {
+        preflight::Outcome::Built => format!(
+            "{PREFIX} preflight: {}/{} for {} builds against {against} ({:.1} s)",
+            p.id.module, p.id.version, p.id.kernel, t.seconds
+        ),
+        preflight::Outcome::Failed { reason, make_log } => format!(
+            "{PREFIX} preflight: FAILED {}/{} for {} against {against}: {}{}",
+            p.id.module,
+            p.id.version,
+            p.id.kernel,
+            build_failure(reason),
+            make_log
+                .as_ref()
+                .map(|m| format!("; see {}", m.display()))
+                .unwrap_or_default()
+        ),
+        preflight::Outcome::Skipped(why) => format!(
+            "{PREFIX} preflight: skipped {}/{} for {}: {}",
+            p.id.module,
+            p.id.version,
+            p.id.kernel,
+            preflight_skip(why, &p.id.kernel)
+        ),
+    }
+}
+
 /// `status` for people: one aligned line per kernel × module.
 pub fn status_lines(
     rows: &[Assessment],
@@ -188,10 +262,7 @@ pub fn status_lines(
         .max()
         .unwrap_or(0);
     for r in rows {
-        let state = serde_json::to_value(r.state)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default();
+        let state = r.state.name();
         let mut line = format!(
             "{:w$}  {:kw$}  {state:10}",
             format!("{}/{}", r.id.module, r.id.version),
@@ -324,4 +395,87 @@ pub fn forecast_notices(p: &Plan, preflight: crate::config::PreflightMode) -> Ve
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::preflight::{BuildFailure, Outcome, Skip};
+
+    /// acpi-call/1.2.2 for 6.1.0-50-amd64, against linux-kbuild-6.1 6.1.201-1.
+    pub(super) fn tested(outcome: Outcome) -> Tested {
+        Tested {
+            rebuild: crate::plan::Rebuild {
+                pair: crate::dkms::Pair {
+                    id: crate::pair::PairId {
+                        module: crate::name::ModuleName::new("acpi-call").unwrap(),
+                        version: crate::name::ModuleVersion::new("1.2.2").unwrap(),
+                        kernel: KernelRelease::new("6.1.0-50-amd64").unwrap(),
+                        arch: crate::name::DkmsArch::new("x86_64").unwrap(),
+                    },
+                    installed: true,
+                    built: None,
+                },
+                because: vec![Cause {
+                    package: crate::name::PackageName::new("linux-kbuild-6.1").unwrap(),
+                    role: crate::kernel::Role::Kbuild,
+                    old: Some("6.1.176-1".parse().unwrap()),
+                    new: Some("6.1.201-1".parse().unwrap()),
+                    unpacked: None,
+                }],
+            },
+            seconds: 12.34,
+            outcome,
+        }
+    }
+
+    #[test]
+    fn a_test_build_in_one_line() {
+        let cases = [
+            (
+                Outcome::Built,
+                "dkms-hook: preflight: acpi-call/1.2.2 for 6.1.0-50-amd64 builds against linux-kbuild-6.1 6.1.201-1 (12.3 s)",
+            ),
+            (
+                Outcome::Failed {
+                    reason: BuildFailure::Exit(10),
+                    make_log: Some(PathBuf::from("/var/lib/dkms-hook/preflight/m.log")),
+                },
+                "dkms-hook: preflight: FAILED acpi-call/1.2.2 for 6.1.0-50-amd64 against linux-kbuild-6.1 6.1.201-1: dkms build exited 10; see /var/lib/dkms-hook/preflight/m.log",
+            ),
+            (
+                Outcome::Failed {
+                    reason: BuildFailure::TimedOut,
+                    make_log: None,
+                },
+                "dkms-hook: preflight: FAILED acpi-call/1.2.2 for 6.1.0-50-amd64 against linux-kbuild-6.1 6.1.201-1: dkms build took longer than build_timeout and was killed",
+            ),
+            (
+                Outcome::Failed {
+                    reason: BuildFailure::Spawn("dkms: not found".into()),
+                    make_log: None,
+                },
+                "dkms-hook: preflight: FAILED acpi-call/1.2.2 for 6.1.0-50-amd64 against linux-kbuild-6.1 6.1.201-1: dkms: not found",
+            ),
+            (
+                Outcome::Skipped(Skip::Excluded),
+                "dkms-hook: preflight: skipped acpi-call/1.2.2 for 6.1.0-50-amd64: BUILD_EXCLUSIVE excludes this kernel",
+            ),
+            (
+                Outcome::Skipped(Skip::NoHeaders),
+                "dkms-hook: preflight: skipped acpi-call/1.2.2 for 6.1.0-50-amd64: no headers for this kernel",
+            ),
+            (
+                Outcome::Skipped(Skip::NewKernel {
+                    missing: vec![crate::name::PackageName::new("linux-headers-6.1.0-50-common").unwrap(), crate::name::PackageName::new("gcc-12").unwrap()],
+                }),
+                "dkms-hook: preflight: skipped acpi-call/1.2.2 for 6.1.0-50-amd64: new kernel 6.1.0-50-amd64: its headers need linux-headers-6.1.0-50-common, gcc-12, neither given nor installed",
+            ),
+        ];
+        for (outcome, want) in cases {
+            assert_eq!(tested_line(&tested(outcome)), want);
+        }
+    }
 }

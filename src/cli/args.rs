@@ -9,11 +9,21 @@ use crate::tools::Tools;
 
 /// Exit status when a rebuild failed (replay, sync, retry).
 pub const EXIT_FAILED: i32 = 1;
+/// Exit status of `status` when something needs attention.
+pub const EXIT_ATTENTION: i32 = 1;
 /// Exit status of usage errors and unreadable input.
 pub const EXIT_USAGE: i32 = 2;
 /// Exit status when the work could not be done: the lock, the state
 /// directory or another file could not be used.
 pub const EXIT_TROUBLE: i32 = 3;
+/// `status`'s exit statuses and when each is chosen (the man page lists
+/// them).
+pub const STATUS_EXITS: &[(i32, &str)] = &[
+    (0, "all is well: every pair is fresh, excluded or undecided, and every installed module will load"),
+    (EXIT_ATTENTION, "something needs attention: a pair in a state that needs it, or a module that will not load after the reboot"),
+    (EXIT_USAGE, "the system could not be read, or a usage error"),
+];
+
 /// How long `kernel-hook prerm` waits for a running rebuild before it leaves
 /// its request to the next run.
 pub const PRERM_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(60);

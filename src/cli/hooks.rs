@@ -3,7 +3,7 @@
 //! `preflight = block`), and every error becomes one line.
 
 use super::args::{Env, Phase, PRERM_LOCK_WAIT};
-use super::{err, execute, load_config, out, out_json, preflight, warn, warn_once};
+use super::{err, execute, load_config, out, out_json, preflight_command, warn, warn_once};
 use crate::apt::{self, warned, AptChange};
 use crate::change::Change;
 use crate::config::Config;
@@ -177,7 +177,7 @@ pub(super) fn pre_install_pkgs(root: &Root, env: &Env, json: bool) -> i32 {
                 return 0;
             };
             print_forecast(root, &cfg, &p, json);
-            return preflight::in_apt(root, &cfg, &p, &stream);
+            return preflight_command::in_apt(root, &cfg, &p, &stream);
         }
         Err(e) => err(&format!("{PREFIX} Pre-Install-Pkgs: {e}")),
     }

@@ -6,12 +6,13 @@
 
 use serde::Serialize;
 
-use super::{causes, result_line};
+use super::{build_failure, causes, preflight_skip, result_line, tested_line};
 use crate::change::Change;
 use crate::kernel::Role;
 use crate::name::{KernelRelease, ModuleName, ModuleVersion};
 use crate::pair::PairId;
 use crate::plan::{Assessment, Cause, PairState, Plan};
+use crate::preflight::{self, Tested};
 use crate::rebuild::{Outcome, PairResult};
 use crate::state::{Failure, QueuedPair};
 use crate::verify::Check;
@@ -289,5 +290,145 @@ pub fn status<'a>(
                 causes: cause_list(&q.because),
             })
             .collect(),
+    }
+}
+
+/// One pair of `preflight --json`.
+#[derive(Serialize)]
+pub struct TestedJson<'a> {
+    #[serde(flatten)]
+    pair: PairJson<'a>,
+    /// `true` built, `false` failed, `null` skipped.
+    ok: Option<bool>,
+    /// Why it was skipped: `excluded`, `no-headers`, `new-kernel`.
+    skipped: Option<&'static str>,
+    /// Why it failed or was skipped, in words.
+    reason: Option<String>,
+    seconds: f64,
+    make_log: Option<String>,
+    against: Vec<CauseJson<'a>>,
+    line: String,
+}
+
+/// `preflight --json`: a result per pair and the plan's warnings.
+#[derive(Serialize)]
+pub struct PreflightJson<'a> {
+    results: Vec<TestedJson<'a>>,
+    warnings: &'a [String],
+}
+
+pub fn preflight<'a>(tested: &'a [Tested], warnings: &'a [String]) -> PreflightJson<'a> {
+    PreflightJson {
+        results: tested
+            .iter()
+            .map(|t| {
+                let (ok, skipped, reason, make_log) = match &t.outcome {
+                    preflight::Outcome::Built => (Some(true), None, None, None),
+                    preflight::Outcome::Failed { reason, make_log } => (
+                        Some(false),
+                        None,
+                        Some(build_failure(reason)),
+                        make_log.as_ref().map(|m| m.display().to_string()),
+                    ),
+                    preflight::Outcome::Skipped(s) => (
+                        None,
+                        Some(s.as_str()),
+                        Some(preflight_skip(s, &t.rebuild.pair.id.kernel)),
+                        None,
+                    ),
+                };
+                TestedJson {
+                    pair: (&t.rebuild.pair.id).into(),
+                    ok,
+                    skipped,
+                    reason,
+                    seconds: t.seconds,
+                    make_log,
+                    against: cause_list(&t.rebuild.because),
+                    line: tested_line(t),
+                }
+            })
+            .collect(),
+        warnings,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::preflight::{BuildFailure, Outcome, Skip};
+    use crate::report::tests::tested;
+
+    #[test]
+    fn preflight_results_as_json() {
+        let tested = [
+            tested(Outcome::Built),
+            tested(Outcome::Failed {
+                reason: BuildFailure::Exit(10),
+                make_log: Some(PathBuf::from("/var/lib/dkms-hook/preflight/m.log")),
+            }),
+            tested(Outcome::Skipped(Skip::Excluded)),
+            tested(Outcome::Skipped(Skip::NoHeaders)),
+            tested(Outcome::Skipped(Skip::NewKernel {
+                missing: vec![crate::name::PackageName::new("gcc-12").unwrap()],
+            })),
+        ];
+        let warnings = ["a warning".to_string()];
+        let v = serde_json::to_value(preflight(&tested, &warnings)).unwrap();
+        assert_eq!(v["warnings"], json!(["a warning"]));
+        let r = &v["results"];
+        assert_eq!(r[0]["module"], "acpi-call");
+        assert_eq!(r[0]["version"], "1.2.2");
+        assert_eq!(r[0]["kernel"], "6.1.0-50-amd64");
+        assert_eq!(r[0]["seconds"], 12.34);
+        assert_eq!(
+            r[0]["against"],
+            json!([{"package": "linux-kbuild-6.1", "role": "kbuild", "old": "6.1.176-1", "new": "6.1.201-1"}])
+        );
+        let fields = |i: usize| {
+            (
+                r[i]["ok"].clone(),
+                r[i]["skipped"].clone(),
+                r[i]["reason"].clone(),
+                r[i]["make_log"].clone(),
+            )
+        };
+        assert_eq!(
+            fields(0),
+            (json!(true), json!(null), json!(null), json!(null))
+        );
+        assert_eq!(
+            fields(1),
+            (
+                json!(false),
+                json!(null),
+                json!("dkms build exited 10"),
+                json!("/var/lib/dkms-hook/preflight/m.log")
+            )
+        );
+        assert_eq!(
+            fields(2),
+            (
+                json!(null),
+                json!("excluded"),
+                json!("BUILD_EXCLUSIVE excludes this kernel"),
+                json!(null)
+            )
+        );
+        assert_eq!(fields(3).1, json!("no-headers"));
+        assert_eq!(fields(4).1, json!("new-kernel"));
+        assert_eq!(
+            fields(4).2,
+            json!(
+                "new kernel 6.1.0-50-amd64: its headers need gcc-12, neither given nor installed"
+            )
+        );
+        for (i, t) in tested.iter().enumerate() {
+            assert_eq!(r[i]["line"], json!(crate::report::tested_line(t)));
+        }
     }
 }

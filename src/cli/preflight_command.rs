@@ -1,5 +1,6 @@
-//! `dkms-hook preflight` and preflight inside apt's Pre-Install-Pkgs: the
-//! glue between the command line and [`crate::preflight`].
+//! The front end of the `preflight` command (and of preflight inside apt's
+//! Pre-Install-Pkgs): arguments in, lines and exit statuses out. The test
+//! builds themselves are the library's [`crate::preflight`].
 
 use std::ffi::OsString;
 
@@ -13,7 +14,7 @@ use crate::name::PackageName;
 use crate::pair::PairId;
 use crate::plan::{self, Plan};
 use crate::preflight::{self, Deb, Tested};
-use crate::report::{causes, PREFIX};
+use crate::report::{self, causes, PREFIX};
 use crate::root::Root;
 use crate::state::State;
 
@@ -69,14 +70,7 @@ pub fn command(root: &Root, env: &Env, a: &PreflightArgs) -> i32 {
             &started,
         )?;
         log::debug!("preflight: {:.2} s: tested", t0.elapsed().as_secs_f64());
-        tested.extend(planned.not_tested.into_iter().map(|(rebuild, why)| Tested {
-            rebuild,
-            ok: None,
-            skipped: Some("new-kernel"),
-            reason: Some(why),
-            seconds: 0.0,
-            make_log: None,
-        }));
+        tested.extend(planned.not_tested);
         Ok((tested, planned.plan.warning_lines()))
     })();
     let (tested, warnings) = match r {
@@ -87,11 +81,11 @@ pub fn command(root: &Root, env: &Env, a: &PreflightArgs) -> i32 {
         }
     };
     if a.json {
-        out_json(&json(&tested, &warnings));
+        out_json(&report::json::preflight(&tested, &warnings));
     } else {
         for t in &tested {
-            if t.ok != Some(true) || !a.only_failures {
-                err(&line(t));
+            if t.outcome != preflight::Outcome::Built || !a.only_failures {
+                err(&report::tested_line(t));
             }
         }
         if tested.is_empty() && !a.only_failures {
@@ -100,7 +94,10 @@ pub fn command(root: &Root, env: &Env, a: &PreflightArgs) -> i32 {
             ));
         }
     }
-    if tested.iter().any(|t| t.ok == Some(false)) {
+    if tested
+        .iter()
+        .any(|t| matches!(t.outcome, preflight::Outcome::Failed { .. }))
+    {
         EXIT_ONE_FAILS
     } else {
         EXIT_ALL_BUILD
@@ -150,92 +147,6 @@ fn download_upgrade(
         )?)?);
     }
     Ok(debs)
-}
-
-fn line(t: &Tested) -> String {
-    let p = &t.rebuild.pair;
-    let against = preflight::against(&t.rebuild.because);
-    match (t.ok, t.skipped) {
-        (Some(true), _) => format!(
-            "{PREFIX} preflight: {}/{} for {} builds against {against} ({:.1} s)",
-            p.id.module, p.id.version, p.id.kernel, t.seconds
-        ),
-        (Some(false), _) => format!(
-            "{PREFIX} preflight: FAILED {}/{} for {} against {against}: {}{}",
-            p.id.module,
-            p.id.version,
-            p.id.kernel,
-            t.reason.as_deref().unwrap_or("failed"),
-            t.make_log
-                .as_ref()
-                .map(|m| format!("; see {}", m.display()))
-                .unwrap_or_default()
-        ),
-        (None, why) => format!(
-            "{PREFIX} preflight: skipped {}/{} for {}: {}",
-            p.id.module,
-            p.id.version,
-            p.id.kernel,
-            match why {
-                Some("excluded") => "BUILD_EXCLUSIVE excludes this kernel",
-                Some("new-kernel") => t.reason.as_deref().unwrap_or("a new kernel"),
-                _ => "no headers for this kernel",
-            }
-        ),
-    }
-}
-
-#[derive(serde::Serialize)]
-struct ResultJson<'a> {
-    module: &'a str,
-    version: &'a str,
-    kernel: &'a str,
-    ok: Option<bool>,
-    skipped: Option<&'static str>,
-    seconds: f64,
-    make_log: Option<String>,
-    against: Vec<AgainstJson>,
-}
-
-#[derive(serde::Serialize)]
-struct AgainstJson {
-    package: String,
-    old: Option<String>,
-    new: Option<String>,
-}
-
-#[derive(serde::Serialize)]
-struct PreflightJson<'a> {
-    results: Vec<ResultJson<'a>>,
-    warnings: &'a [String],
-}
-
-fn json<'a>(tested: &'a [Tested], warnings: &'a [String]) -> PreflightJson<'a> {
-    PreflightJson {
-        results: tested
-            .iter()
-            .map(|t| ResultJson {
-                module: t.rebuild.pair.id.module.as_str(),
-                version: t.rebuild.pair.id.version.as_str(),
-                kernel: t.rebuild.pair.id.kernel.as_str(),
-                ok: t.ok,
-                skipped: t.skipped,
-                seconds: t.seconds,
-                make_log: t.make_log.as_ref().map(|m| m.display().to_string()),
-                against: t
-                    .rebuild
-                    .because
-                    .iter()
-                    .map(|c| AgainstJson {
-                        package: c.package.to_string(),
-                        old: c.old.as_ref().map(ToString::to_string),
-                        new: c.new.as_ref().map(ToString::to_string),
-                    })
-                    .collect(),
-            })
-            .collect(),
-        warnings,
-    }
 }
 
 /// Inside Pre-Install-Pkgs: when the transaction changes an installed
