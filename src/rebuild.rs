@@ -46,6 +46,11 @@ const CAP_MAKE_LOG: u64 = 16 << 20;
 /// The marker written last into a backup: a backup without it was cut short
 /// and is not used for a restore (the working module was not touched yet).
 const COMPLETE: &str = "complete";
+/// The marker written before a restore begins: `cp -a` writes a file's
+/// bytes before its times, so a restore killed half-way leaves the old
+/// module with a fresh mtime, which `is_done` would take for a finished
+/// rebuild. A backup with this marker is restored again, never trusted.
+const RESTORING: &str = "restoring";
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {

@@ -7,8 +7,9 @@ use std::ffi::OsStr;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use super::{Executor, Ran, COMPLETE, CP};
+use super::{Executor, Ran, COMPLETE, CP, RESTORING};
 use crate::dkms::{built_names, walk};
+use crate::pair::PairId;
 use crate::root::open_regular;
 use crate::state::QueuedPair;
 use crate::verify::module_file::CAP_MODULE;
@@ -102,11 +103,24 @@ impl Executor<'_> {
         Ok(b.path().to_path_buf())
     }
 
+    /// Drop a pair's backup, its `complete` marker first: a run killed
+    /// while removing it leaves an incomplete backup, which is never
+    /// restored (the module it held is already back in place or replaced).
+    pub(super) fn discard_backup(&self, id: &PairId) -> Result<(), Error> {
+        if let Some(b) = self.state.backup(id, false)? {
+            b.remove(COMPLETE);
+        }
+        self.state.remove_backup(id)
+    }
+
     /// Put the backup back: the dkms directory (so `dkms status` says
     /// installed again) and every installed copy that changed or vanished.
     /// Every step's error is returned: a restore that did not happen is
     /// never reported as one.
     pub(super) fn restore(&self, backup: &Path, dir: &Path, p: &QueuedPair) -> Result<(), Error> {
+        if let Some(b) = self.state.backup(&p.id, false)? {
+            b.write_atomic(RESTORING, b"")?;
+        }
         let saved_tree = backup.join("tree");
         if saved_tree.is_dir() {
             remove_tree(dir)?;

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::{
     backup, kept, remove_dir_tree, Executor, Outcome, Ran, Stop, COMPLETE, EXIT_BUILD_EXCLUSIVE,
-    EXIT_NO_HEADERS,
+    EXIT_NO_HEADERS, RESTORING,
 };
 use crate::dkms::{built_names, built_time};
 use crate::state::{at_secs, QueuedPair};
@@ -69,7 +69,7 @@ impl Executor<'_> {
         let restore = || -> Result<(), Error> {
             if let Some(b) = &backup {
                 self.restore(b, &dir, p)?;
-                let _ = self.state.remove_backup(&p.id);
+                let _ = self.discard_backup(&p.id);
             }
             Ok(())
         };
@@ -110,7 +110,7 @@ impl Executor<'_> {
         }
         if backup.is_some() {
             // The new module is in place: the old one is no longer needed.
-            let _ = self.state.remove_backup(&p.id);
+            let _ = self.discard_backup(&p.id);
         }
         Ok(Outcome::Rebuilt {
             seconds: started.elapsed().as_secs_f64(),
@@ -124,8 +124,8 @@ impl Executor<'_> {
     pub(super) fn recover(&self, p: &QueuedPair, dir: &Path) -> Result<Option<Outcome>, Stop> {
         if let Some(b) = self.state.backup(&p.id, false).map_err(Stop::Kept)? {
             if b.names().iter().any(|n| n == COMPLETE) {
-                if self.is_done(p, dir) {
-                    self.state.remove_backup(&p.id).map_err(Stop::Kept)?;
+                if !b.names().iter().any(|n| n == RESTORING) && self.is_done(p, dir) {
+                    self.discard_backup(&p.id).map_err(Stop::Kept)?;
                     return Ok(Some(Outcome::AlreadyDone));
                 }
                 self.restore(b.path(), dir, p).map_err(Stop::Unrestored)?;
@@ -133,7 +133,7 @@ impl Executor<'_> {
         }
         // Also prunes the empty `M/V/K` a run killed inside remove_backup
         // left (found by the SIGKILL-at-50-points test).
-        self.state.remove_backup(&p.id).map_err(Stop::Kept)?;
+        self.discard_backup(&p.id).map_err(Stop::Kept)?;
         if self.is_done(p, dir) {
             return Ok(Some(Outcome::AlreadyDone));
         }
@@ -153,7 +153,7 @@ impl Executor<'_> {
         match self.back_up(p, dir) {
             Ok(b) => Ok(Some(b)),
             Err(e) => {
-                let _ = self.state.remove_backup(&p.id);
+                let _ = self.discard_backup(&p.id);
                 Err(Stop::Kept(Error::Refused(format!(
                     "cannot back up the working module: {e}"
                 ))))
@@ -594,5 +594,63 @@ mod tests {
         assert!(f.dkms_dir().join("module/m.ko").is_file(), "restored");
         assert_eq!(std::fs::read(f.installed()).unwrap(), working);
         assert!(f.state.backup(&p.id, false).unwrap().is_none(), "removed");
+    }
+
+    /// Regression (a rare failure of the integration test
+    /// `sigkill_at_50_points_loses_nothing_and_installs_nothing_twice`):
+    /// `cp -a` writes a file's bytes before its times, so a run killed
+    /// inside a restore left the old module with a fresh mtime, and the
+    /// next run took it for the rebuild it was waiting for.
+    #[test]
+    fn a_half_done_restore_is_restored_again_not_taken_for_a_rebuild() {
+        let f = fx();
+        let e = f.executor();
+        let p = pair(0);
+        rebuild_by_steps(&f, &e, &p);
+        // The working module was built an hour ago; the change came after.
+        let hour_ago = SystemTime::now() - Duration::from_secs(3600);
+        let built = f.dkms_dir().join("module/m.ko");
+        let set_mtime = |file: &Path, t: SystemTime| {
+            let h = std::fs::File::options().write(true).open(file).unwrap();
+            h.set_modified(t).unwrap();
+        };
+        set_mtime(&built, hour_ago);
+        let stale = pair(crate::state::now_secs() - 1800);
+        let Ok(Some(b)) = e.back_up_working(&stale, &f.dkms_dir()) else {
+            panic!("no backup");
+        };
+        // Killed inside the restore: the old bytes are back, with the time
+        // of the copy, and the marker says so.
+        std::fs::write(b.join(RESTORING), "").unwrap();
+        set_mtime(&built, SystemTime::now());
+        assert!(e.is_done(&stale, &f.dkms_dir()), "the trap this guards");
+        assert!(matches!(e.recover(&stale, &f.dkms_dir()), Ok(None)));
+        assert_eq!(
+            std::fs::metadata(&built).unwrap().modified().unwrap(),
+            hour_ago,
+            "restored with its own time: not done, rebuilt"
+        );
+        assert!(f.state.backup(&p.id, false).unwrap().is_none());
+    }
+
+    /// A backup whose removal was killed after its marker went is ignored.
+    #[test]
+    fn a_backup_being_discarded_is_not_restored() {
+        let f = fx();
+        let e = f.executor();
+        let p = pair(0);
+        rebuild_by_steps(&f, &e, &p);
+        let Ok(Some(b)) = e.back_up_working(&p, &f.dkms_dir()) else {
+            panic!("no backup");
+        };
+        std::fs::remove_file(b.join(COMPLETE)).unwrap();
+        std::fs::remove_dir_all(b.join("tree")).unwrap();
+        let installed = std::fs::read(f.installed()).unwrap();
+        assert!(matches!(
+            e.recover(&p, &f.dkms_dir()),
+            Ok(Some(Outcome::AlreadyDone))
+        ));
+        assert_eq!(std::fs::read(f.installed()).unwrap(), installed);
+        assert!(f.state.backup(&p.id, false).unwrap().is_none(), "pruned");
     }
 }
