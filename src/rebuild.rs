@@ -395,12 +395,12 @@ impl<'a> Executor<'a> {
             r
         };
         let deadline = Instant::now() + self.config.build_timeout;
-        match handle.wait_deadline(deadline) {
+        match crate::tools::wait_deadline(&handle, deadline) {
             Ok(Some(out)) => done(Ran::Exit(out.status.code().unwrap_or(-1))),
             Ok(None) => {
                 // Over time: the whole process group goes, not only dkms.
                 if let Some(pid) = rustix::process::Pid::from_raw(pgid) {
-                    let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+                    let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::Kill);
                 }
                 let _ = handle.wait();
                 done(Ran::TimedOut)

@@ -43,9 +43,7 @@ pub const LOG_FILE: &str = "/var/log/dkms-hook.log";
 pub fn log_line(root: &crate::root::Root, line: &str) {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt;
-    let stamp = jiff::ZonedDateTime::now()
-        .strftime("%Y-%m-%d %H:%M:%S")
-        .to_string();
+    let stamp = jiff::Zoned::now().strftime("%Y-%m-%d %H:%M:%S").to_string();
     let r = root.inside(LOG_FILE).and_then(|p| {
         std::fs::OpenOptions::new()
             .create(true)
@@ -82,7 +80,7 @@ pub fn cause(c: &Cause) -> String {
 fn local_time(t: std::time::SystemTime) -> String {
     jiff::Timestamp::try_from(t)
         .map(|ts| {
-            ts.to_zoned_datetime(jiff::tz::TimeZone::system())
+            ts.to_zoned(jiff::tz::TimeZone::system())
                 .strftime("%Y-%m-%d %H:%M:%S")
                 .to_string()
         })

@@ -73,8 +73,29 @@ pub fn own_group_dying_with_us(c: &mut std::process::Command) {
     // memory of the parent.
     unsafe {
         c.pre_exec(|| {
-            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
+            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::Kill))
                 .map_err(Into::into)
         });
+    }
+}
+
+/// Wait for `handle` until `deadline`: its output, or `None` once the
+/// deadline has passed with the child still running. duct 0.13 (Debian 13's)
+/// has no timed wait: this polls, at most 50 ms behind the child's end.
+pub fn wait_deadline(
+    handle: &duct::Handle,
+    deadline: std::time::Instant,
+) -> std::io::Result<Option<&std::process::Output>> {
+    let mut pause = std::time::Duration::from_millis(1);
+    loop {
+        if let Some(out) = handle.try_wait()? {
+            return Ok(Some(out));
+        }
+        let now = std::time::Instant::now();
+        if now >= deadline {
+            return Ok(None);
+        }
+        std::thread::sleep(pause.min(deadline - now));
+        pause = (pause * 2).min(std::time::Duration::from_millis(50));
     }
 }

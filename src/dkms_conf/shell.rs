@@ -249,7 +249,7 @@ fn run_bounded(program: &str, args: &[String]) -> Result<String, String> {
         .and_then(rustix::process::Pid::from_raw);
     let kill = || {
         if let Some(p) = pgid {
-            let _ = rustix::process::kill_process_group(p, rustix::process::Signal::KILL);
+            let _ = rustix::process::kill_process_group(p, rustix::process::Signal::Kill);
         }
     };
     let deadline = Instant::now() + EVAL_TIMEOUT;

@@ -88,9 +88,10 @@ impl Meta {
         Some(Meta {
             ino: st.st_ino,
             size: u64::try_from(st.st_size).ok()?,
-            secs: st.st_mtime,
+            // rustix 0.38 holds the kernel's unsigned long: the bits are the signed time.
+            secs: st.st_mtime as i64,
             nanos: u32::try_from(st.st_mtime_nsec).ok()?,
-            ctime_secs: st.st_ctime,
+            ctime_secs: st.st_ctime as i64,
             ctime_nanos: u32::try_from(st.st_ctime_nsec).ok()?,
         })
     }
@@ -133,9 +134,9 @@ impl DirKey {
         Some(DirKey {
             dev: st.st_dev,
             ino: st.st_ino,
-            ctime_secs: st.st_ctime,
+            ctime_secs: st.st_ctime as i64,
             ctime_nanos: u32::try_from(st.st_ctime_nsec).ok()?,
-            mtime_secs: st.st_mtime,
+            mtime_secs: st.st_mtime as i64,
             mtime_nanos: u32::try_from(st.st_mtime_nsec).ok()?,
         })
     }

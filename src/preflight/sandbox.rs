@@ -46,21 +46,49 @@ pub const COMMAND: &str = "preflight-sandbox";
 const CAP_JOB: u64 = 4 << 20;
 /// The most of a make.log or run log that is kept.
 pub const CAP_LOG: u64 = 16 << 20;
-/// The capabilities a test build keeps; every other one leaves the bounding
-/// set (above all `CAP_SYS_ADMIN`, which could remount the system
-/// writable, `CAP_DAC_READ_SEARCH` (`open_by_handle_at`), `CAP_SYS_CHROOT`,
+/// The capabilities a test build gives up: all but `CHOWN`,
+/// `DAC_OVERRIDE`, `FOWNER`, `FSETID`, `KILL`, `SETGID`, `SETUID`,
+/// `NET_BIND_SERVICE` and `AUDIT_WRITE` leave the bounding set (above all
+/// `CAP_SYS_ADMIN`, which could remount the system writable,
+/// `CAP_DAC_READ_SEARCH` (`open_by_handle_at`), `CAP_SYS_CHROOT`,
 /// `CAP_MKNOD`, `CAP_SYS_MODULE`, `CAP_SYS_RAWIO`, `CAP_SYS_PTRACE`).
-fn keep_caps() -> rustix::thread::CapabilitySet {
-    use rustix::thread::CapabilitySet as C;
-    C::CHOWN
-        | C::DAC_OVERRIDE
-        | C::FOWNER
-        | C::FSETID
-        | C::KILL
-        | C::SETGID
-        | C::SETUID
-        | C::NET_BIND_SERVICE
-        | C::AUDIT_WRITE
+/// Listed one by one: rustix 0.38 (Debian 13's) has no set to iterate.
+fn dropped_caps() -> [rustix::thread::Capability; 32] {
+    use rustix::thread::Capability as C;
+    [
+        C::DACReadSearch,
+        C::SetPermittedCapabilities,
+        C::LinuxImmutable,
+        C::NetBroadcast,
+        C::NetAdmin,
+        C::NetRaw,
+        C::IPCLock,
+        C::IPCOwner,
+        C::SystemModule,
+        C::SystemRawIO,
+        C::SystemChangeRoot,
+        C::SystemProcessTrace,
+        C::SystemProcessAccounting,
+        C::SystemAdmin,
+        C::SystemBoot,
+        C::SystemNice,
+        C::SystemResource,
+        C::SystemTime,
+        C::SystemTTYConfig,
+        C::MakeNode,
+        C::Lease,
+        C::AuditControl,
+        C::SetFileCapabilities,
+        C::MACOverride,
+        C::MACAdmin,
+        C::SystemLog,
+        C::WakeAlarm,
+        C::BlockSuspend,
+        C::AuditRead,
+        C::PerformanceMonitoring,
+        C::BerkeleyPacketFilters,
+        C::CheckpointRestore,
+    ]
 }
 
 /// One overlay: `target` (a host path) shows each package's tree at
@@ -148,9 +176,9 @@ pub fn spawn(job: &Job, on_event: &mut dyn FnMut(Event)) -> Result<(), Error> {
         rustix::fs::Mode::empty(),
     )
     .map_err(|e| refuse("opening /proc/self/ns/pid", e))?;
-    // SAFETY: CLONE_NEWPID touches no file descriptor table; it only sets
-    // this thread's namespace for children, undone right after the spawn.
-    unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWPID) }
+    // CLONE_NEWPID touches no file descriptor table; it only sets this
+    // thread's namespace for children, undone right after the spawn.
+    rustix::thread::unshare(rustix::thread::UnshareFlags::NEWPID)
         .map_err(|e| refuse("unshare(CLONE_NEWPID)", e))?;
     // No thread may be started between the unshare and the way back
     // (clone refuses CLONE_THREAD then): the job goes through a pipe
@@ -170,9 +198,9 @@ pub fn spawn(job: &Job, on_event: &mut dyn FnMut(Event)) -> Result<(), Error> {
             unsafe {
                 c.pre_exec(|| {
                     rustix::process::set_parent_process_death_signal(Some(
-                        rustix::process::Signal::KILL,
+                        rustix::process::Signal::Kill,
                     ))?;
-                    rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNS)?;
+                    rustix::thread::unshare(rustix::thread::UnshareFlags::NEWNS)?;
                     Ok(())
                 });
             }
@@ -297,7 +325,7 @@ fn seal(job: &Job) -> Result<(), String> {
         &x,
         "tmpfs",
         MountFlags::NOSUID | MountFlags::NODEV,
-        Some(c"mode=700"),
+        c"mode=700",
     )
     .map_err(|e| errno(format!("tmpfs on {}", x.display()), e))?;
     let xfd = file_tree::open_dir(&x).map_err(|e| format!("{}: {e}", x.display()))?;
@@ -355,7 +383,7 @@ fn seal(job: &Job) -> Result<(), String> {
             &o.target,
             "overlay",
             MountFlags::NOSUID | MountFlags::NODEV,
-            Some(c(&opts)?.as_c_str()),
+            c(&opts)?.as_c_str(),
         )
         .map_err(|e| errno(format!("overlayfs over {}", o.target.display()), e))?;
     }
@@ -365,15 +393,12 @@ fn seal(job: &Job) -> Result<(), String> {
         "/proc",
         "proc",
         MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC | MountFlags::RDONLY,
-        None,
+        "",
     )
     .map_err(|e| errno("proc on /proc", e))?;
-    let keep = keep_caps();
-    for cap in rustix::thread::CapabilitySet::all().iter() {
-        if !keep.contains(cap) {
-            // A capability this kernel does not know is not there to drop.
-            let _ = rustix::thread::remove_capability_from_bounding_set(cap);
-        }
+    for cap in dropped_caps() {
+        // A capability this kernel does not know is not there to drop.
+        let _ = rustix::thread::remove_capability_from_bounding_set(cap);
     }
     Ok(())
 }
@@ -443,7 +468,7 @@ fn minimal_dev() -> Result<(), String> {
         "/dev",
         "tmpfs",
         MountFlags::NOSUID | MountFlags::NOEXEC,
-        Some(c"mode=755"),
+        c"mode=755",
     )
     .map_err(|e| errno("tmpfs on /dev", e))?;
     let dev = file_tree::open_dir(Path::new("/dev")).map_err(|e| format!("/dev: {e}"))?;
@@ -603,9 +628,9 @@ fn copy_file(from: &OwnedFd, name: &str, to: &OwnedFd, to_name: &str, cap: u64) 
     ) else {
         return;
     };
-    if !rustix::fs::fstat(&src)
-        .is_ok_and(|st| rustix::fs::FileType::from_raw_mode(st.st_mode).is_file())
-    {
+    if !rustix::fs::fstat(&src).is_ok_and(|st| {
+        rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::RegularFile
+    }) {
         return;
     }
     let Ok(dst) = rustix::fs::openat(
@@ -653,11 +678,11 @@ fn run_dkms(job: &Job, args: &[&OsStr], log: Option<File>) -> Ended {
         .and_then(|p| i32::try_from(*p).ok())
         .unwrap_or(0);
     let deadline = Instant::now() + Duration::from_secs(job.timeout_secs);
-    match handle.wait_deadline(deadline) {
+    match crate::tools::wait_deadline(&handle, deadline) {
         Ok(Some(out)) => Ended::Exit(out.status.code().unwrap_or(-1)),
         Ok(None) => {
             if let Some(pid) = rustix::process::Pid::from_raw(pgid) {
-                let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+                let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::Kill);
             }
             let _ = handle.wait();
             Ended::TimedOut

@@ -106,9 +106,9 @@ impl Session {
         ) else {
             return false;
         };
-        if !rustix::fs::fstat(&fd)
-            .is_ok_and(|st| rustix::fs::FileType::from_raw_mode(st.st_mode).is_file())
-        {
+        if !rustix::fs::fstat(&fd).is_ok_and(|st| {
+            rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::RegularFile
+        }) {
             return false;
         }
         let mut r = std::io::Read::take(std::fs::File::from(fd), sandbox::CAP_LOG);

@@ -134,7 +134,7 @@ fn kill_leftover_builds(state: &State) {
             continue;
         }
         if let Some(pid) = rustix::process::Pid::from_raw(note.pgid) {
-            if rustix::process::kill_process_group(pid, rustix::process::Signal::KILL).is_ok() {
+            if rustix::process::kill_process_group(pid, rustix::process::Signal::Kill).is_ok() {
                 log::warn!(
                     "stopped the leftover build of a killed run (process group {})",
                     note.pgid

@@ -73,9 +73,10 @@ impl Record {
         self.dev == st.st_dev
             && self.ino == st.st_ino
             && i64::try_from(self.size) == Ok(st.st_size)
-            && self.mtime_secs == st.st_mtime
+            // rustix 0.38 holds the kernel's unsigned long: the bits are the signed time.
+            && self.mtime_secs == st.st_mtime as i64
             && u64::from(self.mtime_nanos) == st.st_mtime_nsec
-            && self.ctime_secs == st.st_ctime
+            && self.ctime_secs == st.st_ctime as i64
             && u64::from(self.ctime_nanos) == st.st_ctime_nsec
     }
 }
@@ -167,9 +168,9 @@ impl FactsCache {
             dev: st.st_dev,
             ino: st.st_ino,
             size: u64::try_from(st.st_size).unwrap_or_default(),
-            mtime_secs: st.st_mtime,
+            mtime_secs: st.st_mtime as i64,
             mtime_nanos: u32::try_from(st.st_mtime_nsec).unwrap_or_default(),
-            ctime_secs: st.st_ctime,
+            ctime_secs: st.st_ctime as i64,
             ctime_nanos: u32::try_from(st.st_ctime_nsec).unwrap_or_default(),
             vermagic: facts.vermagic,
             signed: facts.signed,

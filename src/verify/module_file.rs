@@ -173,8 +173,7 @@ pub fn read_module(
                 }
             }
             let r = io::Cursor::new(&head[..n]).chain(r);
-            let mut d =
-                ruzstd::decoding::StreamingDecoder::new(r).map_err(|e| corrupt(format, e))?;
+            let mut d = ruzstd::StreamingDecoder::new(r).map_err(|e| corrupt(format, e))?;
             io::copy(&mut d, &mut scan)
         }
         Compression::Gzip => io::copy(&mut flate2::bufread::GzDecoder::new(r), &mut scan),
@@ -368,8 +367,21 @@ pub(crate) mod tests {
         e.finish().unwrap()
     }
 
+    /// A zstd frame made at test time: one segment with its content size
+    /// (the window is that size), raw blocks of 128 KiB. ruzstd 0.7 (Debian
+    /// 13's) only decodes.
     pub(crate) fn zst(bytes: &[u8]) -> Vec<u8> {
-        ruzstd::encoding::compress_to_vec(bytes, ruzstd::encoding::CompressionLevel::Fastest)
+        let mut b = ZSTD_MAGIC.to_vec();
+        b.push(0xe0); // 8-byte content size, single segment, no checksum, no dictionary
+        b.extend_from_slice(&u64::try_from(bytes.len()).unwrap().to_le_bytes());
+        let blocks: Vec<&[u8]> = bytes.chunks(128 << 10).collect();
+        for (i, block) in blocks.iter().enumerate() {
+            let last = u32::from(i + 1 == blocks.len());
+            let header = last | (u32::try_from(block.len()).unwrap() << 3); // Raw_Block
+            b.extend_from_slice(&header.to_le_bytes()[..3]);
+            b.extend_from_slice(block);
+        }
+        b
     }
 
     pub(crate) fn gz(bytes: &[u8]) -> Vec<u8> {

@@ -735,7 +735,7 @@ fn a_textfile_directory_swapped_by_its_owner_is_refused() {
     let f = Fixture::pending();
     let is_root = rustix::process::geteuid().is_root();
     let chown = |p: &str, uid: u32| {
-        rustix::fs::chown(f.path(p), Some(rustix::fs::Uid::from_raw(uid)), None).unwrap();
+        std::os::unix::fs::chown(f.path(p), Some(uid), None).unwrap();
     };
     std::fs::create_dir_all(f.path("etc/logrotate.d")).unwrap();
     std::fs::create_dir_all(f.path("var/lib/prometheus")).unwrap();

@@ -399,7 +399,7 @@ impl Fixture {
             .unwrap();
         self.wait_for_build();
         let pgid = rustix::process::Pid::from_raw(child.id().try_into().unwrap()).unwrap();
-        rustix::process::kill_process_group(pgid, rustix::process::Signal::KILL).unwrap();
+        rustix::process::kill_process_group(pgid, rustix::process::Signal::Kill).unwrap();
         child.wait().unwrap();
     }
 

@@ -633,7 +633,7 @@ fn sigkill_at_50_points_loses_nothing_and_installs_nothing_twice() {
         };
         std::thread::sleep(delay);
         let pgid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
-        let _ = rustix::process::kill_process_group(pgid, rustix::process::Signal::KILL);
+        let _ = rustix::process::kill_process_group(pgid, rustix::process::Signal::Kill);
         child.wait().unwrap();
         for ko in &installed {
             assert!(f.path(ko).exists(), "{ko} missing after a kill");
