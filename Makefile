@@ -6,7 +6,12 @@ PREFIX  ?= /usr
 DESTDIR ?=
 CARGOFLAGS ?= --locked
 
-BIN := target/release/dkms-hook
+# Where cargo puts the binary: $CARGO_TARGET_DIR (else target/), and below
+# it the target triple when the build names one (Debian's cargo wrapper
+# builds with --target $(DEB_HOST_RUST_TYPE); debian/rules passes RUST_TARGET).
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
+RUST_TARGET ?=
+BIN := $(TARGET_DIR)/$(if $(RUST_TARGET),$(RUST_TARGET)/)release/dkms-hook
 
 .PHONY: all build check test bench install clean
 
@@ -33,11 +38,13 @@ MANDIR    ?= $(PREFIX)/share/man
 BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
 SYSCONFDIR ?= /etc
 # Where this Debian release's debhelper looks for units (/lib/systemd/system
-# on Debian 12, /usr/lib/systemd/system on Debian 13).
-SYSTEMDUNITDIR ?= $(or $(shell pkg-config --variable=systemdsystemunitdir systemd 2>/dev/null),/lib/systemd/system)
-GENDIR    := target/generated
+# on Debian 12, /usr/lib/systemd/system on Debian 13), from systemd.pc
+# (Debian 13: systemd-dev); `make install` stops when it cannot tell.
+SYSTEMDUNITDIR ?= $(shell pkg-config --variable=systemdsystemunitdir systemd 2>/dev/null)
+GENDIR    := $(TARGET_DIR)/generated
 
 install: build
+	@test -n "$(SYSTEMDUNITDIR)" || { echo "make install: no systemd.pc (install systemd-dev, or pkg-config), or set SYSTEMDUNITDIR" >&2; exit 1; }
 	mkdir -p $(GENDIR)
 	$(BIN) man > $(GENDIR)/dkms-hook.8
 	$(BIN) completions bash > $(GENDIR)/dkms-hook.bash
