@@ -148,14 +148,16 @@ fn status_section(
 
 /// The completion script for `shell`.
 ///
-/// For bash, two things are mended. clap_complete names the states of its
-/// dispatch loop after the function (`dkms__hook__subcmd__replay`) but
+/// For bash, two things are mended. clap_complete 4.6 names the states of
+/// its dispatch loop after the function (`dkms__hook__subcmd__replay`) but
 /// builds its case arms from each subcommand's bin name with every `-`
 /// escaped as `__subcmd__` (`dkms__subcmd__hook__subcmd__replay`), so no
-/// subcommand option would complete (clap-rs/clap#6421): the subcommands'
-/// bin names are set spelled like the function, and both agree. And it
-/// offers hidden commands: they are taken out of its `opts` lines. The
-/// result is checked ([`bash_dead_states`]) before it is written.
+/// subcommand option would complete (clap-rs/clap#6421): then the
+/// subcommands' bin names are set spelled like the function, and both
+/// agree (4.5, Debian 13's, writes agreeing names and would fail on such
+/// bin names, so its script is taken as it is). And it offers hidden
+/// commands: they are taken out of its `opts` lines. The result is checked
+/// ([`bash_dead_states`]) before it is written.
 pub fn completions(
     mut cmd: clap::Command,
     shell: clap_complete::Shell,
@@ -166,17 +168,33 @@ pub fn completions(
         .filter(|c| c.is_hide_set())
         .map(|c| c.get_name().to_string())
         .collect();
-    if shell == clap_complete::Shell::Bash {
+    if shell != clap_complete::Shell::Bash {
+        let mut script = Vec::new();
+        clap_complete::generate(shell, &mut cmd, BIN, &mut script);
+        return out.write_all(&script);
+    }
+    let mut mended = bash_without(cmd.clone(), &hidden);
+    if !bash_dead_states(&mended).is_empty() {
         // Built first, so that clap's `help` subcommand is there too.
         cmd.build();
-        cmd = bash_bin_names(cmd, &BIN.replace('-', "__"));
+        mended = bash_without(bash_bin_names(cmd, &BIN.replace('-', "__")), &hidden);
     }
+    let dead = bash_dead_states(&mended);
+    if !dead.is_empty() {
+        return Err(std::io::Error::other(format!(
+            "clap_complete's bash script no longer matches what dkms-hook mends: no case arm for {}",
+            dead.join(", ")
+        )));
+    }
+    out.write_all(mended.as_bytes())
+}
+
+/// clap_complete's bash script for `cmd`, without the `hidden` commands in
+/// its `opts` lines.
+fn bash_without(mut cmd: clap::Command, hidden: &[String]) -> String {
     let mut script = Vec::new();
-    clap_complete::generate(shell, &mut cmd, BIN, &mut script);
+    clap_complete::generate(clap_complete::Shell::Bash, &mut cmd, BIN, &mut script);
     let script = String::from_utf8_lossy(&script);
-    if shell != clap_complete::Shell::Bash {
-        return out.write_all(script.as_bytes());
-    }
     let mut mended = String::new();
     for line in script.lines() {
         let line = match line.split_once("opts=\"") {
@@ -193,14 +211,7 @@ pub fn completions(
         mended.push_str(&line);
         mended.push('\n');
     }
-    let dead = bash_dead_states(&mended);
-    if !dead.is_empty() {
-        return Err(std::io::Error::other(format!(
-            "clap_complete's bash script no longer matches what dkms-hook mends: no case arm for {}",
-            dead.join(", ")
-        )));
-    }
-    out.write_all(mended.as_bytes())
+    mended
 }
 
 /// `cmd` with each subcommand's bin name, all the way down, spelled from
@@ -331,9 +342,10 @@ mod tests {
         let mut raw = Vec::new();
         clap_complete::generate(clap_complete::Shell::Bash, &mut cmd, "dkms-hook", &mut raw);
         let raw = String::from_utf8(raw).unwrap();
+        // 4.6 writes the mismatch; 4.5 (Debian 13's) agrees with itself.
         assert!(
-            raw.contains("dkms__subcmd__hook"),
-            "clap_complete no longer writes dkms__subcmd__hook: the bin names set in completions() can go"
+            raw.contains("dkms__subcmd__hook") || super::bash_dead_states(&raw).is_empty(),
+            "clap_complete's script disagrees in a new way"
         );
         assert!(raw
             .lines()
@@ -373,13 +385,14 @@ mod tests {
         .unwrap();
         let ours = String::from_utf8(ours).unwrap();
         assert_eq!(super::bash_dead_states(&ours), Vec::<String>::new());
-        for sub in [
-            "replay",
-            "status",
-            "post__subcmd__invoke",
-            "help__subcmd__sync",
-        ] {
-            let state = format!("dkms__hook__subcmd__{sub}");
+        // How the version spells a step down: `__subcmd__` (4.6), `__` (4.5).
+        let sep = if ours.contains("cmd=\"dkms__hook__subcmd__") {
+            "__subcmd__"
+        } else {
+            "__"
+        };
+        for sub in ["replay", "status", "post-invoke", "help sync"] {
+            let state = format!("dkms__hook{sep}{}", sub.replace(['-', ' '], sep));
             assert!(ours.contains(&format!("cmd=\"{state}\"")), "{state}");
             assert!(ours.contains(&format!("\n        {state})\n")), "{state}");
         }
@@ -406,10 +419,18 @@ mod tests {
             &mut raw,
         );
         let dead = super::bash_dead_states(&String::from_utf8(raw).unwrap());
-        assert!(
-            dead.contains(&"dkms__hook__subcmd__replay".to_string()),
-            "{dead:?}"
-        );
+        if sep == "__subcmd__" {
+            assert!(
+                dead.contains(&"dkms__hook__subcmd__replay".to_string()),
+                "{dead:?}"
+            );
+        } else {
+            assert_eq!(dead, Vec::<String>::new());
+        }
+        // Whatever the version: an arm gone is seen.
+        let replay = format!("dkms__hook{sep}replay");
+        let broken = ours.replace(&format!("\n        {replay})\n"), "\n        elsewhere)\n");
+        assert_eq!(super::bash_dead_states(&broken), [replay]);
         assert_eq!(
             super::bash_dead_states("no script"),
             ["dkms__hook (no dispatch loop or top-level arm found)"]

@@ -201,10 +201,12 @@ bin=${DKMS_HOOK_BIN:-target/debug/dkms-hook}
 [ -x "$bin" ] || cargo build --locked -q
 comp=$tmp/dkms-hook.bash
 "$bin" completions bash > "$comp"
+# The function `complete -F` names (_dkms__hook; _dkms-hook with Debian 13's clap_complete).
+func=$(sed -n 's/^ *complete -F \([^ ]*\) .*/\1/p' "$comp" | head -n 1)
 complete_words() { # complete_words WORD...: what bash offers after them
-    bash -c 'source "$1"; shift; COMP_WORDS=("$@"); COMP_CWORD=$(($# - 1));
-             _dkms__hook dkms-hook "${COMP_WORDS[COMP_CWORD]}" "${COMP_WORDS[COMP_CWORD-1]}";
-             echo "${COMPREPLY[*]}"' _ "$comp" "$@"
+    bash -c 'f=$1; source "$2"; shift 2; COMP_WORDS=("$@"); COMP_CWORD=$(($# - 1));
+             "$f" dkms-hook "${COMP_WORDS[COMP_CWORD]}" "${COMP_WORDS[COMP_CWORD-1]}";
+             echo "${COMPREPLY[*]}"' _ "$func" "$comp" "$@"
 }
 # Regression (issue 12.13): clap_complete's case labels did not match.
 check "completion: 'replay --' offers --dry-run and --json" \
