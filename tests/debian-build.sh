@@ -120,8 +120,9 @@ check "Depends names dkms, kmod (modinfo, depmod) and apt" \
     bash -c "dpkg-deb -f '$deb' Depends | grep -qE '(^|, )dkms(,|$)' && dpkg-deb -f '$deb' Depends | grep -qE '(^|, )kmod(,|$)' && dpkg-deb -f '$deb' Depends | grep -qE '(^|, )apt(,|$)'"
 check "Recommends names update-initramfs's and mokutil's packages" \
     bash -c "dpkg-deb -f '$deb' Recommends | grep -q initramfs-tools && dpkg-deb -f '$deb' Recommends | grep -q mokutil"
+contents=$(dpkg-deb -c "$deb")
 check "the unit is under /usr/lib/systemd/system" \
-    bash -c "dpkg-deb -c '$deb' | grep -q ' ./usr/lib/systemd/system/dkms-hook.service$'"
+    grep -q ' ./usr/lib/systemd/system/dkms-hook.service$' <<< "$contents"
 check "the packaged binary runs in the root (--version)" in_root sh -c 'd=$(mktemp -d) && dpkg-deb -x "$1" "$d" && "$d/usr/sbin/dkms-hook" --version' _ "${deb#"$E2E_ROOT"}"
 
 # --- lintian and autopkgtest (Debian 13's) ----------------------------------------
