@@ -70,6 +70,7 @@ fi
 
 # --- build, with the network cut -------------------------------------------------
 trap 'e2e_remove_root "${E2E_ROOT:-}"' EXIT
+trap 'exit 130' INT TERM
 e2e_extract_base
 e2e_mounts "$E2E_ROOT"
 version=$(dpkg-parsechangelog -S Version)
