@@ -60,6 +60,10 @@ install: build
 	for phase in header_postinst postinst prerm; do \
 		install -D -m 0755 hooks/kernel-hook $(DESTDIR)$(SYSCONFDIR)/kernel/$$phase.d/dkms-hook || exit 1; \
 	done
+# The guard is named to sort before dkms's own "dkms" hook (see its comment).
+	for phase in preinst postinst; do \
+		install -D -m 0755 hooks/kernel-guard $(DESTDIR)$(SYSCONFDIR)/kernel/$$phase.d/00-dkms-hook-guard || exit 1; \
+	done
 
 # Benchmarks (docs/benchmarks.md); `make bench BENCHFLAGS=--short` is CI's smoke run.
 bench:

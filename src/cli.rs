@@ -9,6 +9,7 @@ use anyhow::Context;
 use clap::Parser;
 
 pub mod args;
+mod guard;
 mod hooks;
 mod preflight_command;
 
@@ -218,6 +219,9 @@ fn run(args: &[OsString], hook: bool) -> i32 {
         Command::PreflightSandbox => Ok(crate::preflight::sandbox::main()),
         Command::AptJsonHook(a) => Ok(hooks::apt_json_hook(&root, &env, a.json)),
         Command::PreInstallPkgs(a) => Ok(hooks::pre_install_pkgs(&root, &env, a.json)),
+        Command::KernelGuard { phase, kernel, .. } => {
+            Ok(guard::kernel_guard(&root, &env, *phase, kernel))
+        }
         Command::KernelHook { phase, kernel, .. } => {
             Ok(hooks::kernel_hook(&root, &env, *phase, kernel))
         }

@@ -45,7 +45,7 @@
 //! - 7: `plan` — the decision
 //! - 8: `verify` — what installed module files say
 //! - 9: `rebuild` — the safe rebuild
-//! - 10: `intake`, `preflight` — into the queue; test builds before dpkg
+//! - 10: `intake`, `preflight`, `guard` — into the queue; test builds before dpkg; modules kept through dkms's kernel_preinst
 //! - 11: `report`, `metrics` — lines and JSON; the textfile and findings
 //! - 12: `apt`, `man_page` — apt's hook protocols; generated documents
 //! - 13: `cli` — the one place that prints and chooses exit statuses
@@ -62,6 +62,7 @@ pub mod dkms_conf;
 pub mod dpkg;
 pub mod dpkg_log;
 pub mod file_tree;
+pub mod guard;
 pub mod intake;
 pub mod inventory;
 pub mod kernel;

@@ -139,7 +139,14 @@ impl<'a> Executor<'a> {
                     .into(),
             ));
         }
-        Ok(Executor {
+        Ok(Executor::copying_only(state, config, tools))
+    }
+
+    /// An executor for `crate::guard`, which copies, puts back and settles
+    /// but never runs dkms: under `--root` it needs no stand-in for dkms.
+    pub fn copying_only(state: &'a State, config: &'a Config, tools: Tools) -> Executor<'a> {
+        let host = state.root().is_host_root();
+        Executor {
             state,
             config,
             dkms: tools.dkms.unwrap_or_else(|| DKMS.into()),
@@ -153,7 +160,7 @@ impl<'a> Executor<'a> {
             key_said: AtomicBool::new(false),
             use_kept: AtomicBool::new(false),
             inputs: OnceLock::new(),
-        })
+        }
     }
 
     /// Run the whole queue. `started` sees each pair as it starts (with its

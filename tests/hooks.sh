@@ -61,6 +61,35 @@ for phase in header_postinst postinst prerm; do
     expect_args+=("call [kernel-hook] [$phase] [${kargs[0]}] [${kargs[1]}]")
 done
 
+# The guard: installed under preinst.d and postinst.d as 00-dkms-hook-guard,
+# a name run-parts accepts that sorts before dkms's own "dkms" there.
+f=hooks/kernel-guard
+guard=00-dkms-hook-guard
+check "$f: executable, #!/bin/sh, sh -n" \
+    bash -c "[ -x '$f' ] && head -n1 '$f' | grep -qx '#!/bin/sh' && sh -n '$f'"
+check "Makefile installs $f as $guard in preinst.d and postinst.d" \
+    bash -c "grep -qF 'for phase in preinst postinst; do' Makefile &&
+             grep -qF 'install -D -m 0755 $f \$(DESTDIR)\$(SYSCONFDIR)/kernel/\$\$phase.d/$guard' Makefile"
+mkdir -p "$tmp/order"
+for n in dkms dkms-hook initramfs-tools zz-update-grub "$guard"; do
+    printf '#!/bin/sh\necho %s\n' "$n" > "$tmp/order/$n"; chmod 0755 "$tmp/order/$n"
+done
+check "run-parts runs $guard first, before dkms (also under LC_ALL=C.UTF-8)" \
+    bash -c "[ \"\$(run-parts '$tmp/order' | head -n1)\" = '$guard' ] &&
+             [ \"\$(LC_ALL=C.UTF-8 run-parts '$tmp/order' | head -n1)\" = '$guard' ]"
+for phase in preinst postinst; do
+    for which in present missing; do
+        mkdir -p "$tmp/$which/$phase.d"
+        if [ "$which" = present ]; then target=$stub; else target=$missing; fi
+        sed "s#$BIN#$target#g" "$f" > "$tmp/$which/$phase.d/$guard"
+        chmod 0755 "$tmp/$which/$phase.d/$guard"
+    done
+    names+=("$f in $phase.d") kinds+=(kernel)
+    cmd_present+=("$(printf '%q ' "$tmp/present/$phase.d/$guard" "${kargs[@]}")")
+    cmd_missing+=("$(printf '%q ' "$tmp/missing/$phase.d/$guard" "${kargs[@]}")")
+    expect_args+=("call [kernel-guard] [$phase] [${kargs[0]}] [${kargs[1]}]")
+done
+
 # update-motd.d: pam_motd runs it at login.
 f=hooks/update-motd
 check "$f: executable, #!/bin/sh, sh -n" \

@@ -48,6 +48,7 @@ contents=$(dpkg-deb -c "$deb" | awk '{print $1, $NF}')
 has() { grep -qxF -- "$1 ./${2#/}" <<< "$contents"; }
 for f in /usr/sbin/dkms-hook /etc/kernel/header_postinst.d/dkms-hook \
          /etc/kernel/postinst.d/dkms-hook /etc/kernel/prerm.d/dkms-hook \
+         /etc/kernel/preinst.d/00-dkms-hook-guard /etc/kernel/postinst.d/00-dkms-hook-guard \
          /etc/update-motd.d/90-dkms-hook /etc/dkms/dkms-hook-preflight; do
     check "contains $f (0755)" has -rwxr-xr-x "$f"
 done
@@ -63,6 +64,7 @@ conffiles=$(dpkg-deb -I "$deb" conffiles 2>/dev/null)
 for f in /etc/dkms/dkms-hook.conf /etc/apt/apt.conf.d/80dkms-hook \
          /etc/dpkg/dpkg.cfg.d/dkms-hook /etc/kernel/header_postinst.d/dkms-hook \
          /etc/kernel/postinst.d/dkms-hook /etc/kernel/prerm.d/dkms-hook \
+         /etc/kernel/preinst.d/00-dkms-hook-guard /etc/kernel/postinst.d/00-dkms-hook-guard \
          /etc/logrotate.d/dkms-hook /etc/update-motd.d/90-dkms-hook \
          /etc/dkms/dkms-hook-preflight; do
     check "conffile $f" grep -qxF "$f" <<< "$conffiles"

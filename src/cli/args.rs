@@ -40,6 +40,7 @@ pub const HOOK_COMMANDS: &[&str] = &[
     "apt-json-hook",
     "pre-install-pkgs",
     "kernel-hook",
+    "kernel-guard",
 ];
 
 /// The environment, read once here and passed down.
@@ -71,11 +72,11 @@ kernel whose build tree those packages feed, and rebuilds each dkms module built
     after_long_help = "\
 Files:
   /etc/dkms/dkms-hook.conf   configuration; every key is listed, commented, at its default
-  /var/lib/dkms-hook/        state: dpkg.log cursor, queue, failures, findings (for the login notice), counters, the file-list and module-facts caches, backups/, logs/, builds/ (running builds), lock
+  /var/lib/dkms-hook/        state: dpkg.log cursor, queue, failures, findings (for the login notice), counters, the file-list and module-facts caches, backups/, guarded.json and guarded/ (modules saved before dkms's kernel_preinst removes them), logs/, builds/ (running builds), lock
   /var/lib/prometheus/node-exporter/dkms_hook.prom   the node_exporter textfile (when that directory exists)
   /var/lib/dkms-hook/preflight/   preflight's kept logs and builds (kept/, used once by the rebuild after dpkg) and, while it runs, its private run directory
   /var/log/dkms-hook.log     one line per rebuild, skip or failure
-  /etc/apt/apt.conf.d/80dkms-hook, /etc/dkms/dkms-hook-preflight (apt's Pre-Install-Pkgs), /etc/dpkg/dpkg.cfg.d/dkms-hook, /etc/kernel/*.d/dkms-hook   the hooks
+  /etc/apt/apt.conf.d/80dkms-hook, /etc/dkms/dkms-hook-preflight (apt's Pre-Install-Pkgs), /etc/dpkg/dpkg.cfg.d/dkms-hook, /etc/kernel/*.d/dkms-hook, /etc/kernel/{preinst,postinst}.d/00-dkms-hook-guard   the hooks
 
 Environment:
   DKMS_HOOK_ROOT     like --root
@@ -89,7 +90,7 @@ Environment:
   DKMS_HOOK_MOKUTIL  the mokutil program asked about Secure Boot and dkms's key (a stand-in; under --root it is not run unless named)
 
 Exit status:
-  0 success; the hooks (post-invoke, apt-json-hook, pre-install-pkgs, kernel-hook, boot, motd) exit 0
+  0 success; the hooks (post-invoke, apt-json-hook, pre-install-pkgs, kernel-hook, kernel-guard, boot, motd) exit 0
   100 pre-install-pkgs only, with preflight = block, when a module would not build: apt stops
   1 replay, sync or retry: a rebuild failed
   2 usage error or unreadable input
@@ -190,6 +191,25 @@ pub enum Command {
         /// The kernel image (postinst, prerm).
         image: Option<PathBuf>,
     },
+    /// Kernel hooks before dkms's: keep modules that dkms removes.
+    ///
+    /// Run from /etc/kernel/{preinst,postinst}.d, before dkms's own hooks
+    /// there (dkms 3.1.6 or later): in preinst.d, before `dkms
+    /// kernel_preinst` removes every module of a kernel whose image is
+    /// upgraded or reinstalled in place, save each built module (the dkms
+    /// tree and the installed files); in postinst.d, before `dkms
+    /// autoinstall` builds them again, put each one back, so that a module
+    /// that no longer builds is not lost and the kernel package configures.
+    /// Does nothing without dkms's preinst.d hook. Always exits 0.
+    KernelGuard {
+        /// Which /etc/kernel directory ran it.
+        #[arg(value_enum)]
+        phase: GuardPhase,
+        /// The kernel release.
+        kernel: String,
+        /// The kernel image.
+        image: Option<PathBuf>,
+    },
     /// At boot: finish interrupted work, rebuild for this kernel.
     ///
     /// Run by dkms-hook.service: finish what an interrupted run left (the
@@ -226,6 +246,13 @@ pub enum Phase {
     HeaderPostinst,
     Postinst,
     Prerm,
+}
+
+/// The /etc/kernel/*.d directory the guard was run from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum GuardPhase {
+    Preinst,
+    Postinst,
 }
 
 #[derive(Debug, Args)]

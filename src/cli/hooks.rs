@@ -42,7 +42,10 @@ fn catch_up(root: &Root, env: &Env, running_kernel: bool) -> i32 {
     let run = || -> anyhow::Result<()> {
         let cfg = load_config(root);
         let state = State::new(root);
-        let _lock = crate::rebuild::builds::lock(&state)?;
+        let lock = crate::rebuild::builds::lock(&state)?;
+        // Modules dkms's kernel_preinst removed are back before the planner
+        // looks at the dkms tree.
+        super::guard::finish(&state, &lock, env);
         let p = intake::queue_from_dpkg_log(root, &state, &cfg)?;
         warn_once(root, &p.warning_lines());
         if running_kernel {
@@ -204,6 +207,7 @@ pub(super) fn kernel_hook(root: &Root, env: &Env, phase: Phase, kernel: &str) ->
             &k,
             PRERM_LOCK_WAIT,
         ));
+        super::guard::forget_kernel(&state, &k);
         return 0;
     }
     let Some(inv) = said(Inventory::full(root)) else {

@@ -12,6 +12,7 @@ use crate::dkms::{built_names, walk};
 use crate::pair::PairId;
 use crate::root::open_regular;
 use crate::state::QueuedPair;
+use crate::state_dir::Dir;
 use crate::verify::module_file::CAP_MODULE;
 use crate::Error;
 
@@ -93,14 +94,53 @@ impl Executor<'_> {
             .state
             .backup(&p.id, true)?
             .ok_or_else(|| Error::Refused("backup directory missing".into()))?;
+        self.save_into(dir, &installed, &b)?;
+        Ok(b.path().to_path_buf())
+    }
+
+    /// Copy the dkms directory `dir` and the `installed` copies into the
+    /// empty directory `b`, marked complete last.
+    fn save_into(&self, dir: &Path, installed: &[PathBuf], b: &Dir) -> Result<(), Error> {
         self.copy(dir, &b.path().join("tree"))?;
         let saved_installed = b.path().join("installed");
         for f in installed {
-            let rel = f.strip_prefix(self.state.root().dir()).unwrap_or(&f);
-            self.copy(&f, &saved_installed.join(rel))?;
+            let rel = f.strip_prefix(self.state.root().dir()).unwrap_or(f);
+            self.copy(f, &saved_installed.join(rel))?;
         }
-        b.write_atomic(COMPLETE, b"")?;
-        Ok(b.path().to_path_buf())
+        b.write_atomic(COMPLETE, b"")
+    }
+
+    /// The backup of the safe rebuild for a pair that dkms itself is about
+    /// to remove (`crate::guard`): its dkms directory and installed copies
+    /// saved into the empty directory `into`, marked complete last, every
+    /// module file within the cap or nothing saved.
+    pub fn save_pair(&self, p: &QueuedPair, into: &Dir) -> Result<(), Error> {
+        let dir = self.dkms_dir(p)?;
+        let names = built_names(&dir);
+        let installed = self.installed_modules(p, &names);
+        for f in names
+            .iter()
+            .map(|n| dir.join("module").join(n))
+            .chain(installed.iter().cloned())
+        {
+            within_cap(&f)?;
+        }
+        self.save_into(&dir, &installed, into)
+    }
+
+    /// Put a backup made by [`Executor::save_pair`] back, as a failed
+    /// rebuild's is put back: `Ok(false)` when it is not complete (cut
+    /// short: nothing was taken from it).
+    pub fn put_back(&self, p: &QueuedPair, saved: &Dir) -> Result<bool, Error> {
+        if !saved.names().iter().any(|n| n == COMPLETE) {
+            return Ok(false);
+        }
+        let dir = self.dkms_dir(p)?;
+        // Not marked as a restore of the rebuild's own backup: the guard
+        // keeps its record until the pair is back, and puts it back again
+        // after a kill.
+        self.restore_files(saved.path(), &dir, p)?;
+        Ok(true)
     }
 
     /// Drop a pair's backup, its `complete` marker first: a run killed
@@ -121,6 +161,12 @@ impl Executor<'_> {
         if let Some(b) = self.state.backup(&p.id, false)? {
             b.write_atomic(RESTORING, b"")?;
         }
+        self.restore_files(backup, dir, p)
+    }
+
+    /// [`Executor::restore`]'s copying: the dkms directory, the installed
+    /// copies, the link.
+    fn restore_files(&self, backup: &Path, dir: &Path, p: &QueuedPair) -> Result<(), Error> {
         let saved_tree = backup.join("tree");
         if saved_tree.is_dir() {
             remove_tree(dir)?;

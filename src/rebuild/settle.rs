@@ -43,6 +43,18 @@ impl Executor<'_> {
         })
     }
 
+    /// Settle a kernel whose pairs `crate::guard` put back: `depmod -a K`,
+    /// and, with `initramfs`, its initramfs as after a rebuild (without it
+    /// when the kernel package's own hooks refresh the initramfs next).
+    pub fn settle_put_back(
+        &self,
+        kernel: &KernelRelease,
+        pairs: &[&QueuedPair],
+        initramfs: bool,
+    ) -> Settled {
+        self.settle(kernel, if initramfs { pairs } else { &[] })
+    }
+
     /// `depmod -a K` once, then `update-initramfs -u -k K` once when one of
     /// the pairs' modules is in the initramfs.
     fn settle(&self, kernel: &KernelRelease, pairs: &[&QueuedPair]) -> Settled {

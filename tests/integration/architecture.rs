@@ -17,7 +17,7 @@ const LAYERS: &[&[&str]] = &[
     &["plan"],
     &["verify"],
     &["rebuild"],
-    &["intake", "preflight"],
+    &["intake", "preflight", "guard"],
     &["report", "metrics"],
     &["apt", "man_page"],
     &["cli"],

@@ -6,6 +6,7 @@ mod attacks;
 mod bad_input;
 mod dkms_conf;
 mod fixture;
+mod guard;
 mod list_cache;
 mod messages;
 mod preflight;

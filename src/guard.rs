@@ -1,0 +1,494 @@
+//! The guard around dkms's own destructive step (docs/design.md, "The
+//! guard"). dkms ≥ 3.1.6 installs `/etc/kernel/preinst.d/dkms`, whose `dkms
+//! kernel_preinst` unbuilds every AUTOINSTALL module of a kernel before its
+//! image is upgraded or reinstalled in place; `postinst.d/dkms` then builds
+//! them again, and a build that fails leaves the kernel without its module
+//! and fails the kernel package (run-parts stops at the first failing hook).
+//!
+//! The guard runs before dkms in both directories: before the unbuild it
+//! saves every built pair of the kernel with the safe rebuild's backup
+//! ([`Executor::save_pair`]) and records it in `guarded.json`; before `dkms
+//! autoinstall` it puts each one back ([`Executor::put_back`]), so that dkms
+//! finds it installed and has nothing to do, and runs depmod. Whether the
+//! pair is stale is then the planner's business, as always. A run killed in
+//! between is finished by the next locked run (post-invoke, boot, the next
+//! guard); a saved pair that dkms built anew, or whose kernel or module
+//! version is gone, is dropped.
+//!
+//! `guarded.json` is read back as untrusted input: through the no-follow
+//! state directory, capped, every entry checked through the name types and
+//! at most [`MAX_ENTRIES`] of them; a corrupt one is set aside and the
+//! complete backups under `guarded/` (names checked the same way) stand in
+//! for it.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+use crate::dkms;
+use crate::kernel::MODULES_DIR;
+use crate::name::{DkmsArch, KernelRelease, ModuleName, ModuleVersion};
+use crate::pair::{PairId, DKMS_TREE};
+use crate::rebuild::{Executor, Settled};
+use crate::root::CAP_STATE;
+use crate::state::{at_secs, now_secs, Lock, QueuedPair, State, MAX_TIME, STATE_VERSION};
+use crate::state_dir::Dir;
+use crate::tools::Tools;
+use crate::Error;
+
+/// The record of guarded pairs in the state directory.
+pub const RECORD: &str = "guarded.json";
+/// Where the guarded pairs are saved: `guarded/M/V/K/ARCH`.
+const SAVED: &str = "guarded";
+/// dkms's own hook that unbuilds (dkms ≥ 3.1.6). Without it (dkms 3.0.10 of
+/// Debian 12) nothing is unbuilt and the guard saves nothing.
+pub const DKMS_PREINST_HOOK: &str = "/etc/kernel/preinst.d/dkms";
+/// At most this many entries are read back: more come from no real system
+/// (one per module version and kernel being upgraded).
+pub const MAX_ENTRIES: usize = 1024;
+
+/// One pair saved before dkms's `kernel_preinst`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Guarded {
+    #[serde(flatten)]
+    pub id: PairId,
+    /// Seconds since the epoch when it was saved: a build of the pair
+    /// newer than this is dkms's own, and the saved one is not needed.
+    pub time: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct Record<'a> {
+    version: u32,
+    guarded: &'a [Guarded],
+}
+
+/// What a guard run did.
+#[derive(Debug, Default)]
+pub struct Done {
+    /// Pairs saved (before the unbuild).
+    pub saved: Vec<Guarded>,
+    /// Pairs put back after dkms had removed them.
+    pub put_back: Vec<Guarded>,
+    /// Each kernel with a pair put back, settled (depmod).
+    pub settled: Vec<Settled>,
+    /// Problems, one line each: a pair that could not be saved or put back.
+    pub notes: Vec<String>,
+}
+
+impl Guarded {
+    fn pair(&self) -> QueuedPair {
+        QueuedPair {
+            id: self.id.clone(),
+            because: Vec::new(),
+            stale_since: self.time,
+        }
+    }
+
+    fn chain(&self) -> [&str; 4] {
+        self.id.backup_chain()
+    }
+
+    /// `acpi-call/1.2.2 for 6.12.38+deb13-amd64`.
+    pub fn label(&self) -> String {
+        format!(
+            "{}/{} for {}",
+            self.id.module, self.id.version, self.id.kernel
+        )
+    }
+}
+
+/// Whether dkms's `kernel_preinst` hook is installed (an executable
+/// `/etc/kernel/preinst.d/dkms`; run-parts runs nothing else).
+pub fn dkms_unbuilds(state: &State) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    state
+        .root()
+        .resolve(DKMS_PREINST_HOOK)
+        .and_then(std::fs::metadata)
+        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// `/etc/kernel/preinst.d`: before dkms's `kernel_preinst` unbuilds the
+/// modules of `kernel`, save every built pair of it. What an earlier guard
+/// of the kernel left is put back first, so that what is saved is the
+/// working module. Nothing at all without dkms's hook.
+pub fn before_unbuild(
+    state: &State,
+    _lock: &Lock,
+    config: &Config,
+    tools: Tools,
+    kernel: &KernelRelease,
+) -> Result<Done, Error> {
+    if !dkms_unbuilds(state) {
+        return Ok(Done::default());
+    }
+    let exec = Executor::copying_only(state, config, tools);
+    let mut done = finish_with(&exec, Some(kernel), false)?;
+    let mut record = read_record(state)?;
+    let mut warnings = Vec::new();
+    let time = now_secs();
+    for p in dkms::scan(state.root(), &mut warnings) {
+        if &p.id.kernel != kernel || p.built.is_none() {
+            continue;
+        }
+        let g = Guarded { id: p.id, time };
+        if record.iter().any(|r| r.chain() == g.chain()) {
+            // Its backup could not be put back: it holds the working module.
+            continue;
+        }
+        match save(&exec, state, &g) {
+            Ok(()) => {
+                record.push(g.clone());
+                done.saved.push(g);
+            }
+            Err(e) => {
+                let _ = remove_saved(state, &g);
+                done.notes.push(format!(
+                    "cannot save {} before dkms removes it: {e}",
+                    g.label()
+                ));
+            }
+        }
+    }
+    for w in warnings {
+        log::debug!("{w}");
+    }
+    if !done.saved.is_empty() {
+        write_record(state, &record)?;
+    }
+    Ok(done)
+}
+
+/// `/etc/kernel/postinst.d`: before `dkms autoinstall`, put back each pair
+/// of `kernel` saved by [`before_unbuild`], and depmod (the kernel
+/// package's initramfs hook runs after dkms's and takes the modules in).
+pub fn after_unpack(
+    state: &State,
+    _lock: &Lock,
+    config: &Config,
+    tools: Tools,
+    kernel: &KernelRelease,
+) -> Result<Done, Error> {
+    if !has_anything(state) {
+        return Ok(Done::default());
+    }
+    let exec = Executor::copying_only(state, config, tools);
+    finish_with(&exec, Some(kernel), false)
+}
+
+/// Finish what a killed run left (post-invoke, boot): every guarded pair of
+/// every kernel put back or dropped, leftover backups removed, each kernel
+/// with a pair put back settled as after a rebuild. Call with the lock held.
+pub fn finish(state: &State, _lock: &Lock, config: &Config, tools: Tools) -> Result<Done, Error> {
+    if !has_anything(state) {
+        return Ok(Done::default());
+    }
+    let exec = Executor::copying_only(state, config, tools);
+    finish_with(&exec, None, true)
+}
+
+/// Forget the guarded pairs of a kernel being removed: its modules are
+/// meant to go. Call with the lock held.
+pub fn forget_kernel(state: &State, _lock: &Lock, kernel: &KernelRelease) -> Result<(), Error> {
+    if !has_anything(state) {
+        return Ok(());
+    }
+    let mut record = read_record(state)?;
+    for g in record.iter().filter(|g| &g.id.kernel == kernel) {
+        remove_saved(state, g)?;
+    }
+    let before = record.len();
+    record.retain(|g| &g.id.kernel != kernel);
+    if record.len() != before {
+        write_record(state, &record)?;
+    }
+    Ok(())
+}
+
+/// The cheap test on every post-invoke: a record or a backup directory.
+fn has_anything(state: &State) -> bool {
+    state
+        .open_existing()
+        .is_some_and(|d| d.is_dir(SAVED) || d.names().iter().any(|n| n == RECORD))
+}
+
+/// Put back or drop each guarded pair (of `only`, or of every kernel).
+fn finish_with(
+    exec: &Executor,
+    only: Option<&KernelRelease>,
+    initramfs: bool,
+) -> Result<Done, Error> {
+    let state = exec.state;
+    let root = state.root();
+    let record = read_record(state)?;
+    let mut done = Done::default();
+    let mut kept = Vec::new();
+    let mut warnings = Vec::new();
+    let live = dkms::scan(root, &mut warnings);
+    for g in record {
+        if only.is_some_and(|k| k != &g.id.kernel) {
+            kept.push(g);
+            continue;
+        }
+        let Some(saved) = saved_dir(state, &g, false)? else {
+            log::debug!("{}: no backup of it: dropped", g.label());
+            continue;
+        };
+        let kernel_gone = !root.exists(Path::new(MODULES_DIR).join(g.id.kernel.as_str()));
+        let source = Path::new(DKMS_TREE)
+            .join(g.id.module_version_rel())
+            .join("source");
+        let module_gone = !root.exists(&source);
+        let rebuilt = live.iter().any(|p| {
+            p.id == g.id
+                && p.installed
+                && p.built
+                    .is_some_and(|t| t >= at_secs(g.time.saturating_add(1)))
+        });
+        if kernel_gone || module_gone || rebuilt {
+            log::debug!("{}: its backup is not needed any more", g.label());
+            remove_saved(state, &g)?;
+            continue;
+        }
+        match exec.put_back(&g.pair(), &saved) {
+            Ok(true) => {
+                remove_saved(state, &g)?;
+                done.put_back.push(g);
+            }
+            Ok(false) => {
+                log::debug!("{}: its backup was cut short: dropped", g.label());
+                remove_saved(state, &g)?;
+            }
+            Err(e) => {
+                done.notes.push(format!(
+                    "cannot put back {} (saved before dkms removed it): {e}; the next run tries again",
+                    g.label()
+                ));
+                kept.push(g);
+            }
+        }
+    }
+    if only.is_none() {
+        remove_leftovers(state, &kept)?;
+    }
+    write_record(state, &kept)?;
+    let mut kernels: BTreeMap<&KernelRelease, Vec<QueuedPair>> = BTreeMap::new();
+    for g in &done.put_back {
+        kernels.entry(&g.id.kernel).or_default().push(g.pair());
+    }
+    for (k, pairs) in kernels {
+        let refs: Vec<&QueuedPair> = pairs.iter().collect();
+        done.settled.push(exec.settle_put_back(k, &refs, initramfs));
+    }
+    Ok(done)
+}
+
+/// Save one pair into a fresh `guarded/M/V/K/ARCH`.
+fn save(exec: &Executor, state: &State, g: &Guarded) -> Result<(), Error> {
+    remove_saved(state, g)?;
+    let dir = saved_dir(state, g, true)?
+        .ok_or_else(|| Error::Refused("backup directory missing".into()))?;
+    exec.save_pair(&g.pair(), &dir)
+}
+
+/// `guarded/M/V/K/ARCH`, each level a real directory (created when
+/// `create`).
+fn saved_dir(state: &State, g: &Guarded, create: bool) -> Result<Option<Dir>, Error> {
+    let mut dir = state.open()?;
+    for name in std::iter::once(SAVED).chain(g.chain()) {
+        dir = if create {
+            dir.subdir(name)?
+        } else {
+            match dir.existing_subdir(name) {
+                Some(d) => d,
+                None => return Ok(None),
+            }
+        };
+    }
+    Ok(Some(dir))
+}
+
+/// Remove a pair's backup and the levels above it that it leaves empty.
+fn remove_saved(state: &State, g: &Guarded) -> Result<(), Error> {
+    let top = state.open()?;
+    let mut dirs = vec![top];
+    let chain = g.chain();
+    for name in std::iter::once(SAVED).chain(chain[..3].iter().copied()) {
+        match dirs.last().and_then(|d| d.existing_subdir(name)) {
+            Some(d) => dirs.push(d),
+            None => return Ok(()),
+        }
+    }
+    // dirs: top, guarded, M, V, K; remove ARCH, then each emptied level.
+    dirs[4].remove_tree(chain[3])?;
+    let names = [SAVED, chain[0], chain[1], chain[2]];
+    for i in (0..4).rev() {
+        if !dirs[i].remove_empty(names[i]) {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Remove every backup under `guarded/` that no entry of `kept` names (a
+/// guard killed before it wrote the record, a record set aside), and
+/// `guarded/` itself with whatever else is in it once nothing is kept.
+fn remove_leftovers(state: &State, kept: &[Guarded]) -> Result<(), Error> {
+    let top = state.open()?;
+    if kept.is_empty() {
+        return top.remove_tree(SAVED);
+    }
+    let Some(saved) = top.existing_subdir(SAVED) else {
+        return Ok(());
+    };
+    for found in saved_pairs(&saved) {
+        if !kept.iter().any(|g| g.chain() == found.chain()) {
+            remove_saved(state, &found)?;
+        }
+    }
+    Ok(())
+}
+
+/// The complete backups under `guarded/` whose names check, with the time
+/// their completion was marked.
+fn saved_pairs(saved: &Dir) -> Vec<Guarded> {
+    let mut out = Vec::new();
+    for m in saved.names() {
+        let (Ok(module), Some(md)) = (ModuleName::new(&m), saved.existing_subdir(&m)) else {
+            continue;
+        };
+        for v in md.names() {
+            let (Ok(version), Some(vd)) = (ModuleVersion::new(&v), md.existing_subdir(&v)) else {
+                continue;
+            };
+            for k in vd.names() {
+                let (Ok(kernel), Some(kd)) = (KernelRelease::new(&k), vd.existing_subdir(&k))
+                else {
+                    continue;
+                };
+                for a in kd.names() {
+                    let (Ok(arch), Some(ad)) = (DkmsArch::new(&a), kd.existing_subdir(&a)) else {
+                        continue;
+                    };
+                    let time = std::fs::symlink_metadata(ad.path().join("complete"))
+                        .ok()
+                        .and_then(|m| m.modified().ok())
+                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                        .map_or(0, |d| d.as_secs());
+                    out.push(Guarded {
+                        id: PairId {
+                            module: module.clone(),
+                            version: version.clone(),
+                            kernel: kernel.clone(),
+                            arch,
+                        },
+                        time,
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The record's entries that check; a corrupt record is set aside and the
+/// complete backups under `guarded/` stand in for it.
+fn read_record(state: &State) -> Result<Vec<Guarded>, Error> {
+    let dir = state.open()?;
+    let path = dir.path().join(RECORD);
+    let Some(text) = read_capped(&dir)? else {
+        return Ok(from_backups(&dir));
+    };
+    let value: serde_json::Value = match serde_json::from_slice(&text) {
+        Ok(v @ serde_json::Value::Object(_)) => v,
+        Ok(_) => return set_aside(&dir, "not an object"),
+        Err(e) => return set_aside(&dir, &e.to_string()),
+    };
+    let version = value
+        .get("version")
+        .and_then(serde_json::Value::as_u64)
+        .unwrap_or(0);
+    if version > u64::from(STATE_VERSION) {
+        return Err(Error::StateTooNew { path, version });
+    }
+    let Some(items) = value.get("guarded").and_then(serde_json::Value::as_array) else {
+        return set_aside(&dir, "no list of guarded pairs");
+    };
+    if items.len() > MAX_ENTRIES {
+        log::warn!(
+            "{}: {} entries, more than {MAX_ENTRIES}: only the first are read",
+            path.display(),
+            items.len()
+        );
+    }
+    let mut out: Vec<Guarded> = Vec::new();
+    for (i, item) in items.iter().take(MAX_ENTRIES).enumerate() {
+        match Guarded::deserialize(item) {
+            Ok(g) if g.time > MAX_TIME => log::warn!(
+                "{}: dropping entry {}: time out of range",
+                path.display(),
+                i + 1
+            ),
+            Ok(g) if out.iter().any(|o| o.chain() == g.chain()) => {}
+            Ok(g) => out.push(g),
+            Err(e) => log::warn!("{}: dropping entry {}: {e}", path.display(), i + 1),
+        }
+    }
+    Ok(out)
+}
+
+/// The record's bytes; a file over the cap is set aside like a corrupt one.
+fn read_capped(dir: &Dir) -> Result<Option<Vec<u8>>, Error> {
+    match dir.read(RECORD, CAP_STATE) {
+        Err(Error::Unreadable { why, .. }) => {
+            log::warn!("{}: {why}", dir.path().join(RECORD).display());
+            dir.remove_tree(&format!("{RECORD}.corrupt"))?;
+            dir.rename(RECORD, &format!("{RECORD}.corrupt"))?;
+            Ok(None)
+        }
+        r => r,
+    }
+}
+
+/// Set the record aside as `guarded.json.corrupt`, with one warning; the
+/// backups stand in for it.
+fn set_aside(dir: &Dir, why: &str) -> Result<Vec<Guarded>, Error> {
+    let aside = format!("{RECORD}.corrupt");
+    dir.remove_tree(&aside)?;
+    dir.rename(RECORD, &aside)?;
+    log::warn!(
+        "{}: corrupt: {why}; set aside as {aside}; the saved modules are used without it",
+        dir.path().join(RECORD).display()
+    );
+    Ok(from_backups(dir))
+}
+
+fn from_backups(dir: &Dir) -> Vec<Guarded> {
+    dir.existing_subdir(SAVED)
+        .map(|s| {
+            let mut v = saved_pairs(&s);
+            v.truncate(MAX_ENTRIES);
+            v
+        })
+        .unwrap_or_default()
+}
+
+/// Write the record atomically; with no entry left, remove it.
+fn write_record(state: &State, guarded: &[Guarded]) -> Result<(), Error> {
+    let dir = state.open()?;
+    if guarded.is_empty() {
+        return dir.remove_tree(RECORD);
+    }
+    let text = serde_json::to_vec_pretty(&Record {
+        version: STATE_VERSION,
+        guarded,
+    })
+    .map_err(|e| Error::StateCorrupt {
+        path: dir.path().join(RECORD),
+        msg: e.to_string(),
+    })?;
+    dir.write_atomic(RECORD, &text)
+}
