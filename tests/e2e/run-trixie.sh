@@ -8,7 +8,7 @@
 # Without DKMS_HOOK_DEB the package is built with tests/package.sh. The base
 # root is cached (make-base-trixie.sh); one fresh root per run: dkms-hook,
 # acpi-call-dkms and a first kernel (the older ABI if the archive has two),
-# then scenarios 1, 2, 3 and 4 in that order.
+# then scenarios 1 to 6 in that order.
 # Prints PASS/FAIL per scenario and ends with "N passed, M failed".
 # When the Debian mirror cannot be reached: one "SKIPPED:" line, exit 0.
 set -euo pipefail
@@ -172,6 +172,55 @@ verdict
 
 scenario "5: every dkms.conf of Debian 13 main, on amd64 and cloud-amd64: dkms-hook excludes what dkms excludes"
 e2e_check_dkms_conf_corpus
+verdict
+
+K="${FIRST[0]}"
+scenario "6: dkms's kernel_preinst on an in-place reinstall of linux-image-$K, the module's source broken: nothing lost"
+# dkms 3.2's preinst.d hook unbuilds every module of K before the image is
+# unpacked again, and its postinst.d hook builds them again: with a source
+# that no longer compiles, the module would be gone and apt would exit 100.
+# E2E_REMOVE_GUARD=1 removes the guard's hook files first: this scenario
+# must then fail (the proof that it tests the guard).
+if [[ "${E2E_REMOVE_GUARD:-0}" == 1 ]]; then
+    rm -f "$E2E_ROOT"/etc/kernel/{preinst,postinst}.d/00-dkms-hook-guard
+    echo "  note  E2E_REMOVE_GUARD=1: the guard's hook files are removed"
+fi
+check "dkms's own preinst.d hook is installed (dkms $E2E_DKMS_VERSION)" test -x "$E2E_ROOT/etc/kernel/preinst.d/dkms"
+SRC="$(find "$E2E_ROOT/usr/src/acpi-call-${M#acpi-call/}" -maxdepth 1 -name '*.c' -print -quit)"
+printf '\n#error "dkms-hook e2e: this source no longer builds"\n' >> "$SRC"
+KO6="$(acpi_ko "$K")" BK6="$(built_ko "$K")"
+SHA6="$(sha "$KO6")" BSHA6="$(sha "$BK6")"
+L0="$(log_lines)"
+o="$(out)"
+RC=0; e2e_apt_offline install --reinstall "linux-image-$K" > "$o" 2>&1 || RC=$?
+grep -E 'dkms-hook|dkms: removing|[Aa]utoinstall|^E: ' "$o" | sed 's/^/    | /' || true
+check "apt-get install --reinstall exits 0 (rc=$RC)" test "$RC" == 0
+check "linux-image-$K is configured" \
+    test "$(in_root dpkg-query -W -f '${db:Status-Abbrev}' "linux-image-$K")" == "ii "
+check "dkms's kernel_preinst did remove the module" contains "$o" "dkms: removing module $M for kernel $K"
+check "apt's output says it was put back" contains "$o" "dkms-hook: put back $M for $K"
+check "$K: acpi_call.ko.xz is byte-identical" test "$(sha "$(acpi_ko "$K")")" == "$SHA6"
+check "$K: dkms's built copy is byte-identical" test "$(sha "$(built_ko "$K")")" == "$BSHA6"
+check "$K: dkms status says installed" installed acpi-call "$K"
+check "$K: modules.dep lists it (depmod ran)" grep -q 'updates/dkms/acpi_call.ko' "$E2E_ROOT/lib/modules/$K/modules.dep"
+check "nothing left saved" test ! -e "$E2E_ROOT/var/lib/dkms-hook/guarded.json" -a ! -e "$E2E_ROOT/var/lib/dkms-hook/guarded"
+check "no dkms-hook failure" lacks "$o" "dkms-hook: FAILED"
+# Later, the source still broken: an in-place change of K's kbuild fails the
+# safe rebuild, which keeps the module, as always.
+if [[ "$K" == "$E2E_OLD_KERNEL" ]]; then KB6="linux-kbuild-$E2E_OLD_ABI"; else KB6="$E2E_KBUILD"; fi
+KB6V="$(in_root dpkg-query -W -f '${Version}' "$KB6")"
+KB6N="$(e2e_repack_bump "$KB6" "$KB6V" +e2e6)"
+sleep 1
+o="$(out)"
+RC=0; in_root dpkg -i "/var/cache/apt/archives/${KB6}_${KB6N}_amd64.deb" > "$o" 2>&1 || RC=$?
+grep -F 'dkms-hook' "$o" | sed 's/^/    | /' || true
+check "dpkg -i $KB6 $KB6N exits 0 (rc=$RC)" test "$RC" == 0
+check "$K: the safe rebuild failed and said so" contains "$o" "dkms-hook: FAILED to rebuild $M for $K"
+check "$K: acpi_call.ko.xz is still byte-identical" test "$(sha "$(acpi_ko "$K")")" == "$SHA6"
+check "$K: dkms status still says installed" installed acpi-call "$K"
+log="$(log_since "$L0")"
+check "/var/log/dkms-hook.log: saved, then put back" \
+    bash -c 'grep -q "saved $1 for $2 before" "$3" && grep -q "put back $1 for $2" "$3"' _ "$M" "$K" "$log"
 verdict
 
 echo "e2e trixie: $((SECONDS - T0)) s for setup and scenarios (dkms $E2E_DKMS_VERSION, apt $E2E_APT_VERSION)"
