@@ -338,6 +338,7 @@ fn help_lists_each_command_in_one_short_line() {
             "apt-json-hook",
             "pre-install-pkgs",
             "kernel-hook",
+            "kernel-guard",
             "boot",
             "motd"
         ],
