@@ -492,3 +492,117 @@ fn write_record(state: &State, guarded: &[Guarded]) -> Result<(), Error> {
     })?;
     dir.write_atomic(RECORD, &text)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::root::Root;
+
+    fn state() -> (tempfile::TempDir, State) {
+        let t = tempfile::tempdir().unwrap();
+        let s = State::new(&Root::new(t.path()));
+        (t, s)
+    }
+
+    fn entry(m: &str, k: &str, time: u64) -> String {
+        format!(
+            r#"{{"module":"{m}","version":"1.0","kernel":"{k}","arch":"x86_64","time":{time}}}"#
+        )
+    }
+
+    #[test]
+    fn record_entries_are_checked_one_by_one() {
+        let (_t, s) = state();
+        let list = [
+            entry("acpi-call", "6.12.38+deb13-amd64", 1_700_000_000),
+            entry("../etc", "6.12.38+deb13-amd64", 1),
+            entry("zfs", "../../boot", 1),
+            entry("v4l2loopback", "6.12.38+deb13-amd64", MAX_TIME + 1),
+            entry("acpi-call", "6.12.38+deb13-amd64", 5),
+            r#"{"module":"x"}"#.to_string(),
+        ];
+        let text = format!(r#"{{"version":1,"guarded":[{}]}}"#, list.join(","));
+        s.open()
+            .unwrap()
+            .write_atomic(RECORD, text.as_bytes())
+            .unwrap();
+        let read = read_record(&s).unwrap();
+        assert_eq!(read.len(), 1, "{read:?}");
+        assert_eq!(read[0].id.module.as_str(), "acpi-call");
+        assert_eq!(read[0].time, 1_700_000_000, "the first of two alike");
+    }
+
+    #[test]
+    fn a_record_is_bounded() {
+        let (_t, s) = state();
+        let list: Vec<String> = (0..MAX_ENTRIES + 10)
+            .map(|i| entry(&format!("m{i}"), "6.12.38+deb13-amd64", 1))
+            .collect();
+        let text = format!(r#"{{"version":1,"guarded":[{}]}}"#, list.join(","));
+        s.open()
+            .unwrap()
+            .write_atomic(RECORD, text.as_bytes())
+            .unwrap();
+        assert_eq!(read_record(&s).unwrap().len(), MAX_ENTRIES);
+    }
+
+    #[test]
+    fn a_newer_record_is_left_alone_and_a_corrupt_one_set_aside() {
+        let (_t, s) = state();
+        let dir = s.open().unwrap();
+        dir.write_atomic(RECORD, br#"{"version":99,"guarded":[]}"#)
+            .unwrap();
+        assert!(matches!(
+            read_record(&s),
+            Err(Error::StateTooNew { version: 99, .. })
+        ));
+        assert!(dir.names().iter().any(|n| n == RECORD), "left alone");
+        for bad in [
+            &b"[1,2]"[..],
+            b"{\"version\":1}",
+            b"\xff\xfe",
+            b"{\"guarded\":",
+        ] {
+            dir.write_atomic(RECORD, bad).unwrap();
+            assert_eq!(read_record(&s).unwrap(), Vec::new());
+            let names = dir.names();
+            assert!(!names.iter().any(|n| n == RECORD), "{names:?}");
+            assert!(
+                names.iter().any(|n| n == "guarded.json.corrupt"),
+                "{names:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn complete_backups_stand_in_for_a_missing_record() {
+        let (_t, s) = state();
+        let g = Guarded {
+            id: PairId {
+                module: ModuleName::new("acpi-call").unwrap(),
+                version: ModuleVersion::new("1.2.2").unwrap(),
+                kernel: KernelRelease::new("6.12.38+deb13-amd64").unwrap(),
+                arch: DkmsArch::new("x86_64").unwrap(),
+            },
+            time: 0,
+        };
+        let d = saved_dir(&s, &g, true).unwrap().unwrap();
+        d.write_atomic("complete", b"").unwrap();
+        // A name that does not check is not taken for a pair.
+        s.open()
+            .unwrap()
+            .subdir(SAVED)
+            .unwrap()
+            .subdir("bad name")
+            .unwrap();
+        let read = read_record(&s).unwrap();
+        assert_eq!(read.len(), 1);
+        assert_eq!(read[0].chain(), g.chain());
+        assert!(read[0].time > 0, "the time the backup was marked complete");
+        remove_saved(&s, &g).unwrap();
+        let left = s.open().unwrap().existing_subdir(SAVED).unwrap().names();
+        assert_eq!(left, ["bad name"], "emptied levels removed, others kept");
+        remove_leftovers(&s, &[]).unwrap();
+        assert!(!s.open().unwrap().is_dir(SAVED));
+    }
+}
