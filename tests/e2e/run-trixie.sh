@@ -186,6 +186,16 @@ if [[ "${E2E_REMOVE_GUARD:-0}" == 1 ]]; then
     echo "  note  E2E_REMOVE_GUARD=1: the guard's hook files are removed"
 fi
 check "dkms's own preinst.d hook is installed (dkms $E2E_DKMS_VERSION)" test -x "$E2E_ROOT/etc/kernel/preinst.d/dkms"
+# What linux-run-hooks (linux-base) runs: run-parts over /etc/kernel/P.d and
+# /usr/share/kernel/P.d, where they exist.
+first_hook() {
+    in_root sh -c 'set --; for d in /etc/kernel/$0.d /usr/share/kernel/$0.d; do [ -d "$d" ] && set -- "$@" "$d"; done
+                   run-parts --list "$@" | sed "s#.*/##" | grep -xE "00-dkms-hook-guard|dkms" | head -n 1' "$1"
+}
+for p in preinst postinst; do
+    [[ "${E2E_REMOVE_GUARD:-0}" == 1 ]] ||
+        check "run-parts runs the guard before dkms in $p.d" test "$(first_hook "$p")" == 00-dkms-hook-guard
+done
 SRC="$(find "$E2E_ROOT/usr/src/acpi-call-${M#acpi-call/}" -maxdepth 1 -name '*.c' -print -quit)"
 printf '\n#error "dkms-hook e2e: this source no longer builds"\n' >> "$SRC"
 KO6="$(acpi_ko "$K")" BK6="$(built_ko "$K")"
