@@ -208,8 +208,21 @@ pub fn forget_kernel(state: &State, _lock: &Lock, kernel: &KernelRelease) -> Res
     Ok(())
 }
 
-/// The cheap test on every post-invoke: a record or a backup directory.
-fn has_anything(state: &State) -> bool {
+/// Whether [`before_unbuild`] has anything to do for `kernel` (checked
+/// before the lock is taken: a new kernel's install does not wait for a
+/// running rebuild): dkms's hook is there, and a pair of the kernel is
+/// built or something is saved.
+pub fn needed_before_unbuild(state: &State, kernel: &KernelRelease) -> bool {
+    dkms_unbuilds(state)
+        && (has_anything(state)
+            || dkms::scan(state.root(), &mut Vec::new())
+                .iter()
+                .any(|p| &p.id.kernel == kernel && p.built.is_some()))
+}
+
+/// The cheap test on every post-invoke and kernel postinst: a record or a
+/// backup directory.
+pub fn has_anything(state: &State) -> bool {
     state
         .open_existing()
         .is_some_and(|d| d.is_dir(SAVED) || d.names().iter().any(|n| n == RECORD))

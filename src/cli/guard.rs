@@ -26,9 +26,14 @@ pub(super) fn kernel_guard(root: &Root, env: &Env, phase: GuardPhase, kernel: &s
     let state = State::new(root);
     let run = || -> Result<(), crate::Error> {
         let cfg = load_config(root);
-        // Nothing to do, not even the lock, on a system whose dkms does not
-        // unbuild (Debian 12) and that has nothing saved.
-        if phase == GuardPhase::Preinst && !guard::dkms_unbuilds(&state) {
+        // Nothing to do, not even the lock (a running rebuild would hold up
+        // the kernel package), on a system whose dkms does not unbuild
+        // (Debian 12), for a kernel with no module built, with nothing saved.
+        let needed = match phase {
+            GuardPhase::Preinst => guard::needed_before_unbuild(&state, &k),
+            GuardPhase::Postinst => guard::has_anything(&state),
+        };
+        if !needed {
             return Ok(());
         }
         // As every run takes it: a killed run's leftover builds stop first.
