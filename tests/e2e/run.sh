@@ -8,7 +8,7 @@
 #
 # Without DKMS_HOOK_DEB the package is built with tests/package.sh. The base
 # root is cached (make-base.sh); a run uses two fresh roots:
-#   root A, dkms-hook installed before the upgrades: scenarios 4, 1, 3, 5, 6, 10, 9, 11, 7
+#   root A, dkms-hook installed before the upgrades: scenarios 4, 1, 3, 5, 6, 10, 9, 11, 12, 7
 #   root B, stock dkms first, dkms-hook later: scenarios 2 and 8
 # Prints PASS/FAIL per scenario and ends with "N passed, M failed".
 # When the Debian mirror cannot be reached: one "SKIPPED:" line, exit 0.
@@ -214,6 +214,23 @@ check "$V4L2 is excluded for $CLOUD (no CONFIG_VIDEO_DEV there)" state_is "$st" 
 check "…and fresh for $NEW" state_is "$st" "$V4L2" "$NEW" fresh
 e2e_check_dkms_conf_corpus
 in_root dpkg --purge "linux-headers-$CLOUD" >&2
+verdict
+
+scenario "12: dkms 3.0.10 has no kernel_preinst: the guard does nothing and prints nothing"
+check "no preinst.d hook of dkms's" test ! -e "$E2E_ROOT/etc/kernel/preinst.d/dkms"
+check "the guard is installed in preinst.d and postinst.d" \
+    test -x "$E2E_ROOT/etc/kernel/preinst.d/00-dkms-hook-guard" -a -x "$E2E_ROOT/etc/kernel/postinst.d/00-dkms-hook-guard"
+SHA12="$(sha "$(ko acpi_call "$NEW")")"
+# As linux-image-NEW's preinst runs its hooks on an upgrade or reinstall.
+o="$(out)"
+RC=0; in_root run-parts --report --exit-on-error --arg="$NEW" --arg="/boot/vmlinuz-$NEW" /etc/kernel/preinst.d > "$o" 2>&1 || RC=$?
+check "preinst.d: run-parts exits 0 (rc=$RC)" test "$RC" == 0
+check "preinst.d: nothing printed" test ! -s "$o"
+o="$(out)"
+RC=0; in_root /etc/kernel/postinst.d/00-dkms-hook-guard "$NEW" "/boot/vmlinuz-$NEW" > "$o" 2>&1 || RC=$?
+check "postinst.d's guard: exit 0 (rc=$RC), nothing printed" test "$RC" == 0 -a ! -s "$o"
+check "$NEW: acpi_call.ko unchanged" test "$(sha "$(ko acpi_call "$NEW")")" == "$SHA12"
+check "nothing saved" test ! -e "$E2E_ROOT/var/lib/dkms-hook/guarded.json" -a ! -e "$E2E_ROOT/var/lib/dkms-hook/guarded"
 verdict
 
 scenario "7: after apt remove dkms-hook (conffiles kept), apt still works"
