@@ -17,9 +17,10 @@
 //!
 //! `guarded.json` is read back as untrusted input: through the no-follow
 //! state directory, capped, every entry checked through the name types and
-//! at most [`MAX_ENTRIES`] of them; a corrupt one is set aside and the
-//! complete backups under `guarded/` (names checked the same way) stand in
-//! for it.
+//! at most [`MAX_ENTRIES`] of them; a corrupt one is set aside. A complete
+//! backup under `guarded/` (names checked the same way) counts as guarded
+//! even when the record does not name it (a record set aside or never
+//! written): what dkms removed is put back whatever happened to the record.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -346,9 +347,9 @@ fn remove_saved(state: &State, g: &Guarded) -> Result<(), Error> {
     Ok(())
 }
 
-/// Remove every backup under `guarded/` that no entry of `kept` names (a
-/// guard killed before it wrote the record, a record set aside), and
-/// `guarded/` itself with whatever else is in it once nothing is kept.
+/// Remove every backup under `guarded/` that no entry of `kept` names (cut
+/// short, or beyond [`MAX_ENTRIES`]), and `guarded/` itself with whatever
+/// else is in it once nothing is kept.
 fn remove_leftovers(state: &State, kept: &[Guarded]) -> Result<(), Error> {
     let top = state.open()?;
     if kept.is_empty() {
@@ -357,7 +358,7 @@ fn remove_leftovers(state: &State, kept: &[Guarded]) -> Result<(), Error> {
     let Some(saved) = top.existing_subdir(SAVED) else {
         return Ok(());
     };
-    for found in saved_pairs(&saved) {
+    for found in saved_pairs(&saved, false) {
         if !kept.iter().any(|g| g.chain() == found.chain()) {
             remove_saved(state, &found)?;
         }
@@ -365,9 +366,10 @@ fn remove_leftovers(state: &State, kept: &[Guarded]) -> Result<(), Error> {
     Ok(())
 }
 
-/// The complete backups under `guarded/` whose names check, with the time
-/// their completion was marked.
-fn saved_pairs(saved: &Dir) -> Vec<Guarded> {
+/// The backups under `guarded/` whose names check, with the time their
+/// completion was marked; with `complete_only`, not those cut short (no
+/// mark).
+fn saved_pairs(saved: &Dir, complete_only: bool) -> Vec<Guarded> {
     let mut out = Vec::new();
     for m in saved.names() {
         let (Ok(module), Some(md)) = (ModuleName::new(&m), saved.existing_subdir(&m)) else {
@@ -388,9 +390,14 @@ fn saved_pairs(saved: &Dir) -> Vec<Guarded> {
                     };
                     let time = std::fs::symlink_metadata(ad.path().join("complete"))
                         .ok()
+                        .filter(std::fs::Metadata::is_file)
                         .and_then(|m| m.modified().ok())
                         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                        .map_or(0, |d| d.as_secs());
+                        .map(|d| d.as_secs().min(MAX_TIME));
+                    if complete_only && time.is_none() {
+                        continue;
+                    }
+                    let time = time.unwrap_or(0);
                     out.push(Guarded {
                         id: PairId {
                             module: module.clone(),
@@ -450,6 +457,13 @@ fn read_record(state: &State) -> Result<Vec<Guarded>, Error> {
             Err(e) => log::warn!("{}: dropping entry {}: {e}", path.display(), i + 1),
         }
     }
+    // A complete backup the record does not name (a guard that could not
+    // write the record after its backups) is guarded all the same.
+    for g in from_backups(&dir) {
+        if out.len() < MAX_ENTRIES && !out.iter().any(|o| o.chain() == g.chain()) {
+            out.push(g);
+        }
+    }
     Ok(out)
 }
 
@@ -482,7 +496,7 @@ fn set_aside(dir: &Dir, why: &str) -> Result<Vec<Guarded>, Error> {
 fn from_backups(dir: &Dir) -> Vec<Guarded> {
     dir.existing_subdir(SAVED)
         .map(|s| {
-            let mut v = saved_pairs(&s);
+            let mut v = saved_pairs(&s, true);
             v.truncate(MAX_ENTRIES);
             v
         })

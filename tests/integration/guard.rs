@@ -166,6 +166,28 @@ fn a_corrupt_guard_record_is_set_aside_and_the_saved_modules_still_come_back() {
 }
 
 #[test]
+fn a_lost_guard_record_still_puts_back_what_was_saved() {
+    // The record could not be written after the backups (a full disk), or
+    // names other pairs only: complete backups count all the same.
+    let f = trixie_dkms();
+    let (ko, built, built_mtime) = (f.read(KO), f.read(BUILT), mtime(&f, BUILT));
+    guard(&f, "preinst");
+    dkms_hook(&f, "kernel_preinst");
+    f.write(
+        RECORD,
+        r#"{"version":1,"guarded":[{"module":"zfs","version":"2.3","kernel":"6.1.0-50-amd64","arch":"x86_64","time":1}]}"#,
+    );
+    let out = f.run(&["post-invoke"]);
+    assert!(
+        stderr(&out).contains("put back acpi-call/1.2.2"),
+        "{}",
+        stderr(&out)
+    );
+    assert_kept(&f, &ko, &built, built_mtime);
+    assert!(!f.path(RECORD).exists() && !f.path(SAVED).exists());
+}
+
+#[test]
 fn a_planted_guard_record_is_checked_and_bounded() {
     let f = trixie_dkms();
     let ko = f.read(KO);
