@@ -221,6 +221,12 @@ pub fn needed_before_unbuild(state: &State, kernel: &KernelRelease) -> bool {
                 .any(|p| &p.id.kernel == kernel && p.built.is_some()))
 }
 
+/// The guarded pairs, as a guard run reads them back (for `status` and the
+/// fuzzer): the record's entries that check, and the complete backups.
+pub fn guarded(state: &State) -> Result<Vec<Guarded>, Error> {
+    read_record(state)
+}
+
 /// The cheap test on every post-invoke and kernel postinst: a record or a
 /// backup directory.
 pub fn has_anything(state: &State) -> bool {
