@@ -11,7 +11,7 @@ use crate::model::PairState;
 /// (SECURITY.md has them all).
 const SAFETY: &[&str] = &[
     "A working module is never lost. dkms build --force deletes the working build before it starts: dkms-hook runs it only after the pair's dkms directory and every installed module file are backed up, and a build that fails puts both back, byte-identical, so that dkms status says installed again (tests: rebuild::a_failed_build_keeps_the_working_module, rebuild::sigkill_at_50_points_loses_nothing_and_installs_nothing_twice, tests/e2e/run.sh).",
-    "dkms 3.1.6 and later (Debian 13) remove every module of a kernel (dkms kernel_preinst, from /etc/kernel/preinst.d/dkms) before its image is upgraded or reinstalled in place, and build them again afterwards; a module that no longer builds would be gone and apt would exit 100. The guard, /etc/kernel/preinst.d/00-dkms-hook-guard and postinst.d/00-dkms-hook-guard, runs before dkms's hooks: it saves each built module of the kernel first and puts it back before dkms autoinstall, which then finds it installed; the kernel package configures and apt exits 0. A run killed in between is finished by the next run or at boot. With dkms 3.0.10 (Debian 12) it does nothing (tests: guard::the_guard_keeps_the_module_through_an_in_place_reinstall, guard::a_run_killed_between_preinst_and_postinst_is_finished_by_the_next_run, guard::a_planted_guard_record_is_checked_and_bounded, tests/e2e/run-trixie.sh scenario 6).",
+    "dkms 3.1.6 and later (Debian 13) remove every module of a kernel (dkms kernel_preinst, from /etc/kernel/preinst.d/dkms) before its image is upgraded or reinstalled in place, and build them again afterwards; a module that no longer builds would be gone and apt would exit 100. The guard, /etc/kernel/preinst.d/00-dkms-hook-guard and postinst.d/00-dkms-hook-guard, runs before dkms's hooks: it saves each built module of the kernel first and puts it back before dkms autoinstall, which then finds it installed; the kernel package configures and apt exits 0. A run killed in between is finished by the next run or at boot. With dkms 3.0.10 (Debian 12) it does nothing (tests: guard::the_guard_keeps_the_module_through_an_in_place_reinstall, guard::a_run_killed_between_preinst_and_postinst_is_finished_later, guard::a_planted_guard_record_is_checked_and_bounded, tests/e2e/run-trixie.sh scenario 6).",
     "The hooks never make apt, dpkg or run-parts fail, and everything dkms-hook reads, its own state included, is untrusted input. SECURITY.md in the source states each promise with the tests that attack it.",
 ];
 
@@ -102,10 +102,13 @@ pub fn render(
             }
         }
     }
-    writeln!(out, ".SH SAFETY")?;
+    // Left-aligned: the long test names cannot be spread over a justified
+    // line (groff warns, and lintian with it), nor hyphenated.
+    writeln!(out, ".SH SAFETY\n.ad l\n.nh")?;
     for p in SAFETY {
         writeln!(out, ".PP\n{}", esc(p))?;
     }
+    writeln!(out, ".ad b\n.hy")?;
     writeln!(out, ".SH SEE ALSO\ndkms(8), apt.conf(5), dpkg.cfg(5)")?;
     man.render_version_section(out)
 }

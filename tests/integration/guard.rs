@@ -108,7 +108,7 @@ fn the_guard_keeps_the_module_through_an_in_place_reinstall() {
 }
 
 #[test]
-fn a_run_killed_between_preinst_and_postinst_is_finished_by_the_next_run() {
+fn a_run_killed_between_preinst_and_postinst_is_finished_later() {
     for next in ["post-invoke", "boot"] {
         let f = trixie_dkms();
         let (ko, built, built_mtime) = (f.read(KO), f.read(BUILT), mtime(&f, BUILT));
