@@ -317,39 +317,13 @@ fn save(exec: &Executor, state: &State, g: &Guarded) -> Result<(), Error> {
 /// `guarded/M/V/K/ARCH`, each level a real directory (created when
 /// `create`).
 fn saved_dir(state: &State, g: &Guarded, create: bool) -> Result<Option<Dir>, Error> {
-    let mut dir = state.open()?;
-    for name in std::iter::once(SAVED).chain(g.chain()) {
-        dir = if create {
-            dir.subdir(name)?
-        } else {
-            match dir.existing_subdir(name) {
-                Some(d) => d,
-                None => return Ok(None),
-            }
-        };
-    }
-    Ok(Some(dir))
+    state.pair_dir(SAVED, &g.id, create)
 }
 
 /// Remove a pair's backup and the levels above it that it leaves empty.
 fn remove_saved(state: &State, g: &Guarded) -> Result<(), Error> {
-    let top = state.open()?;
-    let mut dirs = vec![top];
-    let chain = g.chain();
-    for name in std::iter::once(SAVED).chain(chain[..3].iter().copied()) {
-        match dirs.last().and_then(|d| d.existing_subdir(name)) {
-            Some(d) => dirs.push(d),
-            None => return Ok(()),
-        }
-    }
-    // dirs: top, guarded, M, V, K; remove ARCH, then each emptied level.
-    dirs[4].remove_tree(chain[3])?;
-    let names = [SAVED, chain[0], chain[1], chain[2]];
-    for i in (0..4).rev() {
-        if !dirs[i].remove_empty(names[i]) {
-            break;
-        }
-    }
+    state.remove_pair_dir(SAVED, &g.id)?;
+    state.open()?.remove_empty(SAVED);
     Ok(())
 }
 

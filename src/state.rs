@@ -478,8 +478,19 @@ impl State {
     /// The backup directory of one pair, `backups/M/V/K/ARCH`, each level
     /// checked to be a real directory (created when `create`).
     pub fn backup(&self, p: &PairId, create: bool) -> Result<Option<Dir>, Error> {
+        self.pair_dir("backups", p, create)
+    }
+
+    /// Remove a pair's backup and the then empty `M/V/K` directories above it.
+    pub fn remove_backup(&self, p: &PairId) -> Result<(), Error> {
+        self.remove_pair_dir("backups", p)
+    }
+
+    /// `TOP/M/V/K/ARCH` of one pair, each level checked to be a real
+    /// directory (created when `create`): the backups, the guard's copies.
+    pub fn pair_dir(&self, top: &str, p: &PairId, create: bool) -> Result<Option<Dir>, Error> {
         let mut dir = self.open()?;
-        for name in std::iter::once("backups").chain(p.backup_chain()) {
+        for name in std::iter::once(top).chain(p.backup_chain()) {
             dir = if create {
                 dir.subdir(name)?
             } else {
@@ -492,21 +503,21 @@ impl State {
         Ok(Some(dir))
     }
 
-    /// Remove a pair's backup and the then empty `M/V/K` directories above it.
-    pub fn remove_backup(&self, p: &PairId) -> Result<(), Error> {
-        let top = self.open()?;
-        let Some(backups) = top.existing_subdir("backups") else {
+    /// Remove `TOP/M/V/K/ARCH` and the then empty `M/V/K` directories above
+    /// it (`TOP` stays).
+    pub fn remove_pair_dir(&self, top: &str, p: &PairId) -> Result<(), Error> {
+        let Some(top) = self.open()?.existing_subdir(top) else {
             return Ok(());
         };
         let chain = p.backup_chain();
-        let mut dirs = vec![backups];
+        let mut dirs = vec![top];
         for name in &chain[..3] {
             match dirs.last().and_then(|d| d.existing_subdir(name)) {
                 Some(d) => dirs.push(d),
                 None => return Ok(()),
             }
         }
-        // dirs: backups, M, V, K; remove ARCH, then each emptied level.
+        // dirs: TOP, M, V, K; remove ARCH, then each emptied level.
         let mut name = chain[3];
         for (i, d) in dirs.iter().enumerate().rev() {
             if i == 3 {

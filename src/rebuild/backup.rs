@@ -75,11 +75,9 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
 }
 
 impl Executor<'_> {
-    /// Copy the dkms directory and every installed copy into the pair's
-    /// backup, then mark it complete. Returns the backup's host path.
-    pub(super) fn back_up(&self, p: &QueuedPair, dir: &Path) -> Result<PathBuf, Error> {
-        // Every module file to be saved is within the cap, or nothing is
-        // touched (the build would replace what cannot be put back).
+    /// The installed copies of a pair's built modules, once every one of
+    /// them and every built file is within [`CAP_MODULE`].
+    fn installed_within_cap(&self, p: &QueuedPair, dir: &Path) -> Result<Vec<PathBuf>, Error> {
         let names = built_names(dir);
         let installed = self.installed_modules(p, &names);
         for f in names
@@ -89,6 +87,15 @@ impl Executor<'_> {
         {
             within_cap(&f)?;
         }
+        Ok(installed)
+    }
+
+    /// Copy the dkms directory and every installed copy into the pair's
+    /// backup, then mark it complete. Returns the backup's host path.
+    pub(super) fn back_up(&self, p: &QueuedPair, dir: &Path) -> Result<PathBuf, Error> {
+        // Every module file to be saved is within the cap, or nothing is
+        // touched (the build would replace what cannot be put back).
+        let installed = self.installed_within_cap(p, dir)?;
         self.state.remove_backup(&p.id)?;
         let b = self
             .state
@@ -116,15 +123,7 @@ impl Executor<'_> {
     /// module file within the cap or nothing saved.
     pub fn save_pair(&self, p: &QueuedPair, into: &Dir) -> Result<(), Error> {
         let dir = self.dkms_dir(p)?;
-        let names = built_names(&dir);
-        let installed = self.installed_modules(p, &names);
-        for f in names
-            .iter()
-            .map(|n| dir.join("module").join(n))
-            .chain(installed.iter().cloned())
-        {
-            within_cap(&f)?;
-        }
+        let installed = self.installed_within_cap(p, &dir)?;
         self.save_into(&dir, &installed, into)
     }
 
