@@ -89,6 +89,17 @@ fn field_prefix<'a>(para: &'a [u8], field: &[u8]) -> Option<&'a str> {
 }
 
 fn parse_paragraph(para: &[u8]) -> Option<Installed> {
+    // deb822-lossless 0.2 (Debian 13's) panics when a line (it also breaks
+    // lines at '\r') begins with characters that start no field and no
+    // continuation and then a multibyte one: it slices one byte off it.
+    // dpkg writes every line starting with a field name or a blank, so a
+    // paragraph with another line is garbage, skipped before it is parsed.
+    if para.split(|&b| b == b'\n' || b == b'\r').any(|l| {
+        l.first()
+            .is_some_and(|&b| !(b.is_ascii_alphanumeric() || b == b' ' || b == b'\t'))
+    }) {
+        return None;
+    }
     let text = std::str::from_utf8(para).ok()?;
     let (doc, errors) = deb822_lossless::Deb822::from_str_relaxed(text);
     if !errors.is_empty() {
@@ -230,6 +241,26 @@ Version: 6.1.27-1
 Package: broken
 Status: install ok installed
 ";
+
+    /// Regression (found by the `status` fuzz target): a line starting
+    /// with a multibyte character panicked inside deb822-lossless 0.2.
+    #[test]
+    fn a_line_starting_with_a_multibyte_character_is_no_panic() {
+        let data =
+            "Package: kmod\n\u{5c5}\u{f}Status: install ok installed\nVersion: 30+20221128-1\n\n\
+                    Package: hello\nStatus: install ok installed\nVersion: 2.10-3\n";
+        let all = parse_status(data.as_bytes(), |_| true);
+        let names: Vec<&str> = all.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["hello"]);
+        // After a byte that starts nothing, or after a '\r'.
+        for odd in ["\u{b}\u{5c5}", ":\u{5c5}", "Status: x\r\u{5c5}"] {
+            let data = format!("Package: kmod\n{odd}\nVersion: 1\nStatus: install ok installed\n");
+            assert!(
+                parse_status(data.as_bytes(), |_| true).is_empty(),
+                "{odd:?}"
+            );
+        }
+    }
 
     #[test]
     fn only_wanted_paragraphs_are_parsed() {
