@@ -33,7 +33,6 @@ use crate::kernel::MODULES_DIR;
 use crate::name::{DkmsArch, KernelRelease, ModuleName, ModuleVersion};
 use crate::pair::{PairId, DKMS_TREE};
 use crate::rebuild::{Executor, Settled};
-use crate::root::CAP_STATE;
 use crate::state::{at_secs, now_secs, Lock, QueuedPair, State, MAX_TIME, STATE_VERSION};
 use crate::state_dir::Dir;
 use crate::tools::Tools;
@@ -399,21 +398,18 @@ fn saved_pairs(saved: &Dir, complete_only: bool) -> Vec<Guarded> {
 fn read_record(state: &State) -> Result<Vec<Guarded>, Error> {
     let dir = state.open()?;
     let path = dir.path().join(RECORD);
-    let Some(text) = read_capped(&dir)? else {
-        return Ok(from_backups(&dir));
+    let value = match state.read_value(RECORD) {
+        Ok(Some(v)) => v,
+        Ok(None) => return Ok(from_backups(&dir)),
+        // Set aside by the state's own reading; the backups stand in.
+        Err(e @ Error::StateCorrupt { .. }) => {
+            log::warn!("{e}; the saved modules are used without it");
+            return Ok(from_backups(&dir));
+        }
+        // Over the cap, or not a regular file: set aside the same way.
+        Err(Error::Unreadable { why, .. }) => return set_aside(&dir, &why),
+        Err(e) => return Err(e),
     };
-    let value: serde_json::Value = match serde_json::from_slice(&text) {
-        Ok(v @ serde_json::Value::Object(_)) => v,
-        Ok(_) => return set_aside(&dir, "not an object"),
-        Err(e) => return set_aside(&dir, &e.to_string()),
-    };
-    let version = value
-        .get("version")
-        .and_then(serde_json::Value::as_u64)
-        .unwrap_or(0);
-    if version > u64::from(STATE_VERSION) {
-        return Err(Error::StateTooNew { path, version });
-    }
     let Some(items) = value.get("guarded").and_then(serde_json::Value::as_array) else {
         return set_aside(&dir, "no list of guarded pairs");
     };
@@ -445,19 +441,6 @@ fn read_record(state: &State) -> Result<Vec<Guarded>, Error> {
         }
     }
     Ok(out)
-}
-
-/// The record's bytes; a file over the cap is set aside like a corrupt one.
-fn read_capped(dir: &Dir) -> Result<Option<Vec<u8>>, Error> {
-    match dir.read(RECORD, CAP_STATE) {
-        Err(Error::Unreadable { why, .. }) => {
-            log::warn!("{}: {why}", dir.path().join(RECORD).display());
-            dir.remove_tree(&format!("{RECORD}.corrupt"))?;
-            dir.rename(RECORD, &format!("{RECORD}.corrupt"))?;
-            Ok(None)
-        }
-        r => r,
-    }
 }
 
 /// Set the record aside as `guarded.json.corrupt`, with one warning; the

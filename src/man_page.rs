@@ -270,6 +270,19 @@ fn bash_dead_states(script: &str) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
+    /// The bash completion as `make install` writes it.
+    fn ours() -> String {
+        use clap::CommandFactory;
+        let mut ours = Vec::new();
+        super::completions(
+            crate::cli::Cli::command(),
+            clap_complete::Shell::Bash,
+            &mut ours,
+        )
+        .unwrap();
+        String::from_utf8(ours).unwrap()
+    }
+
     /// The page as `make install` writes it.
     fn page() -> String {
         let mut page = Vec::new();
@@ -365,14 +378,7 @@ mod tests {
         assert!(raw
             .lines()
             .any(|l| l.contains("opts=\"") && l.contains(" man ")));
-        let mut ours = Vec::new();
-        super::completions(
-            crate::cli::Cli::command(),
-            clap_complete::Shell::Bash,
-            &mut ours,
-        )
-        .unwrap();
-        let ours = String::from_utf8(ours).unwrap();
+        let ours = ours();
         assert!(!ours.contains("dkms__subcmd__hook"));
         for hidden in ["man", "completions", "init"] {
             assert!(
@@ -391,14 +397,7 @@ mod tests {
     #[test]
     fn the_bash_completion_reaches_every_subcommand() {
         use clap::CommandFactory;
-        let mut ours = Vec::new();
-        super::completions(
-            crate::cli::Cli::command(),
-            clap_complete::Shell::Bash,
-            &mut ours,
-        )
-        .unwrap();
-        let ours = String::from_utf8(ours).unwrap();
+        let ours = ours();
         assert_eq!(super::bash_dead_states(&ours), Vec::<String>::new());
         // How the version spells a step down: `__subcmd__` (4.6), `__` (4.5).
         let sep = if ours.contains("cmd=\"dkms__hook__subcmd__") {

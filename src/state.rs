@@ -326,7 +326,7 @@ impl State {
     /// look and the run starts afresh (`status` and `sync` still find every
     /// stale pair from the file system). A file of a newer dkms-hook is an
     /// error: it is left alone.
-    fn read_value(&self, name: &str) -> Result<Option<serde_json::Value>, Error> {
+    pub(crate) fn read_value(&self, name: &str) -> Result<Option<serde_json::Value>, Error> {
         let dir = self.open()?;
         let path = self.path.join(name);
         let Some(text) = dir.read(name, CAP_STATE)? else {

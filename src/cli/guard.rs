@@ -4,6 +4,7 @@
 
 use super::args::{Env, GuardPhase};
 use super::{err, load_config, say_notes, warn};
+use crate::config::Config;
 use crate::guard::{self, Done};
 use crate::kernel::KernelRelease;
 use crate::report::{self, PREFIX};
@@ -56,9 +57,8 @@ pub(super) fn kernel_guard(root: &Root, env: &Env, phase: GuardPhase, kernel: &s
 }
 
 /// Post-invoke and boot, with the lock held: finish what a guard left.
-pub(super) fn finish(state: &State, lock: &Lock, env: &Env) {
-    let cfg = load_config(state.root());
-    match guard::finish(state, lock, &cfg, env.tools.clone()) {
+pub(super) fn finish(state: &State, lock: &Lock, cfg: &Config, env: &Env) {
+    match guard::finish(state, lock, cfg, env.tools.clone()) {
         Ok(done) => say(state, &done),
         Err(e) => warn(&format!("{PREFIX} {e}")),
     }

@@ -45,7 +45,7 @@ fn catch_up(root: &Root, env: &Env, running_kernel: bool) -> i32 {
         let lock = crate::rebuild::builds::lock(&state)?;
         // Modules dkms's kernel_preinst removed are back before the planner
         // looks at the dkms tree.
-        super::guard::finish(&state, &lock, env);
+        super::guard::finish(&state, &lock, &cfg, env);
         let p = intake::queue_from_dpkg_log(root, &state, &cfg)?;
         warn_once(root, &p.warning_lines());
         if running_kernel {
