@@ -12,6 +12,7 @@ pub mod args;
 mod guard;
 mod hooks;
 mod preflight_command;
+mod rollback;
 
 use args::{exit_code, BadInput, EXIT_ATTENTION, EXIT_FAILED, EXIT_USAGE, HOOK_COMMANDS};
 pub use args::{Cli, Command, Env, Phase, ReplayArgs, StatusArgs};
@@ -225,6 +226,8 @@ fn run(args: &[OsString], hook: bool) -> i32 {
         Command::KernelHook { phase, kernel, .. } => {
             Ok(hooks::kernel_hook(&root, &env, *phase, kernel))
         }
+        Command::Rollback(a) => rollback::rollback(&root, &env, a),
+        Command::Unhold(a) => rollback::unhold(&root, a),
         Command::Init => init(&root),
         Command::Man => crate::man_page::render(
             <Cli as clap::CommandFactory>::command(),
@@ -394,7 +397,8 @@ fn status(root: &Root, env: &Env, a: &StatusArgs) -> anyhow::Result<i32> {
         warn(&format!("{PREFIX} {e}"));
         Default::default()
     });
-    let rows = verify::assess(root, &inv, &cfg, &failures.failed, Some(&env.tools));
+    let mut rows = verify::assess(root, &inv, &cfg, &failures.failed, Some(&env.tools));
+    crate::rollback::annotate(&state, &mut rows);
     let queued = state.queue().map(|q| q.pending).unwrap_or_default();
     if rustix::process::geteuid().is_root() {
         if let Err(e) = crate::metrics::from_status(&state, &cfg, &rows, inv.running.as_ref()) {

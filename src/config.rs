@@ -53,6 +53,8 @@ pub struct Config {
     pub jobs: usize,
     pub build_timeout: Duration,
     pub initramfs: bool,
+    /// Keep each pair's previous build after a rebuild, for `rollback`.
+    pub keep_previous: bool,
     pub quiet: bool,
     pub preflight: PreflightMode,
     pub prometheus_textfile: Textfile,
@@ -67,6 +69,7 @@ impl Default for Config {
             jobs: 2,
             build_timeout: Duration::from_secs(1800),
             initramfs: true,
+            keep_previous: true,
             quiet: false,
             preflight: PreflightMode::Warn,
             prometheus_textfile: Textfile::Auto,
@@ -146,6 +149,7 @@ impl Config {
             "trigger_headers" => self.trigger(Role::Headers, boolean()?),
             "trigger_compiler" => self.trigger(Role::Compiler, boolean()?),
             "initramfs" => self.initramfs = boolean()?,
+            "keep_previous" => self.keep_previous = boolean()?,
             "quiet" => self.quiet = boolean()?,
             "kernels" => {
                 self.kernels = match value {
@@ -220,6 +224,7 @@ pub const KEYS: &[(&str, &str, &str)] = &[
     ("jobs", "2", "How many dkms modules are rebuilt in parallel (1 to 64); the kernels of one module are rebuilt one after another."),
     ("build_timeout", "1800", "Time limit in seconds of one dkms build, cp or update-initramfs (1 to 604800); the process group is killed after it."),
     ("initramfs", "yes", "Refresh a kernel's initramfs (update-initramfs -u -k K) when a rebuilt module is part of it."),
+    ("keep_previous", "yes", "After a successful rebuild, keep the build it replaced (one per module, version and kernel, under /var/lib/dkms-hook/previous) for dkms-hook rollback."),
     ("quiet", "no", "Print nothing in apt's output but failures and warnings."),
     ("prometheus_textfile", "auto", "Where to write dkms_hook.prom for node_exporter's textfile collector after every run that may change state: auto (/var/lib/prometheus/node-exporter when it exists), off, or a directory."),
     ("preflight", "warn", "When apt is about to change a kernel's build tree in place, test-build the affected modules against the downloaded packages before dpkg unpacks them: off, warn (print failures, let apt go on) or block (stop apt before anything is unpacked when a module would not build; go on anyway with DKMS_HOOK_SUSPEND=1 apt ... or preflight=warn)."),

@@ -45,7 +45,7 @@
 //! - 7: `plan` — the decision
 //! - 8: `verify` — what installed module files say
 //! - 9: `rebuild` — the safe rebuild
-//! - 10: `intake`, `preflight`, `guard` — into the queue; test builds before dpkg; modules kept through dkms's kernel_preinst
+//! - 10: `intake`, `preflight`, `guard`, `rollback` — into the queue; test builds before dpkg; modules kept through dkms's kernel_preinst; previous builds put back and held
 //! - 11: `report`, `metrics` — lines and JSON; the textfile and findings
 //! - 12: `apt`, `man_page` — apt's hook protocols; generated documents
 //! - 13: `cli` — the one place that prints and chooses exit statuses
@@ -75,6 +75,7 @@ pub mod plan;
 pub mod preflight;
 pub mod rebuild;
 pub mod report;
+pub mod rollback;
 pub mod root;
 pub mod state;
 pub mod state_dir;

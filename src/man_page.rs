@@ -125,6 +125,7 @@ fn meaning(s: PairState) -> &'static str {
         PairState::Excluded => "dkms would not build the module for this kernel: its dkms.conf, evaluated as the installed dkms evaluates it, excludes it (BUILD_EXCLUSIVE_*, OBSOLETE_BY).",
         PairState::Undecided => "not built, and whether dkms would build it cannot be told: under --root, a dkms.conf that is more than plain assignments, or one whose evaluation failed.",
         PairState::Broken => "the installed module's vermagic names another kernel: it will not load.",
+        PairState::Held => "put back to its previous build by dkms-hook rollback, and left alone by sync, retry and the hooks until dkms-hook unhold (or until another version of the module is installed).",
     }
 }
 

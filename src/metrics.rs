@@ -175,7 +175,8 @@ pub fn after_run(
     let counters = count(state, results)?;
     let inv = crate::inventory::Inventory::full(state.root())?;
     let failed = state.failures()?.failed;
-    let rows = crate::verify::assess(state.root(), &inv, cfg, &failed, Some(tools));
+    let mut rows = crate::verify::assess(state.root(), &inv, cfg, &failed, Some(tools));
+    crate::rollback::annotate(state, &mut rows);
     state.save_findings(&crate::verify::findings(&rows))?;
     write(
         state.root(),

@@ -48,11 +48,14 @@ pub enum PairState {
     /// The installed module's vermagic names another kernel: it will not
     /// load (set by [`crate::verify::assess`]).
     Broken,
+    /// Put back to its previous build by `dkms-hook rollback` and left
+    /// alone until `dkms-hook unhold` (set from the [`Hold`]s).
+    Held,
 }
 
 impl PairState {
     /// Every state, in the order of the enum.
-    pub const ALL: [PairState; 8] = [
+    pub const ALL: [PairState; 9] = [
         PairState::Fresh,
         PairState::Stale,
         PairState::Failed,
@@ -61,6 +64,7 @@ impl PairState {
         PairState::Excluded,
         PairState::Undecided,
         PairState::Broken,
+        PairState::Held,
     ];
 
     /// The state's name in `status`, its JSON and the textfile.
@@ -74,14 +78,18 @@ impl PairState {
             PairState::Excluded => "excluded",
             PairState::Undecided => "undecided",
             PairState::Broken => "broken",
+            PairState::Held => "held",
         }
     }
 
     /// Whether a pair in this state needs the admin (`status` exits 1):
-    /// not when dkms is doing what it was told, or cannot be judged here.
+    /// not when dkms is doing what it was told, cannot be judged here, or
+    /// the admin chose the build (a hold).
     pub fn needs_attention(self) -> bool {
         match self {
-            PairState::Fresh | PairState::Excluded | PairState::Undecided => false,
+            PairState::Fresh | PairState::Excluded | PairState::Undecided | PairState::Held => {
+                false
+            }
             PairState::Stale
             | PairState::Failed
             | PairState::Missing
@@ -103,6 +111,49 @@ pub struct Assessment {
     pub because: Vec<Cause>,
     /// What its installed module file says ([`crate::verify::assess`]).
     pub check: Option<Check>,
+    /// When the previous build kept for `dkms-hook rollback` was built,
+    /// when one is kept.
+    pub previous: Option<SystemTime>,
+    /// The pair's hold, when it is held.
+    pub hold: Option<Hold>,
+}
+
+/// A pair that `dkms-hook rollback` put back to its previous build: sync,
+/// retry and the hooks leave it alone until `dkms-hook unhold` (or until
+/// another version of the module is installed for the kernel, which is
+/// another pair).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hold {
+    #[serde(flatten)]
+    pub id: PairId,
+    /// Why, in the admin's words or the rollback's: one line, at most
+    /// [`Hold::MAX_REASON`] bytes.
+    pub reason: String,
+    /// Seconds since the epoch when it was held.
+    pub since: u64,
+    /// The rollback was cut short: running it again finishes it.
+    #[serde(default)]
+    pub unfinished: bool,
+}
+
+impl Hold {
+    /// The longest reason kept.
+    pub const MAX_REASON: usize = 200;
+
+    /// `reason` as a hold keeps it: control characters as spaces, cut at
+    /// [`Hold::MAX_REASON`] bytes on a character boundary.
+    pub fn clean_reason(reason: &str) -> String {
+        let mut out: String = reason
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect();
+        let mut end = out.len().min(Hold::MAX_REASON);
+        while !out.is_char_boundary(end) {
+            end -= 1;
+        }
+        out.truncate(end);
+        out.trim().to_string()
+    }
 }
 
 /// The verdict on one installed module file.

@@ -90,6 +90,12 @@ impl PairId {
         Path::new(STATE_DIR).join("backups").join(self.rel_dir())
     }
 
+    /// `/var/lib/dkms-hook/previous/M/V/K/ARCH`, in-root, for messages:
+    /// the build `dkms-hook rollback` puts back.
+    pub fn previous_dir(&self) -> PathBuf {
+        Path::new(STATE_DIR).join("previous").join(self.rel_dir())
+    }
+
     /// Name of the kept copy of a failed build's make.log in `logs/`.
     pub fn kept_make_log_name(&self) -> String {
         format!("{}-{}-{}.make.log", self.module, self.version, self.kernel)

@@ -458,6 +458,8 @@ pub fn assess(inv: &Inventory, cfg: &Config, failed: &[Failure]) -> Vec<Assessme
                 pair: pair.cloned(),
                 because: Vec::new(),
                 check: None,
+                previous: None,
+                hold: None,
             };
             let failure = failed.iter().find(|f| f.id == a.id);
             if let Some(f) = failure.filter(|f| !f.restored) {

@@ -37,6 +37,7 @@ use crate::verify::Firmware;
 use crate::Error;
 use builds::BuildNote;
 
+pub use backup::{is_complete, same_bytes};
 pub use crate::tools::{Tools, DEPMOD, DKMS, MODINFO, UPDATE_INITRAMFS};
 use crate::tools::{
     CP, DKMS_EXIT_BUILD_EXCLUSIVE as EXIT_BUILD_EXCLUSIVE, DKMS_EXIT_NO_HEADERS as EXIT_NO_HEADERS,
@@ -64,6 +65,10 @@ pub enum Outcome {
     AlreadyDone,
     Skipped {
         status: i32,
+    },
+    /// Held by `dkms-hook rollback`: left alone (and out of the queue).
+    Held {
+        reason: String,
     },
     Failed {
         status: Option<i32>,
@@ -175,6 +180,7 @@ impl<'a> Executor<'a> {
     ) -> Result<Vec<PairResult>, Error> {
         let queue = Mutex::new(self.state.queue()?);
         let failures = Mutex::new(self.state.failures()?);
+        let held = self.state.holds()?;
         // Preflight's kept builds are read only while no preflight runs.
         let _kept_lock = kept::lock_if_free(self.state);
         self.use_kept.store(_kept_lock.is_some(), Ordering::Relaxed);
@@ -197,7 +203,12 @@ impl<'a> Executor<'a> {
                 let n = count.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
                 started(&pair, n, total);
                 let mut notes = Vec::new();
-                let outcome = self.rebuild(&pair, &mut notes);
+                let outcome = match held.iter().find(|h| h.id == pair.id) {
+                    Some(h) => Outcome::Held {
+                        reason: h.reason.clone(),
+                    },
+                    None => self.rebuild(&pair, &mut notes),
+                };
                 let r = PairResult {
                     pair: pair.clone(),
                     outcome,

@@ -145,6 +145,10 @@ pub fn result_line(r: &PairResult) -> String {
                 "kernel headers missing"
             }
         ),
+        Outcome::Held { reason } => format!(
+            "left {what} alone: held since dkms-hook rollback ({reason}); to let it be rebuilt: dkms-hook unhold {}/{} {}",
+            p.id.module, p.id.version, p.id.kernel
+        ),
         Outcome::Failed {
             reason,
             make_log,

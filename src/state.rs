@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::{Deserialize, Serialize};
 
 use crate::kernel::KernelRelease;
-use crate::model::Cause;
+use crate::model::{Cause, Hold};
 use crate::pair::PairId;
 use crate::root::{Root, CAP_STATE};
 use crate::state_dir::Dir;
@@ -31,6 +31,16 @@ pub use crate::state_dir::{STATE_DIR, STATE_VERSION};
 /// The latest time a state file may name (9999-12-31): later ones are
 /// forged or corrupt, and would overflow time arithmetic.
 pub const MAX_TIME: u64 = 253_402_300_799;
+/// At most this many entries of a list are read back: more come from no
+/// real system (one per module version and kernel).
+pub const MAX_ENTRIES: usize = 4096;
+/// Where the previous build of each pair is kept for `dkms-hook rollback`:
+/// `previous/M/V/K/ARCH`, laid out as a backup.
+pub const PREVIOUS: &str = "previous";
+/// The held pairs (`crate::model::Hold`).
+pub const HOLDS: &str = "holds.json";
+/// The safe rebuild's backups: `backups/M/V/K/ARCH`.
+pub const BACKUPS: &str = "backups";
 
 /// A pair waiting to be rebuilt.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -132,6 +142,11 @@ struct Findings<'a> {
 /// An entry of a queue or failure list, checked beyond its types.
 trait Entry: for<'de> Deserialize<'de> {
     fn times(&self) -> [u64; 1];
+
+    /// What the types do not check.
+    fn check(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 impl Entry for QueuedPair {
@@ -152,6 +167,19 @@ impl Entry for Failure {
     }
 }
 
+impl Entry for Hold {
+    fn times(&self) -> [u64; 1] {
+        [self.since]
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if Hold::clean_reason(&self.reason) != self.reason {
+            return Err("a reason that is not one line of at most 200 bytes".into());
+        }
+        Ok(())
+    }
+}
+
 /// The entries of `list` in `value` that validate; each one that does not
 /// is dropped with a warning naming the file and its position.
 fn valid_entries<T: Entry>(value: &serde_json::Value, list: &str, path: &Path) -> Vec<T> {
@@ -160,13 +188,27 @@ fn valid_entries<T: Entry>(value: &serde_json::Value, list: &str, path: &Path) -
     };
     let mut out = Vec::new();
     for (i, item) in items.iter().enumerate() {
+        if i >= MAX_ENTRIES {
+            log::warn!(
+                "{}: dropping {list} entries after the first {MAX_ENTRIES}",
+                path.display()
+            );
+            break;
+        }
         match T::deserialize(item) {
-            Ok(e) if e.times().iter().all(|t| *t <= MAX_TIME) => out.push(e),
-            Ok(_) => log::warn!(
+            Ok(e) if e.times().iter().any(|t| *t > MAX_TIME) => log::warn!(
                 "{}: dropping {list} entry {}: time out of range",
                 path.display(),
                 i + 1
             ),
+            Ok(e) => match e.check() {
+                Ok(()) => out.push(e),
+                Err(why) => log::warn!(
+                    "{}: dropping {list} entry {}: {why}",
+                    path.display(),
+                    i + 1
+                ),
+            },
             Err(e) => log::warn!("{}: dropping {list} entry {}: {e}", path.display(), i + 1),
         }
     }
@@ -475,22 +517,61 @@ impl State {
         self.write_json("findings.json", &f)
     }
 
+    /// The held pairs; none when there are none or the file is unusable
+    /// (entries are checked as those of the queue).
+    pub fn holds(&self) -> Result<Vec<Hold>, Error> {
+        let path = self.path.join(HOLDS);
+        Ok(self
+            .read_list_value(HOLDS)?
+            .map(|v| valid_entries(&v, "held", &path))
+            .unwrap_or_default())
+    }
+
+    pub fn save_holds(&self, held: &[Hold]) -> Result<(), Error> {
+        #[derive(Serialize)]
+        struct Holds<'a> {
+            version: u32,
+            held: &'a [Hold],
+        }
+        self.write_json(
+            HOLDS,
+            &Holds {
+                version: STATE_VERSION,
+                held,
+            },
+        )
+    }
+
     /// The backup directory of one pair, `backups/M/V/K/ARCH`, each level
     /// checked to be a real directory (created when `create`).
     pub fn backup(&self, p: &PairId, create: bool) -> Result<Option<Dir>, Error> {
-        self.pair_dir("backups", p, create)
+        self.pair_dir(BACKUPS, p, create)
     }
 
     /// Remove a pair's backup and the then empty `M/V/K` directories above it.
     pub fn remove_backup(&self, p: &PairId) -> Result<(), Error> {
-        self.remove_pair_dir("backups", p)
+        self.remove_pair_dir(BACKUPS, p)
     }
 
-    /// `TOP/M/V/K/ARCH` of one pair, each level checked to be a real
-    /// directory (created when `create`): the backups, the guard's copies.
-    pub fn pair_dir(&self, top: &str, p: &PairId, create: bool) -> Result<Option<Dir>, Error> {
+    /// Move `FROM/M/V/K/ARCH` to `TO/M/V/K/ARCH` in one rename (the target
+    /// must not exist), and remove the `M/V/K` levels it leaves empty.
+    pub fn move_pair_dir(&self, from: &str, to: &str, p: &PairId) -> Result<(), Error> {
+        let chain = p.backup_chain();
+        let Some(src) = self.pair_dir_parent(from, p, false)? else {
+            return Ok(());
+        };
+        let dst = self
+            .pair_dir_parent(to, p, true)?
+            .ok_or_else(|| Error::Refused(format!("{to}/ could not be made")))?;
+        src.rename_into(chain[3], &dst, chain[3])?;
+        self.remove_pair_dir(from, p)
+    }
+
+    /// `TOP/M/V/K`: the directory that holds a pair's `ARCH`.
+    fn pair_dir_parent(&self, top: &str, p: &PairId, create: bool) -> Result<Option<Dir>, Error> {
         let mut dir = self.open()?;
-        for name in std::iter::once(top).chain(p.backup_chain()) {
+        let chain = p.backup_chain();
+        for name in std::iter::once(top).chain(chain[..3].iter().copied()) {
             dir = if create {
                 dir.subdir(name)?
             } else {
@@ -501,6 +582,20 @@ impl State {
             };
         }
         Ok(Some(dir))
+    }
+
+    /// `TOP/M/V/K/ARCH` of one pair, each level checked to be a real
+    /// directory (created when `create`): the backups, the guard's copies.
+    pub fn pair_dir(&self, top: &str, p: &PairId, create: bool) -> Result<Option<Dir>, Error> {
+        let Some(parent) = self.pair_dir_parent(top, p, create)? else {
+            return Ok(None);
+        };
+        let arch = p.backup_chain()[3];
+        Ok(if create {
+            Some(parent.subdir(arch)?)
+        } else {
+            parent.existing_subdir(arch)
+        })
     }
 
     /// Remove `TOP/M/V/K/ARCH` and the then empty `M/V/K` directories above
@@ -535,7 +630,8 @@ impl State {
         self.open()?.subdir("logs")
     }
 
-    /// Forget a removed kernel: its queue entries, failures and backups.
+    /// Forget a removed kernel: its queue entries, failures, holds, backups
+    /// and previous builds.
     /// Call with the lock held. Only real directories are entered: a link
     /// under `backups/` is removed, never followed.
     pub fn forget_kernel(&self, kernel: &KernelRelease) -> Result<(), Error> {
@@ -545,16 +641,23 @@ impl State {
         let mut f = self.failures()?;
         f.failed.retain(|p| &p.id.kernel != kernel);
         self.save_failures(&f)?;
-        let Some(backups) = self.open()?.existing_subdir("backups") else {
-            return Ok(());
-        };
-        for m in backups.names() {
-            let Some(mdir) = backups.existing_subdir(&m) else {
+        let mut held = self.holds()?;
+        if held.iter().any(|h| &h.id.kernel == kernel) {
+            held.retain(|h| &h.id.kernel != kernel);
+            self.save_holds(&held)?;
+        }
+        for top in [BACKUPS, PREVIOUS] {
+            let Some(top) = self.open()?.existing_subdir(top) else {
                 continue;
             };
-            for v in mdir.names() {
-                if let Some(vdir) = mdir.existing_subdir(&v) {
-                    vdir.remove_tree(kernel.as_str())?;
+            for m in top.names() {
+                let Some(mdir) = top.existing_subdir(&m) else {
+                    continue;
+                };
+                for v in mdir.names() {
+                    if let Some(vdir) = mdir.existing_subdir(&v) {
+                        vdir.remove_tree(kernel.as_str())?;
+                    }
                 }
             }
         }

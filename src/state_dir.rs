@@ -493,6 +493,13 @@ impl Dir {
             .map_err(|e| errno(&self.path.join(from), e))
     }
 
+    /// Rename `from` of this directory to `to` of `into` (both inside the
+    /// state directory, so on one file system): atomic.
+    pub fn rename_into(&self, from: &str, into: &Dir, to: &str) -> Result<(), Error> {
+        rustix::fs::renameat(&self.fd, from, &into.fd, to)
+            .map_err(|e| errno(&self.path.join(from), e))
+    }
+
     /// Remove the file or link `name` (never what a link points to).
     pub fn remove(&self, name: &str) {
         let _ = rustix::fs::unlinkat(&self.fd, name, AtFlags::empty());

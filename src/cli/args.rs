@@ -72,7 +72,7 @@ kernel whose build tree those packages feed, and rebuilds each dkms module built
     after_long_help = "\
 Files:
   /etc/dkms/dkms-hook.conf   configuration; every key is listed, commented, at its default
-  /var/lib/dkms-hook/        state: dpkg.log cursor, queue, failures, findings (for the login notice), counters, the file-list and module-facts caches, backups/, guarded.json and guarded/ (modules saved before dkms's kernel_preinst removes them), logs/, builds/ (running builds), lock
+  /var/lib/dkms-hook/        state: dpkg.log cursor, queue, failures, findings (for the login notice), counters, the file-list and module-facts caches, backups/, previous/ (each module's build before its last rebuild, for rollback), holds.json, guarded.json and guarded/ (modules saved before dkms's kernel_preinst removes them), logs/, builds/ (running builds), lock
   /var/lib/prometheus/node-exporter/dkms_hook.prom   the node_exporter textfile (when that directory exists)
   /var/lib/dkms-hook/preflight/   preflight's kept logs and builds (kept/, used once by the rebuild after dpkg) and, while it runs, its private run directory
   /var/log/dkms-hook.log     one line per rebuild, skip or failure
@@ -93,7 +93,7 @@ Exit status:
   0 success; the hooks (post-invoke, apt-json-hook, pre-install-pkgs, kernel-hook, kernel-guard, boot, motd) exit 0
   100 pre-install-pkgs only, with preflight = block, when a module would not build: apt stops
   1 replay, sync or retry: a rebuild failed
-  2 usage error or unreadable input
+  2 usage error or unreadable input; rollback or unhold refused (one line says why)
   3 the work could not be done: lock, state directory or another file unusable"
 )]
 pub struct Cli {
@@ -147,6 +147,25 @@ pub enum Command {
     /// Run it once the cause (shown in the make.log that `status` names) is
     /// fixed. Exits 1 when a rebuild failed again.
     Retry(JsonArg),
+    /// Put a module's previous build back, and hold it.
+    ///
+    /// After each successful rebuild, dkms-hook keeps the build it replaced
+    /// (keep_previous). rollback puts that build back (the dkms tree and
+    /// the installed files, then depmod and, when the module is in it, the
+    /// initramfs) and holds the pair: sync, retry and the hooks leave it
+    /// alone until `dkms-hook unhold`, or until another version of the
+    /// module is installed for the kernel. The build it replaced becomes
+    /// the previous one, so a second rollback undoes the first. Refused,
+    /// with one line saying why (exit 2), when no complete previous build
+    /// is kept, when another version of the module is installed for the
+    /// kernel, or when the previous build's vermagic is not that of the
+    /// kernel's own modules (another kernel ABI).
+    Rollback(RollbackArgs),
+    /// Let a held module be rebuilt again.
+    ///
+    /// Releases the hold `rollback` set: `status` then judges the pair as
+    /// usual, and `sync` rebuilds it when it is stale.
+    Unhold(PairArgs),
     /// Test-build what an upgrade would make stale; changes nothing.
     ///
     /// Before anything is unpacked, every dkms module that the given
@@ -286,6 +305,25 @@ pub struct PreflightArgs {
     /// The packages to test against (.deb files).
     #[arg(value_name = "DEB")]
     pub debs: Vec<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct PairArgs {
+    /// The module and its version, as `dkms status` shows them: MODULE/VERSION.
+    #[arg(value_name = "MODULE/VERSION")]
+    pub module: String,
+    /// The kernel release.
+    #[arg(value_name = "KERNEL")]
+    pub kernel: String,
+}
+
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    #[command(flatten)]
+    pub pair: PairArgs,
+    /// Why, in one line: shown by `status` while the pair is held.
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
 }
 
 #[derive(Debug, Args)]

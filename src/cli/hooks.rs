@@ -54,6 +54,10 @@ fn catch_up(root: &Root, env: &Env, running_kernel: bool) -> i32 {
         if !state.queue()?.pending.is_empty() {
             execute(&state, &cfg, env, true)?;
         }
+        for line in crate::rollback::tidy(&state, &lock)? {
+            report::log_line(root, &line);
+            err(&format!("{PREFIX} {line}"));
+        }
         Ok(())
     };
     if let Err(e) = run() {

@@ -11,10 +11,16 @@ use super::{Executor, Ran, COMPLETE, CP, RESTORING};
 use crate::dkms::{built_names, walk};
 use crate::pair::PairId;
 use crate::root::open_regular;
-use crate::state::QueuedPair;
+use crate::state::{QueuedPair, BACKUPS, PREVIOUS};
 use crate::state_dir::Dir;
 use crate::verify::module_file::CAP_MODULE;
 use crate::Error;
+
+/// Whether a backup (or a previous build) was marked complete: one cut
+/// short is never put back.
+pub fn is_complete(d: &Dir) -> bool {
+    d.names().iter().any(|n| n == COMPLETE)
+}
 
 /// Refuse a module file larger than [`CAP_MODULE`] (a sparse 4 GiB `.ko`
 /// must not cost a backup, a compare or 4 GiB of memory).
@@ -38,7 +44,7 @@ pub(super) fn within_cap(file: &Path) -> Result<(), Error> {
 /// Whether two files hold the same bytes, compared as streams (64 KiB at a
 /// time) without following links; files of other sizes differ unread, a
 /// file over [`CAP_MODULE`] is an error.
-pub(super) fn same_bytes(a: &Path, b: &Path) -> Result<bool, Error> {
+pub fn same_bytes(a: &Path, b: &Path) -> Result<bool, Error> {
     let (fa, fb) = (open_regular(a)?, open_regular(b)?);
     let size =
         |f: &std::fs::File, p: &Path| f.metadata().map(|m| m.len()).map_err(|e| Error::io(p, e));
@@ -139,6 +145,31 @@ impl Executor<'_> {
         // keeps its record until the pair is back, and puts it back again
         // after a kill.
         self.restore_files(saved.path(), &dir, p)?;
+        Ok(true)
+    }
+
+    /// After a successful rebuild (or rollback): the complete backup of the
+    /// build it replaced becomes the pair's previous build
+    /// (`previous/M/V/K/ARCH`, one generation: the older one goes first,
+    /// its `complete` marker first), or is dropped when `keep_previous` is
+    /// off. A run killed in between leaves the backup complete, and the
+    /// next run comes here again. A backup cut short is dropped and the
+    /// previous build left as it is.
+    /// Whether the backup became the previous build.
+    pub fn keep_previous(&self, id: &PairId) -> Result<bool, Error> {
+        if !self.state.backup(id, false)?.as_ref().is_some_and(is_complete) {
+            self.discard_backup(id)?;
+            return Ok(false);
+        }
+        if let Some(old) = self.state.pair_dir(PREVIOUS, id, false)? {
+            old.remove(COMPLETE);
+        }
+        self.state.remove_pair_dir(PREVIOUS, id)?;
+        if !self.config.keep_previous {
+            self.discard_backup(id)?;
+            return Ok(false);
+        }
+        self.state.move_pair_dir(BACKUPS, PREVIOUS, id)?;
         Ok(true)
     }
 

@@ -109,8 +109,12 @@ impl Executor<'_> {
             return failed(StepFailed::because(reason));
         }
         if backup.is_some() {
-            // The new module is in place: the old one is no longer needed.
-            let _ = self.discard_backup(&p.id);
+            // The new module is in place: the old one becomes the previous
+            // build, or goes.
+            if let Err(e) = self.keep_previous(&p.id) {
+                notes.push(format!("the previous build of {} was not kept: {e}", p.id));
+                let _ = self.discard_backup(&p.id);
+            }
         }
         Ok(Outcome::Rebuilt {
             seconds: started.elapsed().as_secs_f64(),
@@ -125,7 +129,9 @@ impl Executor<'_> {
         if let Some(b) = self.state.backup(&p.id, false).map_err(Stop::Kept)? {
             if b.names().iter().any(|n| n == COMPLETE) {
                 if !b.names().iter().any(|n| n == RESTORING) && self.is_done(p, dir) {
-                    self.discard_backup(&p.id).map_err(Stop::Kept)?;
+                    if self.keep_previous(&p.id).is_err() {
+                        self.discard_backup(&p.id).map_err(Stop::Kept)?;
+                    }
                     return Ok(Some(Outcome::AlreadyDone));
                 }
                 self.restore(b.path(), dir, p).map_err(Stop::Unrestored)?;

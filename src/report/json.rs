@@ -22,6 +22,13 @@ fn time(t: Option<&jiff::civil::DateTime>) -> Option<String> {
     t.map(|t| t.strftime("%Y-%m-%dT%H:%M:%S").to_string())
 }
 
+/// A time of the file system, as [`time`] writes it.
+fn file_time(t: std::time::SystemTime) -> Option<String> {
+    let ts = jiff::Timestamp::try_from(t).ok()?;
+    let local = ts.to_zoned(jiff::tz::TimeZone::system()).datetime();
+    time(Some(&local))
+}
+
 fn text<T: ToString>(v: Option<&T>) -> Option<String> {
     v.map(ToString::to_string)
 }
@@ -166,6 +173,7 @@ pub fn results<'a>(p: &'a Plan, results: &'a [PairResult]) -> ResultsJson<'a> {
                     Outcome::Rebuilt { .. } => ("rebuilt", None, None),
                     Outcome::AlreadyDone => ("already-done", None, None),
                     Outcome::Skipped { status } => ("skipped", Some(*status), None),
+                    Outcome::Held { .. } => ("held", None, None),
                     Outcome::Failed {
                         status, make_log, ..
                     } => (
@@ -210,6 +218,25 @@ pub struct StatusPairJson<'a> {
     signer: Option<&'a str>,
     /// dkms's key is enrolled (for signed modules); `null`: could not tell.
     key_enrolled: Option<bool>,
+    /// The build `dkms-hook rollback` would put back; `null`: none kept.
+    previous: Option<PreviousJson>,
+    /// Why and since when the pair is held; `null`: not held.
+    held: Option<HeldJson<'a>>,
+}
+
+#[derive(Serialize)]
+pub struct PreviousJson {
+    /// When it was built (local, as dpkg.log writes times).
+    built: Option<String>,
+    path: String,
+}
+
+#[derive(Serialize)]
+pub struct HeldJson<'a> {
+    reason: &'a str,
+    since: Option<String>,
+    /// The rollback was cut short; running it again finishes it.
+    unfinished: bool,
 }
 
 #[derive(Serialize)]
@@ -279,6 +306,15 @@ pub fn status<'a>(
                     signed: r.check.as_ref().and_then(Check::signed),
                     signer: r.check.as_ref().and_then(|c| c.signer.as_deref()),
                     key_enrolled: r.check.as_ref().and_then(|c| c.key_enrolled),
+                    previous: r.previous.map(|t| PreviousJson {
+                        built: file_time(t),
+                        path: r.id.previous_dir().display().to_string(),
+                    }),
+                    held: r.hold.as_ref().map(|h| HeldJson {
+                        reason: &h.reason,
+                        since: file_time(crate::state::at_secs(h.since)),
+                        unfinished: h.unfinished,
+                    }),
                 }
             })
             .collect(),

@@ -17,7 +17,7 @@ const LAYERS: &[&[&str]] = &[
     &["plan"],
     &["verify"],
     &["rebuild"],
-    &["intake", "preflight", "guard"],
+    &["intake", "preflight", "guard", "rollback"],
     &["report", "metrics"],
     &["apt", "man_page"],
     &["cli"],

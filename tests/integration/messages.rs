@@ -334,6 +334,8 @@ fn help_lists_each_command_in_one_short_line() {
             "status",
             "sync",
             "retry",
+            "rollback",
+            "unhold",
             "preflight",
             "apt-json-hook",
             "pre-install-pkgs",
