@@ -37,11 +37,11 @@ use crate::verify::Firmware;
 use crate::Error;
 use builds::BuildNote;
 
-pub use backup::{is_complete, same_bytes};
 pub use crate::tools::{Tools, DEPMOD, DKMS, MODINFO, UPDATE_INITRAMFS};
 use crate::tools::{
     CP, DKMS_EXIT_BUILD_EXCLUSIVE as EXIT_BUILD_EXCLUSIVE, DKMS_EXIT_NO_HEADERS as EXIT_NO_HEADERS,
 };
+pub use backup::{is_complete, same_bytes};
 /// The most of a failed build's make.log that is kept.
 const CAP_MAKE_LOG: u64 = 16 << 20;
 /// The marker written last into a backup: a backup without it was cut short

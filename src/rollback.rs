@@ -82,20 +82,28 @@ pub fn rollback(
             other.id.version
         )));
     }
-    let id = previous_arch(state, module, version, kernel)?
-        .map(|arch| PairId {
-            module: module.clone(),
-            version: version.clone(),
-            kernel: kernel.clone(),
-            arch,
-        })
-        .ok_or_else(|| {
-            refuse(format!(
-                "no previous build of {label} is kept (a rebuild by dkms-hook keeps one when keep_previous=yes)"
-            ))
-        })?;
     let mut holds = state.holds()?;
-    let unfinished = holds.iter().any(|h| h.id == id && h.unfinished);
+    // A rollback cut short names its pair (its previous build may be gone
+    // already: swapped out).
+    let cut_short = holds.iter().find(|h| {
+        h.unfinished && &h.id.module == module && &h.id.version == version && &h.id.kernel == kernel
+    });
+    let unfinished = cut_short.is_some();
+    let id = match cut_short {
+        Some(h) => h.id.clone(),
+        None => previous_arch(state, module, version, kernel)?
+            .map(|arch| PairId {
+                module: module.clone(),
+                version: version.clone(),
+                kernel: kernel.clone(),
+                arch,
+            })
+            .ok_or_else(|| {
+                refuse(format!(
+                    "no previous build of {label} is kept (a rebuild by dkms-hook keeps one when keep_previous=yes)"
+                ))
+            })?,
+    };
     let previous = state.pair_dir(PREVIOUS, &id, false)?;
     let target = previous
         .as_ref()
@@ -111,6 +119,9 @@ pub fn rollback(
         Some(prev) => {
             check_previous(state, &id, prev.path())
                 .map_err(|why| refuse(format!("the previous build of {label} {why}: not used")))?;
+            // Marked before anything else: a rollback run again after a kill
+            // knows by it that this build has not been swapped out yet.
+            prev.write_atomic(TARGET, b"")?;
             let reason = Hold::clean_reason(reason.unwrap_or("rolled back"));
             holds.retain(|h| h.id != id);
             holds.push(Hold {
@@ -121,23 +132,16 @@ pub fn rollback(
             });
             state.save_holds(&holds)?;
             save_current(&exec, state, &qp)?;
-            prev.write_atomic(TARGET, b"")?;
             if !exec.put_back(&qp, prev)? {
                 return Err(refuse(format!(
                     "the previous build of {label} was cut short: not used"
                 )));
             }
-            exec.keep_previous(&id)?
+            exec.keep_previous(&id, true)?
         }
         // Cut short after the previous build was put back and removed: the
         // current one's backup becomes the previous build.
-        None if unfinished => {
-            if state.backup(&id, false)?.as_ref().is_some_and(is_complete) {
-                exec.keep_previous(&id)?
-            } else {
-                previous.is_some()
-            }
-        }
+        None if unfinished => exec.keep_previous(&id, true)? || previous.is_some(),
         None => {
             return Err(refuse(format!(
                 "the previous build of {label} was cut short (it is incomplete): not used"
@@ -174,9 +178,8 @@ pub fn unhold(
     kernel: &KernelRelease,
 ) -> Result<Hold, Error> {
     let mut holds = state.holds()?;
-    let is = |h: &Hold| {
-        &h.id.module == module && &h.id.version == version && &h.id.kernel == kernel
-    };
+    let is =
+        |h: &Hold| &h.id.module == module && &h.id.version == version && &h.id.kernel == kernel;
     let Some(h) = holds.iter().find(|h| is(h)).cloned() else {
         return Err(Error::Refused(format!(
             "{module}/{version} for {kernel} is not held"
@@ -243,12 +246,13 @@ pub fn tidy(state: &State, _lock: &Lock) -> Result<Vec<String>, Error> {
         Vec::new()
     };
     let before = holds.len();
+    let live = if holds.is_empty() {
+        Vec::new()
+    } else {
+        dkms::scan(root, &mut Vec::new())
+    };
     holds.retain(|h| {
-        let link = root
-            .resolve(h.id.installed_link())
-            .ok()
-            .and_then(|l| std::fs::read_link(l).ok());
-        let installed = link.is_some_and(|t| t == Path::new(&h.id.link_target()));
+        let installed = live.iter().any(|p| p.id == h.id && p.installed);
         if !installed && !h.unfinished {
             said.push(format!(
                 "{} is no longer held: it is not the version installed for {} any more",
@@ -346,7 +350,11 @@ fn kept_pairs(state: &State) -> Result<Vec<PairId>, Error> {
 /// backup of it is there already (a rollback run again after a kill):
 /// nothing is put back before the build it replaces is saved.
 fn save_current(exec: &Executor, state: &State, p: &QueuedPair) -> Result<(), Error> {
-    if state.backup(&p.id, false)?.as_ref().is_some_and(is_complete) {
+    if state
+        .backup(&p.id, false)?
+        .as_ref()
+        .is_some_and(is_complete)
+    {
         return Ok(());
     }
     state.remove_backup(&p.id)?;
@@ -400,13 +408,23 @@ fn check_previous(state: &State, id: &PairId, saved: &Path) -> Result<(), String
         let rel = f.strip_prefix(&installed).unwrap_or(f);
         let name = f.file_name().map(OsString::from).unwrap_or_default();
         let Some(built) = names.iter().find(|n| **n == name) else {
-            return Err(format!("holds a file that is not one of its modules: {}", rel.display()));
+            return Err(format!(
+                "holds a file that is not one of its modules: {}",
+                rel.display()
+            ));
         };
         if !prefixes.iter().any(|p| rel.starts_with(p)) {
-            return Err(format!("would install a file outside /lib/modules/{}: /{}", id.kernel, rel.display()));
+            return Err(format!(
+                "would install a file outside /lib/modules/{}: /{}",
+                id.kernel,
+                rel.display()
+            ));
         }
         if !same_bytes(&tree.join("module").join(built), f).unwrap_or(false) {
-            return Err(format!("holds an installed copy that differs from its build: /{}", rel.display()));
+            return Err(format!(
+                "holds an installed copy that differs from its build: /{}",
+                rel.display()
+            ));
         }
         copies.push(built);
     }
@@ -487,7 +505,9 @@ fn first_vermagic(dir: &Path, seen: &mut usize) -> Option<String> {
 /// `M/V` as the command line names a module version.
 pub fn parse_module_version(arg: &str) -> Result<(ModuleName, ModuleVersion), Error> {
     let (m, v) = arg.split_once('/').ok_or_else(|| {
-        Error::Refused(format!("{arg:?}: name the module as MODULE/VERSION (as dkms status shows it)"))
+        Error::Refused(format!(
+            "{arg:?}: name the module as MODULE/VERSION (as dkms status shows it)"
+        ))
     })?;
     let bad = |what: &str, e: String| Error::Refused(format!("{arg:?}: not a valid {what}: {e}"));
     Ok((

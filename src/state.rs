@@ -203,11 +203,9 @@ fn valid_entries<T: Entry>(value: &serde_json::Value, list: &str, path: &Path) -
             ),
             Ok(e) => match e.check() {
                 Ok(()) => out.push(e),
-                Err(why) => log::warn!(
-                    "{}: dropping {list} entry {}: {why}",
-                    path.display(),
-                    i + 1
-                ),
+                Err(why) => {
+                    log::warn!("{}: dropping {list} entry {}: {why}", path.display(), i + 1)
+                }
             },
             Err(e) => log::warn!("{}: dropping {list} entry {}: {e}", path.display(), i + 1),
         }

@@ -155,9 +155,16 @@ impl Executor<'_> {
     /// off. A run killed in between leaves the backup complete, and the
     /// next run comes here again. A backup cut short is dropped and the
     /// previous build left as it is.
-    /// Whether the backup became the previous build.
-    pub fn keep_previous(&self, id: &PairId) -> Result<bool, Error> {
-        if !self.state.backup(id, false)?.as_ref().is_some_and(is_complete) {
+    /// Whether the backup became the previous build. `keep`: the
+    /// `keep_previous` setting, or true for a rollback (whose swapped-out
+    /// build the admin may want back).
+    pub fn keep_previous(&self, id: &PairId, keep: bool) -> Result<bool, Error> {
+        if !self
+            .state
+            .backup(id, false)?
+            .as_ref()
+            .is_some_and(is_complete)
+        {
             self.discard_backup(id)?;
             return Ok(false);
         }
@@ -165,7 +172,7 @@ impl Executor<'_> {
             old.remove(COMPLETE);
         }
         self.state.remove_pair_dir(PREVIOUS, id)?;
-        if !self.config.keep_previous {
+        if !keep {
             self.discard_backup(id)?;
             return Ok(false);
         }

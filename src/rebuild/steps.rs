@@ -111,7 +111,7 @@ impl Executor<'_> {
         if backup.is_some() {
             // The new module is in place: the old one becomes the previous
             // build, or goes.
-            if let Err(e) = self.keep_previous(&p.id) {
+            if let Err(e) = self.keep_previous(&p.id, self.config.keep_previous) {
                 notes.push(format!("the previous build of {} was not kept: {e}", p.id));
                 let _ = self.discard_backup(&p.id);
             }
@@ -129,7 +129,10 @@ impl Executor<'_> {
         if let Some(b) = self.state.backup(&p.id, false).map_err(Stop::Kept)? {
             if b.names().iter().any(|n| n == COMPLETE) {
                 if !b.names().iter().any(|n| n == RESTORING) && self.is_done(p, dir) {
-                    if self.keep_previous(&p.id).is_err() {
+                    if self
+                        .keep_previous(&p.id, self.config.keep_previous)
+                        .is_err()
+                    {
                         self.discard_backup(&p.id).map_err(Stop::Kept)?;
                     }
                     return Ok(Some(Outcome::AlreadyDone));

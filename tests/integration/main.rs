@@ -12,6 +12,7 @@ mod messages;
 mod preflight;
 mod rebuild;
 mod replay;
+mod rollback;
 mod unrelated;
 mod verify;
 
