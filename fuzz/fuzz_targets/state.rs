@@ -1,10 +1,12 @@
 #![no_main]
-//! State files (cursor.json, queue.json, failures.json, findings.json):
+//! State files (cursor.json, queue.json, failures.json, findings.json,
+//! holds.json):
 //! serde directly, and
 //! the program's own reading path through `State` in one reused temp root.
 //! The first byte picks the file; the rest is its content.
 use dkms_hook::root::Root;
-use dkms_hook::state::{State, MAX_TIME, STATE_DIR};
+use dkms_hook::model::Hold;
+use dkms_hook::state::{State, HOLDS, MAX_ENTRIES, MAX_TIME, STATE_DIR};
 use libfuzzer_sys::fuzz_target;
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -24,7 +26,7 @@ fn state() -> &'static (PathBuf, State) {
 fuzz_target!(|input: &[u8]| {
     let Some((&sel, data)) = input.split_first() else { return };
     let (dir, st) = state();
-    match sel % 4 {
+    match sel % 5 {
         0 => {
             std::fs::write(dir.join("cursor.json"), data).unwrap();
             if let Ok(Some(c)) = st.cursor() {
@@ -54,6 +56,22 @@ fuzz_target!(|input: &[u8]| {
                 }
                 st.save_failures(&f).unwrap();
                 assert_eq!(st.failures().unwrap(), f);
+            }
+        }
+        3 => {
+            std::fs::write(dir.join(HOLDS), data).unwrap();
+            // Every hold that comes back has checked names, a bounded time
+            // and a one-line reason of bounded length.
+            if let Ok(h) = st.holds() {
+                assert!(h.len() <= MAX_ENTRIES);
+                for x in &h {
+                    assert!(x.since <= MAX_TIME);
+                    assert!(x.reason.len() <= Hold::MAX_REASON);
+                    assert!(!x.reason.chars().any(char::is_control));
+                    assert!(!x.id.arch.as_str().contains('/'));
+                }
+                st.save_holds(&h).unwrap();
+                assert_eq!(st.holds().unwrap(), h);
             }
         }
         _ => {
