@@ -8,7 +8,7 @@
 # Without DKMS_HOOK_DEB the package is built with tests/package.sh. The base
 # root is cached (make-base-trixie.sh); one fresh root per run: dkms-hook,
 # acpi-call-dkms and a first kernel (the older ABI if the archive has two),
-# then scenarios 1 to 6 in that order.
+# then scenarios 1 to 7 in that order.
 # Prints PASS/FAIL per scenario and ends with "N passed, M failed".
 # When the Debian mirror cannot be reached: one "SKIPPED:" line, exit 0.
 set -euo pipefail
@@ -149,7 +149,8 @@ verdict
 scenario "4: an in-place change of $E2E_KBUILD through apt, default configuration: one build per pair"
 KV2="$(e2e_repack_bump "$E2E_KBUILD" "$KV" +e2e2)"
 declare -A M_BEFORE4=()
-for k in "${FED[@]}"; do M_BEFORE4[$k]="$(mtime "$(acpi_ko "$k")")"; done
+declare -A SHA_BEFORE4=()
+for k in "${FED[@]}"; do M_BEFORE4[$k]="$(mtime "$(acpi_ko "$k")")" SHA_BEFORE4[$k]="$(sha "$(acpi_ko "$k")")"; done
 sleep 1
 T4="$(date +%s)"
 o="$(out)"
@@ -231,6 +232,11 @@ check "$K: dkms status still says installed" installed acpi-call "$K"
 log="$(log_since "$L0")"
 check "/var/log/dkms-hook.log: saved, then put back" \
     bash -c 'grep -q "saved $1 for $2 before" "$3" && grep -q "put back $1 for $2" "$3"' _ "$M" "$K" "$log"
+verdict
+
+K="${FED[0]}"
+scenario "7: rollback puts the module from before scenario 4's rebuild back, held; unhold"
+e2e_check_rollback "$M" "$K" "${SHA_BEFORE4[$K]}" "${M_BEFORE4[$K]}"
 verdict
 
 echo "e2e trixie: $((SECONDS - T0)) s for setup and scenarios (dkms $E2E_DKMS_VERSION, apt $E2E_APT_VERSION)"

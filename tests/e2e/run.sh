@@ -8,7 +8,7 @@
 #
 # Without DKMS_HOOK_DEB the package is built with tests/package.sh. The base
 # root is cached (make-base.sh); a run uses two fresh roots:
-#   root A, dkms-hook installed before the upgrades: scenarios 4, 1, 3, 5, 6, 10, 9, 11, 12, 7
+#   root A, dkms-hook installed before the upgrades: scenarios 4, 1, 3, 5, 6, 13, 10, 9, 11, 12, 7
 #   root B, stock dkms first, dkms-hook later: scenarios 2 and 8
 # Prints PASS/FAIL per scenario and ends with "N passed, M failed".
 # When the Debian mirror cannot be reached: one "SKIPPED:" line, exit 0.
@@ -127,6 +127,7 @@ verdict
 scenario "6: an in-place upgrade of linux-headers-$OLD through apt rebuilds its modules, one build per pair"
 H_V="$(e2e_repack_bump "$E2E_OLD_HEADERS" "$E2E_OLD_VERSION")"
 M_BEFORE="$(mtime "$ACPI_OLD")" M_NEW_BEFORE="$(mtime "$(ko acpi_call "$NEW")")"
+M6="$M_BEFORE" S6="$(sha "$ACPI_OLD")"
 sleep 1
 T6="$(date +%s)"
 o="$(out)"
@@ -144,6 +145,10 @@ check "apt's output says preflight's build was installed, not compiled again" \
     contains "$o" "installed preflight's build against these packages, not compiled again"
 check "dkms status: e2e-failmod installed for $OLD" installed e2e-failmod "$OLD"
 check "the installed e2e_failmod.ko's vermagic is for $OLD" vermagic_is "$(ko e2e_failmod "$OLD")" "$OLD"
+verdict
+
+scenario "13: rollback puts the module from before scenario 6's rebuild back, held; unhold"
+e2e_check_rollback "acpi-call/$E2E_ACPI_CALL_UPSTREAM" "$OLD" "$S6" "$M6"
 verdict
 
 scenario "10: preflight test-builds against an upgrade before dpkg unpacks it, and changes nothing"
