@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::Config;
 use crate::dkms;
 use crate::kernel::MODULES_DIR;
-use crate::name::{DkmsArch, KernelRelease, ModuleName, ModuleVersion};
+use crate::name::KernelRelease;
 use crate::pair::{PairId, DKMS_TREE};
 use crate::rebuild::{Executor, Settled};
 use crate::state::{at_secs, now_secs, Lock, QueuedPair, State, MAX_TIME, STATE_VERSION};
@@ -334,10 +334,7 @@ fn remove_leftovers(state: &State, kept: &[Guarded]) -> Result<(), Error> {
     if kept.is_empty() {
         return top.remove_tree(SAVED);
     }
-    let Some(saved) = top.existing_subdir(SAVED) else {
-        return Ok(());
-    };
-    for found in saved_pairs(&saved, false) {
+    for found in saved_pairs(state, false)? {
         if !kept.iter().any(|g| g.chain() == found.chain()) {
             remove_saved(state, &found)?;
         }
@@ -348,49 +345,24 @@ fn remove_leftovers(state: &State, kept: &[Guarded]) -> Result<(), Error> {
 /// The backups under `guarded/` whose names check, with the time their
 /// completion was marked; with `complete_only`, not those cut short (no
 /// mark).
-fn saved_pairs(saved: &Dir, complete_only: bool) -> Vec<Guarded> {
+fn saved_pairs(state: &State, complete_only: bool) -> Result<Vec<Guarded>, Error> {
     let mut out = Vec::new();
-    for m in saved.names() {
-        let (Ok(module), Some(md)) = (ModuleName::new(&m), saved.existing_subdir(&m)) else {
+    for (id, dir) in state.pair_dirs(SAVED)? {
+        let time = std::fs::symlink_metadata(dir.path().join("complete"))
+            .ok()
+            .filter(std::fs::Metadata::is_file)
+            .and_then(|m| m.modified().ok())
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_secs().min(MAX_TIME));
+        if complete_only && time.is_none() {
             continue;
-        };
-        for v in md.names() {
-            let (Ok(version), Some(vd)) = (ModuleVersion::new(&v), md.existing_subdir(&v)) else {
-                continue;
-            };
-            for k in vd.names() {
-                let (Ok(kernel), Some(kd)) = (KernelRelease::new(&k), vd.existing_subdir(&k))
-                else {
-                    continue;
-                };
-                for a in kd.names() {
-                    let (Ok(arch), Some(ad)) = (DkmsArch::new(&a), kd.existing_subdir(&a)) else {
-                        continue;
-                    };
-                    let time = std::fs::symlink_metadata(ad.path().join("complete"))
-                        .ok()
-                        .filter(std::fs::Metadata::is_file)
-                        .and_then(|m| m.modified().ok())
-                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                        .map(|d| d.as_secs().min(MAX_TIME));
-                    if complete_only && time.is_none() {
-                        continue;
-                    }
-                    let time = time.unwrap_or(0);
-                    out.push(Guarded {
-                        id: PairId {
-                            module: module.clone(),
-                            version: version.clone(),
-                            kernel: kernel.clone(),
-                            arch,
-                        },
-                        time,
-                    });
-                }
-            }
         }
+        out.push(Guarded {
+            id,
+            time: time.unwrap_or(0),
+        });
     }
-    out
+    Ok(out)
 }
 
 /// The record's entries that check; a corrupt record is set aside and the
@@ -400,18 +372,18 @@ fn read_record(state: &State) -> Result<Vec<Guarded>, Error> {
     let path = dir.path().join(RECORD);
     let value = match state.read_value(RECORD) {
         Ok(Some(v)) => v,
-        Ok(None) => return Ok(from_backups(&dir)),
+        Ok(None) => return from_backups(state),
         // Set aside by the state's own reading; the backups stand in.
         Err(e @ Error::StateCorrupt { .. }) => {
             log::warn!("{e}; the saved modules are used without it");
-            return Ok(from_backups(&dir));
+            return from_backups(state);
         }
         // Over the cap, or not a regular file: set aside the same way.
-        Err(Error::Unreadable { why, .. }) => return set_aside(&dir, &why),
+        Err(Error::Unreadable { why, .. }) => return set_aside(state, &dir, &why),
         Err(e) => return Err(e),
     };
     let Some(items) = value.get("guarded").and_then(serde_json::Value::as_array) else {
-        return set_aside(&dir, "no list of guarded pairs");
+        return set_aside(state, &dir, "no list of guarded pairs");
     };
     if items.len() > MAX_ENTRIES {
         log::warn!(
@@ -435,7 +407,7 @@ fn read_record(state: &State) -> Result<Vec<Guarded>, Error> {
     }
     // A complete backup the record does not name (a guard that could not
     // write the record after its backups) is guarded all the same.
-    for g in from_backups(&dir) {
+    for g in from_backups(state)? {
         if out.len() < MAX_ENTRIES && !out.iter().any(|o| o.chain() == g.chain()) {
             out.push(g);
         }
@@ -445,7 +417,7 @@ fn read_record(state: &State) -> Result<Vec<Guarded>, Error> {
 
 /// Set the record aside as `guarded.json.corrupt`, with one warning; the
 /// backups stand in for it.
-fn set_aside(dir: &Dir, why: &str) -> Result<Vec<Guarded>, Error> {
+fn set_aside(state: &State, dir: &Dir, why: &str) -> Result<Vec<Guarded>, Error> {
     let aside = format!("{RECORD}.corrupt");
     dir.remove_tree(&aside)?;
     dir.rename(RECORD, &aside)?;
@@ -453,17 +425,13 @@ fn set_aside(dir: &Dir, why: &str) -> Result<Vec<Guarded>, Error> {
         "{}: corrupt: {why}; set aside as {aside}; the saved modules are used without it",
         dir.path().join(RECORD).display()
     );
-    Ok(from_backups(dir))
+    from_backups(state)
 }
 
-fn from_backups(dir: &Dir) -> Vec<Guarded> {
-    dir.existing_subdir(SAVED)
-        .map(|s| {
-            let mut v = saved_pairs(&s, true);
-            v.truncate(MAX_ENTRIES);
-            v
-        })
-        .unwrap_or_default()
+fn from_backups(state: &State) -> Result<Vec<Guarded>, Error> {
+    let mut v = saved_pairs(state, true)?;
+    v.truncate(MAX_ENTRIES);
+    Ok(v)
 }
 
 /// Write the record atomically; with no entry left, remove it.
@@ -486,6 +454,7 @@ fn write_record(state: &State, guarded: &[Guarded]) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::name::{DkmsArch, ModuleName, ModuleVersion};
     use crate::root::Root;
 
     fn state() -> (tempfile::TempDir, State) {

@@ -265,7 +265,7 @@ pub fn tidy(state: &State, _lock: &Lock) -> Result<Vec<String>, Error> {
         state.save_holds(&holds)?;
     }
     if dir.is_dir(PREVIOUS) {
-        for id in kept_pairs(state)? {
+        for (id, _) in state.pair_dirs(PREVIOUS)? {
             let source = Path::new(DKMS_TREE)
                 .join(id.module_version_rel())
                 .join("source");
@@ -309,41 +309,6 @@ fn previous_arch(
     let mut archs: Vec<String> = d.names();
     archs.sort();
     Ok(archs.iter().find_map(|a| DkmsArch::new(a).ok()))
-}
-
-/// Every pair with a directory under `previous/`, names checked.
-fn kept_pairs(state: &State) -> Result<Vec<PairId>, Error> {
-    let mut out = Vec::new();
-    let Some(top) = state.open()?.existing_subdir(PREVIOUS) else {
-        return Ok(out);
-    };
-    for m in top.names() {
-        let (Ok(module), Some(md)) = (ModuleName::new(&m), top.existing_subdir(&m)) else {
-            continue;
-        };
-        for v in md.names() {
-            let (Ok(version), Some(vd)) = (ModuleVersion::new(&v), md.existing_subdir(&v)) else {
-                continue;
-            };
-            for k in vd.names() {
-                let (Ok(kernel), Some(kd)) = (KernelRelease::new(&k), vd.existing_subdir(&k))
-                else {
-                    continue;
-                };
-                for a in kd.names() {
-                    if let Ok(arch) = DkmsArch::new(&a) {
-                        out.push(PairId {
-                            module: module.clone(),
-                            version: version.clone(),
-                            kernel: kernel.clone(),
-                            arch,
-                        });
-                    }
-                }
-            }
-        }
-    }
-    Ok(out)
 }
 
 /// Back up the current build into the pair's backup, unless a complete

@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::kernel::KernelRelease;
 use crate::model::{Cause, Hold};
+use crate::name::{DkmsArch, ModuleName, ModuleVersion};
 use crate::pair::PairId;
 use crate::root::{Root, CAP_STATE};
 use crate::state_dir::Dir;
@@ -563,6 +564,49 @@ impl State {
             .ok_or_else(|| Error::Refused(format!("{to}/ could not be made")))?;
         src.rename_into(chain[3], &dst, chain[3])?;
         self.remove_pair_dir(from, p)
+    }
+
+    /// Every `TOP/M/V/K/ARCH` directory whose four names check, with the
+    /// pair it names (`backups/`, `previous/`, `guarded/`).
+    pub fn pair_dirs(&self, top: &str) -> Result<Vec<(PairId, Dir)>, Error> {
+        let mut out = Vec::new();
+        let Some(top) = self.open()?.existing_subdir(top) else {
+            return Ok(out);
+        };
+        let sub = |d: &Dir| -> Vec<(String, Dir)> {
+            d.names()
+                .into_iter()
+                .filter_map(|n| d.existing_subdir(&n).map(|s| (n, s)))
+                .collect()
+        };
+        for (m, md) in sub(&top) {
+            let Ok(module) = ModuleName::new(&m) else {
+                continue;
+            };
+            for (v, vd) in sub(&md) {
+                let Ok(version) = ModuleVersion::new(&v) else {
+                    continue;
+                };
+                for (k, kd) in sub(&vd) {
+                    let Ok(kernel) = KernelRelease::new(&k) else {
+                        continue;
+                    };
+                    for (a, ad) in sub(&kd) {
+                        let Ok(arch) = DkmsArch::new(&a) else {
+                            continue;
+                        };
+                        let id = PairId {
+                            module: module.clone(),
+                            version: version.clone(),
+                            kernel: kernel.clone(),
+                            arch,
+                        };
+                        out.push((id, ad));
+                    }
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// `TOP/M/V/K`: the directory that holds a pair's `ARCH`.
