@@ -194,20 +194,28 @@ impl<'a> Executor<'a> {
                 None => modules.push(vec![p.clone()]),
             }
         }
-        let total: usize = modules.iter().map(Vec::len).sum();
+        let hold = |p: &QueuedPair| held.iter().find(|h| h.id == p.id);
+        // Held pairs are not rebuilt, so not counted or announced.
+        let total: usize = modules
+            .iter()
+            .flatten()
+            .filter(|p| hold(p).is_none())
+            .count();
         let count = std::sync::atomic::AtomicUsize::new(0);
         let results = Mutex::new(Vec::new());
         in_parallel(self.config.jobs, modules, |group| {
             let mut saved = Ok(());
             for pair in group {
-                let n = count.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
-                started(&pair, n, total);
                 let mut notes = Vec::new();
-                let outcome = match held.iter().find(|h| h.id == pair.id) {
+                let outcome = match hold(&pair) {
                     Some(h) => Outcome::Held {
                         reason: h.reason.clone(),
                     },
-                    None => self.rebuild(&pair, &mut notes),
+                    None => {
+                        let n = count.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                        started(&pair, n, total);
+                        self.rebuild(&pair, &mut notes)
+                    }
                 };
                 let r = PairResult {
                     pair: pair.clone(),

@@ -149,8 +149,11 @@ verdict
 scenario "4: an in-place change of $E2E_KBUILD through apt, default configuration: one build per pair"
 KV2="$(e2e_repack_bump "$E2E_KBUILD" "$KV" +e2e2)"
 declare -A M_BEFORE4=()
-declare -A SHA_BEFORE4=()
-for k in "${FED[@]}"; do M_BEFORE4[$k]="$(mtime "$(acpi_ko "$k")")" SHA_BEFORE4[$k]="$(sha "$(acpi_ko "$k")")"; done
+declare -A SHA_BEFORE4=() B_BEFORE4=()
+for k in "${FED[@]}"; do
+    M_BEFORE4[$k]="$(mtime "$(acpi_ko "$k")")" SHA_BEFORE4[$k]="$(sha "$(acpi_ko "$k")")"
+    B_BEFORE4[$k]="$(mtime "$(built_ko "$k")")"
+done
 sleep 1
 T4="$(date +%s)"
 o="$(out)"
@@ -236,7 +239,7 @@ verdict
 
 K="${FED[0]}"
 scenario "7: rollback puts the module from before scenario 4's rebuild back, held; unhold"
-e2e_check_rollback "$M" "$K" "${SHA_BEFORE4[$K]}" "${M_BEFORE4[$K]}"
+e2e_check_rollback "$M" "$K" "${SHA_BEFORE4[$K]}" "${B_BEFORE4[$K]}"
 verdict
 
 echo "e2e trixie: $((SECONDS - T0)) s for setup and scenarios (dkms $E2E_DKMS_VERSION, apt $E2E_APT_VERSION)"

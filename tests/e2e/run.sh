@@ -127,7 +127,7 @@ verdict
 scenario "6: an in-place upgrade of linux-headers-$OLD through apt rebuilds its modules, one build per pair"
 H_V="$(e2e_repack_bump "$E2E_OLD_HEADERS" "$E2E_OLD_VERSION")"
 M_BEFORE="$(mtime "$ACPI_OLD")" M_NEW_BEFORE="$(mtime "$(ko acpi_call "$NEW")")"
-M6="$M_BEFORE" S6="$(sha "$ACPI_OLD")"
+S6="$(sha "$ACPI_OLD")" B6="$(mtime "$(e2e_built_ko "acpi-call/$E2E_ACPI_CALL_UPSTREAM" "$OLD")")"
 sleep 1
 T6="$(date +%s)"
 o="$(out)"
@@ -148,7 +148,7 @@ check "the installed e2e_failmod.ko's vermagic is for $OLD" vermagic_is "$(ko e2
 verdict
 
 scenario "13: rollback puts the module from before scenario 6's rebuild back, held; unhold"
-e2e_check_rollback "acpi-call/$E2E_ACPI_CALL_UPSTREAM" "$OLD" "$S6" "$M6"
+e2e_check_rollback "acpi-call/$E2E_ACPI_CALL_UPSTREAM" "$OLD" "$S6" "$B6"
 verdict
 
 scenario "10: preflight test-builds against an upgrade before dpkg unpacks it, and changes nothing"

@@ -114,6 +114,11 @@ fn a_rebuild_keeps_the_previous_build_and_rollback_puts_it_back_and_holds_it() {
         "{}",
         stderr(&out)
     );
+    assert!(
+        !stderr(&out).contains("rebuilding"),
+        "a held pair is not announced: {}",
+        stderr(&out)
+    );
     for cmd in ["sync", "retry"] {
         assert_eq!(f.run(&[cmd]).status.code(), Some(0), "{cmd}");
     }
