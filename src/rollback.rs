@@ -85,11 +85,17 @@ pub fn rollback(
     let mut holds = state.holds()?;
     // A rollback cut short names its pair (its previous build may be gone
     // already: swapped out).
-    let cut_short = holds.iter().find(|h| {
-        h.unfinished && &h.id.module == module && &h.id.version == version && &h.id.kernel == kernel
-    });
+    let cut_short = holds
+        .iter()
+        .find(|h| {
+            h.unfinished
+                && &h.id.module == module
+                && &h.id.version == version
+                && &h.id.kernel == kernel
+        })
+        .cloned();
     let unfinished = cut_short.is_some();
-    let id = match cut_short {
+    let id = match &cut_short {
         Some(h) => h.id.clone(),
         None => previous_arch(state, module, version, kernel)?
             .map(|arch| PairId {
@@ -122,7 +128,11 @@ pub fn rollback(
             // Marked before anything else: a rollback run again after a kill
             // knows by it that this build has not been swapped out yet.
             prev.write_atomic(TARGET, b"")?;
-            let reason = Hold::clean_reason(reason.unwrap_or("rolled back"));
+            // Run again without a reason, a cut-short rollback keeps its own.
+            let reason = reason
+                .map(Hold::clean_reason)
+                .or_else(|| cut_short.as_ref().map(|h| h.reason.clone()))
+                .unwrap_or_else(|| "rolled back".into());
             holds.retain(|h| h.id != id);
             holds.push(Hold {
                 id: id.clone(),

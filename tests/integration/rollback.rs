@@ -377,7 +377,7 @@ fn a_rollback_killed_after_the_swap_finishes_without_swapping_again() {
     f.write("fake-dkms/depmod-sleep", "5");
     let mut child = {
         use std::os::unix::process::CommandExt;
-        f.cmd(&["rollback", PAIR, K])
+        f.cmd(&["rollback", PAIR, K, "--reason", "oops on resume"])
             .process_group(0)
             .stderr(Stdio::null())
             .spawn()
@@ -396,7 +396,12 @@ fn a_rollback_killed_after_the_swap_finishes_without_swapping_again() {
     assert_eq!(f.run(&["rollback", PAIR, K]).status.code(), Some(0));
     assert_eq!(f.read(LIVE_KO), original);
     assert_eq!(f.read(&format!("{PREVIOUS}/{SAVED_KO}")), rebuilt_ko);
-    assert_eq!(f.status_row(K)["state"], "held");
+    let row = f.status_row(K);
+    assert_eq!(row["state"], "held");
+    assert_eq!(
+        row["held"]["reason"], "oops on resume",
+        "run again, it keeps its reason"
+    );
 }
 
 #[test]
