@@ -361,7 +361,7 @@ fn check_previous(state: &State, id: &PairId, saved: &Path) -> Result<(), String
     if names.is_empty() {
         return Err("holds no built module".into());
     }
-    let want = kernel_vermagic(state, &id.kernel)?;
+    let want = kernel_vermagic(state, id)?;
     for n in &names {
         let built = tree.join("module").join(n);
         let facts = verify::inspect(&built).map_err(|e| format!("cannot be read ({e})"))?;
@@ -436,21 +436,26 @@ fn walk_checked(dir: &Path, files: &mut Vec<PathBuf>) -> Result<(), String> {
     Ok(())
 }
 
-/// The vermagic of the kernel's own modules (the first readable module
-/// file under `/lib/modules/K/kernel`, by name): what a module must carry
-/// to load into it.
-fn kernel_vermagic(state: &State, kernel: &KernelRelease) -> Result<String, String> {
-    let cannot = || {
-        format!(
-            "cannot be checked: none of {kernel}'s own modules ({MODULES_DIR}/{kernel}/kernel) could be read to tell its ABI"
-        )
+/// The vermagic a module must carry to load into the pair's kernel: that of
+/// the kernel's own modules (the first readable module file under
+/// `/lib/modules/K/kernel`, by name); where the kernel's image is not
+/// installed (a build host, a container: its headers only), that of the
+/// pair's current build, which dkms made against those headers.
+fn kernel_vermagic(state: &State, id: &PairId) -> Result<String, String> {
+    let root = state.root();
+    let first = |dir: PathBuf| {
+        root.resolve(dir)
+            .ok()
+            .and_then(|d| first_vermagic(&d, &mut 0))
     };
-    let dir = state
-        .root()
-        .resolve(Path::new(MODULES_DIR).join(kernel.as_str()).join("kernel"))
-        .map_err(|_| cannot())?;
-    let mut seen = 0;
-    first_vermagic(&dir, &mut seen).ok_or_else(cannot)
+    let k = &id.kernel;
+    first(Path::new(MODULES_DIR).join(k.as_str()).join("kernel"))
+        .or_else(|| first(id.dkms_dir().join("module")))
+        .ok_or_else(|| {
+            format!(
+                "cannot be checked: neither {k}'s own modules ({MODULES_DIR}/{k}/kernel) nor its current build could be read to tell the kernel's ABI"
+            )
+        })
 }
 
 /// Depth first, by name, without following links, at most [`MAX_WALK`]

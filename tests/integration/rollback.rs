@@ -190,10 +190,28 @@ fn rollback_refuses_a_previous_build_of_another_kernel_abi() {
     assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
     assert_eq!(f.read(LIVE_KO), live, "nothing changed");
     assert!(!f.path("var/lib/dkms-hook/holds.json").exists());
-    // Without any module of the kernel's own, the ABI cannot be told.
+}
+
+/// Regression (the Debian 12 tier, headers without the kernel's image):
+/// without a module of the kernel's own, the current build, which dkms
+/// made against the kernel's headers, tells the ABI.
+#[test]
+fn without_the_kernel_image_the_current_build_tells_the_abi() {
+    let (f, original) = rebuilt();
     std::fs::remove_dir_all(f.path(&format!("usr/lib/modules/{K}/kernel"))).unwrap();
-    assert_says(&rollback(&f), 2, "could be read to tell its ABI");
-    assert_eq!(f.read(LIVE_KO), live);
+    let rebuilt_built = f.read(LIVE_BUILT);
+    // The current build says another ABI: refused.
+    let other =
+        String::from_utf8_lossy(&rebuilt_built).replace("modversions", "modversions RETPOLINE");
+    f.write(LIVE_BUILT, &other);
+    assert_says(&rollback(&f), 2, "was built for another kernel ABI");
+    // Neither the kernel's modules nor a current build: cannot be told.
+    std::fs::remove_file(f.path(LIVE_BUILT)).unwrap();
+    assert_says(&rollback(&f), 2, "could be read to tell the kernel's ABI");
+    // The current build as dkms made it: rolled back.
+    f.write(LIVE_BUILT, &rebuilt_built);
+    assert_eq!(rollback(&f).status.code(), Some(0));
+    assert_eq!(f.read(LIVE_KO), original);
 }
 
 /// Each way a previous build can be cut short, corrupt or planted: refused
