@@ -302,6 +302,10 @@ pub struct PreflightArgs {
     /// Print only failures (as Pre-Install-Pkgs does).
     #[arg(long, hide = true)]
     pub only_failures: bool,
+    /// Pre-Install-Pkgs under preflight = block: a failure is recorded as
+    /// a block, and a standing block of the same inputs answers at once.
+    #[arg(long, hide = true)]
+    pub blocking: bool,
     /// The packages to test against (.deb files).
     #[arg(value_name = "DEB")]
     pub debs: Vec<PathBuf>,
