@@ -225,11 +225,7 @@ pub fn after_run(
 
 /// After preflight recorded or ended a block: the textfile again, with the
 /// pairs judged anew and the saved counters.
-pub fn after_block(
-    state: &State,
-    cfg: &crate::config::Config,
-    tools: &Tools,
-) -> Result<(), Error> {
+pub fn after_block(state: &State, cfg: &crate::config::Config, tools: &Tools) -> Result<(), Error> {
     let inv = crate::inventory::Inventory::full(state.root())?;
     let failed = state.failures()?.failed;
     let mut rows = crate::verify::assess(state.root(), &inv, cfg, &failed, Some(tools));

@@ -183,7 +183,11 @@ impl Entry for Hold {
 
 /// The entries of `list` in `value` that validate; each one that does not
 /// is dropped with a warning naming the file and its position.
-pub(crate) fn valid_entries<T: Entry>(value: &serde_json::Value, list: &str, path: &Path) -> Vec<T> {
+pub(crate) fn valid_entries<T: Entry>(
+    value: &serde_json::Value,
+    list: &str,
+    path: &Path,
+) -> Vec<T> {
     let Some(items) = value.get(list).and_then(serde_json::Value::as_array) else {
         return Vec::new();
     };

@@ -110,7 +110,10 @@ pub(super) fn say(root: &Root, env: &super::Env, noted: &Noted) {
     for b in &noted.still {
         let line = report::blocked::still_line(b);
         err(&format!("{PREFIX} {line}"));
-        report::log_line(root, &format!("{line}; preflight = block stopped apt again"));
+        report::log_line(
+            root,
+            &format!("{line}; preflight = block stopped apt again"),
+        );
     }
     for b in &noted.recorded {
         report::log_line(root, &report::blocked::recorded_line(b));

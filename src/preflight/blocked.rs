@@ -86,7 +86,9 @@ impl state::Entry for Blocked {
             return Err("too many packages".into());
         }
         for line in &self.inputs.packages {
-            let (name, version) = line.split_once(' ').ok_or("a package line without version")?;
+            let (name, version) = line
+                .split_once(' ')
+                .ok_or("a package line without version")?;
             let name = name.split_once(':').map_or(name, |(n, _)| n);
             PackageName::new(name).map_err(|e| e.to_string())?;
             if !version.is_empty() && version.parse::<debversion::Version>().is_err() {
@@ -116,16 +118,20 @@ pub enum Ended {
 /// unusable (set aside as `blocked.json.corrupt`), or the state directory
 /// cannot be read.
 pub fn read(state: &State) -> Vec<Blocked> {
+    read_checked(state).unwrap_or_else(|e| {
+        log::warn!("{e}");
+        Vec::new()
+    })
+}
+
+/// [`read`], with the error of a file that cannot be read (a newer
+/// version's, a link): what would write the file stops there.
+fn read_checked(state: &State) -> Result<Vec<Blocked>, Error> {
     let path = state.dir().join(BLOCKED);
-    match state.read_list_value(BLOCKED) {
-        Ok(v) => v
-            .map(|v| state::valid_entries(&v, "blocked", &path))
-            .unwrap_or_default(),
-        Err(e) => {
-            log::warn!("{e}");
-            Vec::new()
-        }
-    }
+    Ok(state
+        .read_list_value(BLOCKED)?
+        .map(|v| state::valid_entries(&v, "blocked", &path))
+        .unwrap_or_default())
 }
 
 fn save(state: &State, blocked: &[Blocked]) -> Result<(), Error> {
@@ -243,7 +249,7 @@ pub fn tidy(state: &State) -> Result<Vec<(Blocked, Ended)>, Error> {
     let Some(_lock) = kept::lock_if_free(state) else {
         return Ok(Vec::new());
     };
-    let records = read(state);
+    let records = read_checked(state)?;
     let installed = installed_of(state.root(), &records);
     let (mut keep, mut gone) = (Vec::new(), Vec::new());
     for b in records {
@@ -252,14 +258,16 @@ pub fn tidy(state: &State) -> Result<Vec<(Blocked, Ended)>, Error> {
             None => keep.push(b),
         }
     }
-    save(state, &keep)?;
+    if !gone.is_empty() {
+        save(state, &keep)?;
+    }
     Ok(gone)
 }
 
 /// Record new blocks (call with `preflight/lock` held: inside a
 /// preflight's session): each replaces a record of the same pair.
 pub fn record(state: &State, new: &[Blocked]) -> Result<(), Error> {
-    let mut all = read(state);
+    let mut all = read_checked(state)?;
     all.retain(|b| !new.iter().any(|n| n.id() == b.id()));
     all.extend(new.iter().cloned());
     all.sort_by(|a, b| a.id().cmp(b.id()));
@@ -274,11 +282,10 @@ pub fn passed(state: &State, built: &[&PairId], debs: &[Deb]) -> Result<Vec<Bloc
         return Ok(Vec::new());
     }
     let covered = |c: &Cause| {
-        debs.iter().any(|d| {
-            d.package == c.package && c.new.as_ref().is_none_or(|v| d.version >= *v)
-        })
+        debs.iter()
+            .any(|d| d.package == c.package && c.new.as_ref().is_none_or(|v| d.version >= *v))
     };
-    let (gone, keep): (Vec<Blocked>, Vec<Blocked>) = read(state)
+    let (gone, keep): (Vec<Blocked>, Vec<Blocked>) = read_checked(state)?
         .into_iter()
         .partition(|b| built.contains(&b.id()) && b.because.iter().all(covered));
     if !gone.is_empty() {
