@@ -102,7 +102,7 @@ fn a_block_is_recorded_and_said_by_status_motd_textfile_and_log() {
     let o = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "a block needs attention: {o}");
     assert!(
-        o.contains(&format!("dkms-hook: BLOCKED since ")) && o.contains(&format!(": preflight = block stopped apt before linux-kbuild-6.1 6.1.201-1: acpi-call/1.2.2 for 6.1.0-50-amd64 fails to build against it (dkms build exited 10); see {LOG}; to go on: fix it and run dkms-hook preflight, or preflight=warn in /etc/dkms/dkms-hook.conf")),
+        o.contains("dkms-hook: BLOCKED since ") && o.contains(&format!(": preflight = block stopped apt before linux-kbuild-6.1 6.1.201-1: acpi-call/1.2.2 for 6.1.0-50-amd64 fails to build against it (dkms build exited 10); see {LOG}; to go on: fix it and run dkms-hook preflight, or preflight=warn in /etc/dkms/dkms-hook.conf")),
         "{o}"
     );
     let v = status_json(&f);
