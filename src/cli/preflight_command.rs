@@ -49,7 +49,7 @@ pub fn command(root: &Root, env: &Env, a: &PreflightArgs) -> i32 {
         );
         let planned = preflight::plan_for(root, &debs, &cfg)?;
         log::debug!("preflight: {:.2} s: planned", t0.elapsed().as_secs_f64());
-        let gate = block::gate(&state, a.blocking, &debs, &planned.plan)?;
+        let gate = block::gate(&state, a.blocking, &debs, &planned.plan);
         if !gate.still.is_empty() {
             let still = block::Noted {
                 still: gate.still,
