@@ -293,3 +293,104 @@ pub fn passed(state: &State, built: &[&PairId], debs: &[Deb]) -> Result<Vec<Bloc
     }
     Ok(gone)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::Role;
+
+    fn block(module: &str, new: &str) -> Blocked {
+        let id = PairId {
+            module: crate::name::ModuleName::new(module).unwrap(),
+            version: crate::name::ModuleVersion::new("1.2.2").unwrap(),
+            kernel: crate::name::KernelRelease::new("6.1.0-50-amd64").unwrap(),
+            arch: crate::name::DkmsArch::new("x86_64").unwrap(),
+        };
+        Blocked {
+            make_log: Some(Blocked::kept_make_log(&id)),
+            inputs: Inputs {
+                id,
+                packages: vec![format!("linux-kbuild-6.1 {new}")],
+                source: 7,
+                time: 5,
+            },
+            because: vec![Cause {
+                package: PackageName::new("linux-kbuild-6.1").unwrap(),
+                role: Role::Kbuild,
+                old: Some("6.1.192-2".parse().unwrap()),
+                new: Some(new.parse().unwrap()),
+                unpacked: None,
+            }],
+            failure: "dkms build exited 10".into(),
+        }
+    }
+
+    fn deb(version: &str) -> Deb {
+        Deb {
+            path: "/x.deb".into(),
+            package: PackageName::new("linux-kbuild-6.1").unwrap(),
+            version: version.parse().unwrap(),
+            architecture: None,
+            depends: Vec::new(),
+            files: Vec::new(),
+        }
+    }
+
+    /// A preflight that builds the pair ends its block only when it built
+    /// against the blocked version or a newer one, and only that pair's.
+    #[test]
+    fn a_passing_preflight_ends_only_the_blocks_it_covers() {
+        let t = tempfile::tempdir().unwrap();
+        let s = State::new(&Root::new(t.path()));
+        let (a, b) = (block("a", "6.1.201-1"), block("b", "6.1.201-1"));
+        record(&s, &[a.clone(), b.clone()]).unwrap();
+        assert_eq!(read(&s), vec![a.clone(), b.clone()]);
+        assert_eq!(passed(&s, &[a.id()], &[deb("6.1.200-1")]).unwrap(), vec![]);
+        assert_eq!(
+            passed(&s, &[a.id()], &[deb("6.1.201-1")]).unwrap(),
+            vec![a.clone()]
+        );
+        assert_eq!(read(&s), vec![b.clone()]);
+        // A new failure of the same pair replaces its record.
+        let b2 = block("b", "6.1.202-1");
+        record(&s, std::slice::from_ref(&b2)).unwrap();
+        assert_eq!(read(&s), vec![b2.clone()]);
+        assert_eq!(
+            passed(&s, &[b2.id()], &[deb("6.1.203-1")]).unwrap(),
+            vec![b2]
+        );
+        assert!(!s.dir().join(BLOCKED).exists(), "no file for no block");
+    }
+
+    /// A block ends with its version or a newer one installed (with files,
+    /// not only its configuration left), with its kernel, with its module.
+    #[test]
+    fn a_block_ends_with_its_version_its_kernel_or_its_module() {
+        let t = tempfile::tempdir().unwrap();
+        let root = Root::new(t.path());
+        let b = block("m", "6.1.201-1");
+        let installed = |v: &str, state: &str| {
+            vec![crate::dpkg::Installed {
+                name: PackageName::new("linux-kbuild-6.1").unwrap(),
+                architecture: None,
+                version: v.parse().unwrap(),
+                state: state.into(),
+            }]
+        };
+        std::fs::create_dir_all(t.path().join("lib/modules/6.1.0-50-amd64")).unwrap();
+        std::fs::create_dir_all(t.path().join("var/lib/dkms/m/1.2.2")).unwrap();
+        assert_eq!(ended(&root, &b, &installed("6.1.192-2", "installed")), None);
+        assert_eq!(
+            ended(&root, &b, &installed("6.1.201-1", "config-files")),
+            None
+        );
+        assert!(matches!(
+            ended(&root, &b, &installed("6.1.202-1", "installed")),
+            Some(Ended::Installed { version, .. }) if version == "6.1.202-1"
+        ));
+        std::fs::remove_dir(t.path().join("var/lib/dkms/m/1.2.2")).unwrap();
+        assert_eq!(ended(&root, &b, &[]), Some(Ended::ModuleGone));
+        std::fs::remove_dir(t.path().join("lib/modules/6.1.0-50-amd64")).unwrap();
+        assert_eq!(ended(&root, &b, &[]), Some(Ended::KernelGone));
+    }
+}
