@@ -34,6 +34,8 @@ use crate::Error;
 pub const BLOCKED: &str = "blocked.json";
 /// At most this many packages feed one kernel's tree in a record read back.
 const MAX_PACKAGES: usize = 512;
+/// The longest `name[:arch] version` line read back.
+const MAX_PACKAGE_LINE: usize = 1024;
 /// At most this many causes per record.
 const MAX_CAUSES: usize = 64;
 
@@ -86,6 +88,9 @@ impl state::Entry for Blocked {
             return Err("too many packages".into());
         }
         for line in &self.inputs.packages {
+            if line.len() > MAX_PACKAGE_LINE {
+                return Err("a package line too long".into());
+            }
             let (name, version) = line
                 .split_once(' ')
                 .ok_or("a package line without version")?;

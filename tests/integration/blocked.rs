@@ -369,8 +369,8 @@ fn a_recorded_block_is_shown_until_it_ends() {
 
 /// `blocked.json` is input: planted or corrupt records are dropped one by
 /// one (a name that leaves the tree, a make.log that is not the pair's own,
-/// a failure that forges lines, a time past 9999, thousands of packages, a
-/// bad package line, no causes), a link in its place is not followed (nor
+/// a failure that forges lines, a time past 9999, hundreds of packages, an
+/// overlong or bad package line, no causes), a link in its place is not followed (nor
 /// written through), a corrupt file is set aside, a newer version's is
 /// left alone; a hook never fails on any of them.
 #[test]
@@ -393,6 +393,10 @@ fn planted_or_corrupt_block_records_are_refused() {
             with("time", 9_223_372_036_854_775_807u64.into()),
             with("packages", many.into()),
             with("packages", serde_json::json!(["linux-kbuild-6.1"])),
+            with(
+                "packages",
+                serde_json::json!([format!("p {}", "1".repeat(2000))]),
+            ),
             with("packages", serde_json::json!(["Bad_Name! 1"])),
             with("because", serde_json::json!([])),
             with("kernel", "-rf".into()),
