@@ -109,9 +109,9 @@ impl Gate {
     }
 }
 
-/// Say what preflight did with blocks: a line per repeated block (and the
-/// log's), a log line per recorded or ended one, and the textfile again
-/// when anything changed.
+/// Say what preflight did with blocks: a line per repeated or ended block
+/// (and the log's), a log line per recorded one (its failure was said
+/// already), and the textfile again when anything changed.
 pub(super) fn say(root: &Root, env: &super::Env, noted: &Noted) {
     for b in &noted.still {
         let line = report::blocked::still_line(b);
@@ -125,10 +125,9 @@ pub(super) fn say(root: &Root, env: &super::Env, noted: &Noted) {
         report::log_line(root, &report::blocked::recorded_line(b));
     }
     for b in &noted.ended {
-        report::log_line(
-            root,
-            &report::blocked::ended_line(b, &blocked::Ended::Built),
-        );
+        let line = report::blocked::ended_line(b, &blocked::Ended::Built);
+        err(&format!("{PREFIX} {line}"));
+        report::log_line(root, &line);
     }
     if noted.recorded.is_empty() && noted.ended.is_empty() && noted.still.is_empty() {
         return;

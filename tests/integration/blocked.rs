@@ -248,6 +248,11 @@ fn a_block_ends_when_built_installed_or_its_kernel_goes() {
     fs::remove_file(f.path("fake-dkms/poison")).unwrap();
     let out = f.run(&["preflight", &bad]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("dkms-hook: block ended: acpi-call/1.2.2 for 6.1.0-56-amd64 against linux-kbuild-6.1 6.1.201-1: a preflight built it"),
+        "{}",
+        stderr(&out)
+    );
     assert!(!f.path("var/lib/dkms-hook/blocked.json").exists());
     assert!(
         log(&f).contains("block ended: acpi-call/1.2.2 for 6.1.0-50-amd64 against linux-kbuild-6.1 6.1.201-1: a preflight built it"),
