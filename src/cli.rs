@@ -9,6 +9,7 @@ use anyhow::Context;
 use clap::Parser;
 
 pub mod args;
+mod block;
 mod guard;
 mod hooks;
 mod preflight_command;
@@ -407,20 +408,23 @@ fn status(root: &Root, env: &Env, a: &StatusArgs) -> anyhow::Result<i32> {
     }
     let mut warnings = inv.warnings.clone();
     warnings.extend(verify::warnings(&rows));
-    let attention = rows.iter().any(|r| match r.state {
-        _ if r.check.as_ref().is_some_and(|c| c.will_not_load.is_some()) => true,
-        s => s.needs_attention(),
-    });
+    let blocked = crate::preflight::blocked::standing(&state);
+    let attention = !blocked.is_empty()
+        || rows.iter().any(|r| match r.state {
+            _ if r.check.as_ref().is_some_and(|c| c.will_not_load.is_some()) => true,
+            s => s.needs_attention(),
+        });
     if a.json {
-        out_json(&report::json::status(
-            &rows,
-            &failures.failed,
-            &queued,
-            &warnings,
-        ));
+        out_json(
+            &report::json::status(&rows, &failures.failed, &queued, &warnings)
+                .with_blocked(&blocked),
+        );
     } else if !a.quiet {
         for l in report::status_lines(&rows, &queued, &warnings) {
             out(&l);
+        }
+        for b in &blocked {
+            out(&report::blocked::status_line(b));
         }
     }
     Ok(if attention { EXIT_ATTENTION } else { 0 })

@@ -227,7 +227,7 @@ pub const KEYS: &[(&str, &str, &str)] = &[
     ("keep_previous", "yes", "After a successful rebuild, keep the build it replaced (one per module, version and kernel, under /var/lib/dkms-hook/previous) for dkms-hook rollback."),
     ("quiet", "no", "Print nothing in apt's output but failures and warnings."),
     ("prometheus_textfile", "auto", "Where to write dkms_hook.prom for node_exporter's textfile collector after every run that may change state: auto (/var/lib/prometheus/node-exporter when it exists), off, or a directory."),
-    ("preflight", "warn", "When apt is about to change a kernel's build tree in place, test-build the affected modules against the downloaded packages before dpkg unpacks them: off, warn (print failures, let apt go on) or block (stop apt before anything is unpacked when a module would not build; go on anyway with DKMS_HOOK_SUSPEND=1 apt ... or preflight=warn)."),
+    ("preflight", "warn", "When apt is about to change a kernel's build tree in place, test-build the affected modules against the downloaded packages before dpkg unpacks them: off, warn (print failures, let apt go on) or block (stop apt before anything is unpacked when a module would not build; dkms-hook status shows the block, and the same versions are not built again until an input changes; go on by fixing the module and running dkms-hook preflight, with preflight=warn, apt-mark hold on the package, or by hand with DKMS_HOOK_SUSPEND=1 apt ...)."),
 ];
 
 fn unquote(v: &str) -> &str {

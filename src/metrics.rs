@@ -1,7 +1,8 @@
 //! State for fleets: a Prometheus node_exporter textfile (`dkms_hook.prom`)
 //! written atomically after every run that may change the pairs' state, and
-//! the counters it needs, kept in the state directory. The same runs keep
-//! the findings the login notice shows (`findings.json`).
+//! the counters it needs, kept in the state directory, with the standing
+//! blocks of `preflight = block`. The same runs keep the findings the login
+//! notice shows (`findings.json`).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -12,6 +13,7 @@ use serde::{Deserialize, Serialize};
 pub use crate::config::Textfile;
 use crate::kernel::KernelRelease;
 use crate::plan::{Assessment, PairState};
+use crate::preflight::blocked::Blocked;
 use crate::rebuild::{Outcome, PairResult};
 use crate::root::{Root, CAP_STATE};
 use crate::state::State;
@@ -143,6 +145,41 @@ pub fn render(rows: &[Assessment], c: &Counters, running: Option<&KernelRelease>
     t
 }
 
+/// The textfile's lines for the upgrades `preflight = block` stopped:
+/// how many blocks stand, and one line per blocked pair with the package
+/// versions it failed against.
+pub fn render_blocked(blocked: &[Blocked]) -> String {
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "# HELP dkms_hook_preflight_blocked Pairs whose failed test build stopped apt (preflight = block), while the block stands.\n# TYPE dkms_hook_preflight_blocked gauge\ndkms_hook_preflight_blocked {}",
+        blocked.len()
+    );
+    let _ = writeln!(
+        t,
+        "# HELP dkms_hook_preflight_blocked_info One standing block: the pair and the packages it failed against.\n# TYPE dkms_hook_preflight_blocked_info gauge"
+    );
+    for b in blocked {
+        let against: Vec<String> = b
+            .because
+            .iter()
+            .map(|c| {
+                let v = c.new.as_ref().map(ToString::to_string).unwrap_or_default();
+                format!("{} {v}", c.package)
+            })
+            .collect();
+        let _ = writeln!(
+            t,
+            "dkms_hook_preflight_blocked_info{{module=\"{}\",version=\"{}\",kernel=\"{}\",against=\"{}\"}} 1",
+            label(b.id().module.as_str()),
+            label(b.id().version.as_str()),
+            label(b.id().kernel.as_str()),
+            label(&against.join(", "))
+        );
+    }
+    t
+}
+
 /// Write the textfile atomically where the config says (nothing with
 /// `off`, or with `auto` when node_exporter's directory does not exist).
 /// The directory is opened through [`Dir::open_trusted`]: as root, a link
@@ -178,11 +215,22 @@ pub fn after_run(
     let mut rows = crate::verify::assess(state.root(), &inv, cfg, &failed, Some(tools));
     crate::rollback::annotate(state, &mut rows);
     state.save_findings(&crate::verify::findings(&rows))?;
+    let blocked = render_blocked(&crate::preflight::blocked::standing(state));
     write(
         state.root(),
         &cfg.prometheus_textfile,
-        &render(&rows, &counters, inv.running.as_ref()),
+        &(render(&rows, &counters, inv.running.as_ref()) + &blocked),
     )
+}
+
+/// After preflight recorded or ended a block: the textfile again, with the
+/// pairs judged anew and the saved counters.
+pub fn after_block(state: &State, cfg: &crate::config::Config, tools: &Tools) -> Result<(), Error> {
+    let inv = crate::inventory::Inventory::full(state.root())?;
+    let failed = state.failures()?.failed;
+    let mut rows = crate::verify::assess(state.root(), &inv, cfg, &failed, Some(tools));
+    crate::rollback::annotate(state, &mut rows);
+    from_status(state, cfg, &rows, inv.running.as_ref())
 }
 
 /// From `status` (run as root): the rows it computed, the saved counters.
@@ -193,9 +241,10 @@ pub fn from_status(
     running: Option<&KernelRelease>,
 ) -> Result<(), Error> {
     state.save_findings(&crate::verify::findings(rows))?;
+    let blocked = render_blocked(&crate::preflight::blocked::standing(state));
     write(
         state.root(),
         &cfg.prometheus_textfile,
-        &render(rows, &counters(state), running),
+        &(render(rows, &counters(state), running) + &blocked),
     )
 }

@@ -29,8 +29,10 @@
 //! DEB files: what apt would install), [`plan_for`] here (which pairs, against
 //! which packages), [`overlay`] (which directories the build sees through an
 //! overlay), [`test_build`] (the builds in the [`sandbox`], their logs, a
-//! good build kept for after dpkg).
+//! good build kept for after dpkg), [`blocked`] (a failure that stopped
+//! apt, kept as a state until it ends).
 
+pub mod blocked;
 mod deb;
 mod download;
 mod overlay;

@@ -11,6 +11,7 @@ use crate::preflight::{self, Tested};
 use crate::rebuild::{Outcome, PairResult};
 use crate::state::{Failure, Finding, Problem, QueuedPair};
 
+pub mod blocked;
 pub mod json;
 
 pub const PREFIX: &str = "dkms-hook:";

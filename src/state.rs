@@ -141,7 +141,7 @@ struct Findings<'a> {
 }
 
 /// An entry of a queue or failure list, checked beyond its types.
-trait Entry: for<'de> Deserialize<'de> {
+pub(crate) trait Entry: for<'de> Deserialize<'de> {
     fn times(&self) -> [u64; 1];
 
     /// What the types do not check.
@@ -183,7 +183,11 @@ impl Entry for Hold {
 
 /// The entries of `list` in `value` that validate; each one that does not
 /// is dropped with a warning naming the file and its position.
-fn valid_entries<T: Entry>(value: &serde_json::Value, list: &str, path: &Path) -> Vec<T> {
+pub(crate) fn valid_entries<T: Entry>(
+    value: &serde_json::Value,
+    list: &str,
+    path: &Path,
+) -> Vec<T> {
     let Some(items) = value.get(list).and_then(serde_json::Value::as_array) else {
         return Vec::new();
     };
@@ -400,7 +404,7 @@ impl State {
     }
 
     /// A list file: a corrupt one counts as empty, with a warning.
-    fn read_list_value(&self, name: &str) -> Result<Option<serde_json::Value>, Error> {
+    pub(crate) fn read_list_value(&self, name: &str) -> Result<Option<serde_json::Value>, Error> {
         match self.read_value(name) {
             Err(e @ Error::StateCorrupt { .. }) => {
                 log::warn!("{e}");
@@ -411,7 +415,7 @@ impl State {
     }
 
     /// Write `name` atomically.
-    fn write_json<T: Serialize>(&self, name: &str, value: &T) -> Result<(), Error> {
+    pub(crate) fn write_json<T: Serialize>(&self, name: &str, value: &T) -> Result<(), Error> {
         let text = serde_json::to_vec_pretty(value).map_err(|e| Error::StateCorrupt {
             path: self.path.join(name),
             msg: e.to_string(),

@@ -1,11 +1,12 @@
 #![no_main]
 //! State files (cursor.json, queue.json, failures.json, findings.json,
-//! holds.json):
+//! holds.json, blocked.json):
 //! serde directly, and
 //! the program's own reading path through `State` in one reused temp root.
 //! The first byte picks the file; the rest is its content.
 use dkms_hook::root::Root;
 use dkms_hook::model::Hold;
+use dkms_hook::preflight::blocked::{self, BLOCKED};
 use dkms_hook::state::{State, HOLDS, MAX_ENTRIES, MAX_TIME, STATE_DIR};
 use libfuzzer_sys::fuzz_target;
 use std::path::PathBuf;
@@ -26,7 +27,7 @@ fn state() -> &'static (PathBuf, State) {
 fuzz_target!(|input: &[u8]| {
     let Some((&sel, data)) = input.split_first() else { return };
     let (dir, st) = state();
-    match sel % 5 {
+    match sel % 6 {
         0 => {
             std::fs::write(dir.join("cursor.json"), data).unwrap();
             if let Ok(Some(c)) = st.cursor() {
@@ -72,6 +73,27 @@ fuzz_target!(|input: &[u8]| {
                 }
                 st.save_holds(&h).unwrap();
                 assert_eq!(st.holds().unwrap(), h);
+            }
+        }
+        5 => {
+            std::fs::write(dir.join(BLOCKED), data).unwrap();
+            // Every block that comes back has checked names, a bounded
+            // time, a one-line failure, only its own make.log and bounded
+            // package lines; recorded again, it reads back the same.
+            let b = blocked::read(st);
+            assert!(b.len() <= MAX_ENTRIES);
+            for x in &b {
+                assert!(x.inputs.time <= MAX_TIME);
+                assert!(x.failure.len() <= Hold::MAX_REASON);
+                assert!(!x.failure.chars().any(char::is_control));
+                assert!(x.make_log.as_ref().is_none_or(|m| *m == blocked::Blocked::kept_make_log(x.id())));
+                assert!(!x.id().module.as_str().contains('/'));
+                assert!(!x.because.is_empty());
+            }
+            if blocked::record(st, &b).is_ok() {
+                let mut sorted = b.clone();
+                sorted.sort_by(|a, c| a.id().cmp(c.id()));
+                assert_eq!(blocked::read(st), sorted);
             }
         }
         _ => {

@@ -20,7 +20,7 @@ pub const EXIT_TROUBLE: i32 = 3;
 /// them).
 pub const STATUS_EXITS: &[(i32, &str)] = &[
     (0, "all is well: every pair is fresh, excluded or undecided, and every installed module will load"),
-    (EXIT_ATTENTION, "something needs attention: a pair in a state that needs it, or a module that will not load after the reboot"),
+    (EXIT_ATTENTION, "something needs attention: a pair in a state that needs it, a module that will not load after the reboot, or an upgrade that preflight = block stopped (while the block stands)"),
     (EXIT_USAGE, "the system could not be read, or a usage error"),
 ];
 
@@ -72,10 +72,10 @@ kernel whose build tree those packages feed, and rebuilds each dkms module built
     after_long_help = "\
 Files:
   /etc/dkms/dkms-hook.conf   configuration; every key is listed, commented, at its default
-  /var/lib/dkms-hook/        state: dpkg.log cursor, queue, failures, findings (for the login notice), counters, the file-list and module-facts caches, backups/, previous/ (each module's build before its last rebuild, for rollback), holds.json, guarded.json and guarded/ (modules saved before dkms's kernel_preinst removes them), logs/, builds/ (running builds), lock
+  /var/lib/dkms-hook/        state: dpkg.log cursor, queue, failures, findings (for the login notice), counters, the file-list and module-facts caches, backups/, previous/ (each module's build before its last rebuild, for rollback), holds.json, blocked.json (the upgrades preflight = block stopped, while each block stands), guarded.json and guarded/ (modules saved before dkms's kernel_preinst removes them), logs/, builds/ (running builds), lock
   /var/lib/prometheus/node-exporter/dkms_hook.prom   the node_exporter textfile (when that directory exists)
   /var/lib/dkms-hook/preflight/   preflight's kept logs and builds (kept/, used once by the rebuild after dpkg) and, while it runs, its private run directory
-  /var/log/dkms-hook.log     one line per rebuild, skip or failure
+  /var/log/dkms-hook.log     one line per rebuild, skip or failure, block and end of a block
   /etc/apt/apt.conf.d/80dkms-hook, /etc/dkms/dkms-hook-preflight (apt's Pre-Install-Pkgs), /etc/dpkg/dpkg.cfg.d/dkms-hook, /etc/kernel/*.d/dkms-hook, /etc/kernel/{preinst,postinst}.d/00-dkms-hook-guard   the hooks
 
 Environment:
@@ -129,10 +129,13 @@ pub enum Command {
     /// evaluates it, keeps dkms from building it), undecided (under --root,
     /// a dkms.conf that is a script), broken (the installed module's
     /// vermagic names another kernel), and whether each module is signed
-    /// and will load with Secure Boot. Exits 0 when all is well, 1 when
-    /// something needs attention (stale, failed, missing, no-headers,
-    /// broken, a module that will not load after the reboot; never excluded
-    /// or undecided), 2 when the system could not be read: usable by
+    /// and will load with Secure Boot; then one line per upgrade that
+    /// preflight = block stopped, while the block stands (the package
+    /// version, the pair that failed, when, its make.log; `blocked` in
+    /// --json). Exits 0 when all is well, 1 when something needs attention
+    /// (stale, failed, missing, no-headers, broken, a module that will not
+    /// load after the reboot, a block; never excluded or undecided), 2 when
+    /// the system could not be read: usable by
     /// monitoring. The `--json` object is a stable
     /// contract (configuration management facts): fields may be added,
     /// never renamed or removed.
@@ -194,7 +197,16 @@ pub enum Command {
     /// says what the JSON hook of the same apt run did not (everything, for
     /// frontends without JSON hooks), then test-builds the affected modules
     /// against the downloaded packages (the preflight setting). Exits 0, or
-    /// 100 with preflight = block when a module would not build.
+    /// 100 with preflight = block when a module would not build. A block is
+    /// recorded (status, the login notice, the log and the textfile say
+    /// it); while it stands, the same package versions with the same inputs
+    /// (every package feeding the kernel's tree, the module's source) are
+    /// not test-built again but blocked at once from the record. It ends
+    /// when a preflight builds the pair against that version, when that
+    /// version or a newer one is installed, or when the kernel or the
+    /// module version is gone. To go on where no variable can be set for
+    /// one run (unattended-upgrades): fix the module and run dkms-hook
+    /// preflight, set preflight=warn, or apt-mark hold the package.
     PreInstallPkgs(JsonArg),
     /// Kernel hooks: warn of kernels lacking headers or modules.
     ///
@@ -241,8 +253,9 @@ pub enum Command {
     /// Run from /etc/update-motd.d/90-dkms-hook: one line per pair whose rebuild
     /// failed, that is still queued, broken, or will not load after the
     /// reboot (unsigned under Secure Boot, or signed with a key not
-    /// enrolled), from dkms-hook's state alone (a few file reads); nothing
-    /// when all is well. Always exits 0.
+    /// enrolled), and per upgrade preflight = block stopped, from
+    /// dkms-hook's state alone (a few file reads); nothing when all is
+    /// well. Always exits 0.
     Motd,
     /// Create the state directory and start the dpkg.log cursor at the end (postinst).
     #[command(hide = true)]
@@ -302,6 +315,10 @@ pub struct PreflightArgs {
     /// Print only failures (as Pre-Install-Pkgs does).
     #[arg(long, hide = true)]
     pub only_failures: bool,
+    /// Pre-Install-Pkgs under preflight = block: a failure is recorded as
+    /// a block, and a standing block of the same inputs answers at once.
+    #[arg(long, hide = true)]
+    pub blocking: bool,
     /// The packages to test against (.deb files).
     #[arg(value_name = "DEB")]
     pub debs: Vec<PathBuf>,

@@ -54,6 +54,7 @@ fn catch_up(root: &Root, env: &Env, running_kernel: bool) -> i32 {
         if !state.queue()?.pending.is_empty() {
             execute(&state, &cfg, env, true)?;
         }
+        super::block::tidy(&state);
         for line in crate::rollback::tidy(&state, &lock)? {
             report::log_line(root, &line);
             err(&format!("{PREFIX} {line}"));
@@ -66,7 +67,8 @@ fn catch_up(root: &Root, env: &Env, running_kernel: bool) -> i32 {
     0
 }
 
-/// The login notice: failures and queued pairs from the state files only.
+/// The login notice: failures, queued pairs and blocks from the state
+/// files only.
 pub(super) fn motd(root: &Root) -> i32 {
     let state = State::new(root);
     for l in report::motd_lines(
@@ -75,6 +77,9 @@ pub(super) fn motd(root: &Root) -> i32 {
         &state.findings(),
     ) {
         out(&l);
+    }
+    for b in crate::preflight::blocked::read(&state) {
+        out(&report::blocked::motd_line(&b));
     }
     0
 }

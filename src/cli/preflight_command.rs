@@ -5,7 +5,7 @@
 use std::ffi::OsString;
 
 use super::args::{PreflightArgs, EXIT_BLOCK};
-use super::{err, load_config, out, out_json, Env};
+use super::{block, err, load_config, out, out_json, Env};
 use crate::apt::PreInstallPkgs;
 use crate::change::Change;
 use crate::config::{Config, PreflightMode, CONFIG_FILE};
@@ -25,7 +25,7 @@ const EXIT_CANNOT_RUN: i32 = 2;
 
 /// `dkms-hook preflight [--json] [--dist-upgrade] [DEB…]`.
 pub fn command(root: &Root, env: &Env, a: &PreflightArgs) -> i32 {
-    let r = (|| -> Result<(Vec<Tested>, Vec<String>), crate::Error> {
+    let r = (|| -> Result<(Vec<Tested>, Vec<String>, block::Noted), crate::Error> {
         let cfg = load_config(root);
         let state = State::new(root);
         let t0 = std::time::Instant::now();
@@ -49,6 +49,14 @@ pub fn command(root: &Root, env: &Env, a: &PreflightArgs) -> i32 {
         );
         let planned = preflight::plan_for(root, &debs, &cfg)?;
         log::debug!("preflight: {:.2} s: planned", t0.elapsed().as_secs_f64());
+        let gate = block::gate(&state, a.blocking, &debs, &planned.plan);
+        if !gate.still.is_empty() {
+            let still = block::Noted {
+                still: gate.still,
+                ..Default::default()
+            };
+            return Ok((Vec::new(), planned.plan.warning_lines(), still));
+        }
         let quiet = a.json || a.only_failures;
         let started = |q: &PairId, n: usize, total: usize| {
             if !quiet {
@@ -70,10 +78,11 @@ pub fn command(root: &Root, env: &Env, a: &PreflightArgs) -> i32 {
             &started,
         )?;
         log::debug!("preflight: {:.2} s: tested", t0.elapsed().as_secs_f64());
+        let noted = gate.after(&state, &tested, &debs);
         tested.extend(planned.not_tested);
-        Ok((tested, planned.plan.warning_lines()))
+        Ok((tested, planned.plan.warning_lines(), noted))
     })();
-    let (tested, warnings) = match r {
+    let (tested, warnings, noted) = match r {
         Ok(t) => t,
         Err(e) => {
             err(&format!("{PREFIX} preflight: {e}"));
@@ -94,9 +103,11 @@ pub fn command(root: &Root, env: &Env, a: &PreflightArgs) -> i32 {
             ));
         }
     }
-    if tested
-        .iter()
-        .any(|t| matches!(t.outcome, preflight::Outcome::Failed { .. }))
+    block::say(root, env, &noted);
+    if !noted.still.is_empty()
+        || tested
+            .iter()
+            .any(|t| matches!(t.outcome, preflight::Outcome::Failed { .. }))
     {
         EXIT_ONE_FAILS
     } else {
@@ -181,14 +192,17 @@ pub fn in_apt(root: &Root, cfg: &Config, p: &Plan, stream: &PreInstallPkgs) -> i
         args.push(root.dir().into());
     }
     args.extend(["preflight".into(), "--only-failures".into()]);
+    if cfg.preflight == PreflightMode::Block {
+        args.push("--blocking".into());
+    }
     args.extend(debs.iter().map(Into::into));
     let status = duct::cmd(me, args).stdin_null().unchecked().run();
     match status.map(|o| o.status.code()) {
         Ok(Some(EXIT_ALL_BUILD)) => 0,
         Ok(Some(EXIT_ONE_FAILS)) if cfg.preflight == PreflightMode::Block => {
-            err(&format!(
-                "{PREFIX} preflight = block: stopping apt before anything is unpacked. To go on anyway: DKMS_HOOK_SUSPEND=1 apt …, or preflight=warn in {CONFIG_FILE}"
-            ));
+            for l in block_lines(p) {
+                err(&l);
+            }
             EXIT_BLOCK
         }
         Ok(Some(EXIT_ONE_FAILS)) => {
@@ -205,4 +219,25 @@ pub fn in_apt(root: &Root, cfg: &Config, p: &Plan, stream: &PreInstallPkgs) -> i
             0
         }
     }
+}
+
+/// What `preflight = block` says when it stops apt: that it is recorded,
+/// and how to go on, also where no one can set a variable for the run
+/// (unattended-upgrades: it honours `apt-mark hold`, and stops at the
+/// first failed step even in minimal steps).
+fn block_lines(p: &Plan) -> [String; 2] {
+    let mut packages: Vec<&str> = p
+        .rebuilds
+        .iter()
+        .flat_map(|r| r.because.iter().map(|c| c.package.as_str()))
+        .collect();
+    packages.sort_unstable();
+    packages.dedup();
+    [
+        format!("{PREFIX} preflight = block: stopping apt before anything is unpacked; recorded: dkms-hook status shows it, and the same packages are not test-built again until something the build reads changes"),
+        format!(
+            "{PREFIX} to go on: fix the module and run dkms-hook preflight (a build that passes ends the block); or set preflight=warn in {CONFIG_FILE} (the upgrade goes on, a failed rebuild keeps the working module); or apt-mark hold {} until it builds (unattended-upgrades then installs the rest); by hand: DKMS_HOOK_SUSPEND=1 apt …",
+            packages.join(" ")
+        ),
+    ]
 }

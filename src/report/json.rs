@@ -12,6 +12,7 @@ use crate::kernel::Role;
 use crate::name::{KernelRelease, ModuleName, ModuleVersion};
 use crate::pair::PairId;
 use crate::plan::{Assessment, Cause, PairState, Plan};
+use crate::preflight::blocked::Blocked;
 use crate::preflight::{self, Tested};
 use crate::rebuild::{Outcome, PairResult};
 use crate::state::{Failure, QueuedPair};
@@ -265,6 +266,42 @@ pub struct StatusJson<'a> {
     warnings: &'a [String],
     pairs: Vec<StatusPairJson<'a>>,
     queued: Vec<QueuedJson<'a>>,
+    /// The upgrades `preflight = block` stopped, while each block stands.
+    blocked: Vec<BlockedJson<'a>>,
+}
+
+/// One standing block of `status --json`.
+#[derive(Serialize)]
+pub struct BlockedJson<'a> {
+    #[serde(flatten)]
+    pair: PairJson<'a>,
+    arch: &'a str,
+    /// The package versions it failed to build against.
+    against: Vec<CauseJson<'a>>,
+    failure: &'a str,
+    /// When the test build failed (local, as dpkg.log writes times).
+    since: Option<String>,
+    make_log: Option<&'a str>,
+    line: String,
+}
+
+impl<'a> StatusJson<'a> {
+    /// The object with the standing blocks.
+    pub fn with_blocked(mut self, blocked: &'a [Blocked]) -> Self {
+        self.blocked = blocked
+            .iter()
+            .map(|b| BlockedJson {
+                pair: b.id().into(),
+                arch: b.id().arch.as_str(),
+                against: cause_list(&b.because),
+                failure: &b.failure,
+                since: file_time(crate::state::at_secs(b.inputs.time)),
+                make_log: b.make_log.as_deref(),
+                line: super::blocked::status_line(b),
+            })
+            .collect();
+        self
+    }
 }
 
 pub fn status<'a>(
@@ -326,6 +363,7 @@ pub fn status<'a>(
                 causes: cause_list(&q.because),
             })
             .collect(),
+        blocked: Vec::new(),
     }
 }
 

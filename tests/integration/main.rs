@@ -4,6 +4,7 @@ mod apt;
 mod architecture;
 mod attacks;
 mod bad_input;
+mod blocked;
 mod dkms_conf;
 mod fixture;
 mod guard;

@@ -9,18 +9,18 @@ use std::time::{Duration, Instant};
 use crate::fixture::{stderr, Fixture};
 
 /// A `.deb` of `package` `version` holding `files` (in-root paths).
-fn deb(f: &Fixture, package: &str, version: &str, files: &[&str]) -> String {
+pub(crate) fn deb(f: &Fixture, package: &str, version: &str, files: &[&str]) -> String {
     deb_depending(f, package, version, files, "")
 }
 
 /// A `.deb` of linux-kbuild-6.1 `version` holding one file in `scripts/`.
-fn kbuild_deb(f: &Fixture, version: &str, script: &str) -> String {
+pub(crate) fn kbuild_deb(f: &Fixture, version: &str, script: &str) -> String {
     let file = format!("/usr/lib/linux-kbuild-6.1/scripts/{script}");
     deb(f, "linux-kbuild-6.1", version, &[&file])
 }
 
 /// The sample system with every pair fresh.
-fn synced() -> Fixture {
+pub(crate) fn synced() -> Fixture {
     let f = Fixture::sample();
     f.run(&["sync"]);
     f
