@@ -299,9 +299,9 @@ pub struct PreflightArgs {
     /// Without DEB files: what `apt-get dist-upgrade` would install.
     #[arg(long)]
     pub dist_upgrade: bool,
-    /// Print only failures (as Pre-Install-Pkgs does).
+    /// Print only the result lines, one per pair (as Pre-Install-Pkgs does).
     #[arg(long, hide = true)]
-    pub only_failures: bool,
+    pub results_only: bool,
     /// The packages to test against (.deb files).
     #[arg(value_name = "DEB")]
     pub debs: Vec<PathBuf>,

@@ -49,7 +49,7 @@ pub fn command(root: &Root, env: &Env, a: &PreflightArgs) -> i32 {
         );
         let planned = preflight::plan_for(root, &debs, &cfg)?;
         log::debug!("preflight: {:.2} s: planned", t0.elapsed().as_secs_f64());
-        let quiet = a.json || a.only_failures;
+        let quiet = a.json || a.results_only;
         let started = |q: &PairId, n: usize, total: usize| {
             if !quiet {
                 err(&format!(
@@ -83,12 +83,12 @@ pub fn command(root: &Root, env: &Env, a: &PreflightArgs) -> i32 {
     if a.json {
         out_json(&report::json::preflight(&tested, &warnings));
     } else {
+        // One result line per pair, a passing one too: the forecast line
+        // announced the test build.
         for t in &tested {
-            if t.outcome != preflight::Outcome::Built || !a.only_failures {
-                err(&report::tested_line(t));
-            }
+            err(&report::tested_line(t));
         }
-        if tested.is_empty() && !a.only_failures {
+        if tested.is_empty() && !a.results_only {
             out(&format!(
                 "{PREFIX} preflight: nothing to test: these packages feed no build tree of a kernel with dkms modules"
             ));
@@ -180,7 +180,7 @@ pub fn in_apt(root: &Root, cfg: &Config, p: &Plan, stream: &PreInstallPkgs) -> i
         args.push("--root".into());
         args.push(root.dir().into());
     }
-    args.extend(["preflight".into(), "--only-failures".into()]);
+    args.extend(["preflight".into(), "--results-only".into()]);
     args.extend(debs.iter().map(Into::into));
     let status = duct::cmd(me, args).stdin_null().unchecked().run();
     match status.map(|o| o.status.code()) {
