@@ -119,3 +119,60 @@ fn the_same_input_outside_a_front_end_is_served_each_time() {
         );
     }
 }
+
+/// A step record is input: one planted as a link is set aside, never
+/// followed (its target unchanged), and one too large or not of our lines
+/// is not taken for a record; either way the first copy does the work and
+/// the second stays quiet.
+#[test]
+fn planted_step_records_are_not_followed_or_trusted() {
+    let f = Fixture::sample();
+    f.write("etc/dkms/dkms-hook.conf", "preflight=off\n");
+    // Other input in each step: warnings are said once per run.
+    v3_kbuild(&f, "v3-x.txt", "6.1.192-2", "6.1.200-1");
+    v3_kbuild(&f, "v3-y.txt", "6.1.192-2", "6.1.201-1");
+    f.write("victim", "pre-install-pkgs 0123456789abcdef\n");
+    let garbage = "pre-install-pkgs 0000000000000000\n".repeat(4000) + "not a record\n";
+    f.write("garbage", &garbage);
+    // Each step plants its record (named by its own pid and start time)
+    // before the hooks run: a link to the victim, then a 136 KB file.
+    let step = |tag: &str, plant: &str| {
+        format!(
+            r#"( sh -c 'echo $PPID > "$R/step.pid"'; p=$(cat "$R/step.pid"); s=$(cut -d' ' -f22 /proc/$p/stat); mkdir -p "$R/run/dkms-hook"; {plant} "$R/run/dkms-hook/step-$p-$s"; echo "$p-$s" > "$R/{tag}.name"; echo =={tag}1==; sh -c '"$HOOK" --root "$R" pre-install-pkgs; :' < "$R/v3-{tag}.txt"; echo =={tag}2==; sh -c '"$HOOK" --root "$R" pre-install-pkgs; :' < "$R/v3-{tag}.txt"; echo =={tag}end==; : )"#
+        )
+    };
+    let out = f.under_fake_unattended_upgrades(&format!(
+        "{}; {}",
+        step("x", r#"ln -s "$R/victim""#),
+        step("y", r#"cp "$R/garbage""#)
+    ));
+    for tag in ["x", "y"] {
+        let c = copies(&out, tag);
+        assert!(
+            c[0].contains("changes the build tree of 6.1.0-50-amd64 in place"),
+            "{tag}: the first copy works:\n{out}"
+        );
+        assert_eq!(c[1], "", "{tag}: the second is quiet:\n{out}");
+    }
+    assert_eq!(
+        f.read("victim"),
+        b"pre-install-pkgs 0123456789abcdef\n",
+        "never written through the link"
+    );
+    let name = |tag: &str| {
+        let n = String::from_utf8(f.read(&format!("{tag}.name"))).unwrap();
+        format!("run/dkms-hook/step-{}", n.trim())
+    };
+    let x = name("x");
+    assert!(
+        f.path(&format!("{x}.aside")).is_symlink(),
+        "set aside:\n{out}"
+    );
+    assert!(!f.path(&x).is_symlink(), "{out}");
+    let y = f.read(&name("y"));
+    assert!(
+        y.len() < 100,
+        "the oversized record was replaced: {} bytes",
+        y.len()
+    );
+}
