@@ -7,7 +7,9 @@
 //!   `Upgrade` (protocol `0.1` and `0.2`), named by `APT_HOOK_SOCKET`;
 //! * [`frontend`]: the apt process a hook runs under (the key of one apt
 //!   run) and what its command line asks for;
-//! * [`warned`]: which lines one apt run has already shown.
+//! * [`warned`]: which lines one apt run has already shown;
+//! * [`once`]: whether a hook invocation repeats one of the same step
+//!   (python-apt runs every hook list entry twice).
 //!
 //! Both channels are reduced to a list of [`AptChange`], turned into the
 //! planner's [`Change`]s by [`AptChange::to_change`]. Library code: nothing
@@ -26,6 +28,7 @@ use crate::dpkg::PackageName;
 pub mod frontend;
 pub mod info_stream;
 pub mod json_hook;
+pub mod once;
 pub mod warned;
 
 pub use info_stream::{parse_pre_install_reader, PreInstallPkgs};

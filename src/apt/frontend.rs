@@ -6,10 +6,16 @@
 //! and `Pre-Install-Pkgs` from apt itself (fork, exec `sh -c`), but
 //! `DPkg::Post-Invoke` from a forked child of apt that calls `system()`
 //! (apt-pkg's `RunScripts`). That child is also named `apt`, so the run is
-//! the outermost of the `apt` processes in a row, not the nearest.
+//! the outermost of the `apt` processes in a row, not the nearest; the
+//! nearest is the one step ([`step`]) a hook invocation belongs to.
+//!
+//! unattended-upgrades is a python process named `unattended-upgr` (the
+//! kernel keeps 15 bytes of `unattended-upgrade`); python-apt forks it for
+//! each `cache.commit()` (`InstallProgress.run`) and apt-pkg runs the hooks
+//! from that fork, so its run, too, is the outermost of its name in a row.
 
 /// Frontends whose hooks we may serve in one run.
-const FRONTENDS: &[&str] = &["apt", "apt-get", "aptitude"];
+const FRONTENDS: &[&str] = &["apt", "apt-get", "aptitude", "unattended-upgr"];
 
 /// How far up the process tree to look (hook → sh → apt child → apt).
 const MAX_DEPTH: usize = 16;
@@ -61,6 +67,23 @@ fn run_of(pid: u32, stat: impl Fn(u32) -> Option<String>) -> Option<(u32, u64)> 
     found.map(|(pid, s)| (pid, s.start))
 }
 
+/// The (pid, start time) of the nearest frontend process above `pid`: the
+/// one that ran this hook's entry of its list (see [`step`]).
+fn step_of(pid: u32, stat: impl Fn(u32) -> Option<String>) -> Option<(u32, u64)> {
+    let mut pid = pid;
+    for _ in 0..MAX_DEPTH {
+        let s = stat(pid).as_deref().and_then(parse_stat)?;
+        if FRONTENDS.contains(&s.comm.as_str()) {
+            return Some((pid, s.start));
+        }
+        if s.ppid <= 1 {
+            return None;
+        }
+        pid = s.ppid;
+    }
+    None
+}
+
 fn proc_stat(pid: u32) -> Option<String> {
     crate::root::read_regular(
         std::path::Path::new(&format!("/proc/{pid}/stat")),
@@ -74,6 +97,16 @@ fn proc_stat(pid: u32) -> Option<String> {
 /// outside apt.
 pub fn run() -> Option<(u32, u64)> {
     run_of(std::process::id(), proc_stat)
+}
+
+/// (pid, start time) of the frontend process that runs this hook's entry
+/// of an apt hook list; `None` outside apt. apt-pkg runs every entry of
+/// `DPkg::Pre-Install-Pkgs` from the process that runs dpkg (fork, exec
+/// `sh -c`), and every entry of `DPkg::Post-Invoke` from one forked child
+/// that calls `system()` for each (`RunScripts`): two entries of one list
+/// for one dpkg run share it.
+pub fn step() -> Option<(u32, u64)> {
+    step_of(std::process::id(), proc_stat)
 }
 
 /// Whether the apt run's command line asks for reinstalls (`--reinstall`,
@@ -169,6 +202,45 @@ mod tests {
         ]);
         assert_eq!(run_of(301, &procs), Some((200, 60)));
         assert_eq!(run_of(402, &procs), Some((200, 60)));
+    }
+
+    /// Regression (hooks twice under unattended-upgrades): python-apt's
+    /// `apt.Cache(rootdir="/")` appends every hook list entry again, so
+    /// apt-pkg runs each entry twice per dpkg run. unattended-upgrades is
+    /// one run; each `cache.commit()` forks a step, Post-Invoke forks once
+    /// more; both copies of an entry share their step.
+    #[test]
+    fn unattended_upgrades_is_one_run_and_each_dpkg_run_a_step() {
+        let procs = table(&[
+            (1, "systemd", 0, 1),
+            (90, "apt.systemd.dai", 1, 40),
+            (100, "unattended-upgr", 90, 50),
+            // cache.commit(): InstallProgress.run forks; Pre-Install-Pkgs
+            // twice from it, then Post-Invoke's fork with system() twice.
+            (200, "unattended-upgr", 100, 60),
+            (210, "sh", 200, 61),
+            (211, "dkms-hook", 210, 62),
+            (220, "sh", 200, 63),
+            (221, "dkms-hook", 220, 64),
+            (230, "unattended-upgr", 200, 65),
+            (231, "sh", 230, 66),
+            (232, "dkms-hook", 231, 67),
+            (233, "sh", 230, 68),
+            (234, "dkms-hook", 233, 69),
+            // The next minimal step: a new fork.
+            (300, "unattended-upgr", 100, 70),
+            (310, "sh", 300, 71),
+            (311, "dkms-hook", 310, 72),
+        ]);
+        for hook in [211, 221, 232, 234, 311] {
+            assert_eq!(run_of(hook, &procs), Some((100, 50)), "{hook}");
+        }
+        assert_eq!(step_of(211, &procs), Some((200, 60)));
+        assert_eq!(step_of(221, &procs), Some((200, 60)));
+        assert_eq!(step_of(232, &procs), Some((230, 65)));
+        assert_eq!(step_of(234, &procs), Some((230, 65)));
+        assert_eq!(step_of(311, &procs), Some((300, 70)));
+        assert_eq!(step_of(90, &procs), None);
     }
 
     #[test]

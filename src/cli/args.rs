@@ -312,9 +312,9 @@ pub struct PreflightArgs {
     /// Without DEB files: what `apt-get dist-upgrade` would install.
     #[arg(long)]
     pub dist_upgrade: bool,
-    /// Print only failures (as Pre-Install-Pkgs does).
+    /// Print only the result lines, one per pair (as Pre-Install-Pkgs does).
     #[arg(long, hide = true)]
-    pub only_failures: bool,
+    pub results_only: bool,
     /// Pre-Install-Pkgs under preflight = block: a failure is recorded as
     /// a block, and a standing block of the same inputs answers at once.
     #[arg(long, hide = true)]

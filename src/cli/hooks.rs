@@ -4,7 +4,7 @@
 
 use super::args::{Env, Phase, PRERM_LOCK_WAIT};
 use super::{err, execute, load_config, out, out_json, preflight_command, warn, warn_once};
-use crate::apt::{self, warned, AptChange};
+use crate::apt::{self, once, warned, AptChange};
 use crate::change::Change;
 use crate::config::Config;
 use crate::inventory::Inventory;
@@ -22,9 +22,23 @@ fn said<T>(r: Result<T, crate::Error>) -> Option<T> {
     r.map_err(|e| warn(&format!("{PREFIX} {e}"))).ok()
 }
 
-/// The hook: never fails apt. Every error becomes one line on stderr.
+/// The hook: never fails apt. Every error becomes one line on stderr. The
+/// second copy of it for the same dpkg run (python-apt lists it twice)
+/// does nothing and says nothing.
 pub(super) fn post_invoke(root: &Root, env: &Env) -> i32 {
-    catch_up(root, env, false)
+    if env.suspended {
+        return 0;
+    }
+    let once = once::step(root, once::Point::PostInvoke, once::post_invoke_input(root));
+    if once.as_ref().is_some_and(once::Once::done_before) {
+        log::debug!("post-invoke: this step's dpkg run was handled already");
+        return 0;
+    }
+    let status = catch_up(root, env, false);
+    if let Some(o) = once {
+        o.note_done();
+    }
+    status
 }
 
 /// At boot: never fails the boot. Every error becomes one line (the journal).
@@ -176,24 +190,48 @@ pub(super) fn pre_install_pkgs(root: &Root, env: &Env, json: bool) -> i32 {
     if env.suspended {
         return 0;
     }
-    let parsed = match apt::env_fd("APT_HOOK_INFO_FD") {
-        Some(fd) => apt::parse_pre_install_reader(std::io::BufReader::new(std::fs::File::from(fd))),
-        None => apt::parse_pre_install_reader(std::io::stdin().lock()),
+    let (parsed, digest) = match apt::env_fd("APT_HOOK_INFO_FD") {
+        Some(fd) => read_digested(std::io::BufReader::new(std::fs::File::from(fd))),
+        None => read_digested(std::io::stdin().lock()),
     };
-    match parsed {
+    // The second copy of this hook for the same dpkg run (python-apt lists
+    // it twice) does nothing and says nothing.
+    let once = once::step(root, once::Point::PreInstallPkgs, digest);
+    if once.as_ref().is_some_and(once::Once::done_before) {
+        log::debug!("Pre-Install-Pkgs: this step's input was handled already");
+        return 0;
+    }
+    let status = match parsed {
         Ok(stream) => {
             // After the JSON hook of the same apt run, only what it could
             // not say (a reinstall it was not told of) is new here.
             let cfg = load_config(root);
-            let Some(p) = forecast(root, &cfg, &stream.changes) else {
-                return 0;
-            };
-            print_forecast(root, &cfg, &p, json);
-            return preflight_command::in_apt(root, &cfg, &p, &stream);
+            match forecast(root, &cfg, &stream.changes) {
+                Some(p) => {
+                    print_forecast(root, &cfg, &p, json);
+                    preflight_command::in_apt(root, &cfg, &p, &stream)
+                }
+                None => 0,
+            }
         }
-        Err(e) => err(&format!("{PREFIX} Pre-Install-Pkgs: {e}")),
+        Err(e) => {
+            err(&format!("{PREFIX} Pre-Install-Pkgs: {e}"));
+            0
+        }
+    };
+    if let Some(o) = once {
+        o.note_done();
     }
-    0
+    status
+}
+
+/// The info stream parsed, and the digest of what was read of it.
+fn read_digested(
+    r: impl std::io::BufRead,
+) -> (Result<apt::PreInstallPkgs, apt::AptHookError>, u64) {
+    let mut r = once::Digesting::new(r);
+    let parsed = apt::parse_pre_install_reader(&mut r);
+    (parsed, r.digest())
 }
 
 pub(super) fn kernel_hook(root: &Root, env: &Env, phase: Phase, kernel: &str) -> i32 {

@@ -57,7 +57,7 @@ pub fn command(root: &Root, env: &Env, a: &PreflightArgs) -> i32 {
             };
             return Ok((Vec::new(), planned.plan.warning_lines(), still));
         }
-        let quiet = a.json || a.only_failures;
+        let quiet = a.json || a.results_only;
         let started = |q: &PairId, n: usize, total: usize| {
             if !quiet {
                 err(&format!(
@@ -92,12 +92,12 @@ pub fn command(root: &Root, env: &Env, a: &PreflightArgs) -> i32 {
     if a.json {
         out_json(&report::json::preflight(&tested, &warnings));
     } else {
+        // One result line per pair, a passing one too: the forecast line
+        // announced the test build.
         for t in &tested {
-            if t.outcome != preflight::Outcome::Built || !a.only_failures {
-                err(&report::tested_line(t));
-            }
+            err(&report::tested_line(t));
         }
-        if tested.is_empty() && !a.only_failures {
+        if tested.is_empty() && !a.results_only {
             out(&format!(
                 "{PREFIX} preflight: nothing to test: these packages feed no build tree of a kernel with dkms modules"
             ));
@@ -191,7 +191,7 @@ pub fn in_apt(root: &Root, cfg: &Config, p: &Plan, stream: &PreInstallPkgs) -> i
         args.push("--root".into());
         args.push(root.dir().into());
     }
-    args.extend(["preflight".into(), "--only-failures".into()]);
+    args.extend(["preflight".into(), "--results-only".into()]);
     if cfg.preflight == PreflightMode::Block {
         args.push("--blocking".into());
     }

@@ -8,7 +8,7 @@
 #
 # Without DKMS_HOOK_DEB the package is built with tests/package.sh. The base
 # root is cached (make-base.sh); a run uses two fresh roots:
-#   root A, dkms-hook installed before the upgrades: scenarios 4, 1, 3, 5, 6, 13, 10, 9, 11, 12, 7
+#   root A, dkms-hook installed before the upgrades: scenarios 4, 1, 3, 5, 6, 13, 10, 14, 9, 11, 12, 7
 #   root B, stock dkms first, dkms-hook later: scenarios 2 and 8
 # Prints PASS/FAIL per scenario and ends with "N passed, M failed".
 # When the Debian mirror cannot be reached: one "SKIPPED:" line, exit 0.
@@ -192,6 +192,39 @@ grep -F 'dkms-hook' "$o" | sed 's/^/    | /' || true
 check "preflight=warn (default): apt-get exits 0 (rc=$RC)" test "$RC" == 0
 check "…the failure is shown before dpkg unpacks" before "$o" "dkms-hook: preflight: FAILED e2e-failmod/1.0 for $OLD" "Unpacking linux-kbuild-6.1"
 check "…and acpi-call is rebuilt afterwards" contains "$o" "dkms-hook: rebuilt acpi-call/$E2E_ACPI_CALL_UPSTREAM for $OLD"
+verdict
+
+scenario "14: unattended-upgrades: python-apt runs each hook twice per dpkg run; the work is done and said once"
+RC=0; e2e_retry 3 in_root apt-get -y -q -o Dpkg::Use-Pty=0 install --no-install-recommends unattended-upgrades >&2 || RC=$?
+check "unattended-upgrades installed (rc=$RC)" test "$RC" == 0
+UU_V="$(e2e_repack_bump linux-kbuild-6.1 "$KB_NOW" +uu)"
+# The local repository gets an origin of its own, the one origin allowed.
+in_root sh -c 'cd /var/local/e2e-repo && {
+    printf "Origin: dkms-hook-e2e\nLabel: dkms-hook-e2e\nSuite: e2e\nCodename: e2e\nDate: %s\nSHA256:\n" "$(date -Ru)"
+    printf " %s %s Packages\n" "$(sha256sum Packages | cut -d" " -f1)" "$(stat -c %s Packages)"
+} > Release'
+in_root apt-get -q update -o Dir::Etc::sourcelist=sources.list.d/e2e-local.list \
+    -o Dir::Etc::sourceparts=- -o APT::Get::List-Cleanup=0 >&2
+printf '%s\n' '#clear Unattended-Upgrade::Origins-Pattern;' \
+    'Unattended-Upgrade::Origins-Pattern { "origin=dkms-hook-e2e"; };' \
+    > "$E2E_ROOT/etc/apt/apt.conf.d/51e2e-unattended-upgrades"
+o="$(out)"
+in_root python3 -c 'import apt, apt_pkg; apt.Cache(rootdir="/"); print("\n".join(apt_pkg.config.value_list("DPkg::Post-Invoke") + apt_pkg.config.value_list("DPkg::Pre-Install-Pkgs")))' > "$o" 2>&1 || true
+check "the premise: after apt.Cache(rootdir=\"/\") python-apt lists post-invoke twice" test "$(count "$o" "dkms-hook post-invoke")" == 2
+check "…and the preflight script twice" test "$(count "$o" "/etc/dkms/dkms-hook-preflight")" == 2
+UU_LOG="$E2E_ROOT/var/log/unattended-upgrades/unattended-upgrades-dpkg.log"
+rm -f "$UU_LOG"
+o="$(out)"
+RC=0; in_root unattended-upgrade -v > "$o" 2>&1 || RC=$?
+sed 's/^/    | /' "$o" | tail -n 5
+grep -F 'dkms-hook' "$UU_LOG" | sed 's/^/    | /' || true
+check "unattended-upgrade exits 0 (rc=$RC)" test "$RC" == 0
+check "linux-kbuild-6.1 upgraded to $UU_V" test "$(in_root dpkg-query -W -f '${Version}' linux-kbuild-6.1)" == "$UU_V"
+check "the forecast for $OLD, once" once "$UU_LOG" "dkms-hook: this upgrade changes the build tree of $OLD in place (linux-kbuild-6.1 $POISON_V → $UU_V)"
+check "one test build of acpi-call for $OLD, its result said once" \
+    once "$UU_LOG" "dkms-hook: preflight: acpi-call/$E2E_ACPI_CALL_UPSTREAM for $OLD builds against linux-kbuild-6.1 $UU_V ("
+check "one rebuild of acpi-call for $OLD, said once" once "$UU_LOG" "dkms-hook: rebuilt acpi-call/$E2E_ACPI_CALL_UPSTREAM for $OLD (linux-kbuild-6.1 $POISON_V → $UU_V)"
+check "no line of dkms-hook's said twice" test -z "$(grep -F 'dkms-hook:' "$UU_LOG" | sort | uniq -d)"
 verdict
 
 scenario "9: removing the headers of $OLD: a warning after the removal, the module stays"

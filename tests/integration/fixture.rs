@@ -339,9 +339,29 @@ impl Fixture {
         json_messages: &[String],
         args: &[&str],
     ) -> String {
+        self.under_frontend("apt", script, json_messages, args)
+    }
+
+    /// A shell named `unattended-upgrade` stands in for unattended-upgrades
+    /// (the kernel shows it as `unattended-upgr`). python-apt forks it for
+    /// each dpkg run (a subshell, `( …; : )`), and runs each hook list
+    /// entry twice (see [`uu_step`]). No JSON hooks.
+    pub fn under_fake_unattended_upgrades(&self, script: &str) -> String {
+        self.under_frontend("unattended-upgrade", script, &[], &[])
+    }
+
+    /// A copy of `sh` named `program` runs `script`, the hooks being its
+    /// children; `json_messages` go to the JSON hook's socket on fd 3.
+    fn under_frontend(
+        &self,
+        program: &str,
+        script: &str,
+        json_messages: &[String],
+        args: &[&str],
+    ) -> String {
         use std::io::Write;
         use std::os::fd::AsRawFd;
-        let apt_bin = self.path("fake-apt/apt");
+        let apt_bin = self.path(&format!("fake-frontend/{program}"));
         std::fs::create_dir_all(apt_bin.parent().unwrap()).unwrap();
         let _ = std::fs::copy("/bin/sh", &apt_bin);
         let (apt, hook) = std::os::unix::net::UnixStream::pair().unwrap();
@@ -454,6 +474,42 @@ impl Fixture {
 /// [`Fixture::under_fake_apt`]. The JSON hooks and Pre-Install-Pkgs run
 /// from apt itself.
 pub const APT_POST_INVOKE: &str = r#"( sh -c '"$HOOK" --root "$R" post-invoke; :'; : )"#;
+
+/// One dpkg run (a step) of unattended-upgrades as apt-pkg runs its hooks
+/// after python-apt's `apt.Cache(rootdir="/")` listed each entry twice: in a
+/// fork of unattended-upgrades (python-apt's `InstallProgress.run`),
+/// Pre-Install-Pkgs twice, each `sh -c` fed `$R/V3` on stdin, then the
+/// script `$R/DPKG` (dpkg's part), then Post-Invoke twice from one more
+/// fork through `system()`. `env SECOND` runs each second copy (words such
+/// as `DKMS_HOOK_LOG=debug`, or none). Lines `==TAG1==` … `==TAG4==` mark
+/// where each copy starts, `==TAGend==` the end ([`copies`]).
+pub fn uu_step(tag: &str, v3: &str, dpkg: &str, second: &str) -> String {
+    format!(
+        r#"( echo =={tag}1==; sh -c '"$HOOK" --root "$R" pre-install-pkgs; :' < "$R/{v3}"; echo =={tag}2==; env {second} sh -c '"$HOOK" --root "$R" pre-install-pkgs; :' < "$R/{v3}"; sh "$R/{dpkg}"; ( echo =={tag}3==; sh -c '"$HOOK" --root "$R" post-invoke; :'; echo =={tag}4==; env {second} sh -c '"$HOOK" --root "$R" post-invoke; :'; : ); echo =={tag}end==; : )"#
+    )
+}
+
+/// What each copy of a [`uu_step`] printed, in order: Pre-Install-Pkgs
+/// twice, then Post-Invoke twice (the lines between its markers).
+pub fn copies(out: &str, tag: &str) -> [String; 4] {
+    let mut got: [String; 4] = Default::default();
+    let mut now: Option<usize> = None;
+    for line in out.lines() {
+        if let Some(m) = line.strip_prefix("==").and_then(|l| l.strip_suffix("==")) {
+            now = m
+                .strip_prefix(tag)
+                .and_then(|n| n.parse::<usize>().ok())
+                .filter(|n| (1..=4).contains(n))
+                .map(|n| n - 1);
+            continue;
+        }
+        if let Some(i) = now {
+            got[i].push_str(line);
+            got[i].push('\n');
+        }
+    }
+    got
+}
 
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()

@@ -14,6 +14,7 @@ mod preflight;
 mod rebuild;
 mod replay;
 mod rollback;
+mod unattended;
 mod unrelated;
 mod verify;
 

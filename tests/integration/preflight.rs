@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::fixture::{stderr, Fixture};
+use crate::fixture::{copies, stderr, uu_step, Fixture};
 
 /// A `.deb` of `package` `version` holding `files` (in-root paths).
 pub(crate) fn deb(f: &Fixture, package: &str, version: &str, files: &[&str]) -> String {
@@ -889,4 +889,56 @@ fn a_dkms_named_without_a_path_is_found_in_path() {
             .count(),
         2
     );
+}
+
+/// The info stream of linux-kbuild-6.1 6.1.192-2 → NEW from the `.deb` `deb`.
+fn kbuild_stream(new: &str, deb: &str) -> String {
+    format!("VERSION 3\n\nlinux-kbuild-6.1 6.1.192-2 amd64 same < {new} amd64 same {deb}\n")
+}
+
+/// Regression (a passing test build said nothing inside apt, although the
+/// forecast line announced the test build): Pre-Install-Pkgs says each
+/// pair's result in one line, a pass too, and no progress lines.
+#[test]
+#[ignore = "needs root (a private mount namespace and overlayfs); make check runs it as root"]
+fn a_passing_test_build_says_so_in_one_line_inside_apt() {
+    let f = synced();
+    let good = kbuild_deb(&f, "6.1.200-1", "Kbuild.include");
+    let out = f.run_with_stdin(&["pre-install-pkgs"], kbuild_stream("6.1.200-1", &good));
+    assert_eq!(out.status.code(), Some(0));
+    let all = String::from_utf8_lossy(&out.stdout).into_owned() + &stderr(&out);
+    assert!(
+        all.contains("first, after the download, it test-builds them against the new packages"),
+        "{all}"
+    );
+    for k in ["6.1.0-50-amd64", "6.1.0-56-amd64"] {
+        let line = format!(
+            "dkms-hook: preflight: acpi-call/1.2.2 for {k} builds against linux-kbuild-6.1 6.1.200-1 ("
+        );
+        assert_eq!(all.matches(&line).count(), 1, "{all}");
+    }
+    assert!(!all.contains("building"), "no progress lines: {all}");
+}
+
+/// Regression (hooks twice under unattended-upgrades): python-apt runs
+/// Pre-Install-Pkgs twice for one dpkg run, and the second copy test-built
+/// every pair again. Each test build says its result (above), so a second
+/// copy that says nothing built nothing.
+#[test]
+#[ignore = "needs root (a private mount namespace and overlayfs); make check runs it as root"]
+fn the_second_copy_of_pre_install_pkgs_test_builds_nothing() {
+    let f = synced();
+    f.run(&["init"]);
+    let good = kbuild_deb(&f, "6.1.200-1", "Kbuild.include");
+    f.write("v3.txt", kbuild_stream("6.1.200-1", &good));
+    f.write("dpkg.sh", ":\n");
+    let out = f.under_fake_unattended_upgrades(&uu_step("s", "v3.txt", "dpkg.sh", ""));
+    let c = copies(&out, "s");
+    for k in ["6.1.0-50-amd64", "6.1.0-56-amd64"] {
+        let line = format!(
+            "dkms-hook: preflight: acpi-call/1.2.2 for {k} builds against linux-kbuild-6.1 6.1.200-1 ("
+        );
+        assert_eq!(c[0].matches(&line).count(), 1, "{out}");
+    }
+    assert_eq!(c[1], "", "the second copy says nothing:\n{out}");
 }

@@ -1,0 +1,178 @@
+//! unattended-upgrades: python-apt's `apt.Cache(rootdir="/")` lists every
+//! hook entry twice, so apt-pkg runs Pre-Install-Pkgs and Post-Invoke twice
+//! for each dpkg run. The second copy does nothing and says nothing; the
+//! next dpkg run (another step) is served as before.
+
+use crate::fixture::{copies, uu_step, Fixture};
+
+/// The pre-install-pkgs info stream of linux-kbuild-6.1 OLD → NEW, as `name`.
+fn v3_kbuild(f: &Fixture, name: &str, old: &str, new: &str) {
+    f.write(
+        name,
+        format!("VERSION 3\nAPT::Architecture=amd64\n\nlinux-kbuild-6.1 {old} amd64 same < {new} amd64 same /var/cache/apt/archives/linux-kbuild-6.1_{new}_amd64.deb\n"),
+    );
+}
+
+/// dpkg's part of a step, as the script `name`: linux-kbuild-6.1 OLD → NEW
+/// unpacked now, a second later than anything built before, as dpkg.log
+/// tells it.
+fn dpkg_upgrades_kbuild(f: &Fixture, name: &str, old: &str, new: &str) {
+    f.write(
+        name,
+        format!(
+            "sleep 1.1\nt=$(date -u '+%Y-%m-%d %H:%M:%S')\nprintf '%s\\n' \"$t startup archives unpack\" \"$t upgrade linux-kbuild-6.1:amd64 {old} {new}\" \"$t status half-installed linux-kbuild-6.1:amd64 {old}\" \"$t status unpacked linux-kbuild-6.1:amd64 {new}\" >> \"$R/var/log/dpkg.log\"\n"
+        ),
+    );
+}
+
+fn builds(f: &Fixture) -> usize {
+    f.dkms_calls()
+        .iter()
+        .filter(|c| c.starts_with("build "))
+        .count()
+}
+
+/// Regression (hooks twice under unattended-upgrades): the forecast, the
+/// kbuild warning and the rebuild were each done and said twice per step.
+#[test]
+fn hooks_listed_twice_by_python_apt_do_the_work_once() {
+    let f = Fixture::sample();
+    f.run(&["sync"]);
+    f.run(&["init"]); // the dpkg.log cursor at the end
+    f.write("etc/dkms/dkms-hook.conf", "preflight=off\n");
+    v3_kbuild(&f, "v3-a.txt", "6.1.192-2", "6.1.200-1");
+    dpkg_upgrades_kbuild(&f, "dpkg-a.sh", "6.1.192-2", "6.1.200-1");
+    v3_kbuild(&f, "v3-b.txt", "6.1.200-1", "6.1.201-1");
+    dpkg_upgrades_kbuild(&f, "dpkg-b.sh", "6.1.200-1", "6.1.201-1");
+    let before = builds(&f);
+    // Two steps of one unattended-upgrades run; in the second, the second
+    // copies log what they do.
+    let out = f.under_fake_unattended_upgrades(&format!(
+        "{}; {}",
+        uu_step("a", "v3-a.txt", "dpkg-a.sh", ""),
+        uu_step("b", "v3-b.txt", "dpkg-b.sh", "DKMS_HOOK_LOG=debug"),
+    ));
+    let kernels = ["6.1.0-50-amd64", "6.1.0-56-amd64"];
+    let a = copies(&out, "a");
+    for k in kernels {
+        assert!(
+            a[0].contains(&format!("changes the build tree of {k} in place")),
+            "the first copy forecasts:\n{out}"
+        );
+        assert!(
+            a[2].contains(&format!(
+                "rebuilt acpi-call/1.2.2 for {k} (linux-kbuild-6.1 "
+            )),
+            "the first copy rebuilds:\n{out}"
+        );
+    }
+    assert_eq!(a[1], "", "the second Pre-Install-Pkgs says nothing:\n{out}");
+    assert_eq!(a[3], "", "the second Post-Invoke says nothing:\n{out}");
+    // Another step (a new fork, other input) is served, once.
+    let b = copies(&out, "b");
+    for k in kernels {
+        assert!(
+            b[0].contains(&format!("changes the build tree of {k} in place"))
+                && b[0].contains("6.1.201-1"),
+            "{out}"
+        );
+        assert!(
+            b[2].contains(&format!(
+                "rebuilt acpi-call/1.2.2 for {k} (linux-kbuild-6.1 "
+            )),
+            "{out}"
+        );
+    }
+    // Its second copies did nothing but note that (debug log asked for).
+    for (copy, what) in [(&b[1], "Pre-Install-Pkgs"), (&b[3], "post-invoke")] {
+        let lines: Vec<&str> = copy.lines().collect();
+        assert_eq!(lines.len(), 1, "{what}: only the skip:\n{out}");
+        assert!(lines[0].contains("was handled already"), "{out}");
+    }
+    assert_eq!(
+        builds(&f) - before,
+        4,
+        "one build per pair and step:\n{out}"
+    );
+    // Each line said once in a step (the kbuild warning too).
+    for step in [a, b] {
+        let said: Vec<&str> = step.iter().flat_map(|c| c.lines()).collect();
+        for l in &said {
+            assert_eq!(said.iter().filter(|m| *m == l).count(), 1, "{l}\n{out}");
+        }
+    }
+}
+
+/// Outside a front end (plain dpkg, a person) nothing is taken for a
+/// repeat: the same input twice is served twice.
+#[test]
+fn the_same_input_outside_a_front_end_is_served_each_time() {
+    let f = Fixture::sample();
+    f.write("etc/dkms/dkms-hook.conf", "preflight=off\n");
+    let v3 = "VERSION 3\nAPT::Architecture=amd64\n\nlinux-kbuild-6.1 6.1.192-2 amd64 same < 6.1.200-1 amd64 same /var/cache/apt/archives/k.deb\n";
+    for _ in 0..2 {
+        let out = f.run_with_stdin(&["pre-install-pkgs"], v3);
+        let e = crate::fixture::stderr(&out) + &String::from_utf8_lossy(&out.stdout);
+        assert!(
+            e.contains("changes the build tree of 6.1.0-50-amd64 in place"),
+            "{e}"
+        );
+    }
+}
+
+/// A step record is input: one planted as a link is set aside, never
+/// followed (its target unchanged), and one too large or not of our lines
+/// is not taken for a record; either way the first copy does the work and
+/// the second stays quiet.
+#[test]
+fn planted_step_records_are_not_followed_or_trusted() {
+    let f = Fixture::sample();
+    f.write("etc/dkms/dkms-hook.conf", "preflight=off\n");
+    // Other input in each step: warnings are said once per run.
+    v3_kbuild(&f, "v3-x.txt", "6.1.192-2", "6.1.200-1");
+    v3_kbuild(&f, "v3-y.txt", "6.1.192-2", "6.1.201-1");
+    f.write("victim", "pre-install-pkgs 0123456789abcdef\n");
+    let garbage = "pre-install-pkgs 0000000000000000\n".repeat(4000) + "not a record\n";
+    f.write("garbage", &garbage);
+    // Each step plants its record (named by its own pid and start time)
+    // before the hooks run: a link to the victim, then a 136 KB file.
+    let step = |tag: &str, plant: &str| {
+        format!(
+            r#"( sh -c 'echo $PPID > "$R/step.pid"'; p=$(cat "$R/step.pid"); s=$(cut -d' ' -f22 /proc/$p/stat); mkdir -p "$R/run/dkms-hook"; {plant} "$R/run/dkms-hook/step-$p-$s"; echo "$p-$s" > "$R/{tag}.name"; echo =={tag}1==; sh -c '"$HOOK" --root "$R" pre-install-pkgs; :' < "$R/v3-{tag}.txt"; echo =={tag}2==; sh -c '"$HOOK" --root "$R" pre-install-pkgs; :' < "$R/v3-{tag}.txt"; echo =={tag}end==; : )"#
+        )
+    };
+    let out = f.under_fake_unattended_upgrades(&format!(
+        "{}; {}",
+        step("x", r#"ln -s "$R/victim""#),
+        step("y", r#"cp "$R/garbage""#)
+    ));
+    for tag in ["x", "y"] {
+        let c = copies(&out, tag);
+        assert!(
+            c[0].contains("changes the build tree of 6.1.0-50-amd64 in place"),
+            "{tag}: the first copy works:\n{out}"
+        );
+        assert_eq!(c[1], "", "{tag}: the second is quiet:\n{out}");
+    }
+    assert_eq!(
+        f.read("victim"),
+        b"pre-install-pkgs 0123456789abcdef\n",
+        "never written through the link"
+    );
+    let name = |tag: &str| {
+        let n = String::from_utf8(f.read(&format!("{tag}.name"))).unwrap();
+        format!("run/dkms-hook/step-{}", n.trim())
+    };
+    let x = name("x");
+    assert!(
+        f.path(&format!("{x}.aside")).is_symlink(),
+        "set aside:\n{out}"
+    );
+    assert!(!f.path(&x).is_symlink(), "{out}");
+    let y = f.read(&name("y"));
+    assert!(
+        y.len() < 100,
+        "the oversized record was replaced: {} bytes",
+        y.len()
+    );
+}
