@@ -489,27 +489,7 @@ fn the_prometheus_textfile_parses_and_counts_blocks() {
     );
     // A rebuild run writes the textfile (status does too, as root).
     f.run(&["retry"]);
-    let out = std::process::Command::new("/usr/bin/python3")
-        .arg("-c")
-        .arg(
-            "import json, sys\n\
-             from prometheus_client.parser import text_string_to_metric_families\n\
-             out = {}\n\
-             for fam in text_string_to_metric_families(open(sys.argv[1]).read()):\n\
-             \x20   for s in fam.samples:\n\
-             \x20       key = s.name + ''.join(sorted('/%s=%s' % kv for kv in s.labels.items() if kv[0] in ('state', 'kernel', 'against')))\n\
-             \x20       out[key] = out.get(key, 0) + s.value\n\
-             print(json.dumps(out))",
-        )
-        .arg(f.path("var/lib/prom/dkms_hook.prom"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let m: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let m = crate::fixture::textfile_samples(&f, &["state", "kernel", "against"]);
     assert_eq!(m["dkms_hook_preflight_blocked"], 2.0, "{m}");
     assert_eq!(
         m["dkms_hook_preflight_blocked_info/against=linux-kbuild-6.1 6.1.201-1/kernel=6.1.0-56-amd64"],

@@ -614,3 +614,34 @@ pub fn pass_as_fd3(cmd: &mut Command, fd: std::os::fd::RawFd) {
         });
     }
 }
+
+/// The textfile `prometheus_textfile=/var/lib/prom` makes dkms-hook write,
+/// read by the Prometheus client library's own parser: each sample's value
+/// summed under its name and the given labels
+/// (`dkms_hook_pairs/state=stale`).
+pub fn textfile_samples(f: &Fixture, labels: &[&str]) -> serde_json::Value {
+    let wanted: Vec<String> = labels.iter().map(|l| format!("'{l}'")).collect();
+    let script = format!(
+        "import json, sys\n\
+         from prometheus_client.parser import text_string_to_metric_families\n\
+         out = {{}}\n\
+         for fam in text_string_to_metric_families(open(sys.argv[1]).read()):\n\
+         \x20   for s in fam.samples:\n\
+         \x20       key = s.name + ''.join(sorted('/%s=%s' % kv for kv in s.labels.items() if kv[0] in ({},)))\n\
+         \x20       out[key] = out.get(key, 0) + s.value\n\
+         print(json.dumps(out))",
+        wanted.join(", ")
+    );
+    let out = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(script)
+        .arg(f.path("var/lib/prom/dkms_hook.prom"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}

@@ -787,29 +787,7 @@ fn the_prometheus_textfile_parses_and_counts() {
         "prometheus_textfile=/var/lib/prom\n",
     );
     std::fs::create_dir_all(f.path("var/lib/prom")).unwrap();
-    let parse = |f: &Fixture| -> serde_json::Value {
-        let out = std::process::Command::new("/usr/bin/python3")
-            .arg("-c")
-            .arg(
-                "import json, sys\n\
-                 from prometheus_client.parser import text_string_to_metric_families\n\
-                 out = {}\n\
-                 for fam in text_string_to_metric_families(open(sys.argv[1]).read()):\n\
-                 \x20   for s in fam.samples:\n\
-                 \x20       key = s.name + ''.join(sorted('/%s=%s' % kv for kv in s.labels.items() if kv[0] in ('state', 'signed')))\n\
-                 \x20       out[key] = out.get(key, 0) + s.value\n\
-                 print(json.dumps(out))",
-            )
-            .arg(f.path("var/lib/prom/dkms_hook.prom"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
-    };
+    let parse = |f: &Fixture| crate::fixture::textfile_samples(f, &["state", "signed"]);
     // Stale, before any rebuild: `status` as root writes the textfile too.
     if rustix::process::geteuid().is_root() {
         f.run(&["status"]);
