@@ -318,6 +318,16 @@ mod tests {
         );
     }
 
+    /// The address goes into a mail header: one line or an error.
+    #[test]
+    fn a_mail_address_is_one_line() {
+        let c = Config::parse("mail=\"ops@example.org, root\"\n", Path::new("f")).unwrap();
+        assert_eq!(c.mail.as_deref(), Some("ops@example.org, root"));
+        assert_eq!(Config::parse("mail=\n", Path::new("f")).unwrap().mail, None);
+        assert!(Config::parse("mail=a\rBcc: x\n", Path::new("f")).is_err());
+        assert!(Config::parse(&format!("mail={}", "a".repeat(999)), Path::new("f")).is_err());
+    }
+
     #[test]
     fn values_and_errors() {
         let c = Config::parse(

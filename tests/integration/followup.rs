@@ -306,3 +306,31 @@ fn under_root_without_stand_ins_no_mail_program_runs() {
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(mails(&f).len(), 1);
 }
+
+/// `followup.json` is input: a corrupt one is set aside, and an entry
+/// forging its retry count (or anything else out of range) is dropped, so
+/// the failure counts afresh.
+#[test]
+fn a_corrupt_or_forged_followup_json_is_not_trusted() {
+    let f = stale(Some("root"), true);
+    run(&f, &["post-invoke"]);
+    let record = "var/lib/dkms-hook/followup.json";
+    f.write(record, "{\"version\":1,\"failures\":[");
+    let out = run(&f, &["retry", "--scheduled"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(f.path(&format!("{record}.corrupt")).exists());
+    let mut v: serde_json::Value = serde_json::from_slice(&f.read(record)).unwrap();
+    assert_eq!(v["failures"][0]["retries"], 1, "{v}");
+    v["failures"][0]["retries"] = 99.into();
+    f.write(record, v.to_string());
+    let out = run(&f, &["retry", "--scheduled"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("more than 3 retries"),
+        "{}",
+        stderr(&out)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&f.read(record)).unwrap();
+    assert_eq!(v["failures"][0]["retries"], 1, "{v}");
+    assert_eq!(builds(&f), 3);
+}
