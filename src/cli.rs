@@ -487,6 +487,9 @@ fn retry(root: &Root, env: &Env, a: &args::RetryArgs) -> anyhow::Result<i32> {
         err(&format!("{PREFIX} {}", followup::spent_line(id)));
     }
     if due.due.is_empty() {
+        if a.json {
+            out_json(&report::json::results(&Plan::default(), &[]));
+        }
         return Ok(0);
     }
     intake::queue_failures(&state, |f| due.due.contains(&f.id))?;
