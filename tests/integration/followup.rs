@@ -334,3 +334,21 @@ fn a_corrupt_or_forged_followup_json_is_not_trusted() {
     assert_eq!(v["failures"][0]["retries"], 1, "{v}");
     assert_eq!(builds(&f), 3);
 }
+
+/// A working module that could not be put back is mailed the same way,
+/// and says so.
+#[test]
+fn a_module_that_could_not_be_restored_is_mailed() {
+    let f = stale(Some("root"), true);
+    f.fake_dkms("break-dest", "");
+    let out = run(&f, &["post-invoke"]);
+    assert_eq!(out.status.code(), Some(0));
+    let sent = mails(&f);
+    assert_eq!(sent.len(), 1, "{}", stderr(&out));
+    assert!(subject(&sent[0]).starts_with("FAILED: "), "{}", sent[0]);
+    assert!(
+        sent[0].contains("the working module could NOT be restored"),
+        "{}",
+        sent[0]
+    );
+}
