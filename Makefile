@@ -55,6 +55,8 @@ install: build
 	install -D -m 0644 apt.conf.d/80dkms-hook $(DESTDIR)$(SYSCONFDIR)/apt/apt.conf.d/80dkms-hook
 	install -D -m 0755 hooks/dkms-hook-preflight $(DESTDIR)$(SYSCONFDIR)/dkms/dkms-hook-preflight
 	install -D -m 0644 systemd/dkms-hook.service $(DESTDIR)$(SYSTEMDUNITDIR)/dkms-hook.service
+	install -D -m 0644 systemd/dkms-hook-retry.service $(DESTDIR)$(SYSTEMDUNITDIR)/dkms-hook-retry.service
+	install -D -m 0644 systemd/dkms-hook-retry.timer $(DESTDIR)$(SYSTEMDUNITDIR)/dkms-hook-retry.timer
 	install -D -m 0644 hooks/dpkg.cfg.d-dkms-hook $(DESTDIR)$(SYSCONFDIR)/dpkg/dpkg.cfg.d/dkms-hook
 	install -D -m 0755 hooks/update-motd $(DESTDIR)$(SYSCONFDIR)/update-motd.d/90-dkms-hook
 	for phase in header_postinst postinst prerm; do \

@@ -27,7 +27,7 @@ use crate::report::{self, printable, PREFIX};
 use crate::root::Root;
 use crate::state::{QueuedPair, State};
 use crate::tools::Tools;
-use crate::{intake, verify};
+use crate::{followup, intake, verify};
 
 /// Write one line to stdout, control characters escaped. Errors (a closed
 /// pipe, a full disk) are ignored: output must never make a hook fail.
@@ -216,7 +216,7 @@ fn run(args: &[OsString], hook: bool) -> i32 {
         Command::Motd => Ok(hooks::motd(&root)),
         Command::Status(a) => status(&root, &env, a),
         Command::Sync(a) => sync(&root, &env, a.json),
-        Command::Retry(a) => retry(&root, &env, a.json),
+        Command::Retry(a) => retry(&root, &env, a),
         Command::Preflight(a) => Ok(preflight_command::command(&root, &env, a)),
         Command::PreflightSandbox => Ok(crate::preflight::sandbox::main()),
         Command::AptJsonHook(a) => Ok(hooks::apt_json_hook(&root, &env, a.json)),
@@ -305,6 +305,7 @@ fn execute(
     cfg: &Config,
     env: &Env,
     print: bool,
+    run: followup::Run<'_>,
 ) -> anyhow::Result<(i32, Vec<PairResult>)> {
     let exec = Executor::new(state, cfg, env.tools.clone())?;
     let quiet = cfg.quiet;
@@ -345,6 +346,7 @@ fn execute(
         .iter()
         .any(|r| matches!(r.outcome, Outcome::Failed { .. }));
     export(state, cfg, &env.tools, &results);
+    follow_up(state, cfg, env, &results, run);
     Ok((if failed { EXIT_FAILED } else { 0 }, results))
 }
 
@@ -363,7 +365,11 @@ fn replay(root: &Root, env: &Env, a: &ReplayArgs) -> anyhow::Result<i32> {
     let p = intake::plan_changes(root, &changes, &cfg)?;
     intake::enqueue(&state, &p)?;
     warn_once(root, &p.warning_lines());
-    let (code, results) = execute(&state, &cfg, env, !a.json)?;
+    let run = followup::Run {
+        name: "replay",
+        scheduled: false,
+    };
+    let (code, results) = execute(&state, &cfg, env, !a.json, run)?;
     if a.json {
         out_json(&report::json::results(&p, &results));
     } else if results.is_empty() {
@@ -379,6 +385,25 @@ fn say_notes(state: &State, notes: &[String], print: bool) {
         if print {
             warn(&format!("{PREFIX} warning: {n}"));
         }
+    }
+}
+
+/// Mail what the administrator was not told yet (best effort: a mail that
+/// cannot be sent is one warning line, never a failed run).
+fn follow_up(
+    state: &State,
+    cfg: &Config,
+    env: &Env,
+    results: &[PairResult],
+    run: followup::Run<'_>,
+) {
+    let done = followup::after_run(state, cfg, &env.tools, results, run);
+    if let Some(line) = done.mailed {
+        report::log_line(state.root(), &line);
+    }
+    for w in done.warnings {
+        report::log_line(state.root(), &format!("warning: {w}"));
+        warn(&format!("{PREFIX} warning: {w}"));
     }
 }
 
@@ -436,19 +461,50 @@ fn sync(root: &Root, env: &Env, json: bool) -> anyhow::Result<i32> {
     let _lock = crate::rebuild::builds::lock(&state)?;
     let inv = Inventory::full(root)?;
     let p = intake::queue_stale(&state, &inv, &cfg)?;
-    finish_run(&state, &cfg, env, &p, json)
+    let run = followup::Run {
+        name: "sync",
+        scheduled: false,
+    };
+    finish_run(&state, &cfg, env, &p, json, run)
 }
 
-fn retry(root: &Root, env: &Env, json: bool) -> anyhow::Result<i32> {
+/// `retry`; `--scheduled` (dkms-hook-retry.timer) retries each failure a
+/// bounded number of times, and is quiet when there is nothing to retry.
+fn retry(root: &Root, env: &Env, a: &args::RetryArgs) -> anyhow::Result<i32> {
     let cfg = load_config(root);
     let state = State::new(root);
     let _lock = crate::rebuild::builds::lock(&state)?;
-    intake::queue_failures(&state)?;
-    finish_run(&state, &cfg, env, &Plan::default(), json)
+    let run = followup::Run {
+        name: "retry",
+        scheduled: a.scheduled,
+    };
+    if !a.scheduled {
+        intake::queue_failures(&state, |_| true)?;
+        return finish_run(&state, &cfg, env, &Plan::default(), a.json, run);
+    }
+    let due = followup::schedule(&state)?;
+    for id in &due.spent {
+        err(&format!("{PREFIX} {}", followup::spent_line(id)));
+    }
+    if due.due.is_empty() {
+        if a.json {
+            out_json(&report::json::results(&Plan::default(), &[]));
+        }
+        return Ok(0);
+    }
+    intake::queue_failures(&state, |f| due.due.contains(&f.id))?;
+    finish_run(&state, &cfg, env, &Plan::default(), a.json, run)
 }
 
-fn finish_run(state: &State, cfg: &Config, env: &Env, p: &Plan, json: bool) -> anyhow::Result<i32> {
-    let (code, results) = execute(state, cfg, env, !json)?;
+fn finish_run(
+    state: &State,
+    cfg: &Config,
+    env: &Env,
+    p: &Plan,
+    json: bool,
+    run: followup::Run<'_>,
+) -> anyhow::Result<i32> {
+    let (code, results) = execute(state, cfg, env, !json, run)?;
     if json {
         out_json(&report::json::results(p, &results));
     } else if results.is_empty() {

@@ -58,6 +58,9 @@ pub struct Config {
     pub quiet: bool,
     pub preflight: PreflightMode,
     pub prometheus_textfile: Textfile,
+    /// Where a failed rebuild is mailed when apt's configuration names no
+    /// `Unattended-Upgrade::Mail` (`None`: no mail).
+    pub mail: Option<String>,
 }
 
 impl Default for Config {
@@ -73,6 +76,7 @@ impl Default for Config {
             quiet: false,
             preflight: PreflightMode::Warn,
             prometheus_textfile: Textfile::Auto,
+            mail: None,
         }
     }
 }
@@ -186,6 +190,7 @@ impl Config {
                     }
                 }
             }
+            "mail" => self.mail = mail_address(value)?,
             "jobs" => {
                 self.jobs = value
                     .parse()
@@ -227,8 +232,22 @@ pub const KEYS: &[(&str, &str, &str)] = &[
     ("keep_previous", "yes", "After a successful rebuild, keep the build it replaced (one per module, version and kernel, under /var/lib/dkms-hook/previous) for dkms-hook rollback."),
     ("quiet", "no", "Print nothing in apt's output but failures and warnings."),
     ("prometheus_textfile", "auto", "Where to write dkms_hook.prom for node_exporter's textfile collector after every run that may change state: auto (/var/lib/prometheus/node-exporter when it exists), off, or a directory."),
+    ("mail", "", "Where dkms-hook mails a failed rebuild (one mail per run, through /usr/sbin/sendmail) and the result of its scheduled retry, when apt's configuration sets no Unattended-Upgrade::Mail (that address comes first); empty: no mail."),
     ("preflight", "warn", "When apt is about to change a kernel's build tree in place, test-build the affected modules against the downloaded packages before dpkg unpacks them: off, warn (print failures, let apt go on) or block (stop apt before anything is unpacked when a module would not build; dkms-hook status shows the block, and the same versions are not built again until an input changes; go on by fixing the module and running dkms-hook preflight, with preflight=warn, apt-mark hold on the package, or by hand with DKMS_HOOK_SUSPEND=1 apt ...)."),
 ];
+
+/// A mail address or list of them as a header takes it: one line of at
+/// most 998 bytes (RFC 5322), no control characters; empty is none.
+pub fn mail_address(value: &str) -> Result<Option<String>, String> {
+    let v = value.trim();
+    if v.chars().any(char::is_control) || v.len() > 998 {
+        return Err(format!(
+            "mail: expected one line of addresses, found {:?}",
+            v.chars().take(60).collect::<String>()
+        ));
+    }
+    Ok((!v.is_empty()).then(|| v.to_string()))
+}
 
 fn unquote(v: &str) -> &str {
     for q in ['"', '\''] {
@@ -297,6 +316,16 @@ mod tests {
                 "/etc/dkms/dkms-hook.conf:3: quiet: expected yes or no, found \"maybe\""
             ]
         );
+    }
+
+    /// The address goes into a mail header: one line or an error.
+    #[test]
+    fn a_mail_address_is_one_line() {
+        let c = Config::parse("mail=\"ops@example.org, root\"\n", Path::new("f")).unwrap();
+        assert_eq!(c.mail.as_deref(), Some("ops@example.org, root"));
+        assert_eq!(Config::parse("mail=\n", Path::new("f")).unwrap().mail, None);
+        assert!(Config::parse("mail=a\rBcc: x\n", Path::new("f")).is_err());
+        assert!(Config::parse(&format!("mail={}", "a".repeat(999)), Path::new("f")).is_err());
     }
 
     #[test]

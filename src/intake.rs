@@ -17,7 +17,7 @@ use crate::inventory::Inventory;
 use crate::kernel::CacheUse;
 use crate::plan::{self, PairState, Plan, Rebuild};
 use crate::root::Root;
-use crate::state::{self, QueuedPair, State};
+use crate::state::{self, Failure, QueuedPair, State};
 use crate::Error;
 
 pub const DPKG_LOG: &str = "/var/log/dpkg.log";
@@ -210,11 +210,12 @@ pub fn queue_stale(state: &State, inv: &Inventory, cfg: &Config) -> Result<Plan,
     Ok(p)
 }
 
-/// Queue again every pair whose last rebuild failed: what `retry` does.
-pub fn queue_failures(state: &State) -> Result<(), Error> {
+/// Queue again each pair whose last rebuild failed that `pick` picks:
+/// what `retry` does (the scheduled retry picks those with attempts left).
+pub fn queue_failures(state: &State, pick: impl Fn(&Failure) -> bool) -> Result<(), Error> {
     let failures = state.failures()?;
     let mut q = state.queue()?;
-    for f in failures.failed {
+    for f in failures.failed.into_iter().filter(|f| pick(f)) {
         if !q.pending.iter().any(|p| p.id == f.id) {
             q.pending.push(QueuedPair {
                 id: f.id,

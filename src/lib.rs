@@ -47,7 +47,7 @@
 //! - 9: `rebuild` — the safe rebuild
 //! - 10: `intake`, `preflight`, `guard`, `rollback` — into the queue; test builds before dpkg; modules kept through dkms's kernel_preinst; previous builds put back and held
 //! - 11: `report`, `metrics` — lines and JSON; the textfile and findings
-//! - 12: `apt`, `man_page` — apt's hook protocols; generated documents
+//! - 12: `apt`, `man_page`, `followup` — apt's hook protocols; generated documents; a failed rebuild mailed and retried on a schedule
 //! - 13: `cli` — the one place that prints and chooses exit statuses
 
 use std::fmt;
@@ -62,6 +62,7 @@ pub mod dkms_conf;
 pub mod dpkg;
 pub mod dpkg_log;
 pub mod file_tree;
+pub mod followup;
 pub mod guard;
 pub mod intake;
 pub mod inventory;

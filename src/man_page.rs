@@ -86,7 +86,11 @@ pub fn render(
             ".TP\n.B {}\n{} Default: {}.",
             esc(key),
             esc(doc),
-            esc(default)
+            if default.is_empty() {
+                "empty".into()
+            } else {
+                esc(default)
+            }
         )?;
     }
     if let Some(after) = cmd.get_after_long_help() {

@@ -24,6 +24,13 @@ pub const DPKG_DEB: &str = "dpkg-deb";
 /// Simulates upgrades and downloads packages (preflight without packages);
 /// `DKMS_HOOK_APT_GET` names a stand-in (tests, `--root`).
 pub const APT_GET: &str = "apt-get";
+/// The `sendmail` interface every MTA provides, for the mail about a
+/// failed rebuild (`-t -oi`: recipients from the headers, a lone `.` is
+/// no end); `DKMS_HOOK_SENDMAIL` names a stand-in (tests, `--root`).
+pub const SENDMAIL: &str = "/usr/sbin/sendmail";
+/// Reads apt's configuration as apt does (`Unattended-Upgrade::Mail`);
+/// `DKMS_HOOK_APT_CONFIG` names a stand-in (tests, `--root`).
+pub const APT_CONFIG: &str = "apt-config";
 
 /// dkms's exit status when `BUILD_EXCLUSIVE_*` keeps it from building.
 pub const DKMS_EXIT_BUILD_EXCLUSIVE: i32 = 77;
@@ -43,6 +50,10 @@ pub struct Tools {
     /// `DKMS_HOOK_APT_GET`: a stand-in for apt-get in preflight's download
     /// mode (tests, `--root`).
     pub apt_get: Option<OsString>,
+    /// `DKMS_HOOK_SENDMAIL`: a stand-in for sendmail (tests, `--root`).
+    pub sendmail: Option<OsString>,
+    /// `DKMS_HOOK_APT_CONFIG`: a stand-in for apt-config (tests, `--root`).
+    pub apt_config: Option<OsString>,
 }
 
 impl Tools {
@@ -57,6 +68,8 @@ impl Tools {
             mokutil: var("DKMS_HOOK_MOKUTIL"),
             depmod: var("DKMS_HOOK_DEPMOD"),
             apt_get: var("DKMS_HOOK_APT_GET"),
+            sendmail: var("DKMS_HOOK_SENDMAIL"),
+            apt_config: var("DKMS_HOOK_APT_CONFIG"),
         }
     }
 }

@@ -124,6 +124,8 @@ check "Recommends names update-initramfs's and mokutil's packages" \
 contents=$(dpkg-deb -c "$deb")
 check "the unit is under /usr/lib/systemd/system" \
     grep -q ' ./usr/lib/systemd/system/dkms-hook.service$' <<< "$contents"
+check "the retry timer and its service are there too" \
+    bash -c "grep -q ' ./usr/lib/systemd/system/dkms-hook-retry.timer\$' <<< \"\$1\" && grep -q ' ./usr/lib/systemd/system/dkms-hook-retry.service\$' <<< \"\$1\"" _ "$contents"
 check "the packaged binary runs in the root (--version)" in_root sh -c 'd=$(mktemp -d) && dpkg-deb -x "$1" "$d" && "$d/usr/sbin/dkms-hook" --version' _ "${deb#"$E2E_ROOT"}"
 
 # --- lintian and autopkgtest (Debian 13's) ----------------------------------------

@@ -94,7 +94,21 @@ check "contains the systemd unit dkms-hook.service" test -n "$unit"
 sed "s#/usr/sbin/dkms-hook#$x/usr/sbin/dkms-hook#" "$unit" > "$tmp/dkms-hook.service"
 check "systemd-analyze verify accepts the unit" \
     systemd-analyze verify --man=no "$tmp/dkms-hook.service"
-check "postinst enables the unit, does not start it" \
-    bash -c "dpkg-deb --ctrl-tarfile '$deb' | tar -xO ./postinst | grep -q 'deb-systemd-helper.*enable' && ! dpkg-deb --ctrl-tarfile '$deb' | tar -xO ./postinst | grep -q 'deb-systemd-invoke.*start'"
+postinst=$(dpkg-deb --ctrl-tarfile "$deb" | tar -xO ./postinst)
+check "postinst enables dkms-hook.service, does not start it" \
+    bash -c "grep -q 'deb-systemd-helper.*enable.*dkms-hook.service' <<< \"\$1\" && ! grep -q \"deb-systemd-invoke.*'dkms-hook.service'\" <<< \"\$1\"" _ "$postinst"
+# The scheduled retry of failed rebuilds: a timer (enabled and started; it
+# runs nothing before its time) and the oneshot it starts.
+for u in dkms-hook-retry.timer dkms-hook-retry.service; do
+    f=$(find "$x/lib/systemd/system" "$x/usr/lib/systemd/system" -name "$u" 2>/dev/null | head -n1)
+    check "contains the systemd unit $u" test -n "$f"
+    [ -n "$f" ] && sed "s#/usr/sbin/dkms-hook#$x/usr/sbin/dkms-hook#" "$f" > "$tmp/$u"
+done
+check "systemd-analyze verify accepts dkms-hook-retry.timer and .service" \
+    bash -c "cd '$tmp' && systemd-analyze verify --man=no ./dkms-hook-retry.timer ./dkms-hook-retry.service"
+check "dkms-hook-retry.service runs retry --scheduled" \
+    grep -qxF "ExecStart=$x/usr/sbin/dkms-hook retry --scheduled" "$tmp/dkms-hook-retry.service"
+check "postinst enables and starts dkms-hook-retry.timer" \
+    bash -c "grep -q 'deb-systemd-helper.*enable.*dkms-hook-retry.timer' <<< \"\$1\" && grep -q \"deb-systemd-invoke [^ ]*_dh_action 'dkms-hook-retry.timer'\" <<< \"\$1\"" _ "$postinst"
 
 finish

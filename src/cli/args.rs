@@ -72,7 +72,7 @@ kernel whose build tree those packages feed, and rebuilds each dkms module built
     after_long_help = "\
 Files:
   /etc/dkms/dkms-hook.conf   configuration; every key is listed, commented, at its default
-  /var/lib/dkms-hook/        state: dpkg.log cursor, queue, failures, findings (for the login notice), counters, the file-list and module-facts caches, backups/, previous/ (each module's build before its last rebuild, for rollback), holds.json, blocked.json (the upgrades preflight = block stopped, while each block stands), guarded.json and guarded/ (modules saved before dkms's kernel_preinst removes them), logs/, builds/ (running builds), lock
+  /var/lib/dkms-hook/        state: dpkg.log cursor, queue, failures, followup.json (failures mailed, scheduled retries made), findings (for the login notice), counters, the file-list and module-facts caches, backups/, previous/ (each module's build before its last rebuild, for rollback), holds.json, blocked.json (the upgrades preflight = block stopped, while each block stands), guarded.json and guarded/ (modules saved before dkms's kernel_preinst removes them), logs/, builds/ (running builds), lock
   /var/lib/prometheus/node-exporter/dkms_hook.prom   the node_exporter textfile (when that directory exists)
   /var/lib/dkms-hook/preflight/   preflight's kept logs and builds (kept/, used once by the rebuild after dpkg) and, while it runs, its private run directory
   /var/log/dkms-hook.log     one line per rebuild, skip or failure, block and end of a block
@@ -88,6 +88,8 @@ Environment:
   DKMS_HOOK_DEPMOD   the depmod program run once per kernel after its rebuilds (under --root it is skipped unless named)
   DKMS_HOOK_APT_GET  the apt-get preflight asks without DEB files (under --root it is refused unless named)
   DKMS_HOOK_MOKUTIL  the mokutil program asked about Secure Boot and dkms's key (a stand-in; under --root it is not run unless named)
+  DKMS_HOOK_SENDMAIL    the sendmail program a failed rebuild is mailed through (under --root it is not run unless named)
+  DKMS_HOOK_APT_CONFIG  the apt-config program asked for Unattended-Upgrade::Mail (under --root it is not run unless named)
 
 Exit status:
   0 success; the hooks (post-invoke, apt-json-hook, pre-install-pkgs, kernel-hook, kernel-guard, boot, motd) exit 0
@@ -148,8 +150,10 @@ pub enum Command {
     /// Rebuild the pairs whose last rebuild failed.
     ///
     /// Run it once the cause (shown in the make.log that `status` names) is
-    /// fixed. Exits 1 when a rebuild failed again.
-    Retry(JsonArg),
+    /// fixed. Exits 1 when a rebuild failed again. With --scheduled (run
+    /// daily by dkms-hook-retry.timer) each failure is retried at most 3
+    /// times, and the result is mailed.
+    Retry(RetryArgs),
     /// Put a module's previous build back, and hold it.
     ///
     /// After each successful rebuild, dkms-hook keeps the build it replaced
@@ -292,6 +296,17 @@ pub struct JsonArg {
     /// Print one JSON object instead of lines.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RetryArgs {
+    /// Print one JSON object instead of lines.
+    #[arg(long)]
+    pub json: bool,
+    /// As dkms-hook-retry.timer runs it: only failures retried fewer than
+    /// 3 times by it (each attempt counted), silent when there is none.
+    #[arg(long)]
+    pub scheduled: bool,
 }
 
 #[derive(Debug, Args)]

@@ -66,7 +66,15 @@ fn catch_up(root: &Root, env: &Env, running_kernel: bool) -> i32 {
             intake::queue_stale(&state, &Inventory::running_kernel_only(root)?, &cfg)?;
         }
         if !state.queue()?.pending.is_empty() {
-            execute(&state, &cfg, env, true)?;
+            let run = crate::followup::Run {
+                name: if running_kernel {
+                    "boot"
+                } else {
+                    "post-invoke"
+                },
+                scheduled: false,
+            };
+            execute(&state, &cfg, env, true, run)?;
         }
         super::block::tidy(&state);
         for line in crate::rollback::tidy(&state, &lock)? {

@@ -19,7 +19,7 @@ const LAYERS: &[&[&str]] = &[
     &["rebuild"],
     &["intake", "preflight", "guard", "rollback"],
     &["report", "metrics"],
-    &["apt", "man_page"],
+    &["apt", "man_page", "followup"],
     &["cli"],
 ];
 

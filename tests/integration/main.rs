@@ -7,6 +7,7 @@ mod bad_input;
 mod blocked;
 mod dkms_conf;
 mod fixture;
+mod followup;
 mod guard;
 mod list_cache;
 mod messages;
