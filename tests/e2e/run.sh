@@ -8,7 +8,7 @@
 #
 # Without DKMS_HOOK_DEB the package is built with tests/package.sh. The base
 # root is cached (make-base.sh); a run uses two fresh roots:
-#   root A, dkms-hook installed before the upgrades: scenarios 4, 1, 3, 5, 6, 13, 10, 14, 9, 11, 12, 7
+#   root A, dkms-hook installed before the upgrades: scenarios 4, 1, 3, 5, 6, 13, 10, 14, 15, 9, 11, 12, 7
 #   root B, stock dkms first, dkms-hook later: scenarios 2 and 8
 # Prints PASS/FAIL per scenario and ends with "N passed, M failed".
 # When the Debian mirror cannot be reached: one "SKIPPED:" line, exit 0.
@@ -225,6 +225,48 @@ check "one test build of acpi-call for $OLD, its result said once" \
     once "$UU_LOG" "dkms-hook: preflight: acpi-call/$E2E_ACPI_CALL_UPSTREAM for $OLD builds against linux-kbuild-6.1 $UU_V ("
 check "one rebuild of acpi-call for $OLD, said once" once "$UU_LOG" "dkms-hook: rebuilt acpi-call/$E2E_ACPI_CALL_UPSTREAM for $OLD (linux-kbuild-6.1 $POISON_V → $UU_V)"
 check "no line of dkms-hook's said twice" test -z "$(grep -F 'dkms-hook:' "$UU_LOG" | sort | uniq -d)"
+verdict
+
+scenario "15: unattended-upgrades: a failed rebuild reaches the admin by mail, and so does the timer's retry"
+# A stub MTA keeps each mail; unattended-upgrades mails root, and so must
+# dkms-hook, with a subject that says FAILED (unattended-upgrades' says SUCCESS).
+mkdir -p "$E2E_ROOT/var/mail/e2e"
+printf '%s\n' '#!/bin/sh' 'cat > "$(mktemp /var/mail/e2e/mail.XXXXXX)"' > "$E2E_ROOT/usr/sbin/sendmail"
+chmod 755 "$E2E_ROOT/usr/sbin/sendmail"
+printf '%s\n' 'Unattended-Upgrade::Mail "root";' > "$E2E_ROOT/etc/apt/apt.conf.d/52e2e-mail"
+FAIL_V="$(e2e_repack_bump linux-kbuild-6.1 "$UU_V" +poison2 /usr/lib/linux-kbuild-6.1/scripts/preflight-poison)"
+in_root sh -c 'cd /var/local/e2e-repo && {
+    printf "Origin: dkms-hook-e2e\nLabel: dkms-hook-e2e\nSuite: e2e\nCodename: e2e\nDate: %s\nSHA256:\n" "$(date -Ru)"
+    printf " %s %s Packages\n" "$(sha256sum Packages | cut -d" " -f1)" "$(stat -c %s Packages)"
+} > Release'
+in_root apt-get -q update -o Dir::Etc::sourcelist=sources.list.d/e2e-local.list \
+    -o Dir::Etc::sourceparts=- -o APT::Get::List-Cleanup=0 >&2
+rm -f "$UU_LOG"
+o="$(out)"
+RC=0; in_root unattended-upgrade -v > "$o" 2>&1 || RC=$?
+grep -F 'dkms-hook' "$UU_LOG" | sed 's/^/    | /' || true
+check "unattended-upgrade exits 0 (rc=$RC)" test "$RC" == 0
+check "linux-kbuild-6.1 upgraded to $FAIL_V" test "$(in_root dpkg-query -W -f '${Version}' linux-kbuild-6.1)" == "$FAIL_V"
+check "e2e-failmod's rebuild for $OLD failed (and kept the module)" contains "$UU_LOG" "dkms-hook: FAILED to rebuild e2e-failmod/1.0 for $OLD"
+mails() { grep -lF "$1" "$E2E_ROOT"/var/mail/e2e/mail.* 2>/dev/null | wc -l; }
+check "one mail from dkms-hook whose subject says FAILED ($(mails 'Subject: FAILED: dkms-hook on'))" \
+    test "$(mails 'Subject: FAILED: dkms-hook on')" == 1
+M15="$(grep -lF 'Subject: FAILED: dkms-hook on' "$E2E_ROOT"/var/mail/e2e/mail.* 2>/dev/null | head -n 1)"
+sed -n '1,/^$/p' "$M15" 2>/dev/null | sed 's/^/    | /'
+check "…to root" grep -qE '^To: root$' "$M15"
+check "…naming the pair, the make.log and what to run" \
+    bash -c 'grep -qF "e2e-failmod/1.0 for $2" "$1" && grep -qF "make.log" "$1" && grep -qF "dkms-hook retry" "$1"' _ "$M15" "$OLD"
+UNIT="$(find "$E2E_ROOT"/usr/lib/systemd/system "$E2E_ROOT"/lib/systemd/system -name dkms-hook-retry.service -print -quit 2>/dev/null)"
+check "dkms-hook-retry.timer is installed" test -n "$(find "$E2E_ROOT"/usr/lib/systemd/system "$E2E_ROOT"/lib/systemd/system -name dkms-hook-retry.timer -print -quit 2>/dev/null)"
+RETRY="$(sed -n 's/^ExecStart=//p' "$UNIT" 2>/dev/null)"
+check "its service runs 'dkms-hook retry --scheduled' ($RETRY)" test "$RETRY" == "/usr/sbin/dkms-hook retry --scheduled"
+o="$(out)"
+RC=0; in_root /usr/sbin/dkms-hook retry --scheduled > "$o" 2>&1 || RC=$?
+sed 's/^/    | /' "$o" | tail -n 3
+check "the timer's retry fails again (rc=$RC)" test "$RC" == 1
+check "…and is mailed: FAILED again, retry 1 of 3" test "$(mails 'scheduled retry 1 of 3')" == 1
+check "the first failure is not mailed twice" test "$(mails 'Subject: FAILED: dkms-hook on')" == 1
+check "e2e-failmod still installed for $OLD" installed e2e-failmod "$OLD"
 verdict
 
 scenario "9: removing the headers of $OLD: a warning after the removal, the module stays"
