@@ -234,6 +234,8 @@ mkdir -p "$E2E_ROOT/var/mail/e2e"
 printf '%s\n' '#!/bin/sh' 'cat > "$(mktemp /var/mail/e2e/mail.XXXXXX)"' > "$E2E_ROOT/usr/sbin/sendmail"
 chmod 755 "$E2E_ROOT/usr/sbin/sendmail"
 printf '%s\n' 'Unattended-Upgrade::Mail "root";' > "$E2E_ROOT/etc/apt/apt.conf.d/52e2e-mail"
+# unattended-upgrades cleans the archive cache: the repository keeps the .deb.
+in_root sh -c 'cp /var/local/e2e-repo/linux-kbuild-6.1_"$1"_*.deb /var/cache/apt/archives/' _ "$UU_V"
 FAIL_V="$(e2e_repack_bump linux-kbuild-6.1 "$UU_V" +poison2 /usr/lib/linux-kbuild-6.1/scripts/preflight-poison)"
 in_root sh -c 'cd /var/local/e2e-repo && {
     printf "Origin: dkms-hook-e2e\nLabel: dkms-hook-e2e\nSuite: e2e\nCodename: e2e\nDate: %s\nSHA256:\n" "$(date -Ru)"
