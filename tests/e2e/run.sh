@@ -8,7 +8,7 @@
 #
 # Without DKMS_HOOK_DEB the package is built with tests/package.sh. The base
 # root is cached (make-base.sh); a run uses two fresh roots:
-#   root A, dkms-hook installed before the upgrades: scenarios 4, 1, 3, 5, 6, 13, 10, 14, 15, 9, 11, 12, 7
+#   root A, dkms-hook installed before the upgrades: scenarios 4, 1, 3, 5, 6, 13, 10, 14, 15, 16, 9, 11, 12, 7
 #   root B, stock dkms first, dkms-hook later: scenarios 2 and 8
 # Prints PASS/FAIL per scenario and ends with "N passed, M failed".
 # When the Debian mirror cannot be reached: one "SKIPPED:" line, exit 0.
@@ -269,6 +269,52 @@ check "the timer's retry fails again (rc=$RC)" test "$RC" == 1
 check "…and is mailed: FAILED again, retry 1 of 3" test "$(mails 'scheduled retry 1 of 3')" == 1
 check "the first failure is not mailed twice" test "$(mails 'Subject: FAILED: dkms-hook on')" == 1
 check "e2e-failmod still installed for $OLD" installed e2e-failmod "$OLD"
+verdict
+
+scenario "16: unattended-upgrades with preflight = block: the block is recorded and said, and not test-built again the next night"
+DH_CONF="$E2E_ROOT/etc/dkms/dkms-hook.conf"
+cp "$DH_CONF" "$E2E_TMP_BASE/dkms-hook.conf.e2e16"
+printf '%s\n' preflight=block prometheus_textfile=/var/lib/prom >> "$DH_CONF"
+mkdir -p "$E2E_ROOT/var/lib/prom"
+in_root sh -c 'cp /var/local/e2e-repo/linux-kbuild-6.1_"$1"_*.deb /var/cache/apt/archives/' _ "$FAIL_V"
+BLOCK_V="$(e2e_repack_bump linux-kbuild-6.1 "$FAIL_V" +poison3 /usr/lib/linux-kbuild-6.1/scripts/preflight-poison)"
+in_root sh -c 'cd /var/local/e2e-repo && {
+    printf "Origin: dkms-hook-e2e\nLabel: dkms-hook-e2e\nSuite: e2e\nCodename: e2e\nDate: %s\nSHA256:\n" "$(date -Ru)"
+    printf " %s %s Packages\n" "$(sha256sum Packages | cut -d" " -f1)" "$(stat -c %s Packages)"
+} > Release'
+in_root apt-get -q update -o Dir::Etc::sourcelist=sources.list.d/e2e-local.list \
+    -o Dir::Etc::sourceparts=- -o APT::Get::List-Cleanup=0 >&2
+rm -f "$UU_LOG"
+sleep 1
+T16="$(date +%s)"
+o="$(out)"
+RC=0; in_root unattended-upgrade -v > "$o" 2>&1 || RC=$?
+grep -F 'dkms-hook' "$UU_LOG" | sed 's/^/    | /' || true
+check "unattended-upgrade reports the failed step (rc=$RC)" test "$RC" != 0
+check "linux-kbuild-6.1 is not upgraded: still $FAIL_V" test "$(in_root dpkg-query -W -f '${Version}' linux-kbuild-6.1)" == "$FAIL_V"
+check "the block says so in unattended-upgrades' log, and how to go on" \
+    bash -c 'grep -qF "preflight = block: stopping apt" "$1" && grep -qF "apt-mark hold linux-kbuild-6.1" "$1"' _ "$UU_LOG"
+N1="$(builds_since "$T16" e2e-failmod "$OLD")"
+check "e2e-failmod was test-built for $OLD that night ($N1)" test "$N1" -ge 1
+st="$(out)"; RC=0; in_root dkms-hook status > "$st" 2>&1 || RC=$?
+grep -F BLOCKED "$st" | sed 's/^/    | /' || true
+check "status exits 1 and says BLOCKED for e2e-failmod/1.0 against $BLOCK_V (rc=$RC)" \
+    bash -c '[[ $1 == 1 ]] && grep "BLOCKED since" "$2" | grep -F "e2e-failmod/1.0" | grep -qF "linux-kbuild-6.1 $3"' _ "$RC" "$st" "$BLOCK_V"
+o="$(out)"; in_root dkms-hook motd > "$o" 2>&1 || true
+check "the login notice says the upgrade is blocked" contains "$o" "the upgrade to linux-kbuild-6.1 $BLOCK_V is blocked since"
+check "the textfile counts the block" grep -qE '^dkms_hook_preflight_blocked [1-9]' "$E2E_ROOT/var/lib/prom/dkms_hook.prom"
+check "the log has it" contains "$E2E_ROOT/var/log/dkms-hook.log" "preflight = block stopped apt: e2e-failmod/1.0"
+# The next night: the same package version, nothing it reads has changed.
+rm -f "$UU_LOG"
+sleep 1
+T16B="$(date +%s)"
+RC=0; in_root unattended-upgrade -v > "$o" 2>&1 || RC=$?
+grep -F 'dkms-hook' "$UU_LOG" | sed 's/^/    | /' || true
+check "the next night: blocked again (rc=$RC), from the record" contains "$UU_LOG" "against linux-kbuild-6.1 $BLOCK_V still fails, as at"
+check "…without a test build of e2e-failmod ($(builds_since "$T16B" e2e-failmod "$OLD"))" test "$(builds_since "$T16B" e2e-failmod "$OLD")" == 0
+# Later scenarios run with the configuration as it was, and no block.
+cp "$E2E_TMP_BASE/dkms-hook.conf.e2e16" "$DH_CONF"
+rm -f "$E2E_ROOT/var/lib/dkms-hook/blocked.json"
 verdict
 
 scenario "9: removing the headers of $OLD: a warning after the removal, the module stays"
