@@ -273,7 +273,9 @@ verdict
 
 scenario "16: unattended-upgrades with preflight = block: the block is recorded and said, and not test-built again the next night"
 DH_CONF="$E2E_ROOT/etc/dkms/dkms-hook.conf"
-cp "$DH_CONF" "$E2E_TMP_BASE/dkms-hook.conf.e2e16"
+# (an earlier scenario may have left no configuration file: the defaults)
+DH_SAVED="$(out)"
+[[ -e "$DH_CONF" ]] && cp "$DH_CONF" "$DH_SAVED" || DH_SAVED=
 printf '%s\n' preflight=block prometheus_textfile=/var/lib/prom >> "$DH_CONF"
 mkdir -p "$E2E_ROOT/var/lib/prom"
 in_root sh -c 'cp /var/local/e2e-repo/linux-kbuild-6.1_"$1"_*.deb /var/cache/apt/archives/' _ "$FAIL_V"
@@ -313,7 +315,7 @@ grep -F 'dkms-hook' "$UU_LOG" | sed 's/^/    | /' || true
 check "the next night: blocked again (rc=$RC), from the record" contains "$UU_LOG" "against linux-kbuild-6.1 $BLOCK_V still fails, as at"
 check "…without a test build of e2e-failmod ($(builds_since "$T16B" e2e-failmod "$OLD"))" test "$(builds_since "$T16B" e2e-failmod "$OLD")" == 0
 # Later scenarios run with the configuration as it was, and no block.
-cp "$E2E_TMP_BASE/dkms-hook.conf.e2e16" "$DH_CONF"
+if [[ -n "$DH_SAVED" ]]; then cp "$DH_SAVED" "$DH_CONF"; else rm -f "$DH_CONF"; fi
 rm -f "$E2E_ROOT/var/lib/dkms-hook/blocked.json"
 verdict
 
