@@ -194,17 +194,27 @@ check "…the failure is shown before dpkg unpacks" before "$o" "dkms-hook: pref
 check "…and acpi-call is rebuilt afterwards" contains "$o" "dkms-hook: rebuilt acpi-call/$E2E_ACPI_CALL_UPSTREAM for $OLD"
 verdict
 
+# uu_repack PKG VERSION SUFFIX [FILE]: e2e_repack_bump for unattended-upgrades,
+# whose one allowed origin is the local repository's own (its Release names
+# it). The .deb of VERSION comes from the repository when unattended-upgrades
+# has cleaned the archive cache. Prints the new version.
+uu_repack() {
+    local v
+    in_root sh -c 'cp /var/local/e2e-repo/"$1"_"$2"_*.deb /var/cache/apt/archives/ 2>/dev/null || true' _ "$1" "$2"
+    v="$(e2e_repack_bump "$@")"
+    in_root sh -c 'cd /var/local/e2e-repo && {
+        printf "Origin: dkms-hook-e2e\nLabel: dkms-hook-e2e\nSuite: e2e\nCodename: e2e\nDate: %s\nSHA256:\n" "$(date -Ru)"
+        printf " %s %s Packages\n" "$(sha256sum Packages | cut -d" " -f1)" "$(stat -c %s Packages)"
+    } > Release'
+    in_root apt-get -q update -o Dir::Etc::sourcelist=sources.list.d/e2e-local.list \
+        -o Dir::Etc::sourceparts=- -o APT::Get::List-Cleanup=0 >&2
+    printf '%s\n' "$v"
+}
+
 scenario "14: unattended-upgrades: python-apt runs each hook twice per dpkg run; the work is done and said once"
 RC=0; e2e_retry 3 in_root apt-get -y -q -o Dpkg::Use-Pty=0 install --no-install-recommends unattended-upgrades >&2 || RC=$?
 check "unattended-upgrades installed (rc=$RC)" test "$RC" == 0
-UU_V="$(e2e_repack_bump linux-kbuild-6.1 "$KB_NOW" +uu)"
-# The local repository gets an origin of its own, the one origin allowed.
-in_root sh -c 'cd /var/local/e2e-repo && {
-    printf "Origin: dkms-hook-e2e\nLabel: dkms-hook-e2e\nSuite: e2e\nCodename: e2e\nDate: %s\nSHA256:\n" "$(date -Ru)"
-    printf " %s %s Packages\n" "$(sha256sum Packages | cut -d" " -f1)" "$(stat -c %s Packages)"
-} > Release'
-in_root apt-get -q update -o Dir::Etc::sourcelist=sources.list.d/e2e-local.list \
-    -o Dir::Etc::sourceparts=- -o APT::Get::List-Cleanup=0 >&2
+UU_V="$(uu_repack linux-kbuild-6.1 "$KB_NOW" +uu)"
 printf '%s\n' '#clear Unattended-Upgrade::Origins-Pattern;' \
     'Unattended-Upgrade::Origins-Pattern { "origin=dkms-hook-e2e"; };' \
     > "$E2E_ROOT/etc/apt/apt.conf.d/51e2e-unattended-upgrades"
@@ -234,15 +244,7 @@ mkdir -p "$E2E_ROOT/var/mail/e2e"
 printf '%s\n' '#!/bin/sh' 'cat > "$(mktemp /var/mail/e2e/mail.XXXXXX)"' > "$E2E_ROOT/usr/sbin/sendmail"
 chmod 755 "$E2E_ROOT/usr/sbin/sendmail"
 printf '%s\n' 'Unattended-Upgrade::Mail "root";' > "$E2E_ROOT/etc/apt/apt.conf.d/52e2e-mail"
-# unattended-upgrades cleans the archive cache: the repository keeps the .deb.
-in_root sh -c 'cp /var/local/e2e-repo/linux-kbuild-6.1_"$1"_*.deb /var/cache/apt/archives/' _ "$UU_V"
-FAIL_V="$(e2e_repack_bump linux-kbuild-6.1 "$UU_V" +poison2 /usr/lib/linux-kbuild-6.1/scripts/preflight-poison)"
-in_root sh -c 'cd /var/local/e2e-repo && {
-    printf "Origin: dkms-hook-e2e\nLabel: dkms-hook-e2e\nSuite: e2e\nCodename: e2e\nDate: %s\nSHA256:\n" "$(date -Ru)"
-    printf " %s %s Packages\n" "$(sha256sum Packages | cut -d" " -f1)" "$(stat -c %s Packages)"
-} > Release'
-in_root apt-get -q update -o Dir::Etc::sourcelist=sources.list.d/e2e-local.list \
-    -o Dir::Etc::sourceparts=- -o APT::Get::List-Cleanup=0 >&2
+FAIL_V="$(uu_repack linux-kbuild-6.1 "$UU_V" +poison2 /usr/lib/linux-kbuild-6.1/scripts/preflight-poison)"
 rm -f "$UU_LOG"
 o="$(out)"
 RC=0; in_root unattended-upgrade -v > "$o" 2>&1 || RC=$?
@@ -278,14 +280,7 @@ DH_SAVED="$(out)"
 [[ -e "$DH_CONF" ]] && cp "$DH_CONF" "$DH_SAVED" || DH_SAVED=
 printf '%s\n' preflight=block prometheus_textfile=/var/lib/prom >> "$DH_CONF"
 mkdir -p "$E2E_ROOT/var/lib/prom"
-in_root sh -c 'cp /var/local/e2e-repo/linux-kbuild-6.1_"$1"_*.deb /var/cache/apt/archives/' _ "$FAIL_V"
-BLOCK_V="$(e2e_repack_bump linux-kbuild-6.1 "$FAIL_V" +poison3 /usr/lib/linux-kbuild-6.1/scripts/preflight-poison)"
-in_root sh -c 'cd /var/local/e2e-repo && {
-    printf "Origin: dkms-hook-e2e\nLabel: dkms-hook-e2e\nSuite: e2e\nCodename: e2e\nDate: %s\nSHA256:\n" "$(date -Ru)"
-    printf " %s %s Packages\n" "$(sha256sum Packages | cut -d" " -f1)" "$(stat -c %s Packages)"
-} > Release'
-in_root apt-get -q update -o Dir::Etc::sourcelist=sources.list.d/e2e-local.list \
-    -o Dir::Etc::sourceparts=- -o APT::Get::List-Cleanup=0 >&2
+BLOCK_V="$(uu_repack linux-kbuild-6.1 "$FAIL_V" +poison3 /usr/lib/linux-kbuild-6.1/scripts/preflight-poison)"
 rm -f "$UU_LOG"
 sleep 1
 T16="$(date +%s)"

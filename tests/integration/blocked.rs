@@ -314,12 +314,9 @@ fn write_records(f: &Fixture, records: &[serde_json::Value]) {
     );
 }
 
-/// A record as preflight leaves it is what `status`, the login notice and
-/// the textfile show (without a sandbox: the record written here), and a
-/// block whose version is installed, or a newer one, or whose module is
-/// gone, is not shown and is forgotten by the next hook run.
-#[test]
-fn a_recorded_block_is_shown_until_it_ends() {
+/// The sample, synced (every pair fresh), writing its textfile to
+/// `/var/lib/prom`, with these block records.
+fn fresh_with_blocks(records: &[serde_json::Value]) -> Fixture {
     let f = Fixture::sample();
     f.run(&["sync"]);
     f.write(
@@ -327,13 +324,20 @@ fn a_recorded_block_is_shown_until_it_ends() {
         "prometheus_textfile=/var/lib/prom\n",
     );
     fs::create_dir_all(f.path("var/lib/prom")).unwrap();
-    write_records(
-        &f,
-        &[
-            record("acpi-call", "6.1.0-50-amd64", "6.1.201-1"),
-            record("gone-module", "6.1.0-50-amd64", "6.1.201-1"),
-        ],
-    );
+    write_records(&f, records);
+    f
+}
+
+/// A record as preflight leaves it is what `status`, the login notice and
+/// the textfile show (without a sandbox: the record written here), and a
+/// block whose version is installed, or a newer one, or whose module is
+/// gone, is not shown and is forgotten by the next hook run.
+#[test]
+fn a_recorded_block_is_shown_until_it_ends() {
+    let f = fresh_with_blocks(&[
+        record("acpi-call", "6.1.0-50-amd64", "6.1.201-1"),
+        record("gone-module", "6.1.0-50-amd64", "6.1.201-1"),
+    ]);
     let out = f.run(&["status"]);
     let o = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{o}");
@@ -473,20 +477,10 @@ fn planted_or_corrupt_block_records_are_refused() {
 #[test]
 #[ignore = "needs python3-prometheus-client (/usr/bin/python3); CI installs it"]
 fn the_prometheus_textfile_parses_and_counts_blocks() {
-    let f = Fixture::sample();
-    f.run(&["sync"]);
-    f.write(
-        "etc/dkms/dkms-hook.conf",
-        "prometheus_textfile=/var/lib/prom\n",
-    );
-    fs::create_dir_all(f.path("var/lib/prom")).unwrap();
-    write_records(
-        &f,
-        &[
-            record("acpi-call", "6.1.0-50-amd64", "6.1.201-1"),
-            record("acpi-call", "6.1.0-56-amd64", "6.1.201-1"),
-        ],
-    );
+    let f = fresh_with_blocks(&[
+        record("acpi-call", "6.1.0-50-amd64", "6.1.201-1"),
+        record("acpi-call", "6.1.0-56-amd64", "6.1.201-1"),
+    ]);
     // A rebuild run writes the textfile (status does too, as root).
     f.run(&["retry"]);
     let m = crate::fixture::textfile_samples(&f, &["state", "kernel", "against"]);
