@@ -481,3 +481,18 @@ fn under_root_a_rollback_writes_only_inside_the_root() {
     let inside = f.path(&format!("{}/dkms/acpi_call.ko", host.path().display()));
     assert_eq!(std::fs::read(inside).unwrap(), original);
 }
+
+/// A module version dkms removed takes its previous build with it: the
+/// next post-invoke removes what nothing can roll back to any more.
+#[test]
+fn a_removed_module_version_takes_its_previous_build_with_it() {
+    let (f, _) = rebuilt();
+    assert!(f.path(PREVIOUS).exists());
+    let source = f.path("var/lib/dkms/acpi-call/1.2.2/source");
+    std::fs::remove_file(&source)
+        .or_else(|_| std::fs::remove_dir_all(&source))
+        .unwrap();
+    assert_eq!(f.run(&["post-invoke"]).status.code(), Some(0));
+    assert!(!f.path(PREVIOUS).exists(), "its previous build is gone");
+    assert_says(&rollback(&f), 2, "no previous build");
+}
