@@ -29,6 +29,7 @@ pub mod frontend;
 pub mod info_stream;
 pub mod json_hook;
 pub mod once;
+pub mod unattended;
 pub mod warned;
 
 pub use info_stream::{parse_pre_install_reader, PreInstallPkgs};

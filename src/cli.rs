@@ -10,6 +10,7 @@ use clap::Parser;
 
 pub mod args;
 mod block;
+mod deferred;
 mod guard;
 mod hooks;
 mod preflight_command;
@@ -213,6 +214,9 @@ fn run(args: &[OsString], hook: bool) -> i32 {
         Command::Replay(a) => replay(&root, &env, a),
         Command::PostInvoke => Ok(hooks::post_invoke(&root, &env)),
         Command::Boot => Ok(hooks::boot(&root, &env)),
+        Command::AfterUnattendedUpgrades { pid, start } => {
+            Ok(hooks::after_unattended_upgrades(&root, &env, *pid, *start))
+        }
         Command::Motd => Ok(hooks::motd(&root)),
         Command::Status(a) => status(&root, &env, a),
         Command::Sync(a) => sync(&root, &env, a.json),

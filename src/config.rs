@@ -61,6 +61,9 @@ pub struct Config {
     /// Where a failed rebuild is mailed when apt's configuration names no
     /// `Unattended-Upgrade::Mail` (`None`: no mail).
     pub mail: Option<String>,
+    /// Under unattended-upgrades, rebuild once its run ends (after all its
+    /// steps), and test-build each pair once per run.
+    pub defer_unattended: bool,
 }
 
 impl Default for Config {
@@ -77,6 +80,7 @@ impl Default for Config {
             preflight: PreflightMode::Warn,
             prometheus_textfile: Textfile::Auto,
             mail: None,
+            defer_unattended: true,
         }
     }
 }
@@ -155,6 +159,7 @@ impl Config {
             "initramfs" => self.initramfs = boolean()?,
             "keep_previous" => self.keep_previous = boolean()?,
             "quiet" => self.quiet = boolean()?,
+            "defer_unattended" => self.defer_unattended = boolean()?,
             "kernels" => {
                 self.kernels = match value {
                     "all" => KernelSelection::All,
@@ -233,6 +238,7 @@ pub const KEYS: &[(&str, &str, &str)] = &[
     ("quiet", "no", "Print nothing in apt's output but failures and warnings."),
     ("prometheus_textfile", "auto", "Where to write dkms_hook.prom for node_exporter's textfile collector after every run that may change state: auto (/var/lib/prometheus/node-exporter when it exists), off, or a directory."),
     ("mail", "", "Where dkms-hook mails a failed rebuild (one mail per run, through /usr/sbin/sendmail) and the result of its scheduled retry, when apt's configuration sets no Unattended-Upgrade::Mail (that address comes first); empty: no mail."),
+    ("defer_unattended", "yes", "Under unattended-upgrades, which installs in minimal steps, rebuild once its run ends, so that each module and kernel is built once per run; preflight=warn then test-builds each once per run. Not when unattended-upgrades reboots by itself (Automatic-Reboot, InstallOnShutdown): then after each step."),
     ("preflight", "warn", "When apt is about to change a kernel's build tree in place, test-build the affected modules against the downloaded packages before dpkg unpacks them: off, warn (print failures, let apt go on) or block (stop apt before anything is unpacked when a module would not build; dkms-hook status shows the block, and the same versions are not built again until an input changes; go on by fixing the module and running dkms-hook preflight, with preflight=warn, apt-mark hold on the package, or by hand with DKMS_HOOK_SUSPEND=1 apt ...)."),
 ];
 

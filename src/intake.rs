@@ -15,6 +15,7 @@ use crate::dpkg_log;
 use crate::dpkg_log::cursor::{self, Cursor, LogSpan};
 use crate::inventory::Inventory;
 use crate::kernel::CacheUse;
+use crate::model::Cause;
 use crate::plan::{self, PairState, Plan, Rebuild};
 use crate::root::Root;
 use crate::state::{self, Failure, QueuedPair, State};
@@ -75,12 +76,27 @@ pub fn enqueue(state: &State, plan: &Plan) -> Result<(), Error> {
         match q.pending.iter_mut().find(|x| x.id == entry.id) {
             Some(x) => {
                 x.stale_since = x.stale_since.max(entry.stale_since);
-                x.because = entry.because;
+                merge_causes(&mut x.because, entry.because);
             }
             None => q.pending.push(entry),
         }
     }
     state.save_queue(&q)
+}
+
+/// A queued pair made stale again (another step of the same upgrade): one
+/// cause per package, from its version before the first change to that of
+/// the last (`6.1.192-2 → 6.1.201-1`), the other packages' kept.
+fn merge_causes(queued: &mut Vec<Cause>, newer: Vec<Cause>) {
+    for c in newer {
+        match queued.iter_mut().find(|q| q.package == c.package) {
+            Some(q) => {
+                q.new = c.new;
+                q.unpacked = c.unpacked;
+            }
+            None => queued.push(c),
+        }
+    }
 }
 
 /// Read dpkg.log from the cursor, plan, enqueue, then advance the cursor.

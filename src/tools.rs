@@ -92,6 +92,28 @@ pub fn own_group_dying_with_us(c: &mut std::process::Command) {
     }
 }
 
+/// Make `c` a process that outlives us, untied: its own session (no
+/// terminal's hangup or signals reach it) and none of the descriptors we
+/// inherited (a pipe apt or unattended-upgrades reads to its end must not
+/// stay open in it). Its standard streams are the caller's to set.
+pub fn detached(c: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setsid and fcntl are async-signal-safe and touch no memory
+    // of the parent; the descriptors are only flagged, never owned.
+    unsafe {
+        c.pre_exec(|| {
+            rustix::process::setsid()?;
+            for fd in 3..1024 {
+                let fd = std::os::fd::BorrowedFd::borrow_raw(fd);
+                if let Ok(flags) = rustix::io::fcntl_getfd(fd) {
+                    let _ = rustix::io::fcntl_setfd(fd, flags | rustix::io::FdFlags::CLOEXEC);
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Wait for `handle` until `deadline`: its output, or `None` once the
 /// deadline has passed with the child still running. duct 0.13 (Debian 13's)
 /// has no timed wait: this polls, at most 50 ms behind the child's end.

@@ -15,7 +15,9 @@
 //! from that fork, so its run, too, is the outermost of its name in a row.
 
 /// Frontends whose hooks we may serve in one run.
-const FRONTENDS: &[&str] = &["apt", "apt-get", "aptitude", "unattended-upgr"];
+const FRONTENDS: &[&str] = &["apt", "apt-get", "aptitude", UNATTENDED];
+/// unattended-upgrades' process name (15 bytes of `unattended-upgrade`).
+const UNATTENDED: &str = "unattended-upgr";
 
 /// How far up the process tree to look (hook → sh → apt child → apt).
 const MAX_DEPTH: usize = 16;
@@ -42,11 +44,11 @@ fn parse_stat(stat: &str) -> Option<Stat> {
     })
 }
 
-/// The (pid, start time) of the apt run above `pid`, with `stat` reading a
+/// The apt run above `pid` (its pid and stat), with `stat` reading a
 /// process's `/proc/PID/stat`: the first frontend process going up, then
 /// up through its parents as long as they are the same frontend (forks of
 /// it).
-fn run_of(pid: u32, stat: impl Fn(u32) -> Option<String>) -> Option<(u32, u64)> {
+fn run_stat_of(pid: u32, stat: impl Fn(u32) -> Option<String>) -> Option<(u32, Stat)> {
     let mut pid = pid;
     let mut found: Option<(u32, Stat)> = None;
     for _ in 0..MAX_DEPTH {
@@ -64,7 +66,12 @@ fn run_of(pid: u32, stat: impl Fn(u32) -> Option<String>) -> Option<(u32, u64)> 
         }
         pid = s.ppid;
     }
-    found.map(|(pid, s)| (pid, s.start))
+    found
+}
+
+/// The (pid, start time) of the apt run above `pid` ([`run_stat_of`]).
+fn run_of(pid: u32, stat: impl Fn(u32) -> Option<String>) -> Option<(u32, u64)> {
+    run_stat_of(pid, stat).map(|(pid, s)| (pid, s.start))
 }
 
 /// The (pid, start time) of the nearest frontend process above `pid`: the
@@ -97,6 +104,43 @@ fn proc_stat(pid: u32) -> Option<String> {
 /// outside apt.
 pub fn run() -> Option<(u32, u64)> {
     run_of(std::process::id(), proc_stat)
+}
+
+/// (pid, start time) of the unattended-upgrades run this process belongs
+/// to; `None` outside one (under apt, apt-get or aptitude too).
+pub fn unattended_run() -> Option<(u32, u64)> {
+    run_stat_of(std::process::id(), proc_stat)
+        .filter(|(_, s)| s.comm == UNATTENDED)
+        .map(|(pid, s)| (pid, s.start))
+}
+
+/// Whether the process `pid` that started at `start` still runs (a
+/// recycled pid has another start time). A zombie has ended its work.
+pub fn still_runs(pid: u32, start: u64) -> bool {
+    proc_stat(pid).is_some_and(|t| {
+        parse_stat(&t).is_some_and(|s| s.start == start)
+            && !t
+                .get(t.rfind(')').unwrap_or(0)..)
+                .is_some_and(|rest| rest.starts_with(") Z"))
+    })
+}
+
+/// Whether process `pid` started at `start` runs and is dkms-hook's
+/// `COMMAND` (its command line has that word): a pid in a record is
+/// believed only so far.
+pub fn runs_command(pid: u32, start: u64, command: &str) -> bool {
+    still_runs(pid, start)
+        && crate::root::read_regular(
+            std::path::Path::new(&format!("/proc/{pid}/cmdline")),
+            crate::root::CAP_SMALL,
+        )
+        .is_ok_and(|b| b.split(|&c| c == 0).any(|w| w == command.as_bytes()))
+}
+
+/// The start time of process `pid` (clock ticks after boot, as `/proc`
+/// says it), which with the pid names it across pid reuse.
+pub fn start_of(pid: u32) -> Option<u64> {
+    Some(parse_stat(&proc_stat(pid)?)?.start)
 }
 
 /// (pid, start time) of the frontend process that runs this hook's entry

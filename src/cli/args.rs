@@ -41,6 +41,7 @@ pub const HOOK_COMMANDS: &[&str] = &[
     "pre-install-pkgs",
     "kernel-hook",
     "kernel-guard",
+    "after-unattended-upgrades",
 ];
 
 /// The environment, read once here and passed down.
@@ -261,6 +262,10 @@ pub enum Command {
     /// dkms-hook's state alone (a few file reads); nothing when all is
     /// well. Always exits 0.
     Motd,
+    /// Started by post-invoke under unattended-upgrades: wait until that
+    /// run (PID, started at START) ends, then rebuild what it queued.
+    #[command(hide = true, name = "after-unattended-upgrades")]
+    AfterUnattendedUpgrades { pid: u32, start: u64 },
     /// Create the state directory and start the dpkg.log cursor at the end (postinst).
     #[command(hide = true)]
     Init,
@@ -334,6 +339,10 @@ pub struct PreflightArgs {
     /// a block, and a standing block of the same inputs answers at once.
     #[arg(long, hide = true)]
     pub blocking: bool,
+    /// Pre-Install-Pkgs under unattended-upgrades: a pair already
+    /// test-built in this run (MODULE/VERSION/KERNEL/ARCH) is left out.
+    #[arg(long, hide = true, value_name = "PAIR")]
+    pub tested: Vec<String>,
     /// The packages to test against (.deb files).
     #[arg(value_name = "DEB")]
     pub debs: Vec<PathBuf>,

@@ -3,7 +3,10 @@
 //! `preflight = block`), and every error becomes one line.
 
 use super::args::{Env, Phase, PRERM_LOCK_WAIT};
-use super::{err, execute, load_config, out, out_json, preflight_command, warn, warn_once};
+use super::{
+    deferred, err, execute, load_config, out, out_json, preflight_command, warn, warn_once,
+};
+use crate::apt::unattended::UnattendedRun;
 use crate::apt::{self, once, warned, AptChange};
 use crate::change::Change;
 use crate::config::Config;
@@ -13,6 +16,7 @@ use crate::name::PackageName;
 use crate::plan::Plan;
 use crate::report::{self, PREFIX};
 use crate::root::Root;
+use crate::state::QueuedPair;
 use crate::state::State;
 use crate::{intake, plan};
 
@@ -24,7 +28,8 @@ fn said<T>(r: Result<T, crate::Error>) -> Option<T> {
 
 /// The hook: never fails apt. Every error becomes one line on stderr. The
 /// second copy of it for the same dpkg run (python-apt lists it twice)
-/// does nothing and says nothing.
+/// does nothing and says nothing. Under unattended-upgrades the rebuild
+/// waits for its run to end ([`deferred`]).
 pub(super) fn post_invoke(root: &Root, env: &Env) -> i32 {
     if env.suspended {
         return 0;
@@ -34,7 +39,12 @@ pub(super) fn post_invoke(root: &Root, env: &Env) -> i32 {
         log::debug!("post-invoke: this step's dpkg run was handled already");
         return 0;
     }
-    let status = catch_up(root, env, false);
+    let run = deferred::deferral(root, &load_config(root), env);
+    let status = catch_up(
+        root,
+        env,
+        run.as_ref().map_or(Run::PostInvoke, Run::Deferred),
+    );
     if let Some(o) = once {
         o.note_done();
     }
@@ -43,13 +53,37 @@ pub(super) fn post_invoke(root: &Root, env: &Env) -> i32 {
 
 /// At boot: never fails the boot. Every error becomes one line (the journal).
 pub(super) fn boot(root: &Root, env: &Env) -> i32 {
-    catch_up(root, env, true)
+    catch_up(root, env, Run::Boot)
+}
+
+/// The waiter post-invoke started under unattended-upgrades: once that run
+/// has ended, its queue is worked off (results in the log, and by mail).
+pub(super) fn after_unattended_upgrades(root: &Root, env: &Env, pid: u32, start: u64) -> i32 {
+    let Some(run) = UnattendedRun::of(root, pid, start) else {
+        return 0;
+    };
+    deferred::wait_for(&run);
+    let status = catch_up(root, env, Run::AfterUnattended);
+    run.end();
+    status
+}
+
+/// Which run catches up.
+#[derive(Clone, Copy)]
+enum Run<'a> {
+    PostInvoke,
+    Boot,
+    /// Post-Invoke of a step of this unattended-upgrades run: what is
+    /// queued waits for its end.
+    Deferred(&'a UnattendedRun),
+    /// The waiter, after the run: its output goes nowhere but the log.
+    AfterUnattended,
 }
 
 /// Under the lock: queue what dpkg.log holds since the cursor (and, at
 /// boot, the stale pairs of the running kernel), then work off the queue,
 /// which also finishes what a killed run left. Always 0.
-fn catch_up(root: &Root, env: &Env, running_kernel: bool) -> i32 {
+fn catch_up(root: &Root, env: &Env, how: Run<'_>) -> i32 {
     if env.suspended {
         return 0;
     }
@@ -62,16 +96,22 @@ fn catch_up(root: &Root, env: &Env, running_kernel: bool) -> i32 {
         super::guard::finish(&state, &lock, &cfg, env);
         let p = intake::queue_from_dpkg_log(root, &state, &cfg)?;
         warn_once(root, &p.warning_lines());
-        if running_kernel {
+        if matches!(how, Run::Boot) {
             intake::queue_stale(&state, &Inventory::running_kernel_only(root)?, &cfg)?;
         }
-        if !state.queue()?.pending.is_empty() {
+        let pending = state.queue()?.pending;
+        let name = match how {
+            Run::Boot => "boot",
+            Run::AfterUnattended => "unattended-upgrades",
+            Run::PostInvoke | Run::Deferred(_) => "post-invoke",
+        };
+        let waits = match how {
+            Run::Deferred(uu) if !pending.is_empty() => wait_for_end(root, uu, &pending),
+            _ => false,
+        };
+        if !pending.is_empty() && !waits {
             let run = crate::followup::Run {
-                name: if running_kernel {
-                    "boot"
-                } else {
-                    "post-invoke"
-                },
+                name,
                 scheduled: false,
             };
             execute(&state, &cfg, env, true, run)?;
@@ -84,9 +124,42 @@ fn catch_up(root: &Root, env: &Env, running_kernel: bool) -> i32 {
         Ok(())
     };
     if let Err(e) = run() {
+        if matches!(how, Run::AfterUnattended) {
+            report::log_line(root, &format!("after unattended-upgrades: {e:#}"));
+        }
         err(&format!("{PREFIX} {e:#}"));
     }
     0
+}
+
+/// Leave the queue to the waiter of `uu` (started now unless it runs), and
+/// say so; `false` when no waiter can run (the queue is worked off now).
+fn wait_for_end(root: &Root, uu: &UnattendedRun, pending: &[QueuedPair]) -> bool {
+    if let Err(e) = deferred::ensure_waiter(root, uu) {
+        warn(&format!("{PREFIX} {e}; rebuilding now"));
+        return false;
+    }
+    let mut pairs: Vec<String> = pending.iter().map(|q| q.id.to_string()).collect();
+    pairs.sort();
+    pairs.dedup();
+    const NAMED: usize = 8;
+    let mut named = pairs
+        .iter()
+        .take(NAMED)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if pairs.len() > NAMED {
+        named.push_str(&format!(" and {} more", pairs.len() - NAMED));
+    }
+    let line = format!(
+        "{} rebuild(s) wait until unattended-upgrades ends, so that each is built once, after all its steps: {named}; the results go to {} (and by mail, when one is configured)",
+        pairs.len(),
+        report::LOG_FILE,
+    );
+    report::log_line(root, &line);
+    err(&format!("{PREFIX} {line}"));
+    true
 }
 
 /// The login notice: failures, queued pairs and blocks from the state
@@ -217,7 +290,7 @@ pub(super) fn pre_install_pkgs(root: &Root, env: &Env, json: bool) -> i32 {
             match forecast(root, &cfg, &stream.changes) {
                 Some(p) => {
                     print_forecast(root, &cfg, &p, json);
-                    preflight_command::in_apt(root, &cfg, &p, &stream)
+                    preflight_command::in_apt(root, &cfg, env, &p, &stream)
                 }
                 None => 0,
             }

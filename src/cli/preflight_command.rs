@@ -47,7 +47,11 @@ pub fn command(root: &Root, env: &Env, a: &PreflightArgs) -> i32 {
             "preflight: {:.2} s: contents read",
             t0.elapsed().as_secs_f64()
         );
-        let planned = preflight::plan_for(root, &debs, &cfg)?;
+        let mut planned = preflight::plan_for(root, &debs, &cfg)?;
+        planned
+            .plan
+            .rebuilds
+            .retain(|r| !a.tested.contains(&tested_arg(&r.pair.id)));
         log::debug!("preflight: {:.2} s: planned", t0.elapsed().as_secs_f64());
         let gate = block::gate(&state, a.blocking, &debs, &planned.plan);
         if !gate.still.is_empty() {
@@ -115,6 +119,12 @@ pub fn command(root: &Root, env: &Env, a: &PreflightArgs) -> i32 {
     }
 }
 
+/// A pair as `--tested` names it: `MODULE/VERSION/KERNEL/ARCH` (none of
+/// the checked names holds a `/`).
+fn tested_arg(q: &PairId) -> String {
+    format!("{}/{}/{}/{}", q.module, q.version, q.kernel, q.arch)
+}
+
 /// Without DEB arguments: what apt would install, the input packages among
 /// it downloaded into the session's fresh private directory.
 fn download_upgrade(
@@ -165,7 +175,12 @@ fn download_upgrade(
 /// (in a child process: the mount namespace is its own) and, with
 /// `preflight = block`, stop apt on a failure. Returns the hook's exit
 /// status: 0, or [`EXIT_BLOCK`].
-pub fn in_apt(root: &Root, cfg: &Config, p: &Plan, stream: &PreInstallPkgs) -> i32 {
+///
+/// With `preflight = warn` under unattended-upgrades whose rebuild waits
+/// for its end, a pair is test-built once per run: a later step that feeds
+/// it again changes only what the one rebuild at the end builds against.
+/// `block` tests each step (what it lets through is what it tested).
+pub fn in_apt(root: &Root, cfg: &Config, env: &Env, p: &Plan, stream: &PreInstallPkgs) -> i32 {
     if cfg.preflight == PreflightMode::Off {
         return 0;
     }
@@ -183,6 +198,25 @@ pub fn in_apt(root: &Root, cfg: &Config, p: &Plan, stream: &PreInstallPkgs) -> i
     if debs.is_empty() {
         return 0;
     }
+    let pairs: Vec<PairId> = p.rebuilds.iter().map(|r| r.pair.id.clone()).collect();
+    let uu = match cfg.preflight {
+        PreflightMode::Warn => super::deferred::deferral(root, cfg, env),
+        _ => None,
+    };
+    let tested: Vec<PairId> = match &uu {
+        Some(uu) => uu
+            .tested()
+            .into_iter()
+            .filter(|q| pairs.contains(q))
+            .collect(),
+        None => Vec::new(),
+    };
+    for q in &tested {
+        err(&format!("{PREFIX} preflight: {q} was test-built earlier in this unattended-upgrades run; it is built once, when the run ends"));
+    }
+    if tested.len() == pairs.len() && !pairs.is_empty() {
+        return 0;
+    }
     let Ok(me) = std::env::current_exe() else {
         return 0;
     };
@@ -195,8 +229,15 @@ pub fn in_apt(root: &Root, cfg: &Config, p: &Plan, stream: &PreInstallPkgs) -> i
     if cfg.preflight == PreflightMode::Block {
         args.push("--blocking".into());
     }
+    for q in &tested {
+        args.push("--tested".into());
+        args.push(tested_arg(q).into());
+    }
     args.extend(debs.iter().map(Into::into));
     let status = duct::cmd(me, args).stdin_null().unchecked().run();
+    if let Some(uu) = &uu {
+        uu.note_tested(&pairs);
+    }
     match status.map(|o| o.status.code()) {
         Ok(Some(EXIT_ALL_BUILD)) => 0,
         Ok(Some(EXIT_ONE_FAILS)) if cfg.preflight == PreflightMode::Block => {

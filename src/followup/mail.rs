@@ -85,15 +85,33 @@ pub fn recipient(root: &Root, cfg: &Config, tools: &Tools) -> (Option<String>, V
     (cfg.mail.clone(), warnings)
 }
 
-/// `apt-config shell MAIL Unattended-Upgrade::Mail`: apt's own reading of
-/// its configuration (`APT_CONFIG`, apt.conf, apt.conf.d, case-insensitive
-/// keys), as unattended-upgrades reads it through python-apt. Under
-/// `--root` only a named stand-in runs: the real one reads the host's.
+/// `Unattended-Upgrade::Mail`, as unattended-upgrades reads it.
 fn apt_mail(root: &Root, tools: &Tools) -> Result<Option<String>, String> {
+    match apt_config(root, tools, &[UU_MAIL_KEY])?.pop().flatten() {
+        Some(v) => crate::config::mail_address(&v),
+        None => Ok(None),
+    }
+}
+
+/// The values of `keys` in apt's configuration (`None` for an unset key),
+/// by `apt-config shell V0 KEY0 V1 KEY1 …`: apt's own reading of it
+/// (`APT_CONFIG`, apt.conf, apt.conf.d, case-insensitive keys), as
+/// unattended-upgrades reads it through python-apt. Under `--root` only a
+/// named stand-in runs (the real one reads the host's): all unset then.
+pub fn apt_config(
+    root: &Root,
+    tools: &Tools,
+    keys: &[&str],
+) -> Result<Vec<Option<String>>, String> {
     let Some(prog) = program(root, tools.apt_config.as_ref(), APT_CONFIG) else {
-        return Ok(None);
+        return Ok(vec![None; keys.len()]);
     };
-    let handle = duct::cmd(&prog, ["shell", "MAIL", UU_MAIL_KEY])
+    let mut args = vec!["shell".to_string()];
+    for (i, k) in keys.iter().enumerate() {
+        args.push(format!("V{i}"));
+        args.push(k.to_string());
+    }
+    let handle = duct::cmd(&prog, &args)
         .env("DKMS_HOOK_ROOT", root.dir())
         .stdin_null()
         .stdout_capture()
@@ -110,12 +128,27 @@ fn apt_mail(root: &Root, tools: &Tools) -> Result<Option<String>, String> {
         ));
     }
     let text = String::from_utf8_lossy(&out.stdout[..out.stdout.len().min(CAP_OUTPUT)]);
-    if text.trim().is_empty() {
-        return Ok(None);
+    let mut values = vec![None; keys.len()];
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let slot = line
+            .strip_prefix('V')
+            .and_then(|r| r.split_once('='))
+            .and_then(|(i, _)| i.parse::<usize>().ok())
+            .filter(|&i| i < keys.len());
+        let value = slot.and_then(|i| shell_value(line, &format!("V{i}")).map(|v| (i, v)));
+        let (i, v) = value
+            .ok_or_else(|| format!("cannot read apt-config's answer {:?}", first_line(line)))?;
+        values[i] = Some(v);
     }
-    let value = shell_value(&text, "MAIL")
-        .ok_or_else(|| format!("cannot read apt-config's answer {:?}", first_line(&text)))?;
-    crate::config::mail_address(&value)
+    Ok(values)
+}
+
+/// apt's reading of a boolean (`StringToBool`): yes, true, with, enable,
+/// on or 1, in any case.
+pub fn apt_true(value: &str) -> bool {
+    ["yes", "true", "with", "enable", "on", "1"]
+        .iter()
+        .any(|t| value.trim().eq_ignore_ascii_case(t))
 }
 
 /// The value of `NAME='…'` as apt-config shell prints it (a `'` inside

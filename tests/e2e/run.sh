@@ -8,7 +8,7 @@
 #
 # Without DKMS_HOOK_DEB the package is built with tests/package.sh. The base
 # root is cached (make-base.sh); a run uses two fresh roots:
-#   root A, dkms-hook installed before the upgrades: scenarios 4, 1, 3, 5, 6, 13, 10, 14, 15, 16, 9, 11, 12, 7
+#   root A, dkms-hook installed before the upgrades: scenarios 4, 1, 3, 5, 6, 13, 10, 14, 15, 16, 17, 9, 11, 12, 7
 #   root B, stock dkms first, dkms-hook later: scenarios 2 and 8
 # Prints PASS/FAIL per scenario and ends with "N passed, M failed".
 # When the Debian mirror cannot be reached: one "SKIPPED:" line, exit 0.
@@ -211,6 +211,22 @@ uu_repack() {
     printf '%s\n' "$v"
 }
 
+# uu_wait: under unattended-upgrades the rebuild waits for its run to end,
+# in a waiter each run's record in /run/dkms-hook names: wait for those.
+uu_wait() {
+    for _ in $(seq 1 900); do
+        grep -hs '^waiter ' "$E2E_ROOT"/run/dkms-hook/uu-* | cut -d' ' -f2 \
+            | while read -r p; do [[ -d /proc/$p ]] && echo "$p"; done | grep -q . || return 0
+        sleep 1
+    done
+    e2e_log "a waiter still runs after 900 s"
+    return 1
+}
+# log_mark / log_since MARK: dkms-hook's log from a point on.
+DH_LOG="$E2E_ROOT/var/log/dkms-hook.log"
+log_mark() { wc -l < "$DH_LOG" 2>/dev/null || echo 0; }
+log_since() { local o; o="$(out)"; tail -n "+$(($1 + 1))" "$DH_LOG" > "$o"; printf '%s\n' "$o"; }
+
 scenario "14: unattended-upgrades: python-apt runs each hook twice per dpkg run; the work is done and said once"
 RC=0; e2e_retry 3 in_root apt-get -y -q -o Dpkg::Use-Pty=0 install --no-install-recommends unattended-upgrades >&2 || RC=$?
 check "unattended-upgrades installed (rc=$RC)" test "$RC" == 0
@@ -224,16 +240,21 @@ check "the premise: after apt.Cache(rootdir=\"/\") python-apt lists post-invoke 
 check "…and the preflight script twice" test "$(count "$o" "/etc/dkms/dkms-hook-preflight")" == 2
 UU_LOG="$E2E_ROOT/var/log/unattended-upgrades/unattended-upgrades-dpkg.log"
 rm -f "$UU_LOG"
+M14="$(log_mark)"
 o="$(out)"
 RC=0; in_root unattended-upgrade -v > "$o" 2>&1 || RC=$?
 sed 's/^/    | /' "$o" | tail -n 5
 grep -F 'dkms-hook' "$UU_LOG" | sed 's/^/    | /' || true
 check "unattended-upgrade exits 0 (rc=$RC)" test "$RC" == 0
+check "the rebuild waits for the end of the run, said once" once "$UU_LOG" "rebuild(s) wait until unattended-upgrades ends"
+check "…and is done then" uu_wait
+L14="$(log_since "$M14")"
+sed 's/^/    | log: /' "$L14"
 check "linux-kbuild-6.1 upgraded to $UU_V" test "$(in_root dpkg-query -W -f '${Version}' linux-kbuild-6.1)" == "$UU_V"
 check "the forecast for $OLD, once" once "$UU_LOG" "dkms-hook: this upgrade changes the build tree of $OLD in place (linux-kbuild-6.1 $POISON_V → $UU_V)"
 check "one test build of acpi-call for $OLD, its result said once" \
     once "$UU_LOG" "dkms-hook: preflight: acpi-call/$E2E_ACPI_CALL_UPSTREAM for $OLD builds against linux-kbuild-6.1 $UU_V ("
-check "one rebuild of acpi-call for $OLD, said once" once "$UU_LOG" "dkms-hook: rebuilt acpi-call/$E2E_ACPI_CALL_UPSTREAM for $OLD (linux-kbuild-6.1 $POISON_V → $UU_V)"
+check "one rebuild of acpi-call for $OLD, in dkms-hook's log" once "$L14" "rebuilt acpi-call/$E2E_ACPI_CALL_UPSTREAM for $OLD (linux-kbuild-6.1 $POISON_V → $UU_V)"
 check "no line of dkms-hook's said twice" test -z "$(grep -F 'dkms-hook:' "$UU_LOG" | sort | uniq -d)"
 verdict
 
@@ -246,12 +267,15 @@ chmod 755 "$E2E_ROOT/usr/sbin/sendmail"
 printf '%s\n' 'Unattended-Upgrade::Mail "root";' > "$E2E_ROOT/etc/apt/apt.conf.d/52e2e-mail"
 FAIL_V="$(uu_repack linux-kbuild-6.1 "$UU_V" +poison2 /usr/lib/linux-kbuild-6.1/scripts/preflight-poison)"
 rm -f "$UU_LOG"
+M15="$(log_mark)"
 o="$(out)"
 RC=0; in_root unattended-upgrade -v > "$o" 2>&1 || RC=$?
 grep -F 'dkms-hook' "$UU_LOG" | sed 's/^/    | /' || true
 check "unattended-upgrade exits 0 (rc=$RC)" test "$RC" == 0
 check "linux-kbuild-6.1 upgraded to $FAIL_V" test "$(in_root dpkg-query -W -f '${Version}' linux-kbuild-6.1)" == "$FAIL_V"
-check "e2e-failmod's rebuild for $OLD failed (and kept the module)" contains "$UU_LOG" "dkms-hook: FAILED to rebuild e2e-failmod/1.0 for $OLD"
+check "the rebuild after the run is done" uu_wait
+L15="$(log_since "$M15")"
+check "e2e-failmod's rebuild for $OLD failed (and kept the module)" contains "$L15" "FAILED to rebuild e2e-failmod/1.0 for $OLD"
 mails() { grep -lF "$1" "$E2E_ROOT"/var/mail/e2e/mail.* 2>/dev/null | wc -l; }
 check "one mail from dkms-hook whose subject says FAILED ($(mails 'Subject: FAILED: dkms-hook on'))" \
     test "$(mails 'Subject: FAILED: dkms-hook on')" == 1
@@ -312,6 +336,44 @@ check "…without a test build of e2e-failmod ($(builds_since "$T16B" e2e-failmo
 # Later scenarios run with the configuration as it was, and no block.
 if [[ -n "$DH_SAVED" ]]; then cp "$DH_SAVED" "$DH_CONF"; else rm -f "$DH_CONF"; fi
 rm -f "$E2E_ROOT/var/lib/dkms-hook/blocked.json"
+verdict
+
+scenario "17: unattended-upgrades installs new headers and a new linux-kbuild in separate steps: one test build and one build per pair"
+# Both feed $OLD's build tree; unattended-upgrades installs each in its own
+# minimal step (the headers do not need the new kbuild), each step its own
+# dpkg run with its own hooks.
+HDR_NOW="$(in_root dpkg-query -W -f '${Version}' "$E2E_OLD_HEADERS")"
+HDR_V="$(uu_repack "$E2E_OLD_HEADERS" "$HDR_NOW" +uu17)"
+KB17_V="$(uu_repack linux-kbuild-6.1 "$FAIL_V" +uu17)"
+rm -f "$UU_LOG"
+M17="$(log_mark)"
+sleep 1
+T17="$(date +%s)"
+o="$(out)"
+RC=0; in_root unattended-upgrade -v > "$o" 2>&1 || RC=$?
+grep -F 'dkms-hook' "$UU_LOG" | sed 's/^/    | /' || true
+check "unattended-upgrade exits 0 (rc=$RC)" test "$RC" == 0
+check "$E2E_OLD_HEADERS upgraded to $HDR_V" test "$(in_root dpkg-query -W -f '${Version}' "$E2E_OLD_HEADERS")" == "$HDR_V"
+check "linux-kbuild-6.1 upgraded to $KB17_V" test "$(in_root dpkg-query -W -f '${Version}' linux-kbuild-6.1)" == "$KB17_V"
+check "in two steps, each queueing for the end of the run ($(count "$UU_LOG" "rebuild(s) wait until unattended-upgrades ends"))" \
+    test "$(count "$UU_LOG" "rebuild(s) wait until unattended-upgrades ends")" == 2
+check "the second step's test build of acpi-call is the first one's" \
+    once "$UU_LOG" "dkms-hook: preflight: acpi-call/$E2E_ACPI_CALL_UPSTREAM for $OLD was test-built earlier in this unattended-upgrades run"
+check "the rebuild after the run is done" uu_wait
+L17="$(log_since "$M17")"
+sed 's/^/    | log: /' "$L17"
+R17="$(out)"; grep -F "rebuilt acpi-call/$E2E_ACPI_CALL_UPSTREAM for $OLD (" "$L17" > "$R17" || true
+check "one rebuild of acpi-call for $OLD ($(wc -l < "$R17"))" test "$(wc -l < "$R17")" == 1
+check "…for both changes" bash -c 'grep -qF "$2" "$1" && grep -qF "$3" "$1"' _ "$R17" \
+    "$E2E_OLD_HEADERS $HDR_NOW → $HDR_V" "linux-kbuild-6.1 $FAIL_V → $KB17_V"
+N17="$(builds_since "$T17" acpi-call "$OLD")"
+check "acpi-call built twice for $OLD in all, one test build and one rebuild ($N17)" test "$N17" == 2
+V4L2_N="$(builds_since "$T17" v4l2loopback "$OLD")"
+check "…and so was $V4L2 ($V4L2_N)" test "$V4L2_N" == 2
+st="$(out)"; in_root dkms-hook status > "$st" 2>&1 || true
+check "status: acpi-call fresh for $OLD" state_is "$st" "acpi-call/$E2E_ACPI_CALL_UPSTREAM" "$OLD" fresh
+check "dkms status: installed for $OLD" installed acpi-call "$OLD"
+check "no record of the run is left" bash -c '! ls "$1"/run/dkms-hook/uu-* >/dev/null 2>&1' _ "$E2E_ROOT"
 verdict
 
 scenario "9: removing the headers of $OLD: a warning after the removal, the module stays"

@@ -342,6 +342,32 @@ impl Fixture {
         self.under_frontend("apt", script, json_messages, args)
     }
 
+    /// Wait (at most a minute) until the waiters started under a fake
+    /// unattended-upgrades are done: each record names its waiter, which
+    /// removes the record when it has worked off the queue.
+    pub fn wait_for_waiters(&self) {
+        for _ in 0..600 {
+            let waiting = fs::read_dir(self.path("run/dkms-hook"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("uu-"))
+                .filter_map(|e| fs::read_to_string(e.path()).ok())
+                .any(|r| {
+                    r.lines().any(|l| {
+                        l.strip_prefix("waiter ")
+                            .and_then(|w| w.split(' ').next())
+                            .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
+                    })
+                });
+            if !waiting {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("a waiter still runs after a minute");
+    }
+
     /// A shell named `unattended-upgrade` stands in for unattended-upgrades
     /// (the kernel shows it as `unattended-upgr`). python-apt forks it for
     /// each dpkg run (a subshell, `( …; : )`), and runs each hook list

@@ -155,7 +155,7 @@ fn the_mail_key_is_used_when_unattended_upgrades_names_no_recipient() {
     assert!(mails(&f)[0].starts_with("To: ops'team@example.org\n"));
     assert_eq!(
         std::fs::read_to_string(f.path("fake-mail/apt-calls")).unwrap(),
-        "shell MAIL Unattended-Upgrade::Mail\n"
+        "shell V0 Unattended-Upgrade::Mail\n"
     );
     // Neither: no mail, and no line about one.
     let f = stale(None, true);

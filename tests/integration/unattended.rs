@@ -32,8 +32,15 @@ fn builds(f: &Fixture) -> usize {
         .count()
 }
 
-/// Regression (hooks twice under unattended-upgrades): the forecast, the
-/// kbuild warning and the rebuild were each done and said twice per step.
+fn log(f: &Fixture) -> String {
+    String::from_utf8_lossy(&f.read("var/log/dkms-hook.log")).into_owned()
+}
+
+/// Regressions (hooks twice under unattended-upgrades; the same modules
+/// rebuilt in each step of one run): the forecast, the kbuild warning and
+/// the rebuild were each done and said twice per step, and each pair was
+/// built once per step that fed it. Now each copy's work is done once, and
+/// each pair is built once, after the run.
 #[test]
 fn hooks_listed_twice_by_python_apt_do_the_work_once() {
     let f = Fixture::sample();
@@ -46,26 +53,23 @@ fn hooks_listed_twice_by_python_apt_do_the_work_once() {
     dpkg_upgrades_kbuild(&f, "dpkg-b.sh", "6.1.200-1", "6.1.201-1");
     let before = builds(&f);
     // Two steps of one unattended-upgrades run; in the second, the second
-    // copies log what they do.
+    // copies log what they do. Between them, what was built is counted.
     let out = f.under_fake_unattended_upgrades(&format!(
-        "{}; {}",
+        "{}; sleep 1; cp \"$R/dkms-calls.log\" \"$R/mid.log\"; {}",
         uu_step("a", "v3-a.txt", "dpkg-a.sh", ""),
         uu_step("b", "v3-b.txt", "dpkg-b.sh", "DKMS_HOOK_LOG=debug"),
     ));
     let kernels = ["6.1.0-50-amd64", "6.1.0-56-amd64"];
+    let waits = "2 rebuild(s) wait until unattended-upgrades ends, so that each is built once, after all its steps: acpi-call/1.2.2 for 6.1.0-50-amd64, acpi-call/1.2.2 for 6.1.0-56-amd64";
     let a = copies(&out, "a");
     for k in kernels {
         assert!(
             a[0].contains(&format!("changes the build tree of {k} in place")),
             "the first copy forecasts:\n{out}"
         );
-        assert!(
-            a[2].contains(&format!(
-                "rebuilt acpi-call/1.2.2 for {k} (linux-kbuild-6.1 "
-            )),
-            "the first copy rebuilds:\n{out}"
-        );
     }
+    assert!(a[2].contains(waits), "the first copy queues:\n{out}");
+    assert!(!a[2].contains("rebuilt"), "…and builds nothing:\n{out}");
     assert_eq!(a[1], "", "the second Pre-Install-Pkgs says nothing:\n{out}");
     assert_eq!(a[3], "", "the second Post-Invoke says nothing:\n{out}");
     // Another step (a new fork, other input) is served, once.
@@ -76,24 +80,14 @@ fn hooks_listed_twice_by_python_apt_do_the_work_once() {
                 && b[0].contains("6.1.201-1"),
             "{out}"
         );
-        assert!(
-            b[2].contains(&format!(
-                "rebuilt acpi-call/1.2.2 for {k} (linux-kbuild-6.1 "
-            )),
-            "{out}"
-        );
     }
+    assert!(b[2].contains(waits), "{out}");
     // Its second copies did nothing but note that (debug log asked for).
     for (copy, what) in [(&b[1], "Pre-Install-Pkgs"), (&b[3], "post-invoke")] {
         let lines: Vec<&str> = copy.lines().collect();
         assert_eq!(lines.len(), 1, "{what}: only the skip:\n{out}");
         assert!(lines[0].contains("was handled already"), "{out}");
     }
-    assert_eq!(
-        builds(&f) - before,
-        4,
-        "one build per pair and step:\n{out}"
-    );
     // Each line said once in a step (the kbuild warning too).
     for step in [a, b] {
         let said: Vec<&str> = step.iter().flat_map(|c| c.lines()).collect();
@@ -101,6 +95,94 @@ fn hooks_listed_twice_by_python_apt_do_the_work_once() {
             assert_eq!(said.iter().filter(|m| *m == l).count(), 1, "{l}\n{out}");
         }
     }
+    let mid = String::from_utf8_lossy(&f.read("mid.log"))
+        .lines()
+        .filter(|l| l.starts_with("build ") && l.ends_with(" done"))
+        .count();
+    assert_eq!(mid, before, "nothing built while the run went on:\n{out}");
+    f.wait_for_waiters();
+    assert_eq!(
+        builds(&f) - before,
+        2,
+        "one build per pair, after the run:\n{out}"
+    );
+    let log = log(&f);
+    for k in kernels {
+        let line =
+            format!("rebuilt acpi-call/1.2.2 for {k} (linux-kbuild-6.1 6.1.192-2 → 6.1.201-1)");
+        assert_eq!(log.matches(&line).count(), 1, "{line}\n{log}");
+    }
+    assert!(
+        !f.path("run/dkms-hook")
+            .read_dir()
+            .unwrap()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with("uu-")),
+        "the run's record is gone with its waiter"
+    );
+    assert_eq!(f.run(&["status"]).status.code(), Some(0), "all fresh");
+}
+
+/// When unattended-upgrades goes down with the machine at its end
+/// (`Automatic-Reboot`, `InstallOnShutdown`), or with
+/// `defer_unattended = no`, the rebuild is done after each step, as under
+/// apt: a waiter would build while the machine shuts down.
+#[test]
+fn a_run_that_reboots_by_itself_is_rebuilt_after_each_step() {
+    let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/integration");
+    for (conf, key) in [
+        ("", Some("Unattended-Upgrade::Automatic-Reboot")),
+        ("", Some("Unattended-Upgrade::InstallOnShutdown")),
+        ("defer_unattended=no\n", None),
+    ] {
+        let f = Fixture::sample();
+        f.run(&["sync"]);
+        f.run(&["init"]);
+        f.write("etc/dkms/dkms-hook.conf", format!("preflight=off\n{conf}"));
+        if let Some(key) = key {
+            f.write(&format!("fake-mail/{key}"), "true");
+        }
+        v3_kbuild(&f, "v3-a.txt", "6.1.192-2", "6.1.200-1");
+        dpkg_upgrades_kbuild(&f, "dpkg-a.sh", "6.1.192-2", "6.1.200-1");
+        let before = builds(&f);
+        let out = f.under_fake_unattended_upgrades(&format!(
+            "export DKMS_HOOK_APT_CONFIG='{}'; {}",
+            here.join("fake-apt-config").display(),
+            uu_step("a", "v3-a.txt", "dpkg-a.sh", "")
+        ));
+        let a = copies(&out, "a");
+        assert!(
+            a[2].contains("rebuilt acpi-call/1.2.2 for 6.1.0-50-amd64"),
+            "{key:?} {conf}: rebuilt in the step:\n{out}"
+        );
+        assert!(!a[2].contains("wait until"), "{out}");
+        assert_eq!(builds(&f) - before, 2, "{out}");
+    }
+}
+
+/// A record is input: a planted `waiter` line naming a process that is not
+/// our waiter (pid 1) is not believed, so a waiter is started and the
+/// pairs are rebuilt after the run all the same.
+#[test]
+fn a_planted_waiter_is_not_believed() {
+    let f = Fixture::sample();
+    f.run(&["sync"]);
+    f.run(&["init"]);
+    f.write("etc/dkms/dkms-hook.conf", "preflight=off\n");
+    v3_kbuild(&f, "v3-a.txt", "6.1.192-2", "6.1.200-1");
+    dpkg_upgrades_kbuild(&f, "dpkg-a.sh", "6.1.192-2", "6.1.200-1");
+    let before = builds(&f);
+    let plant = r#"mkdir -p "$R/run/dkms-hook"; s=$(cut -d' ' -f22 /proc/$$/stat); s1=$(cut -d' ' -f22 /proc/1/stat); printf 'waiter 1 %s\ntested ../../etc 1 x y\n' "$s1" > "$R/run/dkms-hook/uu-$$-$s""#;
+    let out = f.under_fake_unattended_upgrades(&format!(
+        "{plant}; {}",
+        uu_step("a", "v3-a.txt", "dpkg-a.sh", "")
+    ));
+    assert!(
+        copies(&out, "a")[2].contains("wait until unattended-upgrades ends"),
+        "{out}"
+    );
+    f.wait_for_waiters();
+    assert_eq!(builds(&f) - before, 2, "rebuilt after the run:\n{out}");
 }
 
 /// Outside a front end (plain dpkg, a person) nothing is taken for a
