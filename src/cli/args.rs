@@ -90,7 +90,7 @@ Environment:
   DKMS_HOOK_APT_GET  the apt-get preflight asks without DEB files (under --root it is refused unless named)
   DKMS_HOOK_MOKUTIL  the mokutil program asked about Secure Boot and dkms's key (a stand-in; under --root it is not run unless named)
   DKMS_HOOK_SENDMAIL    the sendmail program a failed rebuild is mailed through (under --root it is not run unless named)
-  DKMS_HOOK_APT_CONFIG  the apt-config program asked for Unattended-Upgrade::Mail (under --root it is not run unless named)
+  DKMS_HOOK_APT_CONFIG  the apt-config program asked for Unattended-Upgrade::Mail, ::Automatic-Reboot and ::InstallOnShutdown (under --root it is not run unless named)
 
 Exit status:
   0 success; the hooks (post-invoke, apt-json-hook, pre-install-pkgs, kernel-hook, kernel-guard, boot, motd) exit 0
@@ -123,7 +123,10 @@ pub enum Command {
     ///
     /// apt's DPkg::Post-Invoke and dpkg's post-invoke: read dpkg.log from the
     /// cursor and rebuild the stale pairs, with a line when each starts and
-    /// one when it ends. Always exits 0.
+    /// one when it ends. Under unattended-upgrades, which installs in
+    /// several steps, the rebuild waits until its run ends, so that each
+    /// pair is built once (not when it reboots by itself; see
+    /// defer_unattended). Always exits 0.
     PostInvoke,
     /// Show each kernel × dkms module and whether it is current.
     ///

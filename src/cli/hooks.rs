@@ -39,12 +39,7 @@ pub(super) fn post_invoke(root: &Root, env: &Env) -> i32 {
         log::debug!("post-invoke: this step's dpkg run was handled already");
         return 0;
     }
-    let run = deferred::deferral(root, &load_config(root), env);
-    let status = catch_up(
-        root,
-        env,
-        run.as_ref().map_or(Run::PostInvoke, Run::Deferred),
-    );
+    let status = catch_up(root, env, Run::PostInvoke);
     if let Some(o) = once {
         o.note_done();
     }
@@ -69,13 +64,12 @@ pub(super) fn after_unattended_upgrades(root: &Root, env: &Env, pid: u32, start:
 }
 
 /// Which run catches up.
-#[derive(Clone, Copy)]
-enum Run<'a> {
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Run {
+    /// Under unattended-upgrades (unless it reboots by itself) what is
+    /// queued waits for the end of its run.
     PostInvoke,
     Boot,
-    /// Post-Invoke of a step of this unattended-upgrades run: what is
-    /// queued waits for its end.
-    Deferred(&'a UnattendedRun),
     /// The waiter, after the run: its output goes nowhere but the log.
     AfterUnattended,
 }
@@ -83,7 +77,7 @@ enum Run<'a> {
 /// Under the lock: queue what dpkg.log holds since the cursor (and, at
 /// boot, the stale pairs of the running kernel), then work off the queue,
 /// which also finishes what a killed run left. Always 0.
-fn catch_up(root: &Root, env: &Env, how: Run<'_>) -> i32 {
+fn catch_up(root: &Root, env: &Env, how: Run) -> i32 {
     if env.suspended {
         return 0;
     }
@@ -96,22 +90,21 @@ fn catch_up(root: &Root, env: &Env, how: Run<'_>) -> i32 {
         super::guard::finish(&state, &lock, &cfg, env);
         let p = intake::queue_from_dpkg_log(root, &state, &cfg)?;
         warn_once(root, &p.warning_lines());
-        if matches!(how, Run::Boot) {
+        if how == Run::Boot {
             intake::queue_stale(&state, &Inventory::running_kernel_only(root)?, &cfg)?;
         }
         let pending = state.queue()?.pending;
-        let name = match how {
-            Run::Boot => "boot",
-            Run::AfterUnattended => "unattended-upgrades",
-            Run::PostInvoke | Run::Deferred(_) => "post-invoke",
-        };
-        let waits = match how {
-            Run::Deferred(uu) if !pending.is_empty() => wait_for_end(root, uu, &pending),
-            _ => false,
-        };
+        let waits = how == Run::PostInvoke
+            && !pending.is_empty()
+            && deferred::deferral(root, &cfg, env)
+                .is_some_and(|uu| wait_for_end(root, &uu, &pending));
         if !pending.is_empty() && !waits {
             let run = crate::followup::Run {
-                name,
+                name: match how {
+                    Run::PostInvoke => "post-invoke",
+                    Run::Boot => "boot",
+                    Run::AfterUnattended => "unattended-upgrades",
+                },
                 scheduled: false,
             };
             execute(&state, &cfg, env, true, run)?;
@@ -124,7 +117,7 @@ fn catch_up(root: &Root, env: &Env, how: Run<'_>) -> i32 {
         Ok(())
     };
     if let Err(e) = run() {
-        if matches!(how, Run::AfterUnattended) {
+        if how == Run::AfterUnattended {
             report::log_line(root, &format!("after unattended-upgrades: {e:#}"));
         }
         err(&format!("{PREFIX} {e:#}"));
