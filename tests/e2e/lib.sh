@@ -734,3 +734,53 @@ PY
     done
     rm -rf "${E2E_ROOT:?}$work"
 }
+
+# --- unattended-upgrades and dkms-hook's log (run*.sh) ---------------------------
+
+# uu_repack PKG VERSION SUFFIX [FILE]: e2e_repack_bump for unattended-upgrades,
+# whose one allowed origin is the local repository's own (its Release names
+# it). The .deb of VERSION comes from the repository when unattended-upgrades
+# has cleaned the archive cache. Prints the new version.
+uu_repack() {
+    local v
+    in_root sh -c 'cp /var/local/e2e-repo/"$1"_"$2"_*.deb /var/cache/apt/archives/ 2>/dev/null || true' _ "$1" "$2"
+    v="$(e2e_repack_bump "$@")"
+    in_root sh -c 'cd /var/local/e2e-repo && {
+        printf "Origin: dkms-hook-e2e\nLabel: dkms-hook-e2e\nSuite: e2e\nCodename: e2e\nDate: %s\nSHA256:\n" "$(date -Ru)"
+        printf " %s %s Packages\n" "$(sha256sum Packages | cut -d" " -f1)" "$(stat -c %s Packages)"
+    } > Release'
+    in_root apt-get -q update -o Dir::Etc::sourcelist=sources.list.d/e2e-local.list \
+        -o Dir::Etc::sourceparts=- -o APT::Get::List-Cleanup=0 >&2
+    printf '%s\n' "$v"
+}
+
+# uu_setup: unattended-upgrades from the mirror, allowed the local
+# repository's origin only (uu_repack).
+uu_setup() {
+    e2e_retry 3 in_root apt-get -y -q -o Dpkg::Use-Pty=0 install --no-install-recommends unattended-upgrades >&2 || return 1
+    printf '%s\n' '#clear Unattended-Upgrade::Origins-Pattern;' \
+        'Unattended-Upgrade::Origins-Pattern { "origin=dkms-hook-e2e"; };' \
+        > "$E2E_ROOT/etc/apt/apt.conf.d/51e2e-unattended-upgrades"
+}
+
+# uu_wait: under unattended-upgrades the rebuild waits for its run to end,
+# in a waiter each run's record in /run/dkms-hook names: wait for those.
+uu_wait() {
+    for _ in $(seq 1 900); do
+        grep -hs '^waiter ' "$E2E_ROOT"/run/dkms-hook/uu-* | cut -d' ' -f2 \
+            | while read -r p; do [[ -d /proc/$p ]] && echo "$p"; done | grep -q . || return 0
+        sleep 1
+    done
+    e2e_log "a waiter still runs after 900 s"
+    return 1
+}
+
+# log_lines / log_since LINES: /var/log/dkms-hook.log's length, and a file
+# with what follows its first LINES lines.
+log_lines() { wc -l < "$E2E_ROOT/var/log/dkms-hook.log" 2>/dev/null || echo 0; }
+log_since() {
+    local f
+    f="$(out)"
+    tail -n "+$(($1 + 1))" "$E2E_ROOT/var/log/dkms-hook.log" > "$f" 2>/dev/null || true
+    printf '%s\n' "$f"
+}

@@ -8,7 +8,7 @@
 # Without DKMS_HOOK_DEB the package is built with tests/package.sh. The base
 # root is cached (make-base-trixie.sh); one fresh root per run: dkms-hook,
 # acpi-call-dkms and a first kernel (the older ABI if the archive has two),
-# then scenarios 1 to 7 in that order.
+# then scenarios 1 to 8 in that order.
 # Prints PASS/FAIL per scenario and ends with "N passed, M failed".
 # When the Debian mirror cannot be reached: one "SKIPPED:" line, exit 0.
 set -euo pipefail
@@ -27,13 +27,6 @@ built_ko() {
 }
 # dkms's own install line for kernel $1, as apt shows it
 dkms_installs() { printf 'Installing /lib/modules/%s/updates/dkms/acpi_call.ko' "$1"; }
-log_since() {   # log_since LINES: a file with /var/log/dkms-hook.log after its first LINES lines
-    local f
-    f="$(out)"
-    tail -n "+$(($1 + 1))" "$E2E_ROOT/var/log/dkms-hook.log" > "$f" 2>/dev/null || true
-    printf '%s\n' "$f"
-}
-log_lines() { wc -l < "$E2E_ROOT/var/log/dkms-hook.log" 2>/dev/null || echo 0; }
 
 T0=$SECONDS
 e2e_run_root
@@ -240,6 +233,55 @@ verdict
 K="${FED[0]}"
 scenario "7: rollback puts the module from before scenario 4's rebuild back, held; unhold"
 e2e_check_rollback "$M" "$K" "${SHA_BEFORE4[$K]}" "${B_BEFORE4[$K]}"
+verdict
+
+scenario "8: unattended-upgrades installs new headers and a new $E2E_KBUILD in separate steps: one test build and one build per pair"
+# Scenario 6 left acpi-call's source broken: mended, and everything made
+# fresh, before the night.
+sed -i '/dkms-hook e2e: this source no longer builds/d' "$SRC"
+in_root dkms-hook sync > /dev/null 2>&1 || true
+K="${FED[0]}"
+RC=0; uu_setup || RC=$?
+check "unattended-upgrades installed (rc=$RC)" test "$RC" == 0
+HDR_NOW="$(in_root dpkg-query -W -f '${Version}' "linux-headers-$K")"
+KB_NOW="$(in_root dpkg-query -W -f '${Version}' "$E2E_KBUILD")"
+HDR_V="$(uu_repack "linux-headers-$K" "$HDR_NOW" +uu8)"
+KB8_V="$(uu_repack "$E2E_KBUILD" "$KB_NOW" +uu8)"
+UU_LOG="$E2E_ROOT/var/log/unattended-upgrades/unattended-upgrades-dpkg.log"
+rm -f "$UU_LOG"
+L0="$(log_lines)"
+sleep 1
+T8="$(date +%s)"
+o="$(out)"
+RC=0; in_root unattended-upgrade -v > "$o" 2>&1 || RC=$?
+grep -F 'dkms-hook' "$UU_LOG" | sed 's/^/    | /' || true
+check "unattended-upgrade exits 0 (rc=$RC)" test "$RC" == 0
+check "linux-headers-$K upgraded to $HDR_V" test "$(in_root dpkg-query -W -f '${Version}' "linux-headers-$K")" == "$HDR_V"
+check "$E2E_KBUILD upgraded to $KB8_V" test "$(in_root dpkg-query -W -f '${Version}' "$E2E_KBUILD")" == "$KB8_V"
+check "in two steps, each queueing for the end of the run ($(count "$UU_LOG" "rebuild(s) wait until unattended-upgrades ends"))" \
+    test "$(count "$UU_LOG" "rebuild(s) wait until unattended-upgrades ends")" == 2
+check "$K: the second step's test build of acpi-call is the first one's" \
+    once "$UU_LOG" "dkms-hook: preflight: $M for $K was test-built earlier in this unattended-upgrades run"
+check "the rebuild after the run is done" uu_wait
+log="$(log_since "$L0")"
+sed 's/^/    | log: /' "$log"
+R8="$(out)"; grep -F "rebuilt $M for $K (" "$log" > "$R8" || true
+check "$K: one rebuild of acpi-call ($(wc -l < "$R8"))" test "$(wc -l < "$R8")" == 1
+check "…for both changes" bash -c 'grep -qF "$2" "$1" && grep -qF "$3" "$1"' _ "$R8" \
+    "linux-headers-$K $HDR_NOW → $HDR_V" "$E2E_KBUILD $KB_NOW → $KB8_V"
+n="$(builds_since "$T8" acpi-call "$K")"
+check "$K: acpi-call built twice in all, one test build and one rebuild ($n)" test "$n" == 2
+for k in "${FED[@]:1}"; do
+    n="$(builds_since "$T8" acpi-call "$k")"
+    check "$k (fed by $E2E_KBUILD only): its one test build is installed, not compiled again ($n)" test "$n" == 1
+done
+for k in "${FED[@]}"; do
+    check "$k: dkms status says installed" installed acpi-call "$k"
+    check "$k: the installed module's vermagic is for $k" vermagic_is "$(acpi_ko "$k")" "$k"
+done
+st="$(out)"; in_root dkms-hook status > "$st" 2>&1 || true
+check "status: $M fresh for $K" state_is "$st" "$M" "$K" fresh
+check "no record of the run is left" bash -c '! ls "$1"/run/dkms-hook/uu-* >/dev/null 2>&1' _ "$E2E_ROOT"
 verdict
 
 echo "e2e trixie: $((SECONDS - T0)) s for setup and scenarios (dkms $E2E_DKMS_VERSION, apt $E2E_APT_VERSION)"

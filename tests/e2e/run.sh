@@ -194,53 +194,17 @@ check "…the failure is shown before dpkg unpacks" before "$o" "dkms-hook: pref
 check "…and acpi-call is rebuilt afterwards" contains "$o" "dkms-hook: rebuilt acpi-call/$E2E_ACPI_CALL_UPSTREAM for $OLD"
 verdict
 
-# uu_repack PKG VERSION SUFFIX [FILE]: e2e_repack_bump for unattended-upgrades,
-# whose one allowed origin is the local repository's own (its Release names
-# it). The .deb of VERSION comes from the repository when unattended-upgrades
-# has cleaned the archive cache. Prints the new version.
-uu_repack() {
-    local v
-    in_root sh -c 'cp /var/local/e2e-repo/"$1"_"$2"_*.deb /var/cache/apt/archives/ 2>/dev/null || true' _ "$1" "$2"
-    v="$(e2e_repack_bump "$@")"
-    in_root sh -c 'cd /var/local/e2e-repo && {
-        printf "Origin: dkms-hook-e2e\nLabel: dkms-hook-e2e\nSuite: e2e\nCodename: e2e\nDate: %s\nSHA256:\n" "$(date -Ru)"
-        printf " %s %s Packages\n" "$(sha256sum Packages | cut -d" " -f1)" "$(stat -c %s Packages)"
-    } > Release'
-    in_root apt-get -q update -o Dir::Etc::sourcelist=sources.list.d/e2e-local.list \
-        -o Dir::Etc::sourceparts=- -o APT::Get::List-Cleanup=0 >&2
-    printf '%s\n' "$v"
-}
-
-# uu_wait: under unattended-upgrades the rebuild waits for its run to end,
-# in a waiter each run's record in /run/dkms-hook names: wait for those.
-uu_wait() {
-    for _ in $(seq 1 900); do
-        grep -hs '^waiter ' "$E2E_ROOT"/run/dkms-hook/uu-* | cut -d' ' -f2 \
-            | while read -r p; do [[ -d /proc/$p ]] && echo "$p"; done | grep -q . || return 0
-        sleep 1
-    done
-    e2e_log "a waiter still runs after 900 s"
-    return 1
-}
-# log_mark / log_since MARK: dkms-hook's log from a point on.
-DH_LOG="$E2E_ROOT/var/log/dkms-hook.log"
-log_mark() { wc -l < "$DH_LOG" 2>/dev/null || echo 0; }
-log_since() { local o; o="$(out)"; tail -n "+$(($1 + 1))" "$DH_LOG" > "$o"; printf '%s\n' "$o"; }
-
 scenario "14: unattended-upgrades: python-apt runs each hook twice per dpkg run; the work is done and said once"
-RC=0; e2e_retry 3 in_root apt-get -y -q -o Dpkg::Use-Pty=0 install --no-install-recommends unattended-upgrades >&2 || RC=$?
+RC=0; uu_setup || RC=$?
 check "unattended-upgrades installed (rc=$RC)" test "$RC" == 0
 UU_V="$(uu_repack linux-kbuild-6.1 "$KB_NOW" +uu)"
-printf '%s\n' '#clear Unattended-Upgrade::Origins-Pattern;' \
-    'Unattended-Upgrade::Origins-Pattern { "origin=dkms-hook-e2e"; };' \
-    > "$E2E_ROOT/etc/apt/apt.conf.d/51e2e-unattended-upgrades"
 o="$(out)"
 in_root python3 -c 'import apt, apt_pkg; apt.Cache(rootdir="/"); print("\n".join(apt_pkg.config.value_list("DPkg::Post-Invoke") + apt_pkg.config.value_list("DPkg::Pre-Install-Pkgs")))' > "$o" 2>&1 || true
 check "the premise: after apt.Cache(rootdir=\"/\") python-apt lists post-invoke twice" test "$(count "$o" "dkms-hook post-invoke")" == 2
 check "…and the preflight script twice" test "$(count "$o" "/etc/dkms/dkms-hook-preflight")" == 2
 UU_LOG="$E2E_ROOT/var/log/unattended-upgrades/unattended-upgrades-dpkg.log"
 rm -f "$UU_LOG"
-M14="$(log_mark)"
+M14="$(log_lines)"
 o="$(out)"
 RC=0; in_root unattended-upgrade -v > "$o" 2>&1 || RC=$?
 sed 's/^/    | /' "$o" | tail -n 5
@@ -267,7 +231,7 @@ chmod 755 "$E2E_ROOT/usr/sbin/sendmail"
 printf '%s\n' 'Unattended-Upgrade::Mail "root";' > "$E2E_ROOT/etc/apt/apt.conf.d/52e2e-mail"
 FAIL_V="$(uu_repack linux-kbuild-6.1 "$UU_V" +poison2 /usr/lib/linux-kbuild-6.1/scripts/preflight-poison)"
 rm -f "$UU_LOG"
-M15="$(log_mark)"
+M15="$(log_lines)"
 o="$(out)"
 RC=0; in_root unattended-upgrade -v > "$o" 2>&1 || RC=$?
 grep -F 'dkms-hook' "$UU_LOG" | sed 's/^/    | /' || true
@@ -346,7 +310,7 @@ HDR_NOW="$(in_root dpkg-query -W -f '${Version}' "$E2E_OLD_HEADERS")"
 HDR_V="$(uu_repack "$E2E_OLD_HEADERS" "$HDR_NOW" +uu17)"
 KB17_V="$(uu_repack linux-kbuild-6.1 "$FAIL_V" +uu17)"
 rm -f "$UU_LOG"
-M17="$(log_mark)"
+M17="$(log_lines)"
 sleep 1
 T17="$(date +%s)"
 o="$(out)"
@@ -368,6 +332,8 @@ check "…for both changes" bash -c 'grep -qF "$2" "$1" && grep -qF "$3" "$1"' _
     "$E2E_OLD_HEADERS $HDR_NOW → $HDR_V" "linux-kbuild-6.1 $FAIL_V → $KB17_V"
 N17="$(builds_since "$T17" acpi-call "$OLD")"
 check "acpi-call built twice for $OLD in all, one test build and one rebuild ($N17)" test "$N17" == 2
+N17N="$(builds_since "$T17" acpi-call "$NEW")"
+check "$NEW (fed by the kbuild only): its one test build is installed, not compiled again ($N17N)" test "$N17N" == 1
 V4L2_N="$(builds_since "$T17" v4l2loopback "$OLD")"
 check "…and so was $V4L2 ($V4L2_N)" test "$V4L2_N" == 2
 st="$(out)"; in_root dkms-hook status > "$st" 2>&1 || true
