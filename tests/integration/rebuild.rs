@@ -502,6 +502,17 @@ fn three_modules_stale() -> Fixture {
         for k in ["6.1.0-50-amd64", "6.1.0-56-amd64"] {
             f.dkms_pair(m, "2.0", k, &m.replace('-', "_"), "2026-11-23T20:56:00Z");
         }
+        // Their source, as dkms add leaves it (a previous build is kept
+        // while it is there).
+        let ko = m.replace('-', "_");
+        f.write(
+            &format!("usr/src/{m}-2.0/dkms.conf"),
+            format!("PACKAGE_NAME=\"{m}\"\nPACKAGE_VERSION=\"2.0\"\nBUILT_MODULE_NAME[0]=\"{ko}\"\nDEST_MODULE_LOCATION[0]=\"/updates/dkms\"\nAUTOINSTALL=\"yes\"\n"),
+        );
+        f.link(
+            &format!("var/lib/dkms/{m}/2.0/source"),
+            &format!("/usr/src/{m}-2.0"),
+        );
     }
     f.mtime(NEW_KO, "2026-11-23T20:56:00Z");
     f.mtime(
@@ -667,6 +678,24 @@ fn sigkill_at_50_points_loses_nothing_and_installs_nothing_twice() {
         serde_json::from_slice(&f.read("var/lib/dkms-hook/queue.json")).unwrap();
     assert_eq!(q["pending"], serde_json::json!([]));
     assert!(!f.path("var/lib/dkms-hook/backups/acpi-call").exists());
+    // Each build a rebuild replaced is kept whole, also where the run that
+    // installed the new one was killed before it kept the old (recover).
+    for m in ["acpi-call/1.2.2", "mod-b/2.0", "mod-c/2.0"] {
+        for k in ["6.1.0-50-amd64", "6.1.0-56-amd64"] {
+            let p = format!("var/lib/dkms-hook/previous/{m}/{k}/x86_64/complete");
+            assert!(
+                f.path(&p).exists(),
+                "{p} missing: {}",
+                String::from_utf8_lossy(
+                    &std::process::Command::new("find")
+                        .arg(f.path("var/lib/dkms-hook"))
+                        .output()
+                        .unwrap()
+                        .stdout
+                )
+            );
+        }
+    }
 }
 
 #[test]
