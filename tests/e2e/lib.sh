@@ -784,3 +784,45 @@ log_since() {
     tail -n "+$(($1 + 1))" "$E2E_ROOT/var/log/dkms-hook.log" > "$f" 2>/dev/null || true
     printf '%s\n' "$f"
 }
+
+# e2e_check_uu_two_steps HEADERS KBUILD M/V KERNEL SUFFIX: one night of the
+# real unattended-upgrades with a repacked HEADERS (feeding KERNEL only) and
+# a repacked KBUILD, which it installs in two steps (the headers do not need
+# the new kbuild): each step queues the rebuild for the end of the run, the
+# second step's test build of M/V for KERNEL is the first one's, and after
+# the run M/V is rebuilt once for KERNEL, for both changes: two builds in
+# all. Sets UU_T (the night's start, for builds_since) and UU_LOG.
+e2e_check_uu_two_steps() {
+    local headers="$1" kbuild="$2" mv="$3" k="$4" suffix="$5"
+    local hdr_now kb_now hdr_v kb_v l0 o rc log r n
+    local waits="rebuild(s) wait until unattended-upgrades ends"
+    hdr_now="$(in_root dpkg-query -W -f '${Version}' "$headers")"
+    kb_now="$(in_root dpkg-query -W -f '${Version}' "$kbuild")"
+    hdr_v="$(uu_repack "$headers" "$hdr_now" "$suffix")"
+    kb_v="$(uu_repack "$kbuild" "$kb_now" "$suffix")"
+    UU_LOG="$E2E_ROOT/var/log/unattended-upgrades/unattended-upgrades-dpkg.log"
+    rm -f "$UU_LOG"
+    l0="$(log_lines)"
+    sleep 1
+    UU_T="$(date +%s)"
+    o="$(out)"
+    rc=0; in_root unattended-upgrade -v > "$o" 2>&1 || rc=$?
+    grep -F 'dkms-hook' "$UU_LOG" | sed 's/^/    | /' || true
+    check "unattended-upgrade exits 0 (rc=$rc)" test "$rc" == 0
+    check "$headers upgraded to $hdr_v" test "$(in_root dpkg-query -W -f '${Version}' "$headers")" == "$hdr_v"
+    check "$kbuild upgraded to $kb_v" test "$(in_root dpkg-query -W -f '${Version}' "$kbuild")" == "$kb_v"
+    check "in two steps, each queueing for the end of the run ($(count "$UU_LOG" "$waits"))" \
+        test "$(count "$UU_LOG" "$waits")" == 2
+    check "$k: the second step's test build of $mv is the first one's" \
+        once "$UU_LOG" "dkms-hook: preflight: $mv for $k was test-built earlier in this unattended-upgrades run"
+    check "the rebuild after the run is done" uu_wait
+    log="$(log_since "$l0")"
+    sed 's/^/    | log: /' "$log"
+    r="$(out)"; grep -F "rebuilt $mv for $k (" "$log" > "$r" || true
+    check "$k: one rebuild of $mv ($(wc -l < "$r"))" test "$(wc -l < "$r")" == 1
+    check "…for both changes" bash -c 'grep -qF "$2" "$1" && grep -qF "$3" "$1"' _ "$r" \
+        "$headers $hdr_now → $hdr_v" "$kbuild $kb_now → $kb_v"
+    n="$(builds_since "$UU_T" "${mv%%/*}" "$k")"
+    check "$k: $mv built twice in all, one test build and one rebuild ($n)" test "$n" == 2
+    check "no record of the run is left" bash -c '! ls "$1"/run/dkms-hook/uu-* >/dev/null 2>&1' _ "$E2E_ROOT"
+}

@@ -243,36 +243,9 @@ in_root dkms-hook sync > /dev/null 2>&1 || true
 K="${FED[0]}"
 RC=0; uu_setup || RC=$?
 check "unattended-upgrades installed (rc=$RC)" test "$RC" == 0
-HDR_NOW="$(in_root dpkg-query -W -f '${Version}' "linux-headers-$K")"
-KB_NOW="$(in_root dpkg-query -W -f '${Version}' "$E2E_KBUILD")"
-HDR_V="$(uu_repack "linux-headers-$K" "$HDR_NOW" +uu8)"
-KB8_V="$(uu_repack "$E2E_KBUILD" "$KB_NOW" +uu8)"
-UU_LOG="$E2E_ROOT/var/log/unattended-upgrades/unattended-upgrades-dpkg.log"
-rm -f "$UU_LOG"
-L0="$(log_lines)"
-sleep 1
-T8="$(date +%s)"
-o="$(out)"
-RC=0; in_root unattended-upgrade -v > "$o" 2>&1 || RC=$?
-grep -F 'dkms-hook' "$UU_LOG" | sed 's/^/    | /' || true
-check "unattended-upgrade exits 0 (rc=$RC)" test "$RC" == 0
-check "linux-headers-$K upgraded to $HDR_V" test "$(in_root dpkg-query -W -f '${Version}' "linux-headers-$K")" == "$HDR_V"
-check "$E2E_KBUILD upgraded to $KB8_V" test "$(in_root dpkg-query -W -f '${Version}' "$E2E_KBUILD")" == "$KB8_V"
-check "in two steps, each queueing for the end of the run ($(count "$UU_LOG" "rebuild(s) wait until unattended-upgrades ends"))" \
-    test "$(count "$UU_LOG" "rebuild(s) wait until unattended-upgrades ends")" == 2
-check "$K: the second step's test build of acpi-call is the first one's" \
-    once "$UU_LOG" "dkms-hook: preflight: $M for $K was test-built earlier in this unattended-upgrades run"
-check "the rebuild after the run is done" uu_wait
-log="$(log_since "$L0")"
-sed 's/^/    | log: /' "$log"
-R8="$(out)"; grep -F "rebuilt $M for $K (" "$log" > "$R8" || true
-check "$K: one rebuild of acpi-call ($(wc -l < "$R8"))" test "$(wc -l < "$R8")" == 1
-check "…for both changes" bash -c 'grep -qF "$2" "$1" && grep -qF "$3" "$1"' _ "$R8" \
-    "linux-headers-$K $HDR_NOW → $HDR_V" "$E2E_KBUILD $KB_NOW → $KB8_V"
-n="$(builds_since "$T8" acpi-call "$K")"
-check "$K: acpi-call built twice in all, one test build and one rebuild ($n)" test "$n" == 2
+e2e_check_uu_two_steps "linux-headers-$K" "$E2E_KBUILD" "$M" "$K" +uu8
 for k in "${FED[@]:1}"; do
-    n="$(builds_since "$T8" acpi-call "$k")"
+    n="$(builds_since "$UU_T" acpi-call "$k")"
     check "$k (fed by $E2E_KBUILD only): its one test build is installed, not compiled again ($n)" test "$n" == 1
 done
 for k in "${FED[@]}"; do
@@ -281,7 +254,6 @@ for k in "${FED[@]}"; do
 done
 st="$(out)"; in_root dkms-hook status > "$st" 2>&1 || true
 check "status: $M fresh for $K" state_is "$st" "$M" "$K" fresh
-check "no record of the run is left" bash -c '! ls "$1"/run/dkms-hook/uu-* >/dev/null 2>&1' _ "$E2E_ROOT"
 verdict
 
 echo "e2e trixie: $((SECONDS - T0)) s for setup and scenarios (dkms $E2E_DKMS_VERSION, apt $E2E_APT_VERSION)"
