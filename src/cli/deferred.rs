@@ -67,6 +67,8 @@ pub(super) fn ensure_waiter(root: &Root, run: &UnattendedRun) -> Result<(), Stri
         &run.pid.to_string(),
         &run.start.to_string(),
     ])
+    // Nothing of the caller's held: not its working directory either.
+    .current_dir("/")
     .stdin(std::process::Stdio::null())
     .stdout(std::process::Stdio::null())
     .stderr(std::process::Stdio::null());
