@@ -234,11 +234,17 @@ pub fn in_apt(root: &Root, cfg: &Config, env: &Env, p: &Plan, stream: &PreInstal
         args.push(tested_arg(q).into());
     }
     args.extend(debs.iter().map(Into::into));
-    let status = duct::cmd(me, args).stdin_null().unchecked().run();
-    if let Some(uu) = &uu {
+    let status = duct::cmd(me, args)
+        .stdin_null()
+        .unchecked()
+        .run()
+        .map(|o| o.status.code());
+    // Tested, whatever the result; a preflight that could not run tested
+    // nothing.
+    if let (Some(uu), Ok(Some(EXIT_ALL_BUILD | EXIT_ONE_FAILS))) = (&uu, &status) {
         uu.note_tested(&pairs);
     }
-    match status.map(|o| o.status.code()) {
+    match status {
         Ok(Some(EXIT_ALL_BUILD)) => 0,
         Ok(Some(EXIT_ONE_FAILS)) if cfg.preflight == PreflightMode::Block => {
             for l in block_lines(p) {
