@@ -19,6 +19,11 @@ use crate::Error;
 
 pub const STATUS: &str = "/var/lib/dpkg/status";
 pub const INFO_DIR: &str = "/var/lib/dpkg/info";
+/// The locks dpkg (`lock`) and apt around it (`lock-frontend`) hold while
+/// they change the system.
+pub const LOCKS: [&str; 2] = ["/var/lib/dpkg/lock", "/var/lib/dpkg/lock-frontend"];
+/// The kernel's table of file locks.
+const PROC_LOCKS: &str = "/proc/locks";
 
 pub use crate::name::PackageName;
 
@@ -28,6 +33,48 @@ pub fn valid_arch(a: &str) -> bool {
         && a.len() <= 32
         && a.bytes()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+}
+
+/// Whether some process holds one of dpkg's [`LOCKS`] under `root`, as
+/// `/proc/locks` tells (read only: trying the lock could make dpkg fail
+/// to take it). `false` when it cannot be told.
+pub fn locked(root: &Root) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(table) = read_regular(Path::new(PROC_LOCKS), crate::root::CAP_SMALL) else {
+        return false;
+    };
+    let files: Vec<(u32, u32, u64)> = LOCKS
+        .iter()
+        .filter_map(|l| root.inside(l).ok())
+        .filter_map(|p| std::fs::symlink_metadata(p).ok())
+        .map(|m| {
+            (
+                rustix::fs::major(m.dev()),
+                rustix::fs::minor(m.dev()),
+                m.ino(),
+            )
+        })
+        .collect();
+    let table = String::from_utf8_lossy(&table);
+    let held = locks_held(&table).any(|held| files.contains(&held));
+    held
+}
+
+/// The files `/proc/locks` lists as locked (not waited for: `->` lines),
+/// as (major, minor, inode): `1: POSIX ADVISORY WRITE PID MAJ:MIN:INODE
+/// START END`, the device numbers in hex.
+fn locks_held(table: &str) -> impl Iterator<Item = (u32, u32, u64)> + '_ {
+    table.lines().filter_map(|l| {
+        let w: Vec<&str> = l.split_whitespace().collect();
+        if w.get(1) == Some(&"->") {
+            return None;
+        }
+        let mut id = w.get(5)?.split(':');
+        let major = u32::from_str_radix(id.next()?, 16).ok()?;
+        let minor = u32::from_str_radix(id.next()?, 16).ok()?;
+        let inode = id.next()?.parse().ok()?;
+        Some((major, minor, inode))
+    })
 }
 
 /// One package as the status file describes it.
@@ -217,6 +264,40 @@ pub fn by_name(list: Vec<Installed>) -> HashMap<String, Vec<Installed>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn proc_locks_lines_name_the_locked_files() {
+        let table = "1: POSIX  ADVISORY  WRITE 4242 fe:01:1311 0 EOF\n1: -> POSIX  ADVISORY  WRITE 4243 fe:01:1312 0 EOF\n2: OFDLCK ADVISORY  WRITE -1 08:10:99 0 0\n3: FLOCK garbage\n";
+        let held: Vec<_> = locks_held(table).collect();
+        assert_eq!(held, [(0xfe, 1, 1311), (8, 16, 99)]);
+    }
+
+    /// A lock another process takes (dpkg takes `lock` with fcntl) is
+    /// seen; a free one is not.
+    #[test]
+    fn a_held_dpkg_lock_is_seen() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Root::new(dir.path());
+        std::fs::create_dir_all(dir.path().join("var/lib/dpkg")).unwrap();
+        let lock = dir.path().join("var/lib/dpkg/lock");
+        std::fs::write(&lock, "").unwrap();
+        assert!(!locked(&root));
+        let mut holder = std::process::Command::new("flock")
+            .arg("--no-fork")
+            .arg(&lock)
+            .args(["sleep", "30"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let seen = (0..100).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            locked(&root)
+        });
+        holder.kill().unwrap();
+        holder.wait().unwrap();
+        assert!(seen, "the held lock was not seen in /proc/locks");
+    }
 
     const STATUS_TEXT: &[u8] = b"Package: hello
 Status: install ok installed

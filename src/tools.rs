@@ -95,15 +95,25 @@ pub fn own_group_dying_with_us(c: &mut std::process::Command) {
 /// Make `c` a process that outlives us, untied: its own session (no
 /// terminal's hangup or signals reach it) and none of the descriptors we
 /// inherited (a pipe apt or unattended-upgrades reads to its end must not
-/// stay open in it). Its standard streams are the caller's to set.
+/// stay open in it): each open one (listed now, in `/proc/self/fd`) is
+/// marked close-on-exec in the child. Its standard streams are the
+/// caller's to set.
 pub fn detached(c: &mut std::process::Command) {
     use std::os::unix::process::CommandExt;
-    // SAFETY: setsid and fcntl are async-signal-safe and touch no memory
-    // of the parent; the descriptors are only flagged, never owned.
+    let inherited: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .filter(|&fd| fd > 2)
+        .collect();
+    // SAFETY: setsid and fcntl are async-signal-safe; the list was made
+    // before the fork and is only read; a descriptor that is not open (the
+    // directory read's own) fails fcntl harmlessly.
     unsafe {
-        c.pre_exec(|| {
+        c.pre_exec(move || {
             rustix::process::setsid()?;
-            for fd in 3..1024 {
+            for &fd in &inherited {
                 let fd = std::os::fd::BorrowedFd::borrow_raw(fd);
                 if let Ok(flags) = rustix::io::fcntl_getfd(fd) {
                     let _ = rustix::io::fcntl_setfd(fd, flags | rustix::io::FdFlags::CLOEXEC);

@@ -67,8 +67,6 @@ pub(super) fn ensure_waiter(root: &Root, run: &UnattendedRun) -> Result<(), Stri
         &run.pid.to_string(),
         &run.start.to_string(),
     ])
-    // Nothing of the caller's held: not its working directory either.
-    .current_dir("/")
     .stdin(std::process::Stdio::null())
     .stdout(std::process::Stdio::null())
     .stderr(std::process::Stdio::null());
@@ -79,17 +77,22 @@ pub(super) fn ensure_waiter(root: &Root, run: &UnattendedRun) -> Result<(), Stri
         .spawn()
         .map_err(|e| format!("cannot start the waiter: {e}"))?;
     let pid = child.id();
-    match frontend::start_of(pid) {
-        Some(start) => run.note_waiter(pid, start),
-        None => log::debug!("the waiter {pid} ended at once"),
+    match frontend::start_of(pid).filter(|&start| frontend::still_runs(pid, start)) {
+        Some(start) => {
+            run.note_waiter(pid, start);
+            Ok(())
+        }
+        None => Err(format!("the waiter ({pid}) ended at once")),
     }
-    Ok(())
 }
 
-/// Wait until `run` ends (or [`MAX_WAIT`] has passed).
-pub(super) fn wait_for(run: &UnattendedRun) {
+/// Wait until `run` ends and dpkg's locks are free (its last step's dpkg
+/// may outlive it when it is killed), or [`MAX_WAIT`] has passed.
+pub(super) fn wait_for(root: &Root, run: &UnattendedRun) {
     let t0 = Instant::now();
-    while frontend::still_runs(run.pid, run.start) && t0.elapsed() < MAX_WAIT {
+    while (frontend::still_runs(run.pid, run.start) || crate::dpkg::locked(root))
+        && t0.elapsed() < MAX_WAIT
+    {
         std::thread::sleep(POLL);
     }
 }

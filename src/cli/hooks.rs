@@ -57,10 +57,12 @@ pub(super) fn after_unattended_upgrades(root: &Root, env: &Env, pid: u32, start:
     let Some(run) = UnattendedRun::of(root, pid, start) else {
         return 0;
     };
-    deferred::wait_for(&run);
-    let status = catch_up(root, env, Run::AfterUnattended);
+    deferred::wait_for(root, &run);
+    // The record goes first: a post-invoke from here on starts a waiter of
+    // its own (the run went on past the longest wait); one before has
+    // queued its pairs under the lock this run takes next.
     run.end();
-    status
+    catch_up(root, env, Run::AfterUnattended)
 }
 
 /// Which run catches up.
@@ -146,7 +148,7 @@ fn wait_for_end(root: &Root, uu: &UnattendedRun, pending: &[QueuedPair]) -> bool
         named.push_str(&format!(" and {} more", pairs.len() - NAMED));
     }
     let line = format!(
-        "{} rebuild(s) wait until unattended-upgrades ends, so that each is built once, after all its steps: {named}; the results go to {} (and by mail, when one is configured)",
+        "{} rebuild(s) wait until unattended-upgrades ends, so that each is built once, after all its steps: {named}; the results go to {} (failures by mail too, when one is configured)",
         pairs.len(),
         report::LOG_FILE,
     );

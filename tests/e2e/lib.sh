@@ -764,11 +764,11 @@ uu_setup() {
 }
 
 # uu_wait: under unattended-upgrades the rebuild waits for its run to end,
-# in a waiter each run's record in /run/dkms-hook names: wait for those.
+# in a waiter process (dkms-hook after-unattended-upgrades PID START): wait
+# until none runs.
 uu_wait() {
     for _ in $(seq 1 900); do
-        grep -hs '^waiter ' "$E2E_ROOT"/run/dkms-hook/uu-* | cut -d' ' -f2 \
-            | while read -r p; do [[ -d /proc/$p ]] && echo "$p"; done | grep -q . || return 0
+        grep -qsa "after-unattended-upgrade[s]" /proc/[0-9]*/cmdline || return 0
         sleep 1
     done
     e2e_log "a waiter still runs after 900 s"

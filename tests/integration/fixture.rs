@@ -343,21 +343,20 @@ impl Fixture {
     }
 
     /// Wait (at most a minute) until the waiters started under a fake
-    /// unattended-upgrades are done: each record names its waiter, which
-    /// removes the record when it has worked off the queue.
+    /// unattended-upgrades for this root are done (processes running
+    /// `dkms-hook --root DIR after-unattended-upgrades …`).
     pub fn wait_for_waiters(&self) {
+        let root = self.dir.path().as_os_str().as_encoded_bytes().to_vec();
         for _ in 0..600 {
-            let waiting = fs::read_dir(self.path("run/dkms-hook"))
+            let waiting = fs::read_dir("/proc")
                 .into_iter()
                 .flatten()
                 .flatten()
-                .filter(|e| e.file_name().to_string_lossy().starts_with("uu-"))
-                .filter_map(|e| fs::read_to_string(e.path()).ok())
-                .any(|r| {
-                    r.lines().any(|l| {
-                        l.strip_prefix("waiter ")
-                            .and_then(|w| w.split(' ').next())
-                            .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
+                .any(|e| {
+                    fs::read(e.path().join("cmdline")).is_ok_and(|c| {
+                        let words: Vec<&[u8]> = c.split(|&b| b == 0).collect();
+                        words.contains(&&b"after-unattended-upgrades"[..])
+                            && words.contains(&&root[..])
                     })
                 });
             if !waiting {

@@ -55,9 +55,10 @@ fn hooks_listed_twice_by_python_apt_do_the_work_once() {
     // Two steps of one unattended-upgrades run; in the second, the second
     // copies log what they do. Between them, what was built is counted.
     let out = f.under_fake_unattended_upgrades(&format!(
-        "{}; sleep 1; cp \"$R/dkms-calls.log\" \"$R/mid.log\"; {}",
+        "{}; sleep 1; cp \"$R/dkms-calls.log\" \"$R/mid.log\"; {w}-a; {}; {w}-b",
         uu_step("a", "v3-a.txt", "dpkg-a.sh", ""),
         uu_step("b", "v3-b.txt", "dpkg-b.sh", "DKMS_HOOK_LOG=debug"),
+        w = r#"grep -h ^waiter "$R"/run/dkms-hook/uu-* > "$R/waiter""#,
     ));
     let kernels = ["6.1.0-50-amd64", "6.1.0-56-amd64"];
     let waits = "2 rebuild(s) wait until unattended-upgrades ends, so that each is built once, after all its steps: acpi-call/1.2.2 for 6.1.0-50-amd64, acpi-call/1.2.2 for 6.1.0-56-amd64";
@@ -95,6 +96,10 @@ fn hooks_listed_twice_by_python_apt_do_the_work_once() {
             assert_eq!(said.iter().filter(|m| *m == l).count(), 1, "{l}\n{out}");
         }
     }
+    // One waiter for the run: the second step found it running.
+    let waiter = f.read("waiter-a");
+    assert!(waiter.starts_with(b"waiter "), "{out}");
+    assert_eq!(waiter, f.read("waiter-b"), "{out}");
     let mid = String::from_utf8_lossy(&f.read("mid.log"))
         .lines()
         .filter(|l| l.starts_with("build ") && l.ends_with(" done"))
@@ -256,5 +261,48 @@ fn planted_step_records_are_not_followed_or_trusted() {
         y.len() < 100,
         "the oversized record was replaced: {} bytes",
         y.len()
+    );
+}
+
+/// The waiter builds only once dpkg's lock is free too: when
+/// unattended-upgrades is killed, the dpkg its last step started may still
+/// be unpacking the build tree.
+#[test]
+fn the_waiter_waits_for_dpkg_s_lock() {
+    let f = Fixture::sample();
+    f.run(&["sync"]);
+    f.run(&["init"]);
+    f.write("etc/dkms/dkms-hook.conf", "preflight=off\n");
+    v3_kbuild(&f, "v3-a.txt", "6.1.192-2", "6.1.200-1");
+    dpkg_upgrades_kbuild(&f, "dpkg-a.sh", "6.1.192-2", "6.1.200-1");
+    f.write("var/lib/dpkg/lock", "");
+    let mut dpkg = std::process::Command::new("flock")
+        .arg("--no-fork")
+        .arg(f.path("var/lib/dpkg/lock"))
+        .args(["sleep", "120"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let before = builds(&f);
+    let out = f.under_fake_unattended_upgrades(&uu_step("a", "v3-a.txt", "dpkg-a.sh", ""));
+    assert!(
+        copies(&out, "a")[2].contains("wait until unattended-upgrades ends"),
+        "{out}"
+    );
+    // unattended-upgrades has ended; the waiter looks twice a second.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let during = builds(&f) - before;
+    dpkg.kill().unwrap();
+    dpkg.wait().unwrap();
+    assert_eq!(
+        during, 0,
+        "nothing built while dpkg's lock was held:\n{out}"
+    );
+    f.wait_for_waiters();
+    assert_eq!(
+        builds(&f) - before,
+        2,
+        "built once the lock was free:\n{out}"
     );
 }
