@@ -368,7 +368,11 @@ fn what_it_does(because: &[Cause]) -> &'static str {
 /// Before apt's prompt: one line per kernel whose build tree the transaction
 /// changes in place, with the modules to be rebuilt (the plan's warnings
 /// are said apart from these).
-pub fn forecast_notices(p: &Plan, preflight: crate::config::PreflightMode) -> Vec<String> {
+pub fn forecast_notices(
+    p: &Plan,
+    preflight: crate::config::PreflightMode,
+    at_run_end: bool,
+) -> Vec<String> {
     let mut by_kernel: Vec<(&str, Vec<&crate::plan::Rebuild>)> = Vec::new();
     for r in &p.rebuilds {
         match by_kernel
@@ -386,10 +390,14 @@ pub fn forecast_notices(p: &Plan, preflight: crate::config::PreflightMode) -> Ve
             .map(|r| format!("{}/{}", r.pair.id.module, r.pair.id.version))
             .collect();
         out.push(format!(
-            "{PREFIX} {} the build tree of {k} in place ({}); dkms-hook will rebuild {} for it after dpkg finishes{}",
+            "{PREFIX} {} the build tree of {k} in place ({}); dkms-hook will rebuild {} for it {}{}",
             what_it_does(&rs[0].because),
             causes(&rs[0].because),
             mods.join(", "),
+            match at_run_end {
+                true => "once unattended-upgrades ends (after all its steps)",
+                false => "after dpkg finishes",
+            },
             match preflight {
                 crate::config::PreflightMode::Off =>
                     "; run dkms-hook preflight first to test-build against the new packages",

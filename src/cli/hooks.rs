@@ -186,9 +186,10 @@ fn forecast(root: &Root, cfg: &Config, changes: &[AptChange]) -> Option<Plan> {
 }
 
 /// Print the forecast (empty output when there is nothing to say): each
-/// line not yet said in this apt run, noted as said.
-fn print_forecast(root: &Root, cfg: &Config, p: &Plan, json: bool) {
-    let notices = report::forecast_notices(p, cfg.preflight);
+/// line not yet said in this apt run, noted as said. `uu`: the
+/// unattended-upgrades run whose end the rebuild waits for.
+fn print_forecast(root: &Root, cfg: &Config, p: &Plan, json: bool, uu: Option<&UnattendedRun>) {
+    let notices = report::forecast_notices(p, cfg.preflight, uu.is_some());
     if json {
         out_json(&report::json::plan(p));
         warned::note_said(root, &[notices, p.warning_lines()].concat());
@@ -217,7 +218,7 @@ pub(super) fn apt_json_hook(root: &Root, env: &Env, json: bool) -> i32 {
             let mut changes = session.changes.clone();
             changes.extend(reinstalls(root, &session));
             if let Some(p) = forecast(root, &cfg, &changes) {
-                print_forecast(root, &cfg, &p, json);
+                print_forecast(root, &cfg, &p, json, None);
             }
         }
         Ok(_) => {}
@@ -284,8 +285,12 @@ pub(super) fn pre_install_pkgs(root: &Root, env: &Env, json: bool) -> i32 {
             let cfg = load_config(root);
             match forecast(root, &cfg, &stream.changes) {
                 Some(p) => {
-                    print_forecast(root, &cfg, &p, json);
-                    preflight_command::in_apt(root, &cfg, env, &p, &stream)
+                    let uu = match p.rebuilds.is_empty() {
+                        true => None,
+                        false => deferred::deferral(root, &cfg, env),
+                    };
+                    print_forecast(root, &cfg, &p, json, uu.as_ref());
+                    preflight_command::in_apt(root, &cfg, uu.as_ref(), &p, &stream)
                 }
                 None => 0,
             }

@@ -6,6 +6,7 @@ use std::ffi::OsString;
 
 use super::args::{PreflightArgs, EXIT_BLOCK};
 use super::{block, err, load_config, out, out_json, Env};
+use crate::apt::unattended::UnattendedRun;
 use crate::apt::PreInstallPkgs;
 use crate::change::Change;
 use crate::config::{Config, PreflightMode, CONFIG_FILE};
@@ -180,7 +181,13 @@ fn download_upgrade(
 /// for its end, a pair is test-built once per run: a later step that feeds
 /// it again changes only what the one rebuild at the end builds against.
 /// `block` tests each step (what it lets through is what it tested).
-pub fn in_apt(root: &Root, cfg: &Config, env: &Env, p: &Plan, stream: &PreInstallPkgs) -> i32 {
+pub fn in_apt(
+    root: &Root,
+    cfg: &Config,
+    uu: Option<&UnattendedRun>,
+    p: &Plan,
+    stream: &PreInstallPkgs,
+) -> i32 {
     if cfg.preflight == PreflightMode::Off {
         return 0;
     }
@@ -199,11 +206,8 @@ pub fn in_apt(root: &Root, cfg: &Config, env: &Env, p: &Plan, stream: &PreInstal
         return 0;
     }
     let pairs: Vec<PairId> = p.rebuilds.iter().map(|r| r.pair.id.clone()).collect();
-    let uu = match cfg.preflight {
-        PreflightMode::Warn => super::deferred::deferral(root, cfg, env),
-        _ => None,
-    };
-    let tested: Vec<PairId> = match &uu {
+    let uu = uu.filter(|_| cfg.preflight == PreflightMode::Warn);
+    let tested: Vec<PairId> = match uu {
         Some(uu) => uu
             .tested()
             .into_iter()
@@ -241,7 +245,7 @@ pub fn in_apt(root: &Root, cfg: &Config, env: &Env, p: &Plan, stream: &PreInstal
         .map(|o| o.status.code());
     // Tested, whatever the result; a preflight that could not run tested
     // nothing.
-    if let (Some(uu), Ok(Some(EXIT_ALL_BUILD | EXIT_ONE_FAILS))) = (&uu, &status) {
+    if let (Some(uu), Ok(Some(EXIT_ALL_BUILD | EXIT_ONE_FAILS))) = (uu, &status) {
         uu.note_tested(&pairs);
     }
     match status {

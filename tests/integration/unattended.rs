@@ -69,6 +69,10 @@ fn hooks_listed_twice_by_python_apt_do_the_work_once() {
             "the first copy forecasts:\n{out}"
         );
     }
+    assert!(
+        a[0].contains("for it once unattended-upgrades ends (after all its steps)"),
+        "…when the rebuild comes:\n{out}"
+    );
     assert!(a[2].contains(waits), "the first copy queues:\n{out}");
     assert!(!a[2].contains("rebuilt"), "…and builds nothing:\n{out}");
     assert_eq!(a[1], "", "the second Pre-Install-Pkgs says nothing:\n{out}");
@@ -161,6 +165,7 @@ fn a_run_that_reboots_by_itself_is_rebuilt_after_each_step() {
             "{key:?} {conf}: rebuilt in the step:\n{out}"
         );
         assert!(!a[2].contains("wait until"), "{out}");
+        assert!(a[0].contains("for it after dpkg finishes"), "{out}");
         assert_eq!(builds(&f) - before, 2, "{out}");
     }
 }
