@@ -25,6 +25,19 @@ fn dpkg_upgrades_kbuild(f: &Fixture, name: &str, old: &str, new: &str) {
     );
 }
 
+/// The sample system, all fresh, the dpkg.log cursor at its end, preflight
+/// off (and `conf`), and one step as `v3-a.txt` and `dpkg-a.sh`: linux-kbuild-6.1
+/// 6.1.192-2 → 6.1.200-1.
+fn kbuild_step_a(conf: &str) -> Fixture {
+    let f = Fixture::sample();
+    f.run(&["sync"]);
+    f.run(&["init"]);
+    f.write("etc/dkms/dkms-hook.conf", format!("preflight=off\n{conf}"));
+    v3_kbuild(&f, "v3-a.txt", "6.1.192-2", "6.1.200-1");
+    dpkg_upgrades_kbuild(&f, "dpkg-a.sh", "6.1.192-2", "6.1.200-1");
+    f
+}
+
 fn builds(f: &Fixture) -> usize {
     f.dkms_calls()
         .iter()
@@ -43,12 +56,7 @@ fn log(f: &Fixture) -> String {
 /// each pair is built once, after the run.
 #[test]
 fn hooks_listed_twice_by_python_apt_do_the_work_once() {
-    let f = Fixture::sample();
-    f.run(&["sync"]);
-    f.run(&["init"]); // the dpkg.log cursor at the end
-    f.write("etc/dkms/dkms-hook.conf", "preflight=off\n");
-    v3_kbuild(&f, "v3-a.txt", "6.1.192-2", "6.1.200-1");
-    dpkg_upgrades_kbuild(&f, "dpkg-a.sh", "6.1.192-2", "6.1.200-1");
+    let f = kbuild_step_a("");
     v3_kbuild(&f, "v3-b.txt", "6.1.200-1", "6.1.201-1");
     dpkg_upgrades_kbuild(&f, "dpkg-b.sh", "6.1.200-1", "6.1.201-1");
     let before = builds(&f);
@@ -144,15 +152,10 @@ fn a_run_that_reboots_by_itself_is_rebuilt_after_each_step() {
         ("", Some("Unattended-Upgrade::InstallOnShutdown")),
         ("defer_unattended=no\n", None),
     ] {
-        let f = Fixture::sample();
-        f.run(&["sync"]);
-        f.run(&["init"]);
-        f.write("etc/dkms/dkms-hook.conf", format!("preflight=off\n{conf}"));
+        let f = kbuild_step_a(conf);
         if let Some(key) = key {
             f.write(&format!("fake-mail/{key}"), "true");
         }
-        v3_kbuild(&f, "v3-a.txt", "6.1.192-2", "6.1.200-1");
-        dpkg_upgrades_kbuild(&f, "dpkg-a.sh", "6.1.192-2", "6.1.200-1");
         let before = builds(&f);
         let out = f.under_fake_unattended_upgrades(&format!(
             "export DKMS_HOOK_APT_CONFIG='{}'; {}",
@@ -175,12 +178,7 @@ fn a_run_that_reboots_by_itself_is_rebuilt_after_each_step() {
 /// pairs are rebuilt after the run all the same.
 #[test]
 fn a_planted_waiter_is_not_believed() {
-    let f = Fixture::sample();
-    f.run(&["sync"]);
-    f.run(&["init"]);
-    f.write("etc/dkms/dkms-hook.conf", "preflight=off\n");
-    v3_kbuild(&f, "v3-a.txt", "6.1.192-2", "6.1.200-1");
-    dpkg_upgrades_kbuild(&f, "dpkg-a.sh", "6.1.192-2", "6.1.200-1");
+    let f = kbuild_step_a("");
     let before = builds(&f);
     let plant = r#"mkdir -p "$R/run/dkms-hook"; s=$(cut -d' ' -f22 /proc/$$/stat); s1=$(cut -d' ' -f22 /proc/1/stat); printf 'waiter 1 %s\ntested ../../etc 1 x y\n' "$s1" > "$R/run/dkms-hook/uu-$$-$s""#;
     let out = f.under_fake_unattended_upgrades(&format!(
@@ -274,12 +272,7 @@ fn planted_step_records_are_not_followed_or_trusted() {
 /// be unpacking the build tree.
 #[test]
 fn the_waiter_waits_for_dpkg_s_lock() {
-    let f = Fixture::sample();
-    f.run(&["sync"]);
-    f.run(&["init"]);
-    f.write("etc/dkms/dkms-hook.conf", "preflight=off\n");
-    v3_kbuild(&f, "v3-a.txt", "6.1.192-2", "6.1.200-1");
-    dpkg_upgrades_kbuild(&f, "dpkg-a.sh", "6.1.192-2", "6.1.200-1");
+    let f = kbuild_step_a("");
     f.write("var/lib/dpkg/lock", "");
     let mut dpkg = std::process::Command::new("flock")
         .arg("--no-fork")
