@@ -218,6 +218,8 @@ pub fn in_apt(
     for q in &tested {
         err(&format!("{PREFIX} preflight: {q} was test-built earlier in this unattended-upgrades run; it is built once, when the run ends"));
     }
+    // Their kept test builds are of packages this step replaces.
+    crate::rebuild::kept::forget(&State::new(root), &tested);
     if tested.len() == pairs.len() && !pairs.is_empty() {
         return 0;
     }

@@ -146,16 +146,23 @@ pub fn publish(state: &State, from: &Path, inputs: &Inputs) -> Result<(), Error>
     kept.rename(&tmp, &name)
 }
 
-/// Forget every kept build (a new preflight starts).
-pub fn clear(state: &State) {
+/// Forget the kept builds of `pairs`: a step of the same upgrade changes
+/// what they were built against (unattended-upgrades' later steps, which
+/// do not test a pair twice). Not while a preflight publishes.
+pub fn forget(state: &State, pairs: &[PairId]) {
+    let Some(_lock) = lock_if_free(state) else {
+        return;
+    };
     if let Some(kept) = state
         .open()
         .ok()
         .and_then(|d| d.existing_subdir("preflight"))
         .and_then(|p| p.existing_subdir("kept"))
     {
-        for n in kept.names() {
-            let _ = kept.remove_tree(&n);
+        for p in pairs {
+            if kept.is_dir(&p.kept_name()) {
+                let _ = kept.remove_tree(&p.kept_name());
+            }
         }
     }
 }

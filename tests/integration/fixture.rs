@@ -395,10 +395,21 @@ impl Fixture {
             .arg(format!("exec 2>&1; {script}"))
             .args(args)
             .env("HOOK", env!("CARGO_BIN_EXE_dkms-hook"))
-            .env(
-                "DKMS_HOOK_DKMS",
-                std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                    .join("tests/integration/fake-dkms"),
+            .envs(
+                [
+                    ("DKMS_HOOK_DKMS", "fake-dkms"),
+                    ("DKMS_HOOK_MODINFO", "fake-modinfo"),
+                    ("DKMS_HOOK_DEPMOD", "fake-depmod"),
+                    ("DKMS_HOOK_MOKUTIL", "fake-mokutil"),
+                ]
+                .map(|(var, stand_in)| {
+                    (
+                        var,
+                        Path::new(env!("CARGO_MANIFEST_DIR"))
+                            .join("tests/integration")
+                            .join(stand_in),
+                    )
+                }),
             )
             .env("R", self.dir.path())
             .env("TZ", "UTC")
