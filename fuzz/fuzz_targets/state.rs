@@ -1,9 +1,13 @@
 #![no_main]
 //! State files (cursor.json, queue.json, failures.json, findings.json,
-//! holds.json, blocked.json):
+//! holds.json, blocked.json, followup.json) and the unattended-upgrades run
+//! record in /run/dkms-hook:
 //! serde directly, and
 //! the program's own reading path through `State` in one reused temp root.
 //! The first byte picks the file; the rest is its content.
+use dkms_hook::apt::unattended::UnattendedRun;
+use dkms_hook::apt::warned::RUN_DIR;
+use dkms_hook::followup;
 use dkms_hook::root::Root;
 use dkms_hook::model::Hold;
 use dkms_hook::preflight::blocked::{self, BLOCKED};
@@ -27,7 +31,7 @@ fn state() -> &'static (PathBuf, State) {
 fuzz_target!(|input: &[u8]| {
     let Some((&sel, data)) = input.split_first() else { return };
     let (dir, st) = state();
-    match sel % 6 {
+    match sel % 8 {
         0 => {
             std::fs::write(dir.join("cursor.json"), data).unwrap();
             if let Ok(Some(c)) = st.cursor() {
@@ -95,6 +99,24 @@ fuzz_target!(|input: &[u8]| {
                 sorted.sort_by(|a, c| a.id().cmp(c.id()));
                 assert_eq!(blocked::read(st), sorted);
             }
+        }
+        6 => {
+            // Whatever followup.json holds, the schedule is bounded: no
+            // failure retried past its limit.
+            std::fs::write(dir.join(followup::FOLLOWUP), data).unwrap();
+            let _ = followup::schedule(st);
+        }
+        7 => {
+            // A run record: only checked pairs come back, and a waiter only
+            // when it is a live process of ours (never, here).
+            let run = UnattendedRun::of(st.root(), 1, 1).unwrap();
+            let rd = st.root().host(RUN_DIR);
+            std::fs::create_dir_all(&rd).unwrap();
+            std::fs::write(rd.join("uu-1-1"), data).unwrap();
+            for p in run.tested() {
+                assert!(!p.module.as_str().contains('/') && !p.kernel.as_str().contains('/'));
+            }
+            assert_eq!(run.waiter(), None);
         }
         _ => {
             std::fs::write(dir.join("findings.json"), data).unwrap();
