@@ -150,6 +150,9 @@ pub fn publish(state: &State, from: &Path, inputs: &Inputs) -> Result<(), Error>
 /// what they were built against (unattended-upgrades' later steps, which
 /// do not test a pair twice). Not while a preflight publishes.
 pub fn forget(state: &State, pairs: &[PairId]) {
+    if pairs.is_empty() {
+        return; // every Pre-Install-Pkgs outside unattended-upgrades
+    }
     let Some(_lock) = lock_if_free(state) else {
         return;
     };

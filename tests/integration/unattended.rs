@@ -151,15 +151,20 @@ fn a_run_that_reboots_by_itself_is_rebuilt_after_each_step() {
         ("", Some("Unattended-Upgrade::Automatic-Reboot")),
         ("", Some("Unattended-Upgrade::InstallOnShutdown")),
         ("defer_unattended=no\n", None),
+        // apt's configuration cannot be read: whether it reboots is unknown.
+        ("", Some("unreadable")),
     ] {
         let f = kbuild_step_a(conf);
-        if let Some(key) = key {
-            f.write(&format!("fake-mail/{key}"), "true");
+        let mut apt_config = here.join("fake-apt-config");
+        match key {
+            Some("unreadable") => apt_config = "/bin/false".into(),
+            Some(key) => f.write(&format!("fake-mail/{key}"), "true"),
+            None => {}
         }
         let before = builds(&f);
         let out = f.under_fake_unattended_upgrades(&format!(
             "export DKMS_HOOK_APT_CONFIG='{}'; {}",
-            here.join("fake-apt-config").display(),
+            apt_config.display(),
             uu_step("a", "v3-a.txt", "dpkg-a.sh", "")
         ));
         let a = copies(&out, "a");
@@ -269,7 +274,8 @@ fn planted_step_records_are_not_followed_or_trusted() {
 
 /// The waiter builds only once dpkg's lock is free too: when
 /// unattended-upgrades is killed, the dpkg its last step started may still
-/// be unpacking the build tree.
+/// be unpacking the build tree. Meanwhile it holds none of the run's
+/// descriptors.
 #[test]
 fn the_waiter_waits_for_dpkg_s_lock() {
     let f = kbuild_step_a("");
@@ -283,7 +289,13 @@ fn the_waiter_waits_for_dpkg_s_lock() {
         .spawn()
         .unwrap();
     let before = builds(&f);
-    let out = f.under_fake_unattended_upgrades(&uu_step("a", "v3-a.txt", "dpkg-a.sh", ""));
+    // The run also hands its hooks a pipe (fd 9) whose reader waits for
+    // its end: the waiter, which outlives the run, must not hold it.
+    let pipe = r#"mkfifo "$R/p"; ( cat "$R/p"; touch "$R/eof" ) >/dev/null 2>&1 & exec 9> "$R/p""#;
+    let out = f.under_fake_unattended_upgrades(&format!(
+        "{pipe}; {}",
+        uu_step("a", "v3-a.txt", "dpkg-a.sh", "")
+    ));
     assert!(
         copies(&out, "a")[2].contains("wait until unattended-upgrades ends"),
         "{out}"
@@ -291,12 +303,14 @@ fn the_waiter_waits_for_dpkg_s_lock() {
     // unattended-upgrades has ended; the waiter looks twice a second.
     std::thread::sleep(std::time::Duration::from_secs(2));
     let during = builds(&f) - before;
+    let pipe_closed = f.path("eof").exists();
     dpkg.kill().unwrap();
     dpkg.wait().unwrap();
     assert_eq!(
         during, 0,
         "nothing built while dpkg's lock was held:\n{out}"
     );
+    assert!(pipe_closed, "the waiter kept the run's pipe open:\n{out}");
     f.wait_for_waiters();
     assert_eq!(
         builds(&f) - before,
