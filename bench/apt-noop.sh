@@ -8,7 +8,10 @@
 # and dpkg.cfg.d files moved away); and with the same hook files calling a
 # do-nothing program in place of /usr/sbin/dkms-hook (it answers apt's JSON
 # hello and reads the Pre-Install-Pkgs stream): the floor that apt's hook
-# protocol and the shells cost whatever the program does. Medians of RUNS
+# protocol and the shells cost whatever the program does; and with every
+# hook line starting no program at all (the JSON and Post-Invoke lines
+# `:`, the Pre-Install-Pkgs script reading its stream with shell
+# builtins): what apt and dpkg spend on the hook points themselves. Medians of RUNS
 # rounds. With perf, the same runs also give the time apt and dpkg wait for
 # the hook processes, which decides the target (the whole run's median
 # moves by tens of ms between rounds). The hello .deb is fetched into the
@@ -90,6 +93,15 @@ int main(int argc, char **argv) {
 }
 EOF
 cc -O2 -o "$work/null" "$work/null.c"
+# The hook files with lines that start no program, swapped in by rename.
+sed -E '/^(AptCli::Hooks::(Install|Upgrade)|DPkg::Post-Invoke) \{$/{n;s/^  ".*";$/  ":";/}' \
+    "$E2E_ROOT/etc/apt/apt.conf.d/80dkms-hook" > "$E2E_ROOT/etc/apt/apt.conf.d/80dkms-hook.bench-lines"
+[[ "$(grep -c '^  ":";$' "$E2E_ROOT/etc/apt/apt.conf.d/80dkms-hook.bench-lines")" == 3 ]] \
+    || e2e_die "the hook lines were not replaced"
+printf '#!/bin/sh\nwhile read -r l; do :; done\n' > "$E2E_ROOT/etc/dkms/dkms-hook-preflight.bench-lines"
+chmod 0755 "$E2E_ROOT/etc/dkms/dkms-hook-preflight.bench-lines"
+cp -p "$E2E_ROOT/etc/apt/apt.conf.d/80dkms-hook" "$E2E_ROOT/etc/apt/apt.conf.d/80dkms-hook.bench-real"
+cp -p "$E2E_ROOT/etc/dkms/dkms-hook-preflight" "$E2E_ROOT/etc/dkms/dkms-hook-preflight.bench-real"
 # Both programs beside the hook's path, switched by renaming a hard link.
 cp "$work/null" "$E2E_ROOT/usr/sbin/dkms-hook.bench-null"
 cp "$E2E_ROOT/usr/sbin/dkms-hook" "$E2E_ROOT/usr/sbin/dkms-hook.bench-real"
@@ -110,7 +122,14 @@ cmd = ["chroot", root, "/usr/bin/env", "-i", "PATH=/usr/sbin:/usr/bin:/sbin:/bin
        "apt-get", "install", "--reinstall", "-y", "-q", "--no-download", "hello"]
 hooks = [root + "/etc/apt/apt.conf.d/80dkms-hook", root + "/etc/dpkg/dpkg.cfg.d/dkms-hook"]
 binary = root + "/usr/sbin/dkms-hook"
+lined = [root + "/etc/apt/apt.conf.d/80dkms-hook", root + "/etc/dkms/dkms-hook-preflight"]
 def arm(name):
+    for f in lined:
+        tmp = f + ".bench-new"
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        os.link(f + (".bench-lines" if name == "lines" else ".bench-real"), tmp)
+        os.rename(tmp, f)
     for h in hooks:
         if name == "without":
             if os.path.exists(h): os.rename(h, h + ".off")
@@ -125,7 +144,7 @@ def arm(name):
         os.unlink(new)
 done = []
 for i in range(runs + 1):
-    for a in ["with", "without", "floor"]:
+    for a in ["with", "without", "floor", "lines"]:
         arm(a)
         t = time.perf_counter()
         p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -147,7 +166,7 @@ fi
 /usr/bin/python3 - "$work/runs.json" "$work/sched.txt" "$runs" "$release" "$apt_version" "$dkms_version" <<'PY'
 import json, re, statistics, sys
 done, sched, runs, release, apt, dkms = json.load(open(sys.argv[1])), sys.argv[2], int(sys.argv[3]), *sys.argv[4:7]
-arms = ["with", "without", "floor"]
+arms = ["with", "without", "floor", "lines"]
 m = {a: statistics.median(r["ms"] for r in done if r["arm"] == a) for a in arms}
 added, floor = m["with"] - m["without"], m["floor"] - m["without"]
 # Processes from the scheduler's events: parent, first exec, fork and exit times.
@@ -177,14 +196,17 @@ def subtree(p):
     return out
 def hook_ms(run_pid):
     # Shells apt or dpkg start for dkms-hook's lines: one running dkms-hook
-    # or its preflight script, or (dpkg's post-invoke= line under apt) none.
+    # or its preflight script, or none (dpkg's post-invoke= line under apt,
+    # a JSON hook call that the apt run's quiet record ends in the shell,
+    # the "lines" arm). No other line of the root starts nothing: the
+    # "without" arm measures 0.
     total = 0.0
     for q in subtree(run_pid):
         if pcomm.get(q) not in ("apt-get", "dpkg") or not execs.get(q, [""])[0].endswith("/sh"):
             continue
         below = [e for r in subtree(q) for e in execs.get(r, [])][1:]
         ours = any(e.endswith(("/dkms-hook", "/dkms-hook-preflight")) for e in below)
-        if (ours or (pcomm[q] == "dpkg" and not below)) and q in exited:
+        if (ours or not below) and q in exited:
             total += exited[q] - forked[q]
     return total
 version = lambda v: v.split("-")[0].split("+")[0]
@@ -195,8 +217,9 @@ if forked:
     # The hooks' share, measured without the rest of the run's noise,
     # decides.
     h = {a: statistics.median(hook_ms(r["pid"]) for r in done if r["arm"] == a) for a in arms}
-    print("%s (`bench/apt-noop.sh`); apt and dpkg waited for the hook processes %.1f ms, %.1f ms with a do-nothing program in dkms-hook's place | %s | ≤ 15 ms: %s |"
-          % (head, h["with"], h["floor"], whole, "met" if h["with"] <= 15 else "missed"))
+    print("%s (`bench/apt-noop.sh`); apt and dpkg waited for the hook processes %.1f ms, %.1f ms with a do-nothing program in dkms-hook's place, %.1f ms with hook lines that start no program (without the hooks: %.1f ms) | %s | ≤ 15 ms: %s |"
+          % (head, h["with"], h["floor"], h["lines"], h["without"], whole,
+             "met" if h["with"] <= 15 else "missed" + (" (below what the hook lines alone cost)" if h["lines"] > 15 else "")))
 else:
     print("%s (`bench/apt-noop.sh`; no perf: the hook processes not timed) | %s | ≤ 15 ms: %s |"
           % (head, whole, "met" if added <= 15 else "missed"))

@@ -9,7 +9,9 @@
 //!   run) and what its command line asks for;
 //! * [`warned`]: which lines one apt run has already shown;
 //! * [`once`]: whether a hook invocation repeats one of the same step
-//!   (python-apt runs every hook list entry twice).
+//!   (python-apt runs every hook list entry twice);
+//! * [`quiet`]: whether the JSON hook has anything left to do in this apt
+//!   run (apt starts it at four hook points of one install).
 //!
 //! Both channels are reduced to a list of [`AptChange`], turned into the
 //! planner's [`Change`]s by [`AptChange::to_change`]. Library code: nothing
@@ -29,6 +31,7 @@ pub mod frontend;
 pub mod info_stream;
 pub mod json_hook;
 pub mod once;
+pub mod quiet;
 pub mod unattended;
 pub mod warned;
 

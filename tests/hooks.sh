@@ -15,6 +15,7 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 BIN=/usr/sbin/dkms-hook
 PRE=/etc/dkms/dkms-hook-preflight  # the Pre-Install-Pkgs script (Makefile)
+RUN=/run/dkms-hook                 # the JSON hook's quiet records (apt::quiet)
 stub=$tmp/present/dkms-hook       # records its argv, prints to stderr
 missing=$tmp/missing/dkms-hook    # never exists
 calls=$tmp/calls
@@ -35,7 +36,7 @@ chmod 0755 "$stub"
 rewrite() {
     local out
     out=$tmp/out/$(basename "$1").$(basename "$(dirname "$2")")
-    sed "s#$BIN#$2#g; s#$PRE#${3:-$PRE}#g" "$1" > "$out"
+    sed "s#$BIN#$2#g; s#$PRE#${3:-$PRE}#g; s#$RUN/#$tmp/run/#g" "$1" > "$out"
     chmod --reference="$1" "$out"
     echo "$out"
 }
@@ -224,6 +225,32 @@ for i in "${!names[@]}"; do
             test "$rc:$(cat "$calls")" = "0:${want% \[*} suspend="
     fi
 done
+
+# --- The JSON hook's fast path: a later call of an apt run that the first
+# call left quiet (json-quiet-PID-START of the sh's parent, apt) ends in the
+# shell: the binary is not started and apt's socket is not read.
+f=apt.conf.d/80dkms-hook
+json=$(apt_value "$dump_present" AptCli::Hooks::Install)
+mkdir -p "$tmp/run"
+# quiet_run START: the line run by a parent (standing in for apt) that has
+# left a record for itself with start time START ("own": its real one).
+quiet_run() {
+    : > "$calls"
+    out=$(env -u DKMS_HOOK_SUSPEND RUN="$tmp/run" WANT="$1" CMD="$json" sh -c '
+        read -r s < /proc/$$/stat; set -- ${s##*) }
+        [ "$WANT" = own ] && WANT=${20}
+        : > "$RUN/json-quiet-$$-$WANT"
+        sh -c "$CMD"; rc=$?; rm -f "$RUN/json-quiet-$$-$WANT"; exit $rc' 2>&1); rc=$?
+    called=$(cat "$calls")
+}
+quiet_run own
+check "$f AptCli::Hooks::Install: apt's quiet record: exit 0, silent, binary not called" \
+    test "$rc:$out:$called" = "0::"
+quiet_run 1
+check "$f AptCli::Hooks::Install: a record of another process with apt's pid: binary called" \
+    test "$rc:$called" = "0:call [apt-json-hook] suspend="
+check "$f: both JSON hook lines are the same" \
+    test "$json" = "$(apt_value "$dump_present" AptCli::Hooks::Upgrade)"
 
 # --- Bash completion, as `make install` writes it from the built binary.
 bin=${DKMS_HOOK_BIN:-target/debug/dkms-hook}

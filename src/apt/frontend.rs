@@ -114,6 +114,20 @@ pub fn unattended_run() -> Option<(u32, u64)> {
         .map(|(pid, s)| (pid, s.start))
 }
 
+/// The (pid, start time) in the name of a record `PREFIX-PID-START` kept in
+/// `/run/dkms-hook` for a process (both decimal, no sign); `None` for any
+/// other name.
+pub fn key_of_record(name: &str, prefix: &str) -> Option<(u32, u64)> {
+    let (pid, start) = name
+        .strip_prefix(prefix)?
+        .strip_prefix('-')?
+        .split_once('-')?;
+    if !(pid.bytes().chain(start.bytes())).all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    Some((pid.parse().ok()?, start.parse().ok()?))
+}
+
 /// Whether the process `pid` that started at `start` still runs (a
 /// recycled pid has another start time). A zombie has ended its work.
 pub fn still_runs(pid: u32, start: u64) -> bool {

@@ -71,6 +71,17 @@ impl JsonHookSession {
             (Some("0.2"), Some(METHOD_STATISTICS)) | (Some("0.1"), Some(METHOD_PRE_PROMPT))
         )
     }
+
+    /// True when this call comes before the one that warns, with the same
+    /// package list: pre-prompt and package-list under 0.2 (statistics
+    /// follows them).
+    pub fn warns_later(&self) -> bool {
+        self.protocol.as_deref() == Some("0.2")
+            && matches!(
+                self.method.as_deref(),
+                Some(METHOD_PRE_PROMPT | METHOD_PACKAGE_LIST)
+            )
+    }
 }
 
 /// Parse one JSON-RPC message. Anything but a JSON object is rejected because

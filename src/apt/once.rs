@@ -166,15 +166,9 @@ impl Once {
     }
 }
 
-/// The pid of a record's name `step-PID-START` (both decimal), `None` for
-/// any other name.
+/// The pid of a record's name `step-PID-START`, `None` for any other name.
 fn step_pid(name: &str) -> Option<u32> {
-    let (pid, start) = name.strip_prefix("step-")?.split_once('-')?;
-    start.parse::<u64>().ok()?;
-    if pid.starts_with('+') || start.starts_with('+') {
-        return None;
-    }
-    pid.parse().ok()
+    super::frontend::key_of_record(name, "step").map(|(pid, _)| pid)
 }
 
 /// The well-formed lines of a record (`POINT DIGEST`: a known point, 16

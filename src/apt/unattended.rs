@@ -159,14 +159,9 @@ fn is_waiter((pid, start): (u32, u64)) -> bool {
     super::frontend::runs_command(pid, start, WAITER_COMMAND)
 }
 
-/// The run of a record's name `uu-PID-START` (both decimal), `None` for any
-/// other name.
+/// The run of a record's name `uu-PID-START`, `None` for any other name.
 fn run_of_name(name: &str) -> Option<(u32, u64)> {
-    let (pid, start) = name.strip_prefix("uu-")?.split_once('-')?;
-    if !(pid.bytes().chain(start.bytes())).all(|c| c.is_ascii_digit()) {
-        return None;
-    }
-    Some((pid.parse().ok()?, start.parse().ok()?))
+    super::frontend::key_of_record(name, "uu")
 }
 
 /// A record's well-formed lines; anything else is not trusted.

@@ -207,25 +207,72 @@ pub(super) fn apt_json_hook(root: &Root, env: &Env, json: bool) -> i32 {
     if env.suspended {
         return 0;
     }
+    // A later call of an apt run with nothing left to say ends before the
+    // socket is read, so that apt builds no message for it (apt::quiet).
+    let quiet = apt::quiet::Quiet::current(root);
+    if quiet.as_ref().is_some_and(apt::quiet::Quiet::is_set) {
+        log::debug!("apt JSON hook: nothing more to say in this apt run");
+        return 0;
+    }
     let Some(fd) = apt::env_fd("APT_HOOK_SOCKET") else {
         log::debug!("APT_HOOK_SOCKET is not an open fd; nothing to do");
         return 0;
     };
     let stream = std::os::unix::net::UnixStream::from(fd);
-    match apt::serve_json_hook(stream) {
-        Ok(session) if session.should_warn() => {
-            let cfg = load_config(root);
-            let mut changes = session.changes.clone();
-            changes.extend(reinstalls(root, &session));
-            if let Some(p) = forecast(root, &cfg, &changes) {
-                print_forecast(root, &cfg, &p, json, None);
-            }
+    let session = match apt::serve_json_hook(stream) {
+        Ok(session) => session,
+        Err(e @ apt::AptHookError::TooLarge(_)) => {
+            warn(&format!("{PREFIX} {e}"));
+            return 0;
         }
-        Ok(_) => {}
-        Err(e @ apt::AptHookError::TooLarge(_)) => warn(&format!("{PREFIX} {e}")),
-        Err(e) => log::debug!("apt JSON hook: {e}"),
+        Err(e) => {
+            log::debug!("apt JSON hook: {e}");
+            return 0;
+        }
+    };
+    let changes = || [session.changes.clone(), reinstalls(root, &session)].concat();
+    let done = if session.should_warn() {
+        let cfg = load_config(root);
+        if let Some(p) = forecast(root, &cfg, &changes()) {
+            print_forecast(root, &cfg, &p, json, None);
+        }
+        true
+    } else if session.warns_later() {
+        // The list is the one the warning call will see: with nothing in
+        // it for the kernels, that call and the rest need not run.
+        !has_news(root, &changes())
+    } else {
+        false
+    };
+    if let Some(q) = quiet.filter(|_| done) {
+        q.set();
     }
     0
+}
+
+/// Whether apt's planned `changes` give the forecast anything to say. It
+/// says nothing itself: an error counts as something, and the call that
+/// warns says it (the configuration's too).
+fn has_news(root: &Root, changes: &[AptChange]) -> bool {
+    let planned: Vec<Change> = changes.iter().filter_map(AptChange::to_change).collect();
+    if planned.is_empty() {
+        return false;
+    }
+    let (cfg, errors) = Config::load(root);
+    if !errors.is_empty() {
+        return true;
+    }
+    match Inventory::for_changes(root, &planned) {
+        Ok(inv) => {
+            let p = plan::forecast(&planned, &inv, &cfg);
+            !p.warning_lines().is_empty()
+                || !report::forecast_notices(&p, cfg.preflight, false).is_empty()
+        }
+        Err(e) => {
+            log::debug!("{e}");
+            true
+        }
+    }
 }
 
 /// The reinstalls the JSON hook's package list leaves out, when apt was

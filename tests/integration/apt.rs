@@ -98,6 +98,106 @@ fn json_hook_warns_on_statistics_about_an_in_place_kbuild_upgrade() {
     assert_eq!(lines.len(), 4, "{out}");
 }
 
+/// apt's four JSON hook calls of one `apt-get install` (protocol 0.2),
+/// each on its own socket, for a package list.
+fn install_calls(packages: &[String]) -> Vec<Vec<String>> {
+    ["pre-prompt", "package-list", "statistics", "post"]
+        .iter()
+        .map(|m| {
+            let call = statistics(packages).replace("install.statistics", &format!("install.{m}"));
+            vec![HELLO.to_string(), call, BYE.to_string()]
+        })
+        .collect()
+}
+
+/// The script of a fake apt that runs the JSON hook once per call, each
+/// with its own socket as fd 3, after `before`.
+fn json_calls_script(before: &str, calls: usize) -> String {
+    let mut script = before.to_string();
+    for i in 0..calls {
+        script.push_str(&format!(
+            "\"$HOOK\" --root \"$R\" apt-json-hook 3<&{}; ",
+            3 + i
+        ));
+    }
+    script
+}
+
+/// Whether the hook answered apt's hello on this socket.
+fn answered(a: &std::io::Result<Vec<u8>>) -> bool {
+    a.as_ref()
+        .is_ok_and(|b| String::from_utf8_lossy(b).contains(r#""version":"0.2""#))
+}
+
+/// Issue 22: a no-op apt run paid for four JSON hook calls (four programs,
+/// four messages apt builds from its whole cache). Now the first call
+/// decides that this run has nothing for the kernels, and the other three
+/// end without reading the socket: apt's hello is left unread (apt reads a
+/// reset, which it takes as the hook's end), and apt builds no message.
+#[test]
+fn json_hook_answers_one_call_of_an_apt_run_that_does_not_concern_the_kernels() {
+    let f = Fixture::sample();
+    let calls = install_calls(&[package("hello", "upgrade", Some("2.10-2"), Some("2.10-3"))]);
+    let calls: Vec<&[String]> = calls.iter().map(Vec::as_slice).collect();
+    let (out, answers) = f.under_fake_apt_calls(&json_calls_script("", 4), &calls);
+    assert_eq!(out, "");
+    assert!(answered(&answers[0]), "{:?}", answers[0]);
+    for (i, a) in answers.iter().enumerate().skip(1) {
+        match a {
+            Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "call {i}"),
+            Ok(b) => assert!(
+                b.is_empty(),
+                "call {i} was answered: {}",
+                String::from_utf8_lossy(b)
+            ),
+        }
+    }
+    let records: Vec<String> = std::fs::read_dir(f.path("run/dkms-hook"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("json-quiet-"))
+        .collect();
+    assert_eq!(records.len(), 1, "{records:?}");
+}
+
+/// A run that changes a build tree: the calls up to statistics are answered
+/// and statistics warns once; the post call after it is left quiet. A
+/// record that is not ours (planted with other content for this very apt
+/// process) silences nothing.
+#[test]
+fn json_hook_stays_for_the_warning_and_believes_only_its_own_quiet_record() {
+    let f = Fixture::sample();
+    let kbuild = [package(
+        "linux-kbuild-6.1",
+        "upgrade",
+        Some("6.1.192-2"),
+        Some("6.1.200-1"),
+    )];
+    let calls = install_calls(&kbuild);
+    let calls: Vec<&[String]> = calls.iter().map(Vec::as_slice).collect();
+    let (out, answers) = f.under_fake_apt_calls(&json_calls_script("", 4), &calls);
+    assert_eq!(
+        out.matches("build tree of 6.1.0-50-amd64").count(),
+        1,
+        "{out}"
+    );
+    let got: Vec<bool> = answers.iter().map(answered).collect();
+    assert_eq!(got, [true, true, true, false]);
+
+    let f = Fixture::sample();
+    let planted = "mkdir -p \"$R/run/dkms-hook\"; read -r s < /proc/$$/stat; set -- ${s##*) }; \
+                   echo yes > \"$R/run/dkms-hook/json-quiet-$$-${20}\"; ";
+    let calls = install_calls(&[package("hello", "upgrade", Some("2.10-2"), Some("2.10-3"))]);
+    let calls: Vec<&[String]> = calls.iter().map(Vec::as_slice).collect();
+    let (_, answers) = f.under_fake_apt_calls(&json_calls_script(planted, 4), &calls);
+    let got: Vec<bool> = answers.iter().map(answered).collect();
+    assert_eq!(
+        got,
+        [true, false, false, false],
+        "the planted record is replaced, not believed"
+    );
+}
+
 #[test]
 fn json_hook_is_silent_on_pre_prompt_with_0_2_and_speaks_with_0_1() {
     let f = Fixture::sample();

@@ -384,12 +384,39 @@ impl Fixture {
         json_messages: &[String],
         args: &[&str],
     ) -> String {
-        use std::io::Write;
+        self.under_frontend_calls(program, script, &[json_messages], args)
+            .0
+    }
+
+    /// [`Fixture::under_fake_apt`] with one JSON hook socket per call, on
+    /// fds 3, 4, 5, … (the script gives each call its own as fd 3:
+    /// `"$HOOK" … apt-json-hook 3<&4`). Returns stdout and stderr together,
+    /// and what apt's end of each socket read back (its error when the
+    /// hook left apt's messages unread: a reset).
+    pub fn under_fake_apt_calls(
+        &self,
+        script: &str,
+        calls: &[&[String]],
+    ) -> (String, Vec<std::io::Result<Vec<u8>>>) {
+        self.under_frontend_calls("apt", script, calls, &[])
+    }
+
+    fn under_frontend_calls(
+        &self,
+        program: &str,
+        script: &str,
+        calls: &[&[String]],
+        args: &[&str],
+    ) -> (String, Vec<std::io::Result<Vec<u8>>>) {
+        use std::io::{Read, Write};
         use std::os::fd::AsRawFd;
         let apt_bin = self.path(&format!("fake-frontend/{program}"));
         std::fs::create_dir_all(apt_bin.parent().unwrap()).unwrap();
         let _ = std::fs::copy("/bin/sh", &apt_bin);
-        let (apt, hook) = std::os::unix::net::UnixStream::pair().unwrap();
+        let pairs: Vec<_> = calls
+            .iter()
+            .map(|_| std::os::unix::net::UnixStream::pair().unwrap())
+            .collect();
         let mut cmd = std::process::Command::new(&apt_bin);
         cmd.arg("-c")
             .arg(format!("exec 2>&1; {script}"))
@@ -415,15 +442,28 @@ impl Fixture {
             .env("TZ", "UTC")
             .env("APT_HOOK_SOCKET", "3")
             .stdout(std::process::Stdio::piped());
-        pass_as_fd3(&mut cmd, hook.as_raw_fd());
+        let hook_ends: Vec<_> = pairs.iter().map(|(_, h)| h.as_raw_fd()).collect();
+        pass_fds(&mut cmd, &hook_ends);
         let child = cmd.spawn().unwrap();
-        drop(hook);
-        let mut w = &apt;
-        for m in json_messages {
-            w.write_all(format!("{m}\n\n").as_bytes()).unwrap();
+        let mut apt_ends = Vec::new();
+        for ((apt, hook), messages) in pairs.into_iter().zip(calls) {
+            drop(hook);
+            let mut w = &apt;
+            for m in messages.iter() {
+                let _ = w.write_all(format!("{m}\n\n").as_bytes());
+            }
+            let _ = apt.shutdown(std::net::Shutdown::Write);
+            apt_ends.push(apt);
         }
-        let _ = apt.shutdown(std::net::Shutdown::Write);
-        String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap()
+        let out = String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap();
+        let answers = apt_ends
+            .iter()
+            .map(|mut apt| {
+                let mut b = Vec::new();
+                apt.read_to_end(&mut b).map(|_| b)
+            })
+            .collect();
+        (out, answers)
     }
 
     /// [`Fixture::run`] with `input` on stdin, as apt feeds Pre-Install-Pkgs.
@@ -639,13 +679,31 @@ pub fn feed(mut cmd: Command, input: impl AsRef<[u8]>) -> Output {
 }
 
 pub fn pass_as_fd3(cmd: &mut Command, fd: std::os::fd::RawFd) {
+    pass_fds(cmd, &[fd]);
+}
+
+/// Hand the child `fds` as its fds 3, 4, 5, … (copied out of the way
+/// first, so that no source is overwritten before it is passed on).
+pub fn pass_fds(cmd: &mut Command, fds: &[std::os::fd::RawFd]) {
+    use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd};
     use std::os::unix::process::CommandExt;
-    // Safety: dup2 is async-signal-safe; fd 3 is then the child's own.
+    let fds = fds.to_vec();
+    // Safety: fcntl and dup2 are async-signal-safe; the targets are then
+    // the child's own, and the copies close at exec.
     unsafe {
         cmd.pre_exec(move || {
-            let mut three: std::os::fd::OwnedFd = std::os::fd::FromRawFd::from_raw_fd(3);
-            rustix::io::dup2(std::os::fd::BorrowedFd::borrow_raw(fd), &mut three)?;
-            std::mem::forget(three);
+            let mut copies = Vec::new();
+            for &fd in &fds {
+                copies.push(rustix::io::fcntl_dupfd_cloexec(
+                    BorrowedFd::borrow_raw(fd),
+                    64,
+                )?);
+            }
+            for (target, copy) in (3..).zip(&copies) {
+                let mut t = OwnedFd::from_raw_fd(target);
+                rustix::io::dup2(copy, &mut t)?;
+                std::mem::forget(t);
+            }
             Ok(())
         });
     }
