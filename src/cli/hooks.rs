@@ -177,12 +177,16 @@ pub(super) fn motd(root: &Root) -> i32 {
 /// The forecast for apt's planned changes, on an inventory read only as
 /// far as they reach (`None` once an error is said).
 fn forecast(root: &Root, cfg: &Config, changes: &[AptChange]) -> Option<Plan> {
+    said(plan_for(root, cfg, changes))
+}
+
+fn plan_for(root: &Root, cfg: &Config, changes: &[AptChange]) -> Result<Plan, crate::Error> {
     let planned: Vec<Change> = changes.iter().filter_map(AptChange::to_change).collect();
     if planned.is_empty() {
-        return Some(Plan::default()); // most JSON hook calls of `apt reinstall`
+        return Ok(Plan::default()); // most JSON hook calls of `apt reinstall`
     }
-    let inv = said(Inventory::for_changes(root, &planned))?;
-    Some(plan::forecast(&planned, &inv, cfg))
+    let inv = Inventory::for_changes(root, &planned)?;
+    Ok(plan::forecast(&planned, &inv, cfg))
 }
 
 /// Print the forecast (empty output when there is nothing to say): each
@@ -254,17 +258,15 @@ pub(super) fn apt_json_hook(root: &Root, env: &Env, json: bool) -> i32 {
 /// says nothing itself: an error counts as something, and the call that
 /// warns says it (the configuration's too).
 fn has_news(root: &Root, changes: &[AptChange]) -> bool {
-    let planned: Vec<Change> = changes.iter().filter_map(AptChange::to_change).collect();
-    if planned.is_empty() {
+    if changes.iter().all(|c| c.to_change().is_none()) {
         return false;
     }
     let (cfg, errors) = Config::load(root);
     if !errors.is_empty() {
         return true;
     }
-    match Inventory::for_changes(root, &planned) {
-        Ok(inv) => {
-            let p = plan::forecast(&planned, &inv, &cfg);
+    match plan_for(root, &cfg, changes) {
+        Ok(p) => {
             !p.warning_lines().is_empty()
                 || !report::forecast_notices(&p, cfg.preflight, false).is_empty()
         }

@@ -785,6 +785,36 @@ log_since() {
     printf '%s\n' "$f"
 }
 
+# e2e_check_json_quiet -- a simulated reinstall of libelf, which concerns
+# no kernel: apt calls the JSON hook several times, and only the first
+# call starts dkms-hook; apt takes the others' end silently. A wrapper in
+# the binary's place counts its starts; a second hook line of the run's
+# own (`echo`, answering nothing) counts apt's calls.
+e2e_check_json_quiet() {
+    local pkg o rc=0 n calls="$E2E_ROOT/run/e2e-dkms-hook-calls" apt_calls="$E2E_ROOT/run/e2e-json-calls"
+    local bin="$E2E_ROOT/usr/sbin/dkms-hook"
+    pkg="$(in_root dpkg-query -W -f '${db:Status-Abbrev} ${Package}\n' 'libelf1*' 2>/dev/null \
+        | awk '$1 == "ii" { print $2; exit }')"
+    check "a libelf1 package is installed ($pkg)" test -n "$pkg"
+    mv "$bin" "$bin.e2e-real"
+    # shellcheck disable=SC2016 # the wrapper's own "$*" and "$@"
+    printf '#!/bin/sh\necho "$*" >> /run/e2e-dkms-hook-calls\nexec /usr/sbin/dkms-hook.e2e-real "$@"\n' > "$bin"
+    chmod 0755 "$bin"
+    rm -f "$calls" "$apt_calls"
+    o="$(out)"
+    in_root apt-get -s -o 'AptCli::Hooks::Install::=echo call >> /run/e2e-json-calls' \
+        install --reinstall "$pkg" > "$o" 2>&1 || rc=$?
+    mv "$bin.e2e-real" "$bin"
+    grep -E '^(E|W):|dkms-hook' "$o" | sed 's/^/    | /' || true
+    n="$(grep -c apt-json-hook "$calls" 2>/dev/null)"
+    check "apt-get -s install --reinstall $pkg exits 0 (rc=$rc)" test "$rc" == 0
+    check "apt calls the JSON hooks more than once ($(wc -l < "$apt_calls"))" test "$(wc -l < "$apt_calls")" -gt 1
+    check "dkms-hook is started for the first call only ($n)" test "$n" == 1
+    check "apt says nothing of a hook (no E: or W: line naming one)" \
+        bash -c '! grep -E "^(E|W):" "$1" | grep -qi hook' _ "$o"
+    check "the apt run's quiet record" bash -c 'ls "$1"/run/dkms-hook/json-quiet-* >/dev/null 2>&1' _ "$E2E_ROOT"
+}
+
 # e2e_check_uu_two_steps HEADERS KBUILD M/V KERNEL SUFFIX: one night of the
 # real unattended-upgrades with a repacked HEADERS (feeding KERNEL only) and
 # a repacked KBUILD, which it installs in two steps (the headers do not need

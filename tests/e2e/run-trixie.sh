@@ -139,6 +139,10 @@ check "nothing removed: linux-headers-$K still installed" \
 check "$K: dkms status says installed" installed acpi-call "$K"
 verdict
 
+scenario "9: an apt run that concerns no kernel starts dkms-hook's JSON hook once, not at each of apt's calls"
+e2e_check_json_quiet
+verdict
+
 scenario "4: an in-place change of $E2E_KBUILD through apt, default configuration: one build per pair"
 KV2="$(e2e_repack_bump "$E2E_KBUILD" "$KV" +e2e2)"
 declare -A M_BEFORE4=()

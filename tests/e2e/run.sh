@@ -65,6 +65,10 @@ check "nothing changed: linux-kbuild-6.1 still $KB_BEFORE" test "$(in_root dpkg-
 check "nothing changed: $OLD module untouched" test "$(mtime "$ACPI_OLD")" == "$M_BEFORE"
 verdict
 
+scenario "18: an apt run that concerns no kernel starts dkms-hook's JSON hook once, not at each of apt's calls"
+e2e_check_json_quiet
+verdict
+
 scenario "1+3: #1040401 fixed; a failing rebuild keeps the working module"
 echo "$OLD" > "$E2E_ROOT/etc/e2e-failmod-break"   # failmod fails for OLD only
 FAIL_SHA="$(sha "$FAIL_OLD")" V4L2_BEFORE="$(mtime "$V4L2_OLD")"
