@@ -249,6 +249,24 @@ check "$f AptCli::Hooks::Install: apt's quiet record: exit 0, silent, binary not
 quiet_run 1
 check "$f AptCli::Hooks::Install: a record of another process with apt's pid: binary called" \
     test "$rc:$called" = "0:call [apt-json-hook] suspend="
+if [ "$(id -u)" = 0 ]; then
+    # A record that is not root's (apt runs as root) is not taken.
+    : > "$calls"
+    out=$(env -u DKMS_HOOK_SUSPEND RUN="$tmp/run" CMD="$json" sh -c '
+        read -r s < /proc/$$/stat; set -- ${s##*) }
+        : > "$RUN/json-quiet-$$-${20}"; chown nobody "$RUN/json-quiet-$$-${20}"
+        sh -c "$CMD"; rc=$?; rm -f "$RUN/json-quiet-$$-${20}"; exit $rc' 2>&1); rc=$?
+    check "$f AptCli::Hooks::Install: a record that is not root's: binary called" \
+        test "$rc:$(cat "$calls")" = "0:call [apt-json-hook] suspend="
+fi
+# /proc unreadable: the line does not take s from the environment (here
+# one whose 20th field names a record that exists).
+: > "$calls"
+out=$(env -u DKMS_HOOK_SUSPEND RUN="$tmp/run" CMD="${json//\/proc\/\$PPID\/stat//nonexistent}" sh -c '
+    : > "$RUN/json-quiet-$$-20"
+    s="1) $(seq -s " " 1 20)" sh -c "$CMD"; rc=$?; rm -f "$RUN/json-quiet-$$-20"; exit $rc' 2>&1); rc=$?
+check "$f AptCli::Hooks::Install: /proc unreadable, s in the environment: binary called, no shell error" \
+    test "$rc:$(cat "$calls"):$(grep -v stub-stderr <<< "$out")" = "0:call [apt-json-hook] suspend=:"
 check "$f: both JSON hook lines are the same" \
     test "$json" = "$(apt_value "$dump_present" AptCli::Hooks::Upgrade)"
 

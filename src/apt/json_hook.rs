@@ -72,15 +72,10 @@ impl JsonHookSession {
         )
     }
 
-    /// True when this call comes before the one that warns, with the same
-    /// package list: pre-prompt and package-list under 0.2 (statistics
-    /// follows them).
+    /// True for the first call of an install under 0.2, pre-prompt: the
+    /// one that warns (statistics) follows with the same package list.
     pub fn warns_later(&self) -> bool {
-        self.protocol.as_deref() == Some("0.2")
-            && matches!(
-                self.method.as_deref(),
-                Some(METHOD_PRE_PROMPT | METHOD_PACKAGE_LIST)
-            )
+        self.protocol.as_deref() == Some("0.2") && self.method.as_deref() == Some(METHOD_PRE_PROMPT)
     }
 }
 

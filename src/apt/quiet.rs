@@ -15,9 +15,17 @@
 //! the program, and the program itself checks it again before it touches
 //! the socket. A hook that ends without reading apt's hello is one apt
 //! accepts silently: the hello is still unread in the socket when it
-//! closes, so apt's read fails with `ECONNRESET` (or its write with
-//! `EPIPE`), which apt takes as the hook's end (apt-private's
-//! `RunJsonHook`, apt 2.6 and 3.0), and apt then builds no message.
+//! closes, so apt's read fails with `ECONNRESET` (Linux's
+//! `unix_release_sock`), or apt's write of the hello came after the close
+//! and failed with `EPIPE`, which errno still holds when apt's read meets
+//! the end; apt takes either as the hook's end (apt-private's
+//! `RunJsonHook`, apt 2.6 and 3.0), and builds no message. The program
+//! therefore never reads the hello without answering it.
+//!
+//! One flow can change apt's plan after pre-prompt: `--fix-missing` with
+//! archives missing (`FixMissing` keeps packages back before the package
+//! list is shown). A warning that this adds comes from post-invoke, after
+//! dpkg, instead of before the prompt.
 //!
 //! A record is believed when its content is exactly ours; a pid and start
 //! time mean something only until reboot, hence `/run`. Records of apt

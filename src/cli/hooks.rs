@@ -174,12 +174,13 @@ pub(super) fn motd(root: &Root) -> i32 {
     0
 }
 
-/// The forecast for apt's planned changes, on an inventory read only as
-/// far as they reach (`None` once an error is said).
+/// The forecast for apt's planned changes (`None` once an error is said).
 fn forecast(root: &Root, cfg: &Config, changes: &[AptChange]) -> Option<Plan> {
     said(plan_for(root, cfg, changes))
 }
 
+/// The plan for apt's planned changes, on an inventory read only as far as
+/// they reach.
 fn plan_for(root: &Root, cfg: &Config, changes: &[AptChange]) -> Result<Plan, crate::Error> {
     let planned: Vec<Change> = changes.iter().filter_map(AptChange::to_change).collect();
     if planned.is_empty() {
@@ -193,18 +194,30 @@ fn plan_for(root: &Root, cfg: &Config, changes: &[AptChange]) -> Result<Plan, cr
 /// line not yet said in this apt run, noted as said. `uu`: the
 /// unattended-upgrades run whose end the rebuild waits for.
 fn print_forecast(root: &Root, cfg: &Config, p: &Plan, json: bool, uu: Option<&UnattendedRun>) {
-    let notices = report::forecast_notices(p, cfg.preflight, uu.is_some());
+    let (notices, warnings) = forecast_lines(p, cfg, uu);
     if json {
         out_json(&report::json::plan(p));
-        warned::note_said(root, &[notices, p.warning_lines()].concat());
+        warned::note_said(root, &[notices, warnings].concat());
         return;
     }
     for l in warned::unsaid(root, &notices) {
         out(&l);
     }
-    for w in warned::unsaid(root, &p.warning_lines()) {
+    for w in warned::unsaid(root, &warnings) {
         out(&format!("{PREFIX} warning: {w}"));
     }
+}
+
+/// What a forecast says: its notices and its warnings.
+fn forecast_lines(
+    p: &Plan,
+    cfg: &Config,
+    uu: Option<&UnattendedRun>,
+) -> (Vec<String>, Vec<String>) {
+    (
+        report::forecast_notices(p, cfg.preflight, uu.is_some()),
+        p.warning_lines(),
+    )
 }
 
 pub(super) fn apt_json_hook(root: &Root, env: &Env, json: bool) -> i32 {
@@ -241,9 +254,10 @@ pub(super) fn apt_json_hook(root: &Root, env: &Env, json: bool) -> i32 {
             print_forecast(root, &cfg, &p, json, None);
         }
         true
-    } else if session.warns_later() {
+    } else if session.warns_later() && !json {
         // The list is the one the warning call will see: with nothing in
-        // it for the kernels, that call and the rest need not run.
+        // it for the kernels, that call and the rest need not run. (With
+        // --json, the warning call prints the plan object, empty or not.)
         !has_news(root, &changes())
     } else {
         false
@@ -255,20 +269,17 @@ pub(super) fn apt_json_hook(root: &Root, env: &Env, json: bool) -> i32 {
 }
 
 /// Whether apt's planned `changes` give the forecast anything to say. It
-/// says nothing itself: an error counts as something, and the call that
-/// warns says it (the configuration's too).
+/// says nothing itself: an error, the configuration's too, counts as
+/// something, and the call that warns says it.
 fn has_news(root: &Root, changes: &[AptChange]) -> bool {
-    if changes.iter().all(|c| c.to_change().is_none()) {
-        return false;
-    }
     let (cfg, errors) = Config::load(root);
     if !errors.is_empty() {
         return true;
     }
     match plan_for(root, &cfg, changes) {
         Ok(p) => {
-            !p.warning_lines().is_empty()
-                || !report::forecast_notices(&p, cfg.preflight, false).is_empty()
+            let (notices, warnings) = forecast_lines(&p, &cfg, None);
+            !notices.is_empty() || !warnings.is_empty()
         }
         Err(e) => {
             log::debug!("{e}");

@@ -110,17 +110,54 @@ fn install_calls(packages: &[String]) -> Vec<Vec<String>> {
         .collect()
 }
 
-/// The script of a fake apt that runs the JSON hook once per call, each
-/// with its own socket as fd 3, after `before`.
-fn json_calls_script(before: &str, calls: usize) -> String {
+/// The script of a fake apt that runs `hook` once per call, each with its
+/// own socket as fd 3, after `before`; as apt does, it closes its end of
+/// the call's socket once the hook has ended (and forks for the last one).
+fn calls_script(before: &str, hook: &str, calls: usize) -> String {
     let mut script = before.to_string();
-    for i in 0..calls {
-        script.push_str(&format!(
-            "\"$HOOK\" --root \"$R\" apt-json-hook 3<&{}; ",
-            3 + i
-        ));
+    for i in 3..3 + calls {
+        script.push_str(&format!("{hook} 3<&{i}; exec {i}<&-; "));
     }
-    script
+    script + ":"
+}
+
+/// [`calls_script`] running the program itself.
+fn json_calls_script(before: &str, calls: usize) -> String {
+    calls_script(before, "\"$HOOK\" --root \"$R\" apt-json-hook", calls)
+}
+
+/// The JSON hook line of apt.conf.d/80dkms-hook, as apt's `sh -c` runs it,
+/// with the program and `/run/dkms-hook/` under the fixture's root; the
+/// program through a wrapper that counts its starts in `$R/starts`.
+fn json_hook_line(f: &Fixture) -> String {
+    let conf = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/apt.conf.d/80dkms-hook"
+    ))
+    .unwrap();
+    let line = conf
+        .lines()
+        .skip_while(|l| !l.starts_with("AptCli::Hooks::Install"))
+        .nth(1)
+        .unwrap()
+        .trim();
+    let line = line.strip_prefix('"').unwrap().strip_suffix("\";").unwrap();
+    f.write(
+        "count-starts",
+        "#!/bin/sh\necho start >> \"$R/starts\"\nexec \"$HOOK\" --root \"$R\" \"$@\"\n",
+    );
+    let wrapper = f.path("count-starts");
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    assert!(line.contains("/usr/sbin/dkms-hook apt-json-hook") && line.contains("/run/dkms-hook/"));
+    line.replace("/usr/sbin/dkms-hook", &wrapper.display().to_string())
+        .replace(
+            "/run/dkms-hook/",
+            &format!("{}/", f.path("run/dkms-hook").display()),
+        )
 }
 
 /// Whether the hook answered apt's hello on this socket.
@@ -196,6 +233,54 @@ fn json_hook_stays_for_the_warning_and_believes_only_its_own_quiet_record() {
         [true, false, false, false],
         "the planted record is replaced, not believed"
     );
+    // The control: the same record with our content is believed.
+    let f = Fixture::sample();
+    let ours = planted.replace(
+        "echo yes",
+        "echo 'the JSON hook has nothing more to say in this apt run'",
+    );
+    let (_, answers) = f.under_fake_apt_calls(&json_calls_script(&ours, 4), &calls);
+    let got: Vec<bool> = answers.iter().map(answered).collect();
+    assert_eq!(got, [false; 4]);
+}
+
+/// The hook line itself, as apt runs it: the shell finds the record the
+/// program wrote (the same apt process, the same start time) and does not
+/// start the program again; a run that concerns the kernels starts it up
+/// to the warning.
+#[test]
+fn the_json_hook_line_starts_the_program_once_for_an_apt_run_that_does_not_concern_the_kernels() {
+    for (packages, starts, want) in [
+        (
+            vec![package("hello", "upgrade", Some("2.10-2"), Some("2.10-3"))],
+            1,
+            [true, false, false, false],
+        ),
+        (
+            vec![package(
+                "linux-kbuild-6.1",
+                "upgrade",
+                Some("6.1.192-2"),
+                Some("6.1.200-1"),
+            )],
+            3,
+            [true, true, true, false],
+        ),
+    ] {
+        let f = Fixture::sample();
+        f.write("line", json_hook_line(&f));
+        let calls = install_calls(&packages);
+        let calls: Vec<&[String]> = calls.iter().map(Vec::as_slice).collect();
+        let script = calls_script("", "sh -c \"$(cat \"$R/line\")\"", 4);
+        let (out, answers) = f.under_fake_apt_calls(&script, &calls);
+        let got: Vec<bool> = answers.iter().map(answered).collect();
+        assert_eq!(got, want, "{out}");
+        let n = std::fs::read_to_string(f.path("starts"))
+            .unwrap()
+            .lines()
+            .count();
+        assert_eq!(n, starts, "{out}");
+    }
 }
 
 #[test]
