@@ -11,7 +11,7 @@ use crate::dkms::{self, Pair};
 use crate::dkms_conf::{self, Verdict};
 use crate::dpkg::{self, Installed, PackageName};
 use crate::kernel::{self, CacheUse, Input, Kernel, KernelRelease};
-use crate::root::{Root, CAP_SMALL};
+use crate::root::Root;
 use crate::Error;
 
 #[derive(Debug, Clone)]
@@ -46,7 +46,7 @@ impl Inventory {
             inputs: BTreeMap::new(),
             installed: HashMap::new(),
             running: running_kernel(root),
-            tz: time_zone(root),
+            tz: crate::time_zone::of(root),
             warnings,
         }
     }
@@ -70,7 +70,7 @@ impl Inventory {
             installed: HashMap::new(),
             verdicts: HashMap::new(),
             running: running_kernel(root),
-            tz: time_zone(root),
+            tz: crate::time_zone::of(root),
             warnings,
         };
         let news = changes.iter().any(|c| c.is_removal() || c.names_a_kernel());
@@ -301,19 +301,4 @@ fn running_kernel(root: &Root) -> Option<KernelRelease> {
     }
     let r = rustix::system::uname();
     KernelRelease::new(r.release().to_str().ok()?).ok()
-}
-
-/// The root's own `/etc/localtime`, so a replay of a chroot's logs uses the
-/// chroot's zone; `TZ` wins when set, as for every other program. Read
-/// directly on the host too: jiff's system lookup lists the whole zoneinfo
-/// tree to name the zone (~1 ms), and only the rules matter here.
-fn time_zone(root: &Root) -> TimeZone {
-    if std::env::var_os("TZ").is_none() {
-        if let Ok(data) = root.read("/etc/localtime", CAP_SMALL) {
-            if let Ok(tz) = TimeZone::tzif("localtime", &data) {
-                return tz;
-            }
-        }
-    }
-    TimeZone::try_system().unwrap_or(TimeZone::UTC)
 }

@@ -36,7 +36,7 @@
 //! on an import that runs up or sideways:
 //!
 //! - 0: `root`, `name`, `tools`, `file_tree` — paths inside the root, checked names, external programs, hostile trees handled without following links
-//! - 1: `state_dir`, `dpkg` — the no-follow state directory; dpkg's database
+//! - 1: `state_dir`, `dpkg`, `time_zone` — the no-follow state directory; dpkg's database; the local time zone
 //! - 2: `change`, `pair` — what happened to a package; one pair's identity and its paths
 //! - 3: `dpkg_log`, `kernel` — dpkg.log; kernels and their build trees
 //! - 4: `dkms`, `config` — the dkms tree; the configuration
@@ -80,6 +80,7 @@ pub mod rollback;
 pub mod root;
 pub mod state;
 pub mod state_dir;
+pub mod time_zone;
 pub mod tools;
 pub mod verify;
 

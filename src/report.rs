@@ -81,7 +81,7 @@ pub fn cause(c: &Cause) -> String {
 fn local_time(t: std::time::SystemTime) -> String {
     jiff::Timestamp::try_from(t)
         .map(|ts| {
-            ts.to_zoned(jiff::tz::TimeZone::system())
+            ts.to_zoned(crate::time_zone::local())
                 .strftime("%Y-%m-%d %H:%M:%S")
                 .to_string()
         })

@@ -26,7 +26,7 @@ fn time(t: Option<&jiff::civil::DateTime>) -> Option<String> {
 /// A time of the file system, as [`time`] writes it.
 fn file_time(t: std::time::SystemTime) -> Option<String> {
     let ts = jiff::Timestamp::try_from(t).ok()?;
-    let local = ts.to_zoned(jiff::tz::TimeZone::system()).datetime();
+    let local = ts.to_zoned(crate::time_zone::local()).datetime();
     time(Some(&local))
 }
 

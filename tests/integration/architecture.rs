@@ -8,7 +8,7 @@ use std::path::Path;
 /// Lowest first; a module may import only modules of an earlier row.
 const LAYERS: &[&[&str]] = &[
     &["root", "name", "tools", "file_tree"],
-    &["state_dir", "dpkg"],
+    &["state_dir", "dpkg", "time_zone"],
     &["change", "pair"],
     &["dpkg_log", "kernel"],
     &["dkms", "config"],
