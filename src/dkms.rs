@@ -22,6 +22,10 @@ pub struct Pair {
     /// mtime of the newest built `.ko` under `module/`; `None` if none is there
     /// (a failed `build --force` leaves the directory without one).
     pub built: Option<SystemTime>,
+    /// The module files dkms built there ([`built_names`], from the same
+    /// listing), which `status` looks for among the kernel's installed
+    /// files.
+    pub built_names: Vec<OsString>,
 }
 
 pub fn is_module_file(name: &str) -> bool {
@@ -106,12 +110,26 @@ pub(crate) fn walk(dir: &Path, f: &mut dyn FnMut(&Path)) {
 
 /// The newest mtime of a built module file in `dir` (host path).
 pub fn built_time(dir: &Path) -> Option<SystemTime> {
-    std::fs::read_dir(dir)
-        .ok()?
-        .flatten()
-        .filter(|e| e.file_name().to_str().is_some_and(is_module_file))
-        .filter_map(|e| e.metadata().ok()?.modified().ok())
-        .max()
+    built_in(dir).0
+}
+
+/// [`built_time`] and the names [`built_names`] gives, from one listing of
+/// the `module/` directory `dir`.
+fn built_in(dir: &Path) -> (Option<SystemTime>, Vec<OsString>) {
+    let mut newest = None;
+    let mut names = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if !e.file_name().to_str().is_some_and(is_module_file) {
+            continue;
+        }
+        if let Some(t) = e.metadata().ok().and_then(|m| m.modified().ok()) {
+            newest = newest.max(Some(t));
+        }
+        if e.file_type().is_ok_and(|t| t.is_file()) {
+            names.push(e.file_name());
+        }
+    }
+    (newest, names)
 }
 
 /// Every pair in the dkms tree. Broken entries (unsafe names, dangling
@@ -152,9 +170,11 @@ pub fn scan(root: &Root, warnings: &mut Vec<String>) -> Vec<Pair> {
                         kernel: kernel.clone(),
                         arch,
                     };
+                    let (built, built_names) = built_in(&adir.join("module"));
                     out.push(Pair {
                         installed: installed.contains(&id.link_target()),
-                        built: built_time(&adir.join("module")),
+                        built,
+                        built_names,
                         id,
                     });
                 }

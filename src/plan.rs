@@ -600,6 +600,7 @@ mod tests {
             },
             installed: true,
             built: Some(at(built)),
+            built_names: Vec::new(),
         }
     }
     fn input(p: &str, role: Role) -> Input {

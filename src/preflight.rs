@@ -226,6 +226,7 @@ fn new_kernels(
                     },
                     installed: false,
                     built: None,
+                    built_names: Vec::new(),
                 },
                 because: vec![Cause {
                     package: d.package.clone(),

@@ -428,6 +428,7 @@ mod tests {
                     },
                     installed: true,
                     built: None,
+                    built_names: Vec::new(),
                 },
                 because: vec![Cause {
                     package: crate::name::PackageName::new("linux-kbuild-6.1").unwrap(),

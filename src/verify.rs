@@ -23,7 +23,7 @@ pub(crate) use module_file::MAX_VERMAGIC;
 pub use module_file::{Compression, Limits, Refusal};
 
 use crate::config::Config;
-use crate::dkms::{built_names, installed_files, Pair};
+use crate::dkms::{installed_files, Pair};
 use crate::inventory::Inventory;
 use crate::kernel::{KernelRelease, MODULES_DIR};
 use crate::model::{Assessment, PairState};
@@ -307,8 +307,7 @@ fn check_pair(
     installed: &[PathBuf],
     cache: &mut FactsCache,
 ) -> Option<Check> {
-    let dir = root.resolve(pair.id.dkms_dir()).ok()?;
-    let names = built_names(&dir);
+    let names = &pair.built_names;
     let file = installed
         .iter()
         .find(|f| f.file_name().is_some_and(|n| names.iter().any(|x| x == n)))?
