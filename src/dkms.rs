@@ -52,14 +52,7 @@ fn dirs(p: &Path) -> Vec<(String, PathBuf)> {
 /// `Module.symvers` there too, which is never installed; found by the
 /// Debian 13 tier).
 pub fn built_names(dkms_dir: &Path) -> Vec<OsString> {
-    std::fs::read_dir(dkms_dir.join("module"))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
-        .filter(|e| e.file_name().to_str().is_some_and(is_module_file))
-        .map(|e| e.file_name())
-        .collect()
+    built_in(&dkms_dir.join("module")).1
 }
 
 /// Where modules are installed below `/lib/modules/K`: dkms puts them in

@@ -44,7 +44,10 @@ pub const LOG_FILE: &str = "/var/log/dkms-hook.log";
 pub fn log_line(root: &crate::root::Root, line: &str) {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt;
-    let stamp = jiff::Zoned::now().strftime("%Y-%m-%d %H:%M:%S").to_string();
+    let stamp = jiff::Timestamp::now()
+        .to_zoned(crate::time_zone::local())
+        .strftime("%Y-%m-%d %H:%M:%S")
+        .to_string();
     let r = root.inside(LOG_FILE).and_then(|p| {
         std::fs::OpenOptions::new()
             .create(true)
