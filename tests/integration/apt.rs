@@ -142,16 +142,11 @@ fn json_hook_line(f: &Fixture) -> String {
         .unwrap()
         .trim();
     let line = line.strip_prefix('"').unwrap().strip_suffix("\";").unwrap();
-    f.write(
+    f.write_executable(
         "count-starts",
         "#!/bin/sh\necho start >> \"$R/starts\"\nexec \"$HOOK\" --root \"$R\" \"$@\"\n",
     );
     let wrapper = f.path("count-starts");
-    std::fs::set_permissions(
-        &wrapper,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
     assert!(line.contains("/usr/sbin/dkms-hook apt-json-hook") && line.contains("/run/dkms-hook/"));
     line.replace("/usr/sbin/dkms-hook", &wrapper.display().to_string())
         .replace(

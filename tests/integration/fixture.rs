@@ -115,6 +115,16 @@ impl Fixture {
         fs::write(p, content).unwrap();
     }
 
+    /// Write an executable file. Through a child process (`install`): a
+    /// file this process has open for writing is also open in any child
+    /// another test thread forks at that moment, until it execs, and
+    /// running the file then fails with "Text file busy" (ETXTBSY).
+    pub fn write_executable(&self, p: &str, content: impl AsRef<[u8]>) {
+        let src = self.path(&format!(".executables/{}", p.replace('/', "_")));
+        self.write(&format!(".executables/{}", p.replace('/', "_")), content);
+        install_executable(&src, &self.path(p));
+    }
+
     pub fn link(&self, p: &str, target: &str) {
         let p = self.path(p);
         fs::create_dir_all(p.parent().unwrap()).unwrap();
@@ -314,10 +324,8 @@ impl Fixture {
     /// [`Fixture::run`] with a shell script as update-initramfs (named, as
     /// under `--root` it must be). [`RECORD_INITRAMFS`] records the calls.
     pub fn run_with_update_initramfs(&self, args: &[&str], script: &str) -> Output {
-        use std::os::unix::fs::PermissionsExt;
         let stub = self.path("bin-stubs/update-initramfs");
-        self.write("bin-stubs/update-initramfs", script);
-        fs::set_permissions(&stub, fs::Permissions::from_mode(0o755)).unwrap();
+        self.write_executable("bin-stubs/update-initramfs", script);
         self.cmd(args)
             .env("DKMS_HOOK_UPDATE_INITRAMFS", stub)
             .output()
@@ -411,8 +419,9 @@ impl Fixture {
         use std::io::{Read, Write};
         use std::os::fd::AsRawFd;
         let apt_bin = self.path(&format!("fake-frontend/{program}"));
-        std::fs::create_dir_all(apt_bin.parent().unwrap()).unwrap();
-        let _ = std::fs::copy("/bin/sh", &apt_bin);
+        if !apt_bin.exists() {
+            install_executable(Path::new("/bin/sh"), &apt_bin);
+        }
         let pairs: Vec<_> = calls
             .iter()
             .map(|_| std::os::unix::net::UnixStream::pair().unwrap())
@@ -676,6 +685,17 @@ pub fn feed(mut cmd: Command, input: impl AsRef<[u8]>) -> Output {
     stdin.write_all(input.as_ref()).unwrap();
     drop(stdin);
     child.wait_with_output().unwrap()
+}
+
+/// `install -D -m 0755 SRC DST` (see [`Fixture::write_executable`]).
+pub fn install_executable(src: &Path, dst: &Path) {
+    let st = Command::new("install")
+        .args(["-D", "-m", "0755"])
+        .arg(src)
+        .arg(dst)
+        .status()
+        .unwrap();
+    assert!(st.success(), "install {} {}", src.display(), dst.display());
 }
 
 pub fn pass_as_fd3(cmd: &mut Command, fd: std::os::fd::RawFd) {

@@ -19,16 +19,10 @@ const SAVED: &str = "var/lib/dkms-hook/guarded";
 /// the module's source broken, and the dkms-hook state started.
 fn trixie_dkms() -> Fixture {
     let f = Fixture::sample();
-    f.write("etc/kernel/preinst.d/dkms", "#!/bin/sh\nexit 0\n");
-    make_executable(&f, "etc/kernel/preinst.d/dkms");
+    f.write_executable("etc/kernel/preinst.d/dkms", "#!/bin/sh\nexit 0\n");
     f.fake_dkms("fail-acpi-call", "");
     assert_eq!(f.run(&["post-invoke"]).status.code(), Some(0));
     f
-}
-
-fn make_executable(f: &Fixture, p: &str) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(f.path(p), std::fs::Permissions::from_mode(0o755)).unwrap();
 }
 
 /// What dkms's own hook does in `PHASE.d`: the stand-in's kernel action.

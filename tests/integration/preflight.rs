@@ -533,7 +533,7 @@ fn downloads_go_to_a_fresh_private_directory() {
     let f = synced();
     let good = kbuild_deb(&f, "6.1.200-1", "Kbuild.include");
     let apt = f.path("bin-stubs/apt-get");
-    f.write(
+    f.write_executable(
         "bin-stubs/apt-get",
         format!(
             "#!/bin/sh\ncase \"$*\" in\n\
@@ -543,7 +543,6 @@ fn downloads_go_to_a_fresh_private_directory() {
             log = f.path("apt-get.log").display()
         ),
     );
-    std::fs::set_permissions(&apt, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let out = f
         .cmd(&["preflight"])
         .env("DKMS_HOOK_APT_GET", &apt)
