@@ -128,6 +128,18 @@ pub fn key_of_record(name: &str, prefix: &str) -> Option<(u32, u64)> {
     Some((pid.parse().ok()?, start.parse().ok()?))
 }
 
+/// Remove from `d` the records `PREFIX-PID-START` whose process no longer
+/// runs, except those `keep` names (by record name).
+pub fn tidy_records(d: &crate::state_dir::Dir, prefix: &str, keep: impl Fn(&str) -> bool) {
+    for n in d.names() {
+        if key_of_record(&n, prefix).is_some_and(|(pid, start)| !still_runs(pid, start))
+            && !keep(&n)
+        {
+            d.remove(&n);
+        }
+    }
+}
+
 /// Whether the process `pid` that started at `start` still runs (a
 /// recycled pid has another start time). A zombie has ended its work.
 pub fn still_runs(pid: u32, start: u64) -> bool {

@@ -146,13 +146,7 @@ impl Once {
     /// process is gone are dropped on the way.
     pub fn note_done(&self) {
         let r = Dir::open_top(&self.dir).and_then(|d| {
-            for n in d.names() {
-                if step_pid(&n)
-                    .is_some_and(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())
-                {
-                    d.remove(&n);
-                }
-            }
+            super::frontend::tidy_records(&d, "step", |_| false);
             let mut lines: Vec<&str> = Vec::new();
             let old = d.read(&self.name, CAP_RECORD).unwrap_or_default();
             lines.extend(old.as_deref().map(records).into_iter().flatten());
@@ -164,11 +158,6 @@ impl Once {
             log::debug!("{e}");
         }
     }
-}
-
-/// The pid of a record's name `step-PID-START`, `None` for any other name.
-fn step_pid(name: &str) -> Option<u32> {
-    super::frontend::key_of_record(name, "step").map(|(pid, _)| pid)
 }
 
 /// The well-formed lines of a record (`POINT DIGEST`: a known point, 16
@@ -190,6 +179,11 @@ fn records(b: &[u8]) -> impl Iterator<Item = &str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The pid of a record's name `step-PID-START`, `None` for any other name.
+    fn step_pid(name: &str) -> Option<u32> {
+        super::super::frontend::key_of_record(name, "step").map(|(pid, _)| pid)
+    }
 
     #[test]
     fn the_digest_does_not_depend_on_how_the_input_is_read() {

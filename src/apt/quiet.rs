@@ -76,13 +76,7 @@ impl Quiet {
     /// without the record they cost what they did before).
     pub fn set(&self) {
         let r = Dir::open_top(&self.dir).and_then(|d| {
-            for n in d.names() {
-                if super::frontend::key_of_record(&n, PREFIX)
-                    .is_some_and(|(pid, start)| !super::frontend::still_runs(pid, start))
-                {
-                    d.remove(&n);
-                }
-            }
+            super::frontend::tidy_records(&d, PREFIX, |_| false);
             d.write_unsynced(&self.name, CONTENT)
         });
         if let Err(e) = r {

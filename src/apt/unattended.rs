@@ -136,32 +136,18 @@ impl UnattendedRun {
 
 /// Drop the records (other than `keep`) whose run and waiter are gone.
 fn tidy(d: &Dir, keep: &str) {
-    for n in d.names() {
-        let Some((pid, start)) = run_of_name(&n) else {
-            continue;
-        };
-        if n == keep || super::frontend::still_runs(pid, start) {
-            continue;
-        }
-        let waiting = d
-            .read(&n, CAP_RECORD)
-            .ok()
-            .flatten()
-            .and_then(|b| parse(&b).waiter)
-            .is_some_and(is_waiter);
-        if !waiting {
-            d.remove(&n);
-        }
-    }
+    super::frontend::tidy_records(d, "uu", |n| {
+        n == keep
+            || d.read(n, CAP_RECORD)
+                .ok()
+                .flatten()
+                .and_then(|b| parse(&b).waiter)
+                .is_some_and(is_waiter)
+    });
 }
 
 fn is_waiter((pid, start): (u32, u64)) -> bool {
     super::frontend::runs_command(pid, start, WAITER_COMMAND)
-}
-
-/// The run of a record's name `uu-PID-START`, `None` for any other name.
-fn run_of_name(name: &str) -> Option<(u32, u64)> {
-    super::frontend::key_of_record(name, "uu")
 }
 
 /// A record's well-formed lines; anything else is not trusted.
@@ -201,6 +187,11 @@ fn parse(b: &[u8]) -> Record {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The run of a record's name `uu-PID-START`, `None` for any other name.
+    fn run_of_name(name: &str) -> Option<(u32, u64)> {
+        super::super::frontend::key_of_record(name, "uu")
+    }
 
     #[test]
     fn records_keep_only_well_formed_lines() {
